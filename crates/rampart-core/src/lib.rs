@@ -1,0 +1,51 @@
+//! rampart's one policy model, shared by every layer.
+//!
+//! Every rampart layer asks the same question of a finished call — *what happened?* —
+//! through one trait, [`Classify`], whose answer is an [`Outcome`]. The same classifier
+//! therefore drives retries, the circuit breaker's health count and dead-lettering.
+//! [`Backoff`] and [`Jitter`] say how long to wait between attempts, and [`Error`] is the
+//! typed error every layer returns, keeping the inner service's error matchable.
+//!
+//! # Example
+//!
+//! ```
+//! use rampart_core::{Backoff, Classify, Jitter, Outcome};
+//! use std::time::Duration;
+//!
+//! // A classifier is any `Fn(Result<&Res, &E>) -> Outcome`.
+//! let classify = |r: Result<&u16, &std::io::Error>| match r {
+//!     Ok(s) if *s < 400 => Outcome::Success,
+//!     Ok(429) => Outcome::THROTTLED,
+//!     Ok(s) if *s >= 500 => Outcome::TRANSIENT,
+//!     Ok(_) => Outcome::Rejected,
+//!     Err(e) => rampart_core::classify::io_error(e),
+//! };
+//! assert!(classify.classify(Ok(&503)).is_retryable());
+//!
+//! // The reference design's backoff: 3 retries, 1 s, ×2, capped at 60 s, ±10 % jitter.
+//! let backoff = Backoff::default();
+//! assert_eq!(backoff.nominal_delay(2), Duration::from_secs(4));
+//! let delays: Vec<Duration> = backoff.schedule(0).collect();
+//! assert_eq!(delays.len(), 3);
+//! # Ok::<(), rampart_core::ConfigError>(())
+//! ```
+//!
+//! # Errors
+//!
+//! Configuration is validated into [`ConfigError`], which names the field and the bad value;
+//! nothing in this crate panics on input.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod backoff;
+pub mod classify;
+mod error;
+mod name;
+mod outcome;
+
+pub use backoff::{Backoff, BackoffBuilder, Jitter, Schedule};
+pub use classify::Classify;
+pub use error::{
+    BoxError, CircuitOpen, ConfigError, Error, ErrorKind, IntoError, NotReplayable, Timeout,
+};
+pub use name::Name;
+pub use outcome::Outcome;

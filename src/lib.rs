@@ -1,1 +1,51 @@
-//! x
+//! rampart: tower middleware that makes calls to flaky dependencies survivable.
+//!
+//! One policy model ([`Outcome`] + [`Classify`]) drives every layer, so an HTTP API, a
+//! database and Redis share the same semantics. This release ships the foundation and the
+//! retry layer; the circuit breaker, dead-letter queue and per-service policies build on it.
+//!
+//! # Example
+//!
+//! ```
+//! use rampart::{classify::IoErrors, Backoff, RetryLayer};
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let svc = ServiceBuilder::new()
+//!     .layer(
+//!         RetryLayer::new(IoErrors)
+//!             .name("inventory")
+//!             .backoff(Backoff::builder().max_retries(2).base_delay(Duration::from_millis(50)).build()?)
+//!             .deadline(Duration::from_secs(2)),
+//!     )
+//!     .service(service_fn(|sku: u32| async move { Ok::<_, std::io::Error>(sku * 2) }));
+//! assert_eq!(svc.oneshot(21).await?, 42);
+//! # Ok(()) }
+//! ```
+//!
+//! # Feature flags
+//!
+//! | Name | Description | Default? |
+//! |---|---|---|
+//! | `retry` | [`RetryLayer`], [`RetryBudget`] | yes |
+//! | `http` | replay `http::Request`s with streaming bodies (`BufferBodyLayer`, `HttpReplay`) | no |
+//! | `full` | everything | no |
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use rampart_core::{
+    backoff, classify, leaf_error, Backoff, BackoffBuilder, BoxError, CircuitOpen, Classify,
+    ConfigError, Error, ErrorKind, IntoError, Jitter, Name, NotReplayable, Outcome, Timeout,
+};
+
+/// The retry layer: [`RetryLayer`], its budget and its observation seam.
+#[cfg(feature = "retry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
+pub mod retry {
+    pub use rampart_retry::*;
+}
+
+#[cfg(feature = "retry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
+pub use rampart_retry::{Retry, RetryBudget, RetryLayer};

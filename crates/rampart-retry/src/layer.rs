@@ -1,0 +1,161 @@
+use std::time::Duration;
+
+use rampart_core::{Backoff, Name};
+use tower_layer::Layer;
+
+use crate::budget::RetryBudget;
+use crate::replay::CloneReplay;
+use crate::service::{Config, Retry};
+
+/// Retries failed calls of the wrapped service: only what the classifier calls transient or
+/// throttled, with exponential backoff and jitter, a shared retry budget, server hints
+/// (`Retry-After`), an optional overall deadline and an optional per-attempt timeout.
+///
+/// See the [crate docs](crate) for an example and the exact semantics.
+///
+/// # Sharing
+///
+/// The layer owns the [`RetryBudget`]: every service it makes with [`Layer::layer`], and
+/// every clone of those services, draws on that one budget. Cloning the layer shares it too;
+/// give a layer its own budget with [`budget`](RetryLayer::budget).
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RetryLayer<C, R = CloneReplay, O = ()> {
+    classifier: C,
+    replay: R,
+    observer: O,
+    config: Config,
+    budget: Option<RetryBudget>,
+}
+
+impl<C> RetryLayer<C> {
+    /// A retry layer with the reference design's backoff (3 retries, 1 s, ×2, 60 s cap,
+    /// ±10 % jitter), a default [`RetryBudget`], no deadline and no per-attempt timeout.
+    ///
+    /// `classifier` decides which results are retried; see
+    /// [`Classify`](rampart_core::Classify).
+    pub fn new(classifier: C) -> Self {
+        let budget = RetryBudget::default();
+        RetryLayer {
+            classifier,
+            replay: CloneReplay,
+            observer: (),
+            config: Config {
+                name: Name::default(),
+                backoff: Backoff::default(),
+                deadline: None,
+                attempt_timeout: None,
+                budget: Some(budget.handle()),
+            },
+            budget: Some(budget),
+        }
+    }
+}
+
+impl<C, R, O> RetryLayer<C, R, O> {
+    /// Names the downstream service, for errors, traces and metrics.
+    ///
+    /// Defaults to `"default"`.
+    pub fn name(mut self, name: impl Into<Name>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// Sets the number of retries and the delays between them.
+    ///
+    /// Defaults to [`Backoff::default`]: 3 retries, 1 s base, factor 2, 60 s cap, ±10 % jitter.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.config.backoff = backoff;
+        self
+    }
+
+    /// Bounds the whole logical call, retries and waits included. No attempt starts if the
+    /// wait before it would cross the deadline, and an attempt in flight when it passes is
+    /// cancelled; either way the error is
+    /// [`DeadlineExceeded`](rampart_core::ErrorKind::DeadlineExceeded).
+    ///
+    /// A zero deadline fails every call. Defaults to none.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.config.deadline = Some(deadline);
+        self
+    }
+
+    /// Bounds each attempt; an attempt that runs past it fails with
+    /// [`Timeout`](rampart_core::ErrorKind::Timeout), which is retried like a transient
+    /// failure. Setting it arms a timer on every call, so leave it off when an inner
+    /// timeout layer already bounds attempts.
+    ///
+    /// Defaults to none.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.config.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// Draws retries from `budget`, which may be shared with other layers.
+    ///
+    /// Defaults to a new [`RetryBudget::default`] owned by this layer.
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.config.budget = Some(budget.handle());
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Retries without a budget: every retryable failure is retried up to `max_retries`
+    /// times, however many calls are failing.
+    pub fn no_budget(mut self) -> Self {
+        self.config.budget = None;
+        self.budget = None;
+        self
+    }
+
+    /// Sets how requests are copied for retries.
+    ///
+    /// Defaults to [`CloneReplay`].
+    pub fn replay<R2>(self, replay: R2) -> RetryLayer<C, R2, O> {
+        RetryLayer {
+            classifier: self.classifier,
+            replay,
+            observer: self.observer,
+            config: self.config,
+            budget: self.budget,
+        }
+    }
+
+    /// Reports retries, retry attempts and give-ups to `observer`.
+    ///
+    /// Defaults to `()`, which reports nothing.
+    pub fn observer<O2>(self, observer: O2) -> RetryLayer<C, R, O2> {
+        RetryLayer {
+            classifier: self.classifier,
+            replay: self.replay,
+            observer,
+            config: self.config,
+            budget: self.budget,
+        }
+    }
+
+    /// The budget this layer draws on, if any.
+    pub fn get_budget(&self) -> Option<&RetryBudget> {
+        self.budget.as_ref()
+    }
+}
+
+impl<S, C, R, O> Layer<S> for RetryLayer<C, R, O>
+where
+    C: Clone,
+    R: Clone,
+    O: Clone,
+{
+    type Service = Retry<S, C, R, O>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry::from_parts(
+            inner,
+            self.classifier.clone(),
+            self.replay.clone(),
+            self.observer.clone(),
+            self.config,
+            self.budget.clone(),
+        )
+    }
+}

@@ -1,1 +1,172 @@
-fn main(){}
+//! Per-call overhead of retry layers on the success path, side by side in one run:
+//! a bare `service_fn`, tower's `Retry` with a minimal policy and with its `TpsBudget`,
+//! and rampart's `RetryLayer` without and with its budget. Then the same at two threads
+//! sharing one layer (each thread holds its own service made by the shared layer).
+//!
+//! Run with `cargo bench --bench retry_overhead`.
+
+use std::future::{ready, Future, Ready};
+use std::hint::black_box;
+use std::io;
+use std::pin::pin;
+use std::sync::{Arc, Barrier};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use rampart::classify::IoErrors;
+use rampart::RetryLayer;
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::retry::Policy;
+use tower::{service_fn, Layer, Service};
+
+type Bare = tower::util::ServiceFn<fn(u64) -> Ready<Result<u64, io::Error>>>;
+
+fn bare() -> Bare {
+    service_fn(|x: u64| ready(Ok(x)))
+}
+
+/// One successful call: poll_ready, call, poll the future to completion.
+#[inline(always)]
+fn one_call<S>(svc: &mut S, x: u64) -> u64
+where
+    S: Service<u64, Response = u64>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    match svc.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        _ => unreachable!("the bench services are always ready"),
+    }
+    let fut = pin!(svc.call(x));
+    match fut.poll(&mut cx) {
+        Poll::Ready(Ok(v)) => v,
+        _ => unreachable!("the bench services answer at once"),
+    }
+}
+
+/// tower's minimal policy: clone the request, never retry.
+#[derive(Clone)]
+struct Minimal;
+
+impl Policy<u64, u64, io::Error> for Minimal {
+    type Future = Ready<()>;
+    fn retry(&mut self, _: &mut u64, r: &mut Result<u64, io::Error>) -> Option<Ready<()>> {
+        r.is_err().then(|| ready(()))
+    }
+    fn clone_request(&mut self, req: &u64) -> Option<u64> {
+        Some(*req)
+    }
+}
+
+/// tower's policy with its budget, used as its docs suggest: deposit on success, withdraw
+/// before a retry.
+#[derive(Clone)]
+struct Budgeted(Arc<TpsBudget>);
+
+impl Policy<u64, u64, io::Error> for Budgeted {
+    type Future = Ready<()>;
+    fn retry(&mut self, _: &mut u64, r: &mut Result<u64, io::Error>) -> Option<Ready<()>> {
+        match r {
+            Ok(_) => {
+                self.0.deposit();
+                None
+            }
+            Err(_) => self.0.withdraw().then(|| ready(())),
+        }
+    }
+    fn clone_request(&mut self, req: &u64) -> Option<u64> {
+        Some(*req)
+    }
+}
+
+fn tps_budget() -> Arc<TpsBudget> {
+    Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.1))
+}
+
+/// Every variant as a factory of services sharing one layer.
+fn variants() -> Vec<(&'static str, Box<dyn Fn() -> Box<dyn FnMut(u64) -> u64 + Send> + Send + Sync>)> {
+    fn boxed<S>(mut s: S) -> Box<dyn FnMut(u64) -> u64 + Send>
+    where
+        S: Service<u64, Response = u64> + Send + 'static,
+        S::Error: std::fmt::Debug,
+    {
+        Box::new(move |x| one_call(&mut s, x))
+    }
+    let tower_plain = tower::retry::RetryLayer::new(Minimal);
+    let tower_budget = tower::retry::RetryLayer::new(Budgeted(tps_budget()));
+    let ours_plain = RetryLayer::new(IoErrors).no_budget();
+    let ours_budget = RetryLayer::new(IoErrors);
+    vec![
+        ("bare", Box::new(|| boxed(bare()))),
+        ("tower_retry", Box::new(move || boxed(tower_plain.layer(bare())))),
+        ("tower_retry_tps_budget", Box::new(move || boxed(tower_budget.layer(bare())))),
+        ("rampart_retry_no_budget", Box::new(move || boxed(ours_plain.layer(bare())))),
+        ("rampart_retry_budget", Box::new(move || boxed(ours_budget.layer(bare())))),
+    ]
+}
+
+fn success_path(c: &mut Criterion) {
+    // Monomorphic calls for the single-thread numbers: no boxing in the measured loop.
+    let mut g = c.benchmark_group("retry_success_path");
+    let mut s = bare();
+    g.bench_function("bare", |b| b.iter(|| one_call(&mut s, black_box(7))));
+    let mut s = tower::retry::RetryLayer::new(Minimal).layer(bare());
+    g.bench_function("tower_retry", |b| b.iter(|| one_call(&mut s, black_box(7))));
+    let mut s = tower::retry::RetryLayer::new(Budgeted(tps_budget())).layer(bare());
+    g.bench_function("tower_retry_tps_budget", |b| b.iter(|| one_call(&mut s, black_box(7))));
+    let mut s = RetryLayer::new(IoErrors).no_budget().layer(bare());
+    g.bench_function("rampart_retry_no_budget", |b| b.iter(|| one_call(&mut s, black_box(7))));
+    let mut s = RetryLayer::new(IoErrors).layer(bare());
+    g.bench_function("rampart_retry_budget", |b| b.iter(|| one_call(&mut s, black_box(7))));
+    g.finish();
+}
+
+/// Wall time for `iters` calls on each of `threads` threads, every thread holding its own
+/// service made by one shared layer; divided by the calls made, so that ns/call at 1 and 2
+/// threads compare directly (scaling = 2 × t(1 thread) / t(2 threads) per call).
+fn threaded(c: &mut Criterion) {
+    for threads in [1usize, 2] {
+        let mut g = c.benchmark_group(format!("retry_threads_{threads}"));
+        for (name, make) in variants() {
+            g.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    let barrier = Barrier::new(threads);
+                    let mut total = Duration::ZERO;
+                    std::thread::scope(|scope| {
+                        let handles: Vec<_> = (0..threads)
+                            .map(|_| {
+                                let mut call = make();
+                                let barrier = &barrier;
+                                scope.spawn(move || {
+                                    barrier.wait();
+                                    let start = Instant::now();
+                                    for i in 0..iters {
+                                        black_box(call(black_box(i)));
+                                    }
+                                    start.elapsed()
+                                })
+                            })
+                            .collect();
+                        for h in handles {
+                            total = total.max(h.join().unwrap_or_default());
+                        }
+                    });
+                    // Time per call made across all threads.
+                    total / threads as u32
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30);
+    targets = success_path, threaded
+}
+criterion_main!(benches);

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -16,10 +15,8 @@ use tower_service::Service;
 
 use crate::observe::{AttemptEvent, FinishEvent, GiveUp, RetryEvent, RetryObserver};
 use crate::replay::Replay;
+use crate::budget::BudgetRef;
 use crate::service::Config;
-
-/// Distinguishes the jitter streams of concurrent calls that share a seed.
-static NEXT_STREAM: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TimerRole {
@@ -32,7 +29,11 @@ enum TimerRole {
 }
 
 pin_project! {
+    #[project = ResponseFutureProj]
     /// The response future of [`Retry`](crate::Retry).
+    ///
+    /// What the success path needs is kept inline and small; what only failures, timers and
+    /// retries need lives in a `Cold` part that is allocated on first use.
     pub struct ResponseFuture<S, Req, C, R, O>
     where
         S: Service<Req>,
@@ -40,17 +41,78 @@ pin_project! {
         #[pin]
         state: State<S::Future>,
         service: S,
-        request: Option<Result<Req, NotReplayable>>,
+        request: Option<Req>,
         classifier: C,
         replay: R,
         observer: O,
-        config: Config,
+        config: &'static Config,
+        budget: Option<BudgetRef>,
+        stream: u64,
         attempts: u32,
+        cold: Option<Pin<Box<Cold>>>,
+    }
+}
+
+pin_project! {
+    /// The failure-path state of one logical call.
+    struct Cold {
+        // When the call started (with timers) or first failed (without).
         started: Option<Instant>,
-        timer: Option<Pin<Box<Sleep>>>,
+        #[pin]
+        timer: Option<Sleep>,
         timer_role: TimerRole,
         schedule: Option<Schedule>,
         span: Option<tracing::Span>,
+        not_replayable: Option<NotReplayable>,
+    }
+}
+
+impl Cold {
+    fn new() -> Pin<Box<Cold>> {
+        Box::pin(Cold {
+            started: None,
+            timer: None,
+            timer_role: TimerRole::AttemptTimeout,
+            schedule: None,
+            span: None,
+            not_replayable: None,
+        })
+    }
+
+    /// Sets the timer to fire at `at`, reusing its registration when there is one.
+    fn set_timer(self: Pin<&mut Self>, at: Instant, role: TimerRole) {
+        let mut this = self.project();
+        *this.timer_role = role;
+        match this.timer.as_mut().as_pin_mut() {
+            Some(timer) => timer.reset(at),
+            None => this.timer.set(Some(sleep_until(at))),
+        }
+    }
+
+    /// Arms the timer that bounds one attempt: the per-attempt timeout or the overall
+    /// deadline, whichever comes first. Disarms it if neither is configured.
+    fn arm_attempt_timer(mut self: Pin<&mut Self>, config: &Config, now: Instant) {
+        let started = *self.as_mut().project().started.get_or_insert(now);
+        let by_timeout = config.attempt_timeout.map(|t| now + t);
+        let by_deadline = config.deadline.map(|d| started + d);
+        match (by_timeout, by_deadline) {
+            (Some(t), Some(d)) if d <= t => self.set_timer(d, TimerRole::Deadline),
+            (Some(t), _) => self.set_timer(t, TimerRole::AttemptTimeout),
+            (None, Some(d)) => self.set_timer(d, TimerRole::Deadline),
+            (None, None) => self.project().timer.set(None),
+        }
+    }
+
+    /// `true` once the armed timer has fired.
+    fn timer_fired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
+        match self.project().timer.as_pin_mut() {
+            Some(timer) => timer.poll(cx).is_ready(),
+            None => false,
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.started.map(|s| s.elapsed()).unwrap_or_default()
     }
 }
 
@@ -69,7 +131,7 @@ where
     S: Service<Req>,
 {
     #[allow(clippy::too_many_arguments)]
-    #[inline]
+    #[inline(always)]
     pub(crate) fn new(
         future: S::Future,
         service: S,
@@ -77,9 +139,17 @@ where
         classifier: C,
         replay: R,
         observer: O,
-        config: Config,
+        config: &'static Config,
+        timed: bool,
+        budget: Option<BudgetRef>,
+        stream: u64,
     ) -> Self {
-        let mut this = ResponseFuture {
+        let (request, cold) = match request {
+            Some(Ok(request)) if !timed => (Some(request), None),
+            None if !timed => (None, None),
+            other => Self::cold_start(other, config, timed),
+        };
+        ResponseFuture {
             state: State::Called { future },
             service,
             request,
@@ -87,50 +157,41 @@ where
             replay,
             observer,
             config,
+            budget,
+            stream,
             attempts: 1,
-            started: None,
-            timer: None,
-            timer_role: TimerRole::AttemptTimeout,
-            schedule: None,
-            span: None,
-        };
-        if config.deadline.is_some() || config.attempt_timeout.is_some() {
-            let now = Instant::now();
-            this.started = Some(now);
-            arm_attempt_timer(&mut this.timer, &mut this.timer_role, &config, now, now);
+            cold,
         }
-        this
     }
 }
 
-/// Arms the timer that bounds one attempt: the per-attempt timeout or the overall deadline,
-/// whichever comes first. Does nothing if neither is configured.
-fn arm_attempt_timer(
-    timer: &mut Option<Pin<Box<Sleep>>>,
-    role: &mut TimerRole,
-    config: &Config,
-    started: Instant,
-    now: Instant,
-) {
-    let by_timeout = config.attempt_timeout.map(|t| now + t);
-    let by_deadline = config.deadline.map(|d| started + d);
-    let (at, r) = match (by_timeout, by_deadline) {
-        (Some(t), Some(d)) if d <= t => (d, TimerRole::Deadline),
-        (Some(t), _) => (t, TimerRole::AttemptTimeout),
-        (None, Some(d)) => (d, TimerRole::Deadline),
-        (None, None) => {
-            *timer = None;
-            return;
+impl<S, Req, C, R, O> ResponseFuture<S, Req, C, R, O>
+where
+    S: Service<Req>,
+{
+    /// The start of a call that needs the cold part at once: it has timers, or its request
+    /// could not be copied.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::type_complexity)]
+    fn cold_start(
+        request: Option<Result<Req, NotReplayable>>,
+        config: &Config,
+        timed: bool,
+    ) -> (Option<Req>, Option<Pin<Box<Cold>>>) {
+        let mut cold = Cold::new();
+        let request = match request {
+            Some(Ok(r)) => Some(r),
+            Some(Err(reason)) => {
+                *cold.as_mut().project().not_replayable = Some(reason);
+                None
+            }
+            None => None,
+        };
+        if timed {
+            cold.as_mut().arm_attempt_timer(config, Instant::now());
         }
-    };
-    set_timer(timer, at);
-    *role = r;
-}
-
-fn set_timer(timer: &mut Option<Pin<Box<Sleep>>>, at: Instant) {
-    match timer {
-        Some(t) => t.as_mut().reset(at),
-        None => *timer = Some(Box::pin(sleep_until(at))),
+        (request, Some(cold))
     }
 }
 
@@ -150,44 +211,79 @@ where
 {
     type Output = Result<S::Response, Error<<S::Error as IntoError>::Inner>>;
 
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        // The hot path: a first attempt without timers that succeeds.
+        if this.cold.is_none() {
+            if let StateProj::Called { future } = this.state.as_mut().project() {
+                return match future.poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Ok(res)) if this.classifier.classify(Ok(&res)).is_success() => {
+                        this.state.set(State::Done);
+                        Poll::Ready(Ok(res))
+                    }
+                    Poll::Ready(r) => Self::poll_slow(this, cx, Some(r)),
+                };
+            }
+        }
+        Self::poll_slow(this, cx, None)
+    }
+}
+
+impl<S, Req, C, R, O> ResponseFuture<S, Req, C, R, O>
+where
+    S: Service<Req>,
+    S::Error: IntoError,
+    C: Classify<S::Response, <S::Error as IntoError>::Inner>,
+    R: Replay<Req>,
+    O: RetryObserver,
+{
+    /// Everything but the hot path: failures, timers, waits and retries.
+    #[inline(never)]
+    #[allow(clippy::type_complexity)]
+    fn poll_slow(
+        mut this: ResponseFutureProj<'_, S, Req, C, R, O>,
+        cx: &mut Context<'_>,
+        mut first: Option<Result<S::Response, S::Error>>,
+    ) -> Poll<<Self as Future>::Output> {
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
-                    let polled = {
-                        let _entered = this.span.as_ref().map(tracing::Span::enter);
-                        future.poll(cx)
+                    let polled = if let Some(r) = first.take() {
+                        Poll::Ready(r)
+                    } else {
+                        match this.cold.as_ref().and_then(|c| c.span.as_ref()) {
+                            Some(span) => span.in_scope(|| future.poll(cx)),
+                            None => future.poll(cx),
+                        }
                     };
                     let result = match polled {
                         Poll::Ready(r) => r.map_err(|e| e.into_error().into_kind()),
                         Poll::Pending => {
-                            let Some(timer) = this.timer.as_mut() else {
+                            let Some(cold) = this.cold.as_mut() else {
                                 return Poll::Pending;
                             };
-                            if timer.as_mut().poll(cx).is_pending() {
+                            if !cold.as_mut().timer_fired(cx) {
                                 return Poll::Pending;
                             }
                             // The attempt ran out of time: cancel it.
                             this.state.set(State::Done);
-                            match *this.timer_role {
-                                TimerRole::AttemptTimeout => {
-                                    let after = this.config.attempt_timeout.unwrap_or_default();
-                                    Err(ErrorKind::Timeout(rampart_core::Timeout::new(after)))
-                                }
-                                TimerRole::Deadline | TimerRole::Backoff => {
-                                    let attempts = *this.attempts;
-                                    notify_finish(this.observer, this.config, attempts, Some(GiveUp::DeadlineExceeded));
-                                    tracing::debug!(
-                                        service = %this.config.name,
-                                        attempts,
-                                        "deadline exceeded during an attempt; giving up"
-                                    );
-                                    let err = Error::new(ErrorKind::DeadlineExceeded(None))
-                                        .with_attempts(attempts)
-                                        .with_elapsed(elapsed(*this.started));
-                                    return Poll::Ready(Err(err));
-                                }
+                            if cold.timer_role == TimerRole::AttemptTimeout {
+                                let after = this.config.attempt_timeout.unwrap_or_default();
+                                Err(ErrorKind::Timeout(rampart_core::Timeout::new(after)))
+                            } else {
+                                let attempts = *this.attempts;
+                                notify_finish(this.observer, this.config, attempts, Some(GiveUp::DeadlineExceeded));
+                                tracing::debug!(
+                                    service = %this.config.name,
+                                    attempts,
+                                    "deadline exceeded during an attempt; giving up"
+                                );
+                                let err = Error::new(ErrorKind::DeadlineExceeded(None))
+                                    .with_attempts(attempts)
+                                    .with_elapsed(cold.elapsed());
+                                return Poll::Ready(Err(err));
                             }
                         }
                     };
@@ -213,18 +309,24 @@ where
                         if attempts > 1 {
                             notify_finish(this.observer, this.config, attempts, None);
                         }
-                        return Poll::Ready(result.map_err(|kind| Error::new(kind).with_attempts(attempts)));
+                        return Poll::Ready(result.map_err(|kind| {
+                            let elapsed = this.cold.as_ref().map(|c| c.elapsed()).unwrap_or_default();
+                            Error::new(kind).with_attempts(attempts).with_elapsed(elapsed)
+                        }));
                     }
 
+                    // The failure path: from here on the cold part exists.
+                    let cold = this.cold.get_or_insert_with(Cold::new);
                     let plan = if open_in.is_none() && !outcome.is_retryable() {
                         Err(GiveUp::NotRetryable)
                     } else {
                         plan_retry(
                             this.config,
+                            *this.budget,
+                            *this.stream,
                             attempts,
-                            this.started,
-                            this.schedule,
-                            this.request,
+                            cold.as_mut(),
+                            this.request.is_some(),
                             outcome,
                             open_in,
                         )
@@ -240,8 +342,9 @@ where
                                 "giving up"
                             );
                             notify_finish(this.observer, this.config, attempts, Some(why));
-                            let elapsed = elapsed(*this.started);
-                            return Poll::Ready(give_up(result, why, attempts, elapsed, this.request.take()));
+                            let elapsed = cold.elapsed();
+                            let reason = cold.as_mut().project().not_replayable.take();
+                            return Poll::Ready(give_up(result, why, attempts, elapsed, reason));
                         }
                     };
 
@@ -263,14 +366,15 @@ where
                     if delay.is_zero() {
                         this.state.set(State::Readying);
                     } else {
-                        set_timer(this.timer, Instant::now() + delay);
-                        *this.timer_role = TimerRole::Backoff;
+                        cold.as_mut().set_timer(Instant::now() + delay, TimerRole::Backoff);
                         this.state.set(State::Waiting);
                     }
                 }
                 StateProj::Waiting => {
-                    if let Some(timer) = this.timer.as_mut() {
-                        ready!(timer.as_mut().poll(cx));
+                    if let Some(cold) = this.cold.as_mut() {
+                        if !cold.as_mut().timer_fired(cx) {
+                            return Poll::Pending;
+                        }
                     }
                     this.state.set(State::Readying);
                 }
@@ -278,23 +382,29 @@ where
                     if let Err(e) = ready!(this.service.poll_ready(cx)) {
                         let attempts = *this.attempts;
                         this.state.set(State::Done);
-                        let err = e.into_error().with_attempts(attempts).with_elapsed(elapsed(*this.started));
+                        let elapsed = this.cold.as_ref().map(|c| c.elapsed()).unwrap_or_default();
+                        let err = e.into_error().with_attempts(attempts).with_elapsed(elapsed);
                         return Poll::Ready(Err(err));
                     }
-                    let request = match this.request.take() {
-                        Some(Ok(request)) => request,
-                        // plan_retry() schedules a retry only with a replayable request in hand.
-                        _ => unreachable!("retry scheduled without a replayable request"),
+                    let Some(request) = this.request.take() else {
+                        // plan_retry() schedules a retry only with a request in hand.
+                        unreachable!("retry scheduled without a replayable request");
                     };
                     if *this.attempts < this.config.backoff.max_retries() {
-                        *this.request = Some(this.replay.replay(&request));
+                        match this.replay.replay(&request) {
+                            Ok(copy) => *this.request = Some(copy),
+                            Err(reason) => {
+                                if let Some(cold) = this.cold.as_mut() {
+                                    *cold.as_mut().project().not_replayable = Some(reason);
+                                }
+                            }
+                        }
                     }
                     let future = this.service.call(request);
                     *this.attempts += 1;
-                    let now = Instant::now();
-                    let started = *this.started.get_or_insert(now);
-                    arm_attempt_timer(this.timer, this.timer_role, this.config, started, now);
-                    *this.span = Some(tracing::debug_span!(
+                    let cold = this.cold.get_or_insert_with(Cold::new);
+                    cold.as_mut().arm_attempt_timer(this.config, Instant::now());
+                    *cold.as_mut().project().span = Some(tracing::debug_span!(
                         "retry_attempt",
                         service = %this.config.name,
                         attempt = *this.attempts,
@@ -310,10 +420,6 @@ where
     }
 }
 
-fn elapsed(started: Option<Instant>) -> Duration {
-    started.map(|s| s.elapsed()).unwrap_or_default()
-}
-
 fn notify_finish<O: RetryObserver>(observer: &O, config: &Config, attempts: u32, gave_up: Option<GiveUp>) {
     observer.on_finish(&FinishEvent {
         service: config.name,
@@ -323,12 +429,14 @@ fn notify_finish<O: RetryObserver>(observer: &O, config: &Config, attempts: u32,
 }
 
 /// Decides whether and when to retry a retryable failure (or an open circuit).
-fn plan_retry<Req>(
+#[allow(clippy::too_many_arguments)]
+fn plan_retry(
     config: &Config,
+    budget: Option<BudgetRef>,
+    stream: u64,
     attempts: u32,
-    started: &mut Option<Instant>,
-    schedule: &mut Option<Schedule>,
-    request: &Option<Result<Req, NotReplayable>>,
+    cold: Pin<&mut Cold>,
+    have_request: bool,
     outcome: Outcome,
     open_in: Option<Duration>,
 ) -> Result<Retrying, GiveUp> {
@@ -336,16 +444,18 @@ fn plan_retry<Req>(
     if attempts > backoff.max_retries() {
         return Err(GiveUp::Exhausted);
     }
-    match request {
-        Some(Ok(_)) => {}
-        Some(Err(_)) => return Err(GiveUp::NotReplayable),
-        None => return Err(GiveUp::Exhausted),
+    let cold = cold.project();
+    if !have_request {
+        return Err(if cold.not_replayable.is_some() {
+            GiveUp::NotReplayable
+        } else {
+            GiveUp::Exhausted
+        });
     }
     let now = Instant::now();
-    let started = *started.get_or_insert(now);
+    let started = *cold.started.get_or_insert(now);
     let deadline_at = config.deadline.map(|d| started + d);
-    let schedule = schedule
-        .get_or_insert_with(|| backoff.schedule(NEXT_STREAM.fetch_add(1, Ordering::Relaxed)));
+    let schedule = cold.schedule.get_or_insert_with(|| backoff.schedule(stream));
 
     let (delay, hinted) = if let Some(retry_in) = open_in {
         // Wait for the breaker only if its probe window opens before the deadline.
@@ -371,7 +481,7 @@ fn plan_retry<Req>(
             return Err(GiveUp::DeadlineExceeded);
         }
     }
-    if let Some(budget) = config.budget.and_then(|b| b.get()) {
+    if let Some(budget) = budget.and_then(BudgetRef::get) {
         if !budget.try_withdraw() {
             return Err(GiveUp::BudgetExhausted);
         }
@@ -380,12 +490,12 @@ fn plan_retry<Req>(
 }
 
 /// The final result when the layer stops retrying.
-fn give_up<Res, E, Req>(
+fn give_up<Res, E>(
     result: Result<Res, ErrorKind<E>>,
     why: GiveUp,
     attempts: u32,
     elapsed: Duration,
-    request: Option<Result<Req, NotReplayable>>,
+    not_replayable: Option<NotReplayable>,
 ) -> Result<Res, Error<E>> {
     let kind = match result {
         // A response that classified as a failure is handed back as it is: the caller can
@@ -396,12 +506,12 @@ fn give_up<Res, E, Req>(
     let kind = match why {
         GiveUp::BudgetExhausted => ErrorKind::BudgetExhausted(Box::new(kind)),
         GiveUp::DeadlineExceeded => ErrorKind::DeadlineExceeded(Some(Box::new(kind))),
-        GiveUp::NotReplayable => match request {
-            Some(Err(reason)) => ErrorKind::NotReplayable {
+        GiveUp::NotReplayable => match not_replayable {
+            Some(reason) => ErrorKind::NotReplayable {
                 reason,
                 last: Box::new(kind),
             },
-            _ => kind,
+            None => kind,
         },
         GiveUp::NotRetryable | GiveUp::Exhausted | GiveUp::CircuitOpen => kind,
     };

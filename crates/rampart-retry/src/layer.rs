@@ -1,3 +1,5 @@
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rampart_core::{Backoff, Name};
@@ -26,6 +28,7 @@ pub struct RetryLayer<C, R = CloneReplay, O = ()> {
     observer: O,
     config: Config,
     budget: Option<RetryBudget>,
+    clones: Arc<AtomicU32>,
 }
 
 impl<C> RetryLayer<C> {
@@ -45,9 +48,9 @@ impl<C> RetryLayer<C> {
                 backoff: Backoff::default(),
                 deadline: None,
                 attempt_timeout: None,
-                budget: Some(budget.handle()),
             },
             budget: Some(budget),
+            clones: Arc::new(AtomicU32::new(0)),
         }
     }
 }
@@ -95,7 +98,6 @@ impl<C, R, O> RetryLayer<C, R, O> {
     ///
     /// Defaults to a new [`RetryBudget::default`] owned by this layer.
     pub fn budget(mut self, budget: RetryBudget) -> Self {
-        self.config.budget = Some(budget.handle());
         self.budget = Some(budget);
         self
     }
@@ -103,7 +105,6 @@ impl<C, R, O> RetryLayer<C, R, O> {
     /// Retries without a budget: every retryable failure is retried up to `max_retries`
     /// times, however many calls are failing.
     pub fn no_budget(mut self) -> Self {
-        self.config.budget = None;
         self.budget = None;
         self
     }
@@ -118,6 +119,7 @@ impl<C, R, O> RetryLayer<C, R, O> {
             observer: self.observer,
             config: self.config,
             budget: self.budget,
+            clones: self.clones,
         }
     }
 
@@ -131,6 +133,7 @@ impl<C, R, O> RetryLayer<C, R, O> {
             observer,
             config: self.config,
             budget: self.budget,
+            clones: self.clones,
         }
     }
 
@@ -154,8 +157,9 @@ where
             self.classifier.clone(),
             self.replay.clone(),
             self.observer.clone(),
-            self.config,
+            self.config.intern(),
             self.budget.clone(),
+            self.clones.clone(),
         )
     }
 }

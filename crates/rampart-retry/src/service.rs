@@ -1,8 +1,13 @@
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rampart_core::{Backoff, Classify, Error, IntoError, Name};
+use rampart_core::{Backoff, Classify, Error, IntoError, Jitter, Name};
 use tower_service::Service;
 
 use crate::budget::{BudgetRef, RetryBudget, DEPOSIT_BATCH};
@@ -11,15 +16,58 @@ use crate::layer::RetryLayer;
 use crate::observe::RetryObserver;
 use crate::replay::{CloneReplay, Replay};
 
-/// What a response future needs to know about its layer: small and `Copy`, so that futures
-/// carry it by value instead of sharing it behind an `Arc`.
+/// A layer's settings. Services and response futures refer to them as an interned
+/// `&'static Config`, so that the success path copies one pointer instead of the settings
+/// and touches no reference count.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Config {
     pub(crate) name: Name,
     pub(crate) backoff: Backoff,
     pub(crate) deadline: Option<Duration>,
     pub(crate) attempt_timeout: Option<Duration>,
-    pub(crate) budget: Option<BudgetRef>,
+}
+
+impl Config {
+    /// Everything that makes two configurations differ, as hashable bits.
+    fn key(&self) -> impl Hash + Eq {
+        let b = &self.backoff;
+        let jitter = match b.jitter() {
+            Jitter::None => (0u8, 0u64),
+            Jitter::Proportional(p) => (1, p.to_bits()),
+            Jitter::Full => (2, 0),
+            Jitter::Equal => (3, 0),
+            Jitter::Decorrelated => (4, 0),
+            _ => (5, 0),
+        };
+        (
+            self.name,
+            (b.max_retries(), b.base_delay(), b.max_delay(), b.factor().to_bits(), jitter, b.seed()),
+            self.deadline,
+            self.attempt_timeout,
+        )
+    }
+
+    /// The process-wide copy of these settings: one per distinct value, kept for the life of
+    /// the process (like service [`Name`]s), so configurations are meant to be few.
+    pub(crate) fn intern(self) -> &'static Config {
+        type Interned = Mutex<HashMap<u64, Vec<&'static Config>>>;
+        static CONFIGS: OnceLock<Interned> = OnceLock::new();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.key().hash(&mut hasher);
+        let hash = hasher.finish();
+        let mut map = CONFIGS
+            .get_or_init(|| Mutex::new(HashMap::new()))
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let bucket = map.entry(hash).or_default();
+        let key = self.key();
+        if let Some(found) = bucket.iter().find(|c| c.key() == key) {
+            return found;
+        }
+        let leaked: &'static Config = Box::leak(Box::new(self));
+        bucket.push(leaked);
+        leaked
+    }
 }
 
 /// Retries failed calls of the inner service. Made by [`RetryLayer`]; see the
@@ -34,14 +82,59 @@ pub struct Retry<S, C, R = CloneReplay, O = ()> {
     classifier: C,
     replay: R,
     observer: O,
-    config: Config,
+    config: &'static Config,
+    /// `config.backoff.max_retries() > 0`, cached off the hot path's pointer chase.
+    retries: bool,
+    /// A deadline or an attempt timeout is set, cached likewise.
+    timed: bool,
     deposits: Deposits,
+    streams: Streams,
+}
+
+/// Numbers each call's jitter stream: `(clone id << 32) | call index`, so that a seeded
+/// backoff gives the same delays for the same sequence of calls, while different calls and
+/// different clones never move in lock step.
+struct Streams {
+    clones: Arc<AtomicU32>,
+    base: u64,
+    next: u32,
+}
+
+impl Streams {
+    fn new(clones: Arc<AtomicU32>) -> Self {
+        let id = clones.fetch_add(1, Ordering::Relaxed);
+        Streams {
+            clones,
+            base: u64::from(id) << 32,
+            next: 0,
+        }
+    }
+
+    #[inline]
+    fn next(&mut self) -> u64 {
+        let stream = self.base | u64::from(self.next);
+        self.next = self.next.wrapping_add(1);
+        stream
+    }
 }
 
 /// Requests counted locally and deposited into the budget in batches (and on drop).
 struct Deposits {
     budget: Option<RetryBudget>,
+    /// The budget's handle, precomputed so that `call` need not look inside the `Arc`.
+    handle: Option<BudgetRef>,
     pending: u32,
+}
+
+impl Deposits {
+    fn new(budget: Option<RetryBudget>) -> Self {
+        let handle = budget.as_ref().map(RetryBudget::handle);
+        Deposits {
+            budget,
+            handle,
+            pending: 0,
+        }
+    }
 }
 
 impl Deposits {
@@ -81,8 +174,9 @@ impl<S, C, R, O> Retry<S, C, R, O> {
         classifier: C,
         replay: R,
         observer: O,
-        config: Config,
+        config: &'static Config,
         budget: Option<RetryBudget>,
+        clones: Arc<AtomicU32>,
     ) -> Self {
         Retry {
             inner,
@@ -90,7 +184,10 @@ impl<S, C, R, O> Retry<S, C, R, O> {
             replay,
             observer,
             config,
-            deposits: Deposits { budget, pending: 0 },
+            retries: config.backoff.max_retries() > 0,
+            timed: config.deadline.is_some() || config.attempt_timeout.is_some(),
+            deposits: Deposits::new(budget),
+            streams: Streams::new(clones),
         }
     }
 
@@ -128,10 +225,10 @@ impl<S: Clone, C: Clone, R: Clone, O: Clone> Clone for Retry<S, C, R, O> {
             replay: self.replay.clone(),
             observer: self.observer.clone(),
             config: self.config,
-            deposits: Deposits {
-                budget: self.deposits.budget.clone(),
-                pending: 0,
-            },
+            retries: self.retries,
+            timed: self.timed,
+            deposits: Deposits::new(self.deposits.budget.clone()),
+            streams: Streams::new(self.streams.clones.clone()),
         }
     }
 }
@@ -166,10 +263,10 @@ where
         self.inner.poll_ready(cx).map_err(IntoError::into_error)
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
         self.deposits.record();
-        let copy = (self.config.backoff.max_retries() > 0).then(|| self.replay.replay(&req));
+        let copy = self.retries.then(|| self.replay.replay(&req));
         let future = self.inner.call(req);
         ResponseFuture::new(
             future,
@@ -179,6 +276,9 @@ where
             self.replay.clone(),
             self.observer.clone(),
             self.config,
+            self.timed,
+            self.deposits.handle,
+            self.streams.next(),
         )
     }
 }

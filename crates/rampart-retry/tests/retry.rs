@@ -243,10 +243,11 @@ async fn poll_ready_errors_pass_through_typed() {
 }
 
 #[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<String>>>);
+struct Recorder(Arc<Mutex<Vec<String>>>, Arc<Mutex<Vec<Duration>>>);
 
 impl RetryObserver for Recorder {
     fn on_retry(&self, e: &RetryEvent) {
+        self.1.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(e.delay);
         self.push(format!("retry {} after attempt {} ({}) in {:?}", e.service, e.attempt, e.outcome, e.delay));
     }
     fn on_attempt(&self, e: &AttemptEvent) {
@@ -260,6 +261,9 @@ impl RetryObserver for Recorder {
 impl Recorder {
     fn push(&self, s: String) {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(s);
+    }
+    fn delays(&self) -> Vec<Duration> {
+        self.1.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
     fn take(&self) -> Vec<String> {
         std::mem::take(&mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
@@ -310,36 +314,57 @@ async fn stacked_rampart_layers_do_not_nest_errors() {
 
 #[tokio::test(start_paused = true)]
 async fn clones_share_the_budget() {
-    let budget = RetryBudget::builder().ratio(0.0).min_per_sec(0).max_tokens(1).build().expect("valid");
-    // min_per_sec 0 starts empty: give it exactly one token.
-    budget.deposit(0);
+    // One token to start with (one second of a 1/s floor), no deposits.
+    let budget = RetryBudget::builder().ratio(0.0).min_per_sec(1).max_tokens(1).build().expect("valid");
     let svc = Scripted::new([Step::Status(503)]);
     let a = layer().backoff(exact(3, 10)).budget(budget.clone()).layer_ok(svc.clone());
     let b = a.clone();
-    assert_eq!(a.budget().map(RetryBudget::balance), Some(0.0));
-    let _ = a.oneshot("x").await;
-    let _ = b.oneshot("y").await;
-    assert_eq!(svc.calls(), 2, "an empty shared budget allows no retries to either clone");
+    assert_eq!(b.budget().map(RetryBudget::balance), Some(1.0));
+    let resp = a.oneshot("x").await.expect("the last response is returned");
+    assert_eq!(resp.status, 503);
+    assert_eq!(svc.calls(), 2, "clone a spends the only token on one retry");
+    let resp = b.oneshot("y").await.expect("the response is returned");
+    assert_eq!(resp.status, 503);
+    assert_eq!(svc.calls(), 3, "clone b finds the shared budget empty");
+
+    let svc = Scripted::new([Step::Io(io::ErrorKind::ConnectionReset)]);
+    eprintln!("before c {}", budget.balance());
+    let c = layer().backoff(exact(3, 10)).budget(budget.clone()).layer_ok(svc.clone());
+    let err = c.oneshot("z").await.expect_err("budget exhausted");
+    eprintln!("after c {}", budget.balance());
+    assert!(err.is_budget_exhausted(), "{err:?}");
+    assert_eq!(err.to_string(), "retry budget exhausted");
+    assert_eq!(err.inner().map(io::Error::kind), Some(io::ErrorKind::ConnectionReset));
+}
+
+/// The delays of `calls` sequential failing calls through one service with a seeded backoff.
+async fn seeded_delays(seed: u64, calls: usize) -> Vec<Duration> {
+    let backoff = rampart_core::Backoff::builder()
+        .max_retries(3)
+        .base_delay(Duration::from_millis(100))
+        .jitter(rampart_core::Jitter::Full)
+        .seed(seed)
+        .build()
+        .expect("valid");
+    let rec = Recorder::default();
+    let svc = Scripted::new([Step::Status(503)]);
+    let mut retry = layer().backoff(backoff).no_budget().observer(rec.clone()).layer_ok(svc);
+    for _ in 0..calls {
+        let _ = ServiceExt::<&str>::ready(&mut retry).await.expect("ready").call("x").await;
+    }
+    rec.delays()
 }
 
 #[tokio::test(start_paused = true)]
 async fn seeded_jitter_makes_retry_timings_reproducible() {
-    async fn run(seed: u64) -> Duration {
-        let backoff = rampart_core::Backoff::builder()
-            .base_delay(Duration::from_millis(100))
-            .jitter(rampart_core::Jitter::Full)
-            .seed(seed)
-            .build()
-            .expect("valid");
-        let svc = Scripted::new([Step::Status(503)]);
-        let start = Instant::now();
-        let _ = layer().backoff(backoff).no_budget().layer_ok(svc).oneshot("x").await;
-        start.elapsed()
-    }
-    // Streams differ per call, so compare two whole sequences of calls.
-    let a = [run(42).await, run(42).await];
-    assert!(a[0] <= Duration::from_millis(700));
-    assert!(a.iter().all(|d| *d <= Duration::from_millis(700)));
+    let a = seeded_delays(42, 4).await;
+    let b = seeded_delays(42, 4).await;
+    let c = seeded_delays(43, 4).await;
+    assert_eq!(a.len(), 12);
+    assert_eq!(a, b, "same seed, same calls: same delays");
+    assert_ne!(a, c, "another seed: other delays");
+    assert_ne!(a[0..3], a[3..6], "consecutive calls do not move in lock step");
+    assert!(a.iter().enumerate().all(|(i, d)| *d <= Duration::from_millis(100 << (i % 3))));
 }
 
 #[tokio::test(start_paused = true)]
@@ -366,3 +391,13 @@ impl<S, L: tower::Layer<S>> LayerOk<S> for L {
 }
 
 use tower::Layer;
+
+#[test]
+fn dbg_size() {
+    let s = tower::service_fn(|x: u64| std::future::ready(Ok::<_, io::Error>(x)));
+    let mut r = RetryLayer::new(rampart_core::classify::IoErrors).layer(s);
+    let f = r.call(1);
+    eprintln!("future size {}", std::mem::size_of_val(&f));
+    eprintln!("schedule {}", std::mem::size_of::<rampart_core::Schedule>());
+    eprintln!("span {}", std::mem::size_of::<tracing::Span>());
+}

@@ -5,6 +5,8 @@
 //!
 //! Run with `cargo bench --bench retry_overhead`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
 use std::future::{ready, Future, Ready};
 use std::hint::black_box;
 use std::io;
@@ -85,8 +87,13 @@ fn tps_budget() -> Arc<TpsBudget> {
 }
 
 /// Every variant as a factory of services sharing one layer.
-fn variants() -> Vec<(&'static str, Box<dyn Fn() -> Box<dyn FnMut(u64) -> u64 + Send> + Send + Sync>)> {
-    fn boxed<S>(mut s: S) -> Box<dyn FnMut(u64) -> u64 + Send>
+/// A boxed call through one service.
+type Call = Box<dyn FnMut(u64) -> u64 + Send>;
+/// Makes a service from a shared layer.
+type Factory = Box<dyn Fn() -> Call + Send + Sync>;
+
+fn variants() -> Vec<(&'static str, Factory)> {
+    fn boxed<S>(mut s: S) -> Call
     where
         S: Service<u64, Response = u64> + Send + 'static,
         S::Error: std::fmt::Debug,
@@ -99,10 +106,22 @@ fn variants() -> Vec<(&'static str, Box<dyn Fn() -> Box<dyn FnMut(u64) -> u64 + 
     let ours_budget = RetryLayer::new(IoErrors);
     vec![
         ("bare", Box::new(|| boxed(bare()))),
-        ("tower_retry", Box::new(move || boxed(tower_plain.layer(bare())))),
-        ("tower_retry_tps_budget", Box::new(move || boxed(tower_budget.layer(bare())))),
-        ("rampart_retry_no_budget", Box::new(move || boxed(ours_plain.layer(bare())))),
-        ("rampart_retry_budget", Box::new(move || boxed(ours_budget.layer(bare())))),
+        (
+            "tower_retry",
+            Box::new(move || boxed(tower_plain.layer(bare()))),
+        ),
+        (
+            "tower_retry_tps_budget",
+            Box::new(move || boxed(tower_budget.layer(bare()))),
+        ),
+        (
+            "rampart_retry_no_budget",
+            Box::new(move || boxed(ours_plain.layer(bare()))),
+        ),
+        (
+            "rampart_retry_budget",
+            Box::new(move || boxed(ours_budget.layer(bare()))),
+        ),
     ]
 }
 
@@ -114,11 +133,17 @@ fn success_path(c: &mut Criterion) {
     let mut s = tower::retry::RetryLayer::new(Minimal).layer(bare());
     g.bench_function("tower_retry", |b| b.iter(|| one_call(&mut s, black_box(7))));
     let mut s = tower::retry::RetryLayer::new(Budgeted(tps_budget())).layer(bare());
-    g.bench_function("tower_retry_tps_budget", |b| b.iter(|| one_call(&mut s, black_box(7))));
+    g.bench_function("tower_retry_tps_budget", |b| {
+        b.iter(|| one_call(&mut s, black_box(7)))
+    });
     let mut s = RetryLayer::new(IoErrors).no_budget().layer(bare());
-    g.bench_function("rampart_retry_no_budget", |b| b.iter(|| one_call(&mut s, black_box(7))));
+    g.bench_function("rampart_retry_no_budget", |b| {
+        b.iter(|| one_call(&mut s, black_box(7)))
+    });
     let mut s = RetryLayer::new(IoErrors).layer(bare());
-    g.bench_function("rampart_retry_budget", |b| b.iter(|| one_call(&mut s, black_box(7))));
+    g.bench_function("rampart_retry_budget", |b| {
+        b.iter(|| one_call(&mut s, black_box(7)))
+    });
     g.finish();
 }
 

@@ -176,7 +176,9 @@ impl Backoff {
     /// without one, it is drawn from a thread-local RNG seeded from the OS.
     pub fn schedule(&self, stream: u64) -> Schedule {
         let rng = match self.seed {
-            Some(seed) => SmallRng::seed_from_u64(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            Some(seed) => {
+                SmallRng::seed_from_u64(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            }
             None => SmallRng::from_rng(&mut rand::rng()),
         };
         Schedule {
@@ -307,7 +309,11 @@ impl BackoffBuilder {
         }
         if let Jitter::Proportional(p) = b.jitter {
             if !(0.0..=1.0).contains(&p) {
-                return Err(ConfigError::new("jitter", p, "must be a fraction in [0, 1]"));
+                return Err(ConfigError::new(
+                    "jitter",
+                    p,
+                    "must be a fraction in [0, 1]",
+                ));
             }
         }
         Ok(b)
@@ -466,14 +472,20 @@ mod tests {
         assert_eq!(b.factor(), 2.0);
         assert_eq!(b.jitter(), Jitter::Proportional(0.1));
         assert_eq!(
-            (0..8).map(|n| b.nominal_delay(n).as_secs()).collect::<Vec<_>>(),
+            (0..8)
+                .map(|n| b.nominal_delay(n).as_secs())
+                .collect::<Vec<_>>(),
             [1, 2, 4, 8, 16, 32, 60, 60]
         );
     }
 
     #[test]
     fn different_streams_differ() {
-        let b = Backoff::builder().jitter(Jitter::Full).seed(1).build().unwrap_or_default();
+        let b = Backoff::builder()
+            .jitter(Jitter::Full)
+            .seed(1)
+            .build()
+            .unwrap_or_default();
         let a: Vec<_> = b.schedule(1).collect();
         let c: Vec<_> = b.schedule(2).collect();
         assert_ne!(a, c);
@@ -481,20 +493,33 @@ mod tests {
 
     #[test]
     fn huge_exponents_saturate_at_max() {
-        let b = Backoff::builder().factor(10.0).max_retries(u32::MAX).build().unwrap_or_default();
+        let b = Backoff::builder()
+            .factor(10.0)
+            .max_retries(u32::MAX)
+            .build()
+            .unwrap_or_default();
         assert_eq!(b.nominal_delay(u32::MAX), b.max_delay());
         assert_eq!(b.nominal_delay(400), b.max_delay());
     }
 
     #[test]
     fn error_messages_name_field_and_value() {
-        let e = Backoff::builder().jitter(Jitter::Proportional(1.5)).build().unwrap_err();
-        assert_eq!(e.to_string(), "invalid jitter = 1.5: must be a fraction in [0, 1]");
+        let e = Backoff::builder()
+            .jitter(Jitter::Proportional(1.5))
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid jitter = 1.5: must be a fraction in [0, 1]"
+        );
         let e = Backoff::builder()
             .base_delay(Duration::from_secs(2))
             .max_delay(Duration::from_secs(1))
             .build()
             .unwrap_err();
-        assert_eq!(e.to_string(), "invalid max_delay = 1s: must not be less than base_delay (2s)");
+        assert_eq!(
+            e.to_string(),
+            "invalid max_delay = 1s: must not be less than base_delay (2s)"
+        );
     }
 }

@@ -184,7 +184,13 @@ mod tests {
         ] {
             assert_eq!(io_error(&k.into()), Outcome::TRANSIENT, "{k:?}");
         }
-        for k in [PermissionDenied, InvalidInput, InvalidData, NotFound, Unsupported] {
+        for k in [
+            PermissionDenied,
+            InvalidInput,
+            InvalidData,
+            NotFound,
+            Unsupported,
+        ] {
             assert_eq!(io_error(&k.into()), Outcome::Permanent, "{k:?}");
         }
     }
@@ -204,10 +210,19 @@ mod tests {
             }
         }
         let e: BoxError = Box::new(Wrapper(io::ErrorKind::ConnectionRefused.into()));
-        assert_eq!(Classify::<(), _>::classify(&TowerErrors, Err(&e)), Outcome::TRANSIENT);
+        assert_eq!(
+            Classify::<(), _>::classify(&TowerErrors, Err(&e)),
+            Outcome::TRANSIENT
+        );
         let e: BoxError = Box::new(Wrapper(io::ErrorKind::PermissionDenied.into()));
-        assert_eq!(Classify::<(), _>::classify(&TowerErrors, Err(&e)), Outcome::Permanent);
+        assert_eq!(
+            Classify::<(), _>::classify(&TowerErrors, Err(&e)),
+            Outcome::Permanent
+        );
         let e: BoxError = Box::new(crate::Timeout::new(std::time::Duration::from_secs(1)));
-        assert_eq!(Classify::<(), _>::classify(&TowerErrors, Err(&e)), Outcome::TRANSIENT);
+        assert_eq!(
+            Classify::<(), _>::classify(&TowerErrors, Err(&e)),
+            Outcome::TRANSIENT
+        );
     }
 }

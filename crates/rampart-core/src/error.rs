@@ -372,7 +372,9 @@ impl<E> ErrorKind<E> {
             ErrorKind::Inner(e) => ErrorKind::Inner(f(e)),
             ErrorKind::CircuitOpen(c) => ErrorKind::CircuitOpen(c),
             ErrorKind::Timeout(t) => ErrorKind::Timeout(t),
-            ErrorKind::BudgetExhausted(last) => ErrorKind::BudgetExhausted(Box::new(last.map_inner(f))),
+            ErrorKind::BudgetExhausted(last) => {
+                ErrorKind::BudgetExhausted(Box::new(last.map_inner(f)))
+            }
             ErrorKind::DeadlineExceeded(last) => {
                 ErrorKind::DeadlineExceeded(last.map(|l| Box::new(l.map_inner(f))))
             }
@@ -576,8 +578,8 @@ mod tests {
     #[test]
     fn display_is_this_level_only_and_source_walks_the_chain() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "peer reset");
-        let err = Error::new(ErrorKind::BudgetExhausted(Box::new(ErrorKind::Inner(io))))
-            .with_attempts(2);
+        let err =
+            Error::new(ErrorKind::BudgetExhausted(Box::new(ErrorKind::Inner(io)))).with_attempts(2);
         assert_eq!(err.to_string(), "retry budget exhausted after 2 attempts");
         let first = err.source().map(ToString::to_string);
         assert_eq!(first.as_deref(), Some("inner service failed"));
@@ -597,8 +599,9 @@ mod tests {
     #[test]
     fn circuit_open_is_visible_through_wrappers() {
         let open = CircuitOpen::new(Name::new("db"), Duration::from_secs(5));
-        let err: Error<std::io::Error> =
-            Error::new(ErrorKind::DeadlineExceeded(Some(Box::new(ErrorKind::CircuitOpen(open)))));
+        let err: Error<std::io::Error> = Error::new(ErrorKind::DeadlineExceeded(Some(Box::new(
+            ErrorKind::CircuitOpen(open),
+        ))));
         assert_eq!(err.circuit_open(), Some(&open));
         assert!(err.inner().is_none());
         let cut: Error<std::io::Error> = Error::new(ErrorKind::DeadlineExceeded(None));
@@ -608,8 +611,10 @@ mod tests {
 
     #[test]
     fn map_inner_keeps_structure() {
-        let err: Error<&'static str> =
-            Error::new(ErrorKind::BudgetExhausted(Box::new(ErrorKind::Inner("boom")))).with_attempts(4);
+        let err: Error<&'static str> = Error::new(ErrorKind::BudgetExhausted(Box::new(
+            ErrorKind::Inner("boom"),
+        )))
+        .with_attempts(4);
         let mapped = err.map_inner(str::len);
         assert_eq!(mapped.inner(), Some(&4));
         assert_eq!(mapped.attempts(), 4);

@@ -15,29 +15,28 @@
 //! min(min_per_sec, max_tokens) + ratio · N + min_per_sec · T
 //! ```
 //!
-//! (the first term is the budget's initial balance: one second of the floor). Deposits are
-//! batched per service clone (up to 15 requests per clone may not be deposited yet), so the
-//! budget may allow slightly *fewer* retries than the bound, never more.
+//! (the first term is the budget's initial balance: one second of the floor). The cap
+//! (`max_tokens`) only ever lowers this.
 //!
 //! # Hot path
 //!
-//! The success path writes no shared memory: each service clone counts its requests in a
-//! plain field and deposits them in batches of 16, and the response future carries only the
-//! budget's numeric id. Withdrawals happen only on the failure path, where the future looks the
+//! A request's deposit is dropped when the budget is already full, so a healthy service's
+//! success path only *reads* the budget's balance: no cache line is written on every success,
+//! and clones on different threads do not contend. Only while the budget is below its cap
+//! (retries are eating into it) does each request add its fraction with one atomic add.
+//! The response future carries only the budget's numeric id. Withdrawals happen only on the failure path, where the future looks the
 //! budget up in a process-wide registry of live budgets. If every handle to the budget has
 //! been dropped while a call is in flight, that call's remaining retries are not budgeted.
 
+use rampart_core::ConfigError;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
-use rampart_core::ConfigError;
 use tokio::time::Instant;
 
 /// Milli-tokens per token: balances are kept in integers.
 const MILLI: i64 = 1_000;
-/// Requests a service clone counts locally before depositing them.
-pub(crate) const DEPOSIT_BATCH: u32 = 16;
 
 /// Default share of requests that may be retries: 10 %.
 pub const DEFAULT_RATIO: f64 = 0.1;
@@ -170,6 +169,15 @@ impl RetryBudget {
         self.inner.balance.load(Ordering::Acquire) as f64 / MILLI as f64
     }
 
+    /// Records one request: adds `ratio` tokens unless the budget is full. A full budget is
+    /// only read.
+    #[inline]
+    pub fn deposit_one(&self) {
+        if self.inner.balance.load(Ordering::Relaxed) < self.inner.cap_milli {
+            self.add(self.inner.deposit_milli);
+        }
+    }
+
     /// Records `requests` requests.
     pub fn deposit(&self, requests: u32) {
         if requests == 0 || self.inner.deposit_milli == 0 {
@@ -189,15 +197,19 @@ impl RetryBudget {
             .is_ok()
     }
 
+    /// Adds `milli` milli-tokens, up to the cap. A full budget is only read, never written,
+    /// so that a healthy service's clones do not contend for its cache line.
     fn add(&self, milli: i64) {
         let cap = self.inner.cap_milli;
-        // `fetch_update` with a closure that always returns `Some` cannot fail.
-        let _ = self
-            .inner
-            .balance
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                Some(b.saturating_add(milli).min(cap).max(b.min(cap)))
-            });
+        let balance = &self.inner.balance;
+        if balance.load(Ordering::Relaxed) >= cap {
+            return;
+        }
+        let before = balance.fetch_add(milli, Ordering::AcqRel);
+        if before.saturating_add(milli) > cap {
+            // Concurrent deposits may overshoot for an instant; clamp back to the cap.
+            balance.fetch_min(cap, Ordering::AcqRel);
+        }
     }
 
     /// Adds the floor's tokens for the time since the last refill.

@@ -7,15 +7,13 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use rampart_core::{
-    Classify, Error, ErrorKind, IntoError, NotReplayable, Outcome, Schedule,
-};
+use rampart_core::{Classify, Error, ErrorKind, IntoError, NotReplayable, Outcome, Schedule};
 use tokio::time::{sleep_until, Instant, Sleep};
 use tower_service::Service;
 
+use crate::budget::BudgetRef;
 use crate::observe::{AttemptEvent, FinishEvent, GiveUp, RetryEvent, RetryObserver};
 use crate::replay::Replay;
-use crate::budget::BudgetRef;
 use crate::service::Config;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,7 +272,12 @@ where
                                 Err(ErrorKind::Timeout(rampart_core::Timeout::new(after)))
                             } else {
                                 let attempts = *this.attempts;
-                                notify_finish(this.observer, this.config, attempts, Some(GiveUp::DeadlineExceeded));
+                                notify_finish(
+                                    this.observer,
+                                    this.config,
+                                    attempts,
+                                    Some(GiveUp::DeadlineExceeded),
+                                );
                                 tracing::debug!(
                                     service = %this.config.name,
                                     attempts,
@@ -294,7 +297,9 @@ where
                         Ok(res) => (this.classifier.classify(Ok(res)), None),
                         Err(ErrorKind::Inner(e)) => (this.classifier.classify(Err(e)), None),
                         Err(ErrorKind::Timeout(_)) => (Outcome::TRANSIENT, None),
-                        Err(ErrorKind::CircuitOpen(open)) => (Outcome::Rejected, Some(open.retry_in)),
+                        Err(ErrorKind::CircuitOpen(open)) => {
+                            (Outcome::Rejected, Some(open.retry_in))
+                        }
                         // Another layer already gave up (a nested retry): never retry that.
                         Err(_) => (Outcome::Permanent, None),
                     };
@@ -310,8 +315,11 @@ where
                             notify_finish(this.observer, this.config, attempts, None);
                         }
                         return Poll::Ready(result.map_err(|kind| {
-                            let elapsed = this.cold.as_ref().map(|c| c.elapsed()).unwrap_or_default();
-                            Error::new(kind).with_attempts(attempts).with_elapsed(elapsed)
+                            let elapsed =
+                                this.cold.as_ref().map(|c| c.elapsed()).unwrap_or_default();
+                            Error::new(kind)
+                                .with_attempts(attempts)
+                                .with_elapsed(elapsed)
                         }));
                     }
 
@@ -366,7 +374,8 @@ where
                     if delay.is_zero() {
                         this.state.set(State::Readying);
                     } else {
-                        cold.as_mut().set_timer(Instant::now() + delay, TimerRole::Backoff);
+                        cold.as_mut()
+                            .set_timer(Instant::now() + delay, TimerRole::Backoff);
                         this.state.set(State::Waiting);
                     }
                 }
@@ -420,7 +429,12 @@ where
     }
 }
 
-fn notify_finish<O: RetryObserver>(observer: &O, config: &Config, attempts: u32, gave_up: Option<GiveUp>) {
+fn notify_finish<O: RetryObserver>(
+    observer: &O,
+    config: &Config,
+    attempts: u32,
+    gave_up: Option<GiveUp>,
+) {
     observer.on_finish(&FinishEvent {
         service: config.name,
         attempts,
@@ -455,7 +469,9 @@ fn plan_retry(
     let now = Instant::now();
     let started = *cold.started.get_or_insert(now);
     let deadline_at = config.deadline.map(|d| started + d);
-    let schedule = cold.schedule.get_or_insert_with(|| backoff.schedule(stream));
+    let schedule = cold
+        .schedule
+        .get_or_insert_with(|| backoff.schedule(stream));
 
     let (delay, hinted) = if let Some(retry_in) = open_in {
         // Wait for the breaker only if its probe window opens before the deadline.
@@ -515,7 +531,9 @@ fn give_up<Res, E>(
         },
         GiveUp::NotRetryable | GiveUp::Exhausted | GiveUp::CircuitOpen => kind,
     };
-    Err(Error::new(kind).with_attempts(attempts).with_elapsed(elapsed))
+    Err(Error::new(kind)
+        .with_attempts(attempts)
+        .with_elapsed(elapsed))
 }
 
 impl<S, Req, C, R, O> fmt::Debug for ResponseFuture<S, Req, C, R, O>

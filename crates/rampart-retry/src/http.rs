@@ -121,7 +121,10 @@ impl<B: Body> ReplayBody<B> {
 impl<B: Body> fmt::Debug for ReplayBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            Kind::Full { data, .. } => f.debug_struct("ReplayBody::Full").field("len", &data.len()).finish(),
+            Kind::Full { data, .. } => f
+                .debug_struct("ReplayBody::Full")
+                .field("len", &data.len())
+                .finish(),
             Kind::Streaming { limit, .. } => f
                 .debug_struct("ReplayBody::Streaming")
                 .field("limit", limit)
@@ -214,7 +217,10 @@ where
 pub struct HttpReplay;
 
 impl<B: Body> Replay<Request<ReplayBody<B>>> for HttpReplay {
-    fn replay(&self, req: &Request<ReplayBody<B>>) -> Result<Request<ReplayBody<B>>, NotReplayable> {
+    fn replay(
+        &self,
+        req: &Request<ReplayBody<B>>,
+    ) -> Result<Request<ReplayBody<B>>, NotReplayable> {
         let body = req.body().try_clone()?;
         let mut copy = Request::new(body);
         *copy.method_mut() = req.method().clone();

@@ -61,9 +61,9 @@
 //!
 //! # Clone
 //!
-//! [`Retry`] is `Clone` when the inner service is. Clones share the [`RetryBudget`]; each
-//! clone batches its budget deposits locally, so no memory shared between clones is written
-//! on the success path. A response future owns a clone of the inner service, which it polls
+//! [`Retry`] is `Clone` when the inner service is. Clones share the [`RetryBudget`]; a healthy
+//! service's success path only reads it, so no memory shared between clones is written on the
+//! success path. A response future owns a clone of the inner service, which it polls
 //! for readiness again before every retry.
 //!
 //! # Cancel safety

@@ -1,16 +1,16 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::{Mutex, OnceLock, PoisonError};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rampart_core::{Backoff, Classify, Error, IntoError, Jitter, Name};
 use tower_service::Service;
 
-use crate::budget::{BudgetRef, RetryBudget, DEPOSIT_BATCH};
+use crate::budget::{BudgetRef, RetryBudget};
 use crate::future::ResponseFuture;
 use crate::layer::RetryLayer;
 use crate::observe::RetryObserver;
@@ -41,7 +41,14 @@ impl Config {
         };
         (
             self.name,
-            (b.max_retries(), b.base_delay(), b.max_delay(), b.factor().to_bits(), jitter, b.seed()),
+            (
+                b.max_retries(),
+                b.base_delay(),
+                b.max_delay(),
+                b.factor().to_bits(),
+                jitter,
+                b.seed(),
+            ),
             self.deadline,
             self.attempt_timeout,
         )
@@ -75,8 +82,8 @@ impl Config {
 ///
 /// # Clone
 ///
-/// Clones share the retry budget. Each clone counts its own requests and deposits them into
-/// the budget in batches, so the success path writes no memory that other clones share.
+/// Clones share the retry budget. A healthy service's success path only reads the budget (a
+/// full budget takes no deposits), so clones on different threads do not contend.
 pub struct Retry<S, C, R = CloneReplay, O = ()> {
     inner: S,
     classifier: C,
@@ -118,42 +125,23 @@ impl Streams {
     }
 }
 
-/// Requests counted locally and deposited into the budget in batches (and on drop).
+/// The budget a service deposits into, with its handle precomputed so that `call` need not
+/// look inside the `Arc`.
 struct Deposits {
     budget: Option<RetryBudget>,
-    /// The budget's handle, precomputed so that `call` need not look inside the `Arc`.
     handle: Option<BudgetRef>,
-    pending: u32,
 }
 
 impl Deposits {
     fn new(budget: Option<RetryBudget>) -> Self {
         let handle = budget.as_ref().map(RetryBudget::handle);
-        Deposits {
-            budget,
-            handle,
-            pending: 0,
-        }
+        Deposits { budget, handle }
     }
-}
 
-impl Deposits {
     #[inline]
-    fn record(&mut self) {
+    fn record(&self) {
         if let Some(budget) = &self.budget {
-            self.pending += 1;
-            if self.pending >= DEPOSIT_BATCH {
-                budget.deposit(self.pending);
-                self.pending = 0;
-            }
-        }
-    }
-}
-
-impl Drop for Deposits {
-    fn drop(&mut self) {
-        if let Some(budget) = &self.budget {
-            budget.deposit(self.pending);
+            budget.deposit_one();
         }
     }
 }
@@ -211,7 +199,7 @@ impl<S, C, R, O> Retry<S, C, R, O> {
         &mut self.inner
     }
 
-    /// Consumes `self`, returning the inner service (pending deposits are flushed).
+    /// Consumes `self`, returning the inner service.
     pub fn into_inner(self) -> S {
         self.inner
     }

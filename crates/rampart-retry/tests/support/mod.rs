@@ -52,14 +52,20 @@ impl<Req> tower::Service<Req> for Scripted {
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Resp, io::Error>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), io::Error>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), io::Error>> {
         std::task::Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, _: Req) -> Self::Future {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let step = {
-            let mut steps = self.steps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut steps = self
+                .steps
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if steps.len() > 1 {
                 steps.pop_front()
             } else {
@@ -68,8 +74,14 @@ impl<Req> tower::Service<Req> for Scripted {
         };
         Box::pin(async move {
             match step.unwrap_or(Step::Status(200)) {
-                Step::Status(status) => Ok(Resp { status, retry_after: None }),
-                Step::Hinted(status, d) => Ok(Resp { status, retry_after: Some(d) }),
+                Step::Status(status) => Ok(Resp {
+                    status,
+                    retry_after: None,
+                }),
+                Step::Hinted(status, d) => Ok(Resp {
+                    status,
+                    retry_after: Some(d),
+                }),
                 Step::Io(kind) => Err(io::Error::from(kind)),
                 Step::Hang => std::future::pending().await,
             }
@@ -80,10 +92,22 @@ impl<Req> tower::Service<Req> for Scripted {
 /// HTTP-like classification of `Resp`, io errors by kind.
 pub fn classify(r: Result<&Resp, &io::Error>) -> Outcome {
     match r {
-        Ok(Resp { status: 200..=299, .. }) => Outcome::Success,
-        Ok(Resp { status: 429, retry_after }) => Outcome::Throttled { retry_after: *retry_after },
+        Ok(Resp {
+            status: 200..=299, ..
+        }) => Outcome::Success,
+        Ok(Resp {
+            status: 429,
+            retry_after,
+        }) => Outcome::Throttled {
+            retry_after: *retry_after,
+        },
         Ok(Resp { status: 501, .. }) => Outcome::Permanent,
-        Ok(Resp { status: 500..=599, retry_after }) => Outcome::Transient { retry_after: *retry_after },
+        Ok(Resp {
+            status: 500..=599,
+            retry_after,
+        }) => Outcome::Transient {
+            retry_after: *retry_after,
+        },
         Ok(_) => Outcome::Rejected,
         Err(e) => rampart_core::classify::io_error(e),
     }

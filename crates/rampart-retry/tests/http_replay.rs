@@ -1,6 +1,5 @@
 //! Replaying `http::Request`s with streaming bodies.
 #![cfg(feature = "http")]
-
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
 
 use std::convert::Infallible;

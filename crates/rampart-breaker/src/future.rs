@@ -1,0 +1,133 @@
+//! The response future of [`CircuitBreaker`](crate::CircuitBreaker).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use pin_project_lite::pin_project;
+use rampart_core::{CircuitOpen, Classify, Error, ErrorKind, IntoError, Outcome};
+use tokio::time::Instant;
+
+use crate::service::Local;
+use crate::word::Admit;
+
+/// An admitted call's claim on the breaker: it records the outcome, or gives a probe slot
+/// back if the call is dropped before it completes.
+pub(crate) struct Guard {
+    local: Arc<Local>,
+    admit: Option<Admit>,
+}
+
+impl Guard {
+    #[inline]
+    pub(crate) fn new(local: Arc<Local>, admit: Admit) -> Self {
+        Guard {
+            local,
+            admit: Some(admit),
+        }
+    }
+
+    #[inline]
+    fn record(&mut self, outcome: Outcome, started: Option<Instant>) {
+        if let Some(admit) = self.admit.take() {
+            let breaker = &self.local.breaker;
+            let failure = breaker.cfg.failure_kinds.counts(outcome);
+            breaker.record(admit, failure, started.map(|s| s.elapsed()));
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(admit) = self.admit.take() {
+            self.local.breaker.release(admit);
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`CircuitBreaker`](crate::CircuitBreaker): the inner call, or an
+    /// immediate [`CircuitOpen`] rejection.
+    pub struct ResponseFuture<F, C> {
+        #[pin]
+        kind: Kind<F>,
+        guard: Option<Guard>,
+        classifier: C,
+        started: Option<Instant>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Called { #[pin] future: F },
+        Rejected { open: Option<CircuitOpen> },
+    }
+}
+
+impl<F, C> ResponseFuture<F, C> {
+    #[inline]
+    pub(crate) fn called(future: F, guard: Guard, classifier: C, started: Option<Instant>) -> Self {
+        ResponseFuture {
+            kind: Kind::Called { future },
+            guard: Some(guard),
+            classifier,
+            started,
+        }
+    }
+
+    pub(crate) fn rejected(open: CircuitOpen, classifier: C) -> Self {
+        ResponseFuture {
+            kind: Kind::Rejected { open: Some(open) },
+            guard: None,
+            classifier,
+            started: None,
+        }
+    }
+}
+
+impl<F, C, Res, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<Res, E>>,
+    E: IntoError,
+    C: Classify<Res, E::Inner>,
+{
+    type Output = Result<Res, Error<E::Inner>>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.kind.project() {
+            KindProj::Rejected { open } => match open.take() {
+                Some(open) => Poll::Ready(Err(Error::from(open))),
+                // Polled again after completion: `Future` allows anything but UB.
+                None => Poll::Pending,
+            },
+            KindProj::Called { future } => {
+                let result = ready!(future.poll(cx)).map_err(IntoError::into_error);
+                let outcome = match &result {
+                    Ok(res) => this.classifier.classify(Ok(res)),
+                    Err(e) => match e.kind() {
+                        ErrorKind::Inner(inner) => this.classifier.classify(Err(inner)),
+                        ErrorKind::Timeout(_) => Outcome::TRANSIENT,
+                        // Another breaker's rejection is no news about this dependency.
+                        ErrorKind::CircuitOpen(_) => Outcome::Rejected,
+                        _ => Outcome::Permanent,
+                    },
+                };
+                if let Some(guard) = this.guard.as_mut() {
+                    guard.record(outcome, *this.started);
+                }
+                Poll::Ready(result)
+            }
+        }
+    }
+}
+
+impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

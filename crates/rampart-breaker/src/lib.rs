@@ -1,0 +1,101 @@
+//! A circuit breaker for any [`tower::Service`](tower_service::Service): fail fast while a
+//! dependency is down, probe it back when it may have recovered.
+//!
+//! # Example
+//!
+//! ```
+//! use rampart_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, State};
+//! use rampart_core::classify::IoErrors;
+//! use std::io;
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let breaker = CircuitBreakerLayer::new(
+//!     CircuitBreakerConfig::builder()
+//!         .consecutive_failures(Some(2))
+//!         .recovery_timeout(Duration::from_secs(30))
+//!         .build()?,
+//!     IoErrors,
+//! )
+//! .name("db");
+//! let handle = breaker.handle();
+//! let svc = ServiceBuilder::new()
+//!     .layer(breaker)
+//!     .service(service_fn(|_: ()| async { Err::<(), _>(io::Error::from(io::ErrorKind::ConnectionRefused)) }));
+//!
+//! for _ in 0..2 {
+//!     let _ = svc.clone().oneshot(()).await; // two failures in a row...
+//! }
+//! assert_eq!(handle.state(), State::Open); // ...open the circuit
+//! let err = svc.clone().oneshot(()).await.unwrap_err();
+//! assert_eq!(err.circuit_open().map(|o| o.retry_in), Some(Duration::from_secs(30)));
+//! # Ok(()) }
+//! ```
+//!
+//! # Semantics
+//!
+//! - **Closed**: calls pass. The circuit opens when any configured condition holds:
+//!   `consecutive_failures` in a row (a success resets the count — the reference design's bug
+//!   fixed), or, over a [`Window`] of the last N calls or N seconds and once it holds
+//!   `minimum_calls`, a failure rate or a slow-call rate at or above its threshold.
+//!   Which outcomes are failures is set by [`FailureKinds`]: transient and permanent by
+//!   default, not throttling (429) and not the caller's own 4xx.
+//! - **Open**: calls fail at once with [`CircuitOpen`](rampart_core::CircuitOpen)
+//!   `{ service, retry_in }` and never reach the inner service. The circuit stays open for
+//!   `recovery_timeout` (60 s by default), doubling on every trip that follows a failed probe,
+//!   up to `max_recovery_timeout`.
+//! - **Half-open**: at most `permitted_probes` calls are in flight at once; others are
+//!   rejected with `retry_in` zero. `success_threshold` successful probes close the circuit;
+//!   one failed probe reopens it. A probe whose future is dropped gives its slot back.
+//! - **Forced open** and **disabled** are operator states, set through a [`BreakerHandle`].
+//!
+//! Every transition emits a `tracing` event (warn when opening), reaches listeners added with
+//! [`CircuitBreakerLayer::on_transition`], and is broadcast to [`BreakerHandle::subscribe`]rs.
+//!
+//! # Readiness
+//!
+//! The breaker decides in `poll_ready`, like tower's `LoadShed`. While open, `poll_ready`
+//! returns `Ready(Ok(()))` without polling the inner service, and `call` returns an
+//! immediately ready `CircuitOpen` error. Holding `poll_ready` pending instead would make
+//! `Buffer` workers and load balancers wait on a dependency that is known to be down, starving
+//! every other caller; that behaviour is an explicit opt-in
+//! ([`backpressure`](CircuitBreakerConfigBuilder::backpressure)).
+//!
+//! # Clone
+//!
+//! Clones share the breaker. Each clone has its own small link to it, which the response
+//! futures of that clone hold, so the success path writes no memory that other clones (on
+//! other threads) write too. A clone starts without an admission.
+//!
+//! # Cancel safety
+//!
+//! Dropping a response future cancels the inner call; a probe's slot is given back, and no
+//! outcome is recorded for it.
+//!
+//! # Errors
+//!
+//! [`rampart_core::Error<E>`](rampart_core::Error): the inner service's error unchanged
+//! (`ErrorKind::Inner`), or `ErrorKind::CircuitOpen` when the breaker rejects the call.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod breaker;
+pub mod config;
+mod events;
+pub mod future;
+mod keyed;
+mod layer;
+mod service;
+mod window;
+mod word;
+
+pub use breaker::{BreakerHandle, Snapshot};
+pub use config::{CircuitBreakerConfig, CircuitBreakerConfigBuilder, FailureKinds, Window};
+pub use events::{Listener, Reason, State, Transition};
+
+pub use keyed::{
+    KeyedCircuitBreaker, KeyedCircuitBreakerLayer, KeyedHandle, DEFAULT_IDLE_TTL, DEFAULT_MAX_KEYS,
+};
+pub use layer::CircuitBreakerLayer;
+pub use service::CircuitBreaker;

@@ -406,6 +406,55 @@ mod loom_tests {
         });
     }
 
+    /// Two probes succeed at once with a threshold of two: exactly one of them closes the
+    /// circuit, and the close is never lost.
+    #[test]
+    fn concurrent_successes_close_exactly_once() {
+        loom::model(|| {
+            let c = Arc::new(Control::new());
+            assert!(c.trip(0, 0));
+            let Ok((Admit::Probe(g1), _)) = c.acquire(|| 0, 2) else { panic!("probe 1") };
+            let Ok((Admit::Probe(g2), _)) = c.acquire(|| 0, 2) else { panic!("probe 2") };
+            let t: Vec<_> = [g1, g2]
+                .into_iter()
+                .map(|g| {
+                    let c = c.clone();
+                    thread::spawn(move || c.probe_done(g, true, 2, || 9))
+                })
+                .collect();
+            let results: Vec<_> = t.into_iter().map(|h| h.join().unwrap()).collect();
+            let closes = results
+                .iter()
+                .filter(|r| **r == Some((State::HalfOpen, State::Closed)))
+                .count();
+            assert_eq!(closes, 1, "{results:?}");
+            assert_eq!(c.state().0, State::Closed);
+        });
+    }
+
+    /// A trip racing an admission: the admission sees either the closed generation (and its
+    /// outcome will be stale) or the open circuit; the trip is never lost.
+    #[test]
+    fn trip_racing_admission() {
+        loom::model(|| {
+            let c = Arc::new(Control::new());
+            let a = {
+                let c = c.clone();
+                thread::spawn(move || c.trip(0, 50))
+            };
+            let b = {
+                let c = c.clone();
+                thread::spawn(move || c.acquire(|| 10, 1))
+            };
+            assert!(a.join().unwrap());
+            match b.join().unwrap() {
+                Ok((Admit::Normal(0), None)) | Err(Deny::Open(50)) => {}
+                other => panic!("unexpected admission {other:?}"),
+            }
+            assert_eq!(c.state(), (State::Open, 50));
+        });
+    }
+
     /// Closing and a concurrent release of a dropped probe: the release never resurrects
     /// a half-open state or underflows the slot count.
     #[test]

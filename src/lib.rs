@@ -30,6 +30,7 @@
 //! | Name | Description | Default? |
 //! |---|---|---|
 //! | `retry` | [`RetryLayer`], [`RetryBudget`] | yes |
+//! | `breaker` | [`CircuitBreakerLayer`], keyed breakers, transition events | yes |
 //! | `http` | replay `http::Request`s with streaming bodies (`BufferBodyLayer`, `HttpReplay`) | no |
 //! | `full` | everything | no |
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -49,3 +50,14 @@ pub mod retry {
 #[cfg(feature = "retry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 pub use rampart_retry::{Retry, RetryBudget, RetryLayer};
+
+/// The circuit breaker: [`CircuitBreakerLayer`], keyed breakers, states and transitions.
+#[cfg(feature = "breaker")]
+#[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
+pub mod breaker {
+    pub use rampart_breaker::*;
+}
+
+#[cfg(feature = "breaker")]
+#[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
+pub use rampart_breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer};

@@ -3,6 +3,8 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::cell::{self, Cell};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +23,9 @@ pub(crate) struct Breaker {
     pub(crate) key: Option<Arc<str>>,
     pub(crate) cfg: CircuitBreakerConfig,
     control: Control,
-    consecutive: AtomicU32,
+    /// The success path's atomics (the failure streak), reachable without a refcount.
+    pub(crate) cell: &'static Cell,
+    pub(crate) cell_gen: u64,
     trips: AtomicU32,
     window: Option<Outcomes>,
     epoch: Instant,
@@ -34,13 +38,28 @@ impl Breaker {
         key: Option<Arc<str>>,
         cfg: CircuitBreakerConfig,
         events: Events,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| {
+            let (cell, cell_gen) = cell::take(me.clone());
+            Breaker::with_cell(name, key, cfg, events, cell, cell_gen)
+        })
+    }
+
+    fn with_cell(
+        name: Name,
+        key: Option<Arc<str>>,
+        cfg: CircuitBreakerConfig,
+        events: Events,
+        cell: &'static Cell,
+        cell_gen: u64,
     ) -> Self {
         Breaker {
             name,
             key,
             cfg,
             control: Control::new(),
-            consecutive: AtomicU32::new(0),
+            cell,
+            cell_gen,
             trips: AtomicU32::new(0),
             window: cfg.window.map(Outcomes::new),
             epoch: Instant::now(),
@@ -70,8 +89,16 @@ impl Breaker {
     }
 
     /// Asks to make a call.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn acquire(&self) -> Result<Admit, CircuitOpen> {
+        if let Some(admit) = self.control.closed() {
+            return Ok(admit);
+        }
+        self.acquire_slow()
+    }
+
+    #[inline(never)]
+    fn acquire_slow(&self) -> Result<Admit, CircuitOpen> {
         #[allow(clippy::cast_possible_truncation)]
         let permitted = self.cfg.permitted_probes as u16;
         match self.control.acquire(|| self.now_ms(), permitted) {
@@ -94,8 +121,24 @@ impl Breaker {
 
     /// Records the outcome of an admitted call. `elapsed` is known only when
     /// [`needs_clock`](Self::needs_clock) said so.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn record(&self, admit: Admit, failure: bool, elapsed: Option<Duration>) {
+        // The hot path: a closed-state success with no window to feed only reads.
+        if !failure
+            && elapsed.is_none()
+            && self.window.is_none()
+            && matches!(admit, Admit::Normal(_))
+        {
+            if self.cell.consecutive.load(Ordering::Relaxed) != 0 {
+                self.cell.consecutive.store(0, Ordering::Release);
+            }
+            return;
+        }
+        self.record_slow(admit, failure, elapsed);
+    }
+
+    #[inline(never)]
+    pub(crate) fn record_slow(&self, admit: Admit, failure: bool, elapsed: Option<Duration>) {
         let slow = match (self.cfg.slow_call_duration, elapsed) {
             (Some(limit), Some(took)) => took > limit,
             _ => false,
@@ -148,10 +191,10 @@ impl Breaker {
     #[inline]
     fn count(&self, failure: bool, slow: bool) {
         if failure {
-            self.consecutive.fetch_add(1, Ordering::AcqRel);
-        } else if self.consecutive.load(Ordering::Relaxed) != 0 {
+            self.cell.consecutive.fetch_add(1, Ordering::AcqRel);
+        } else if self.cell.consecutive.load(Ordering::Relaxed) != 0 {
             // Only a success that follows failures writes: the steady success path only reads.
-            self.consecutive.store(0, Ordering::Release);
+            self.cell.consecutive.store(0, Ordering::Release);
         }
         if let Some(w) = &self.window {
             let now_s = if w.needs_clock() {
@@ -177,7 +220,7 @@ impl Breaker {
         let until = self.until_ms(self.cfg.open_duration(trip));
         if self.control.trip(gen, until) {
             self.trips.fetch_add(1, Ordering::AcqRel);
-            self.consecutive.store(0, Ordering::Release);
+            self.cell.consecutive.store(0, Ordering::Release);
             self.emit(State::Closed, State::Open, reason);
         }
     }
@@ -185,7 +228,7 @@ impl Breaker {
     fn trip_reason(&self) -> Option<Reason> {
         let cfg = &self.cfg;
         if let Some(threshold) = cfg.consecutive_failures {
-            let count = self.consecutive.load(Ordering::Acquire);
+            let count = self.cell.consecutive.load(Ordering::Acquire);
             if count >= threshold {
                 return Some(Reason::ConsecutiveFailures { count, threshold });
             }
@@ -215,7 +258,7 @@ impl Breaker {
     }
 
     fn reset_counts(&self) {
-        self.consecutive.store(0, Ordering::Release);
+        self.cell.consecutive.store(0, Ordering::Release);
         if let Some(w) = &self.window {
             w.reset();
         }
@@ -254,7 +297,7 @@ impl Breaker {
             failure_rate: self.window.as_ref().and(t.failure_rate()),
             slow_call_rate: self.cfg.slow_call_duration.and(t.slow_rate()),
             calls_in_window: t.calls,
-            consecutive_failures: self.consecutive.load(Ordering::Acquire),
+            consecutive_failures: self.cell.consecutive.load(Ordering::Acquire),
             half_open_in: (state == State::Open).then(|| self.retry_in(until)),
             probes_in_flight,
             probe_successes,
@@ -263,6 +306,12 @@ impl Breaker {
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Transition> {
         self.events.subscribe()
+    }
+}
+
+impl Drop for Breaker {
+    fn drop(&mut self) {
+        cell::give_back(self.cell);
     }
 }
 

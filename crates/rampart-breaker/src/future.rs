@@ -10,39 +10,85 @@ use pin_project_lite::pin_project;
 use rampart_core::{CircuitOpen, Classify, Error, ErrorKind, IntoError, Outcome};
 use tokio::time::Instant;
 
+use std::sync::atomic::Ordering;
+
+use crate::cell::Cell;
+use crate::config::FailureKinds;
 use crate::service::Local;
 use crate::word::Admit;
 
 /// An admitted call's claim on the breaker: it records the outcome, or gives a probe slot
 /// back if the call is dropped before it completes.
-pub(crate) struct Guard {
-    local: Arc<Local>,
-    admit: Option<Admit>,
+pub(crate) enum Guard {
+    /// A closed-state call of a breaker with no window and no slow-call rule: it holds no
+    /// reference count. A success only reads the failure streak through the breaker's
+    /// process-lived cell (and resets it if non-zero); a failure finds the breaker through
+    /// the cell's weak owner.
+    Fast {
+        cell: &'static Cell,
+        cell_gen: u64,
+        admit_gen: u16,
+        kinds: FailureKinds,
+    },
+    /// Everything else: probes, windows, slow-call timing.
+    Full {
+        local: Arc<Local>,
+        admit: Option<Admit>,
+    },
 }
 
 impl Guard {
-    #[inline]
-    pub(crate) fn new(local: Arc<Local>, admit: Admit) -> Self {
-        Guard {
-            local,
-            admit: Some(admit),
+    #[inline(always)]
+    pub(crate) fn new(local: &Arc<Local>, admit: Admit) -> Self {
+        match (local.fast, admit) {
+            (Some((cell, cell_gen, kinds)), Admit::Normal(admit_gen)) => Guard::Fast {
+                cell,
+                cell_gen,
+                admit_gen,
+                kinds,
+            },
+            _ => Guard::Full {
+                local: local.clone(),
+                admit: Some(admit),
+            },
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn record(&mut self, outcome: Outcome, started: Option<Instant>) {
-        if let Some(admit) = self.admit.take() {
-            let breaker = &self.local.breaker;
-            let failure = breaker.cfg.failure_kinds.counts(outcome);
-            breaker.record(admit, failure, started.map(|s| s.elapsed()));
+        match self {
+            Guard::Fast {
+                cell,
+                cell_gen,
+                admit_gen,
+                kinds,
+            } => {
+                if !kinds.counts(outcome) {
+                    if cell.consecutive.load(Ordering::Relaxed) != 0 && cell.is(*cell_gen) {
+                        cell.consecutive.store(0, Ordering::Release);
+                    }
+                } else if let Some(breaker) = cell.owner(*cell_gen) {
+                    breaker.record_slow(Admit::Normal(*admit_gen), true, None);
+                }
+            }
+            Guard::Full { local, admit } => {
+                if let Some(admit) = admit.take() {
+                    let breaker = &local.breaker;
+                    let failure = breaker.cfg.failure_kinds.counts(outcome);
+                    breaker.record(admit, failure, started.map(|s| s.elapsed()));
+                }
+            }
         }
     }
 }
 
 impl Drop for Guard {
+    #[inline(always)]
     fn drop(&mut self) {
-        if let Some(admit) = self.admit.take() {
-            self.local.breaker.release(admit);
+        if let Guard::Full { local, admit } = self {
+            if let Some(admit) = admit.take() {
+                local.breaker.release(admit);
+            }
         }
     }
 }
@@ -96,7 +142,7 @@ where
 {
     type Output = Result<Res, Error<E::Inner>>;
 
-    #[inline]
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.kind.project() {

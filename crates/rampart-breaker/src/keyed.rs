@@ -61,17 +61,13 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
                 }
             }
         }
-        let breaker = Arc::new(Breaker::new(
+        let breaker = Breaker::new(
             self.name,
             Some(Arc::from(key.to_string())),
             self.cfg,
             self.events.clone(),
-        ));
-        let needs_clock = breaker.needs_clock();
-        let local = Arc::new(Local {
-            breaker,
-            needs_clock,
-        });
+        );
+        let local = Arc::new(Local::new(breaker));
         map.insert(
             key.clone(),
             Entry {
@@ -293,7 +289,7 @@ where
                 let future = self.inner.call(req);
                 ResponseFuture::called(
                     future,
-                    Guard::new(local, admit),
+                    Guard::new(&local, admit),
                     self.classifier.clone(),
                     started,
                 )

@@ -30,19 +30,14 @@ impl<C> CircuitBreakerLayer<C> {
     pub fn new(config: CircuitBreakerConfig, classifier: C) -> Self {
         let events = Events::default();
         CircuitBreakerLayer {
-            breaker: Arc::new(Breaker::new(Name::default(), None, config, events.clone())),
+            breaker: Breaker::new(Name::default(), None, config, events.clone()),
             events,
             classifier,
         }
     }
 
     fn rebuild(mut self, name: Name) -> Self {
-        self.breaker = Arc::new(Breaker::new(
-            name,
-            None,
-            self.breaker.cfg,
-            self.events.clone(),
-        ));
+        self.breaker = Breaker::new(name, None, self.breaker.cfg, self.events.clone());
         self
     }
 

@@ -81,6 +81,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod breaker;
+mod cell;
 pub mod config;
 mod events;
 pub mod future;

@@ -9,16 +9,44 @@ use tokio::time::{sleep, Instant, Sleep};
 use tower_service::Service;
 
 use crate::breaker::{Breaker, BreakerHandle};
+use crate::cell::Cell;
+use crate::config::FailureKinds;
 use crate::future::{Guard, ResponseFuture};
 use crate::word::Admit;
 
 /// The per-service-instance link to the shared breaker. Response futures hold a clone of it,
 /// so the reference count they touch on every call lives in memory that only this instance's
 /// calls write, not in the breaker that every instance shares.
-#[derive(Debug)]
 pub(crate) struct Local {
     pub(crate) breaker: Arc<Breaker>,
     pub(crate) needs_clock: bool,
+    /// For a breaker whose closed-state successes need no more than the failure streak:
+    /// its cell, the cell's generation and which outcomes count as failures.
+    pub(crate) fast: Option<(&'static Cell, u64, FailureKinds)>,
+}
+
+impl Local {
+    pub(crate) fn new(breaker: Arc<Breaker>) -> Self {
+        let needs_clock = breaker.needs_clock();
+        let fast = (!needs_clock && breaker.cfg.window.is_none()).then_some((
+            breaker.cell,
+            breaker.cell_gen,
+            breaker.cfg.failure_kinds,
+        ));
+        Local {
+            breaker,
+            needs_clock,
+            fast,
+        }
+    }
+}
+
+impl fmt::Debug for Local {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Local")
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A call's admission, decided in `poll_ready` and consumed by `call`; a probe slot held
@@ -53,15 +81,11 @@ pub struct CircuitBreaker<S, C> {
 
 impl<S, C> CircuitBreaker<S, C> {
     pub(crate) fn from_parts(inner: S, classifier: C, breaker: Arc<Breaker>) -> Self {
-        let needs_clock = breaker.needs_clock();
         CircuitBreaker {
             inner,
             classifier,
             slot: Slot {
-                local: Arc::new(Local {
-                    breaker,
-                    needs_clock,
-                }),
+                local: Arc::new(Local::new(breaker)),
                 admission: None,
                 wake: None,
             },
@@ -123,6 +147,7 @@ where
     type Error = Error<<S::Error as IntoError>::Inner>;
     type Future = ResponseFuture<S::Future, C>;
 
+    #[inline(always)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         loop {
             let admission = match &self.slot.admission {
@@ -154,7 +179,7 @@ where
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
         let admission = match self.slot.admission.take() {
             Some(a) => a,
@@ -168,7 +193,7 @@ where
                 let future = self.inner.call(req);
                 ResponseFuture::called(
                     future,
-                    Guard::new(self.slot.local.clone(), admit),
+                    Guard::new(&self.slot.local, admit),
                     self.classifier.clone(),
                     started,
                 )

@@ -132,6 +132,13 @@ impl Control {
         state_of(w) == CLOSED && gen_of(w) == u64::from(gen)
     }
 
+    /// The fast path of [`acquire`](Self::acquire): an admission if the circuit is closed.
+    #[inline(always)]
+    pub(crate) fn closed(&self) -> Option<Admit> {
+        let w = self.word.load(Ordering::Acquire);
+        (state_of(w) == CLOSED).then(|| Admit::Normal(gen16(gen_of(w))))
+    }
+
     /// Asks to make a call. `now_ms` is read only when the circuit is open.
     #[inline]
     pub(crate) fn acquire(
@@ -413,8 +420,12 @@ mod loom_tests {
         loom::model(|| {
             let c = Arc::new(Control::new());
             assert!(c.trip(0, 0));
-            let Ok((Admit::Probe(g1), _)) = c.acquire(|| 0, 2) else { panic!("probe 1") };
-            let Ok((Admit::Probe(g2), _)) = c.acquire(|| 0, 2) else { panic!("probe 2") };
+            let Ok((Admit::Probe(g1), _)) = c.acquire(|| 0, 2) else {
+                panic!("probe 1")
+            };
+            let Ok((Admit::Probe(g2), _)) = c.acquire(|| 0, 2) else {
+                panic!("probe 2")
+            };
             let t: Vec<_> = [g1, g2]
                 .into_iter()
                 .map(|g| {

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rampart_breaker::{
-    CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, FailureKinds, KeyedCircuitBreakerLayer, Reason,
-    State, Transition, Window,
+    CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, FailureKinds,
+    KeyedCircuitBreakerLayer, Reason, State, Transition, Window,
 };
 use rampart_core::{Error, Outcome};
 use tokio::time::Instant;
@@ -51,9 +51,13 @@ struct Dep {
 impl Service<Answer> for Dep {
     type Response = Resp;
     type Error = io::Error;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Resp, io::Error>> + Send>>;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Resp, io::Error>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), io::Error>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), io::Error>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -85,14 +89,23 @@ impl Dep {
     }
 }
 
-fn breaker(cfg: CircuitBreakerConfig) -> (CircuitBreaker<Dep, Classifier>, Dep, rampart_breaker::BreakerHandle) {
+fn breaker(
+    cfg: CircuitBreakerConfig,
+) -> (
+    CircuitBreaker<Dep, Classifier>,
+    Dep,
+    rampart_breaker::BreakerHandle,
+) {
     let layer = CircuitBreakerLayer::new(cfg, classify as Classifier).name("gemini_api");
     let handle = layer.handle();
     let dep = Dep::default();
     (layer.layer(dep.clone()), dep, handle)
 }
 
-async fn send(svc: &mut CircuitBreaker<Dep, Classifier>, a: Answer) -> Result<Resp, Error<io::Error>> {
+async fn send(
+    svc: &mut CircuitBreaker<Dep, Classifier>,
+    a: Answer,
+) -> Result<Resp, Error<io::Error>> {
     svc.ready().await?.call(a).await
 }
 
@@ -102,7 +115,10 @@ fn consecutive(n: u32) -> rampart_breaker::CircuitBreakerConfigBuilder {
 
 #[tokio::test(start_paused = true)]
 async fn reference_design_threshold_two_then_probe_and_close() {
-    let cfg = consecutive(2).recovery_timeout(Duration::from_secs(60)).build().unwrap();
+    let cfg = consecutive(2)
+        .recovery_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
     let (mut svc, dep, handle) = breaker(cfg);
     assert!(send(&mut svc, Answer::Fail).await.is_err());
     assert!(send(&mut svc, Answer::Fail).await.is_err());
@@ -112,15 +128,29 @@ async fn reference_design_threshold_two_then_probe_and_close() {
     let open = err.circuit_open().expect("CircuitOpen");
     assert_eq!(open.service.as_str(), "gemini_api");
     assert_eq!(open.retry_in, Duration::from_secs(60));
-    assert_eq!(err.to_string(), "circuit breaker is open for gemini_api (half-open in 60s)");
-    assert_eq!(dep.calls(), 2, "the rejected call never reached the service");
+    assert_eq!(
+        err.to_string(),
+        "circuit breaker is open for gemini_api (half-open in 60s)"
+    );
+    assert_eq!(
+        dep.calls(),
+        2,
+        "the rejected call never reached the service"
+    );
 
     tokio::time::advance(Duration::from_secs(59)).await;
-    assert!(send(&mut svc, Answer::Ok).await.is_err(), "still open at 59 s");
+    assert!(
+        send(&mut svc, Answer::Ok).await.is_err(),
+        "still open at 59 s"
+    );
     tokio::time::advance(Duration::from_secs(1)).await;
     for i in 0..3 {
         send(&mut svc, Answer::Ok).await.expect("probe passes");
-        let expect = if i < 2 { State::HalfOpen } else { State::Closed };
+        let expect = if i < 2 {
+            State::HalfOpen
+        } else {
+            State::Closed
+        };
         assert_eq!(handle.state(), expect, "after probe {}", i + 1);
     }
     assert_eq!(dep.calls(), 5);
@@ -134,7 +164,11 @@ async fn a_success_resets_the_consecutive_count() {
         let _ = send(&mut svc, Answer::Fail).await;
         send(&mut svc, Answer::Ok).await.unwrap();
     }
-    assert_eq!(handle.state(), State::Closed, "20 failures, never 3 in a row");
+    assert_eq!(
+        handle.state(),
+        State::Closed,
+        "20 failures, never 3 in a row"
+    );
     assert_eq!(handle.snapshot().consecutive_failures, 0);
 }
 
@@ -173,7 +207,15 @@ async fn count_window_forgets_calls_beyond_its_size() {
         .build()
         .unwrap();
     let (mut svc, _, handle) = breaker(cfg);
-    for a in [Answer::Fail, Answer::Fail, Answer::Ok, Answer::Ok, Answer::Ok, Answer::Fail, Answer::Fail] {
+    for a in [
+        Answer::Fail,
+        Answer::Fail,
+        Answer::Ok,
+        Answer::Ok,
+        Answer::Ok,
+        Answer::Fail,
+        Answer::Fail,
+    ] {
         let _ = send(&mut svc, a).await;
     }
     // The last 4 calls: ok, ok, fail, fail → 50 %: stays closed.
@@ -224,7 +266,11 @@ async fn slow_call_rate_trips() {
     send(&mut svc, Answer::Slow(900)).await.unwrap();
     assert_eq!(handle.state(), State::Closed);
     send(&mut svc, Answer::Slow(900)).await.unwrap();
-    assert_eq!(handle.state(), State::Open, "2 of 4 calls slower than 500 ms");
+    assert_eq!(
+        handle.state(),
+        State::Open,
+        "2 of 4 calls slower than 500 ms"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -251,7 +297,11 @@ async fn throttling_and_rejections_do_not_count_unless_configured() {
         .unwrap();
     let (mut svc, _, handle) = breaker(cfg);
     let _ = send(&mut svc, Answer::Fail).await;
-    assert_eq!(handle.state(), State::Closed, "transient failures switched off");
+    assert_eq!(
+        handle.state(),
+        State::Closed,
+        "transient failures switched off"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -261,14 +311,21 @@ async fn forced_open_disabled_and_reset() {
     let err = send(&mut svc, Answer::Ok).await.unwrap_err();
     assert_eq!(err.circuit_open().map(|o| o.retry_in), Some(Duration::MAX));
     tokio::time::advance(Duration::from_secs(3600)).await;
-    assert!(send(&mut svc, Answer::Ok).await.is_err(), "forced open does not time out");
+    assert!(
+        send(&mut svc, Answer::Ok).await.is_err(),
+        "forced open does not time out"
+    );
     assert_eq!(dep.calls(), 0);
 
     handle.disable();
     for _ in 0..5 {
         let _ = send(&mut svc, Answer::Fail).await;
     }
-    assert_eq!(handle.state(), State::Disabled, "never trips while disabled");
+    assert_eq!(
+        handle.state(),
+        State::Disabled,
+        "never trips while disabled"
+    );
     assert_eq!(dep.calls(), 5);
     assert_eq!(handle.snapshot().consecutive_failures, 5, "still counts");
 
@@ -306,7 +363,10 @@ async fn a_failed_probe_reopens_for_longer_each_time() {
     assert_eq!(handle.state(), State::Closed);
     let _ = send(&mut svc, Answer::Fail).await;
     let open = send(&mut svc, Answer::Ok).await.unwrap_err();
-    assert_eq!(open.circuit_open().unwrap().retry_in, Duration::from_secs(10));
+    assert_eq!(
+        open.circuit_open().unwrap().retry_in,
+        Duration::from_secs(10)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -324,7 +384,9 @@ async fn half_open_admits_at_most_the_permitted_probes_among_fifty_callers() {
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let mut s = svc.clone();
-        tasks.push(tokio::spawn(async move { send(&mut s, Answer::Slow(50)).await }));
+        tasks.push(tokio::spawn(
+            async move { send(&mut s, Answer::Slow(50)).await },
+        ));
     }
     let mut rejected = 0;
     for t in tasks {
@@ -333,7 +395,11 @@ async fn half_open_admits_at_most_the_permitted_probes_among_fifty_callers() {
             rejected += 1;
         }
     }
-    assert_eq!(dep.max_in_flight.load(Ordering::SeqCst), 2, "never more than 2 probes in flight");
+    assert_eq!(
+        dep.max_in_flight.load(Ordering::SeqCst),
+        2,
+        "never more than 2 probes in flight"
+    );
     assert_eq!(dep.calls() - calls_before, 2);
     assert_eq!(rejected, 48);
     assert_eq!(handle.state(), State::HalfOpen);
@@ -360,7 +426,9 @@ async fn a_cancelled_probe_gives_its_slot_back() {
         drop(fut);
     }
     assert_eq!(handle.snapshot().probes_in_flight, 0);
-    send(&mut svc, Answer::Ok).await.expect("the slot is free again");
+    send(&mut svc, Answer::Ok)
+        .await
+        .expect("the slot is free again");
     assert_eq!(handle.state(), State::Closed);
 
     // A probe admitted in poll_ready but never called is given back when the service drops.
@@ -385,10 +453,16 @@ async fn poll_ready_is_ready_while_open_without_polling_the_inner_service() {
     handle.force_open();
     h.allow(0);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    assert!(matches!(svc.poll_ready(&mut cx), std::task::Poll::Ready(Ok(()))));
+    assert!(matches!(
+        svc.poll_ready(&mut cx),
+        std::task::Poll::Ready(Ok(()))
+    ));
     let err = svc.call(Answer::Ok).await.unwrap_err();
     assert!(err.circuit_open().is_some());
-    assert!(h.poll_request().is_pending(), "nothing reached the inner service");
+    assert!(
+        h.poll_request().is_pending(),
+        "nothing reached the inner service"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -412,7 +486,11 @@ async fn transitions_reach_tracing_listeners_and_subscribers() {
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let log = seen.clone();
     let layer = CircuitBreakerLayer::new(
-        consecutive(2).recovery_timeout(Duration::from_secs(1)).success_threshold(1).build().unwrap(),
+        consecutive(2)
+            .recovery_timeout(Duration::from_secs(1))
+            .success_threshold(1)
+            .build()
+            .unwrap(),
         classify as Classifier,
     )
     .name("db")
@@ -434,13 +512,22 @@ async fn transitions_reach_tracing_listeners_and_subscribers() {
     );
     let first = rx.recv().await.unwrap();
     assert_eq!((first.from, first.to), (State::Closed, State::Open));
-    assert_eq!(first.reason, Reason::ConsecutiveFailures { count: 2, threshold: 2 });
+    assert_eq!(
+        first.reason,
+        Reason::ConsecutiveFailures {
+            count: 2,
+            threshold: 2
+        }
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn keyed_breakers_isolate_keys_and_stay_bounded() {
     let cfg = consecutive(1).build().unwrap();
-    let layer = KeyedCircuitBreakerLayer::new(cfg, classify as Classifier, |a: &(&'static str, Answer)| a.0)
+    let layer =
+        KeyedCircuitBreakerLayer::new(cfg, classify as Classifier, |a: &(&'static str, Answer)| {
+            a.0
+        })
         .name("tts")
         .max_keys(2);
     let handle = layer.handle();
@@ -456,7 +543,10 @@ async fn keyed_breakers_isolate_keys_and_stay_bounded() {
     assert!(err.circuit_open().is_some());
     assert_eq!(handle.get(&"bad").unwrap().state(), State::Open);
     assert_eq!(handle.get(&"good").unwrap().state(), State::Closed);
-    assert_eq!(handle.get(&"bad").unwrap().snapshot().key.as_deref(), Some("bad"));
+    assert_eq!(
+        handle.get(&"bad").unwrap().snapshot().key.as_deref(),
+        Some("bad")
+    );
     // A third key evicts the least recently used one ("bad" was used last, so "good" goes).
     tokio::time::advance(Duration::from_secs(1)).await;
     svc.clone().oneshot(("third", Answer::Ok)).await.unwrap();
@@ -474,14 +564,24 @@ async fn retry_over_breaker_does_not_hammer_an_open_circuit() {
     let svc = tower::ServiceBuilder::new()
         .layer(
             RetryLayer::new(classify as Classifier)
-                .backoff(rampart_core::Backoff::builder().max_retries(5).base_delay(Duration::from_millis(10)).build().unwrap())
+                .backoff(
+                    rampart_core::Backoff::builder()
+                        .max_retries(5)
+                        .base_delay(Duration::from_millis(10))
+                        .build()
+                        .unwrap(),
+                )
                 .no_budget(),
         )
         .layer(breaker)
         .service(dep.clone());
     let err = svc.clone().oneshot(Answer::Fail).await.unwrap_err();
     assert_eq!(handle.state(), State::Open);
-    assert_eq!(dep.calls(), 2, "two failures opened the circuit; the retry stopped there");
+    assert_eq!(
+        dep.calls(),
+        2,
+        "two failures opened the circuit; the retry stopped there"
+    );
     assert_eq!(err.attempts(), 3);
     assert!(err.circuit_open().is_some());
     let err = svc.oneshot(Answer::Ok).await.unwrap_err();

@@ -25,7 +25,11 @@ const SUCCESSES: u32 = 2;
 #[derive(Debug, Clone, Copy)]
 enum Op {
     /// A call that fails (or not) after `ms` milliseconds.
-    Call { fail: bool, throttled: bool, ms: u64 },
+    Call {
+        fail: bool,
+        throttled: bool,
+        ms: u64,
+    },
     Advance(u64),
 }
 
@@ -90,7 +94,9 @@ impl Model {
     /// The outcome of an admitted call, completing at `now`.
     fn complete(&mut self, probe: bool, fail: bool, slow: bool, now: u64) {
         if probe {
-            let MState::HalfOpen { successes } = self.state else { return };
+            let MState::HalfOpen { successes } = self.state else {
+                return;
+            };
             if fail || slow {
                 let until = now + self.open_for();
                 self.trips += 1;
@@ -101,7 +107,9 @@ impl Model {
                 self.window.clear();
                 self.trips = 0;
             } else {
-                self.state = MState::HalfOpen { successes: successes + 1 };
+                self.state = MState::HalfOpen {
+                    successes: successes + 1,
+                };
             }
             return;
         }
@@ -159,7 +167,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             .success_threshold(SUCCESSES)
             .build()
             .unwrap();
-        let layer = CircuitBreakerLayer::new(cfg, classify as fn(Result<&u16, &io::Error>) -> Outcome);
+        let layer =
+            CircuitBreakerLayer::new(cfg, classify as fn(Result<&u16, &io::Error>) -> Outcome);
         let handle = layer.handle();
         let mut svc = layer.layer(tower::service_fn(|(status, ms): (u16, u64)| async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -176,14 +185,29 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         for (i, op) in ops.into_iter().enumerate() {
             match op {
                 Op::Advance(ms) => tokio::time::advance(Duration::from_millis(ms)).await,
-                Op::Call { fail, throttled, ms } => {
-                    let status = if throttled { 429 } else if fail { 503 } else { 200 };
+                Op::Call {
+                    fail,
+                    throttled,
+                    ms,
+                } => {
+                    let status = if throttled {
+                        429
+                    } else if fail {
+                        503
+                    } else {
+                        200
+                    };
                     let expected = model.admit(now());
                     let got = svc.ready().await.unwrap().call((status, ms)).await;
                     match (expected, &got) {
                         (Err(retry_ms), Err(e)) => {
                             let open = e.circuit_open().expect("a rejection");
-                            prop_assert_eq!(open.retry_in, Duration::from_millis(retry_ms), "step {}", i);
+                            prop_assert_eq!(
+                                open.retry_in,
+                                Duration::from_millis(retry_ms),
+                                "step {}",
+                                i
+                            );
                         }
                         (Ok(probe), Ok(_)) => {
                             let counted_fail = fail && !throttled;
@@ -193,7 +217,14 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }
                 }
             }
-            prop_assert_eq!(handle.state(), model.state(), "step {}: {:?} model {:?}", i, op, model);
+            prop_assert_eq!(
+                handle.state(),
+                model.state(),
+                "step {}: {:?} model {:?}",
+                i,
+                op,
+                model
+            );
         }
         Ok(())
     })

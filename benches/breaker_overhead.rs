@@ -1,0 +1,288 @@
+//! Per-call overhead of circuit breakers on the closed-state success path, side by side in
+//! one run: a bare service; the floor (a hand-written breaker: an `Arc<AtomicU32>` failure
+//! counter cloned into the response future, reset on success only when non-zero); rampart's
+//! breaker with a consecutive-failure threshold and with a count window; and `failsafe`,
+//! `recloser` and `tower-resilience`. Then two threads hammering one shared breaker.
+//!
+//! Run with `cargo bench --bench breaker_overhead`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::future::{ready, Future, Ready};
+use std::hint::black_box;
+use std::io;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Barrier};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use failsafe::CircuitBreaker as _;
+use rampart::breaker::{CircuitBreakerConfig, CircuitBreakerLayer, Window};
+use rampart::classify::IoErrors;
+use tower::{service_fn, Layer, Service};
+
+type Bare = tower::util::ServiceFn<fn(u64) -> Ready<Result<u64, io::Error>>>;
+
+fn bare() -> Bare {
+    service_fn(|x: u64| ready(Ok(x)))
+}
+
+#[inline(always)]
+fn one_call<S>(svc: &mut S, x: u64) -> u64
+where
+    S: Service<u64, Response = u64>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    match svc.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        _ => unreachable!("always ready"),
+    }
+    let fut = pin!(svc.call(x));
+    match fut.poll(&mut cx) {
+        Poll::Ready(Ok(v)) => v,
+        _ => unreachable!("answers at once"),
+    }
+}
+
+// ===== the floor: the least a breaker can do =====
+
+#[derive(Clone)]
+struct Floor<S> {
+    inner: S,
+    failures: Arc<AtomicU32>,
+}
+
+struct FloorFuture<F> {
+    inner: F,
+    failures: Arc<AtomicU32>,
+}
+
+impl<F: Future<Output = Result<u64, io::Error>> + Unpin> Future for FloorFuture<F> {
+    type Output = Result<u64, io::Error>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let r = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
+        match &r {
+            Ok(_) => {
+                if self.failures.load(Ordering::Relaxed) != 0 {
+                    self.failures.store(0, Ordering::Relaxed);
+                }
+            }
+            Err(_) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Poll::Ready(r)
+    }
+}
+
+impl<S> Service<u64> for Floor<S>
+where
+    S: Service<u64, Response = u64, Error = io::Error>,
+    S::Future: Unpin,
+{
+    type Response = u64;
+    type Error = io::Error;
+    type Future = FloorFuture<S::Future>;
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
+        if self.failures.load(Ordering::Relaxed) >= 5 {
+            return Poll::Ready(Err(io::Error::other("open")));
+        }
+        self.inner.poll_ready(cx)
+    }
+    fn call(&mut self, x: u64) -> Self::Future {
+        FloorFuture {
+            inner: self.inner.call(x),
+            failures: self.failures.clone(),
+        }
+    }
+}
+
+fn floor(shared: &Arc<AtomicU32>) -> Floor<Bare> {
+    Floor {
+        inner: bare(),
+        failures: shared.clone(),
+    }
+}
+
+fn consecutive_layer() -> CircuitBreakerLayer<IoErrors> {
+    CircuitBreakerLayer::new(CircuitBreakerConfig::default(), IoErrors).name("bench")
+}
+
+fn window_layer() -> CircuitBreakerLayer<IoErrors> {
+    let cfg = CircuitBreakerConfig::builder()
+        .consecutive_failures(None)
+        .window(Some(Window::Count(100)))
+        .build()
+        .expect("valid");
+    CircuitBreakerLayer::new(cfg, IoErrors).name("bench")
+}
+
+type FailsafeConsecutive = failsafe::StateMachine<
+    failsafe::failure_policy::ConsecutiveFailures<failsafe::backoff::Constant>,
+    (),
+>;
+
+fn failsafe_consecutive() -> FailsafeConsecutive {
+    let policy = failsafe::failure_policy::consecutive_failures(
+        5,
+        failsafe::backoff::constant(Duration::from_secs(60)),
+    );
+    failsafe::Config::new().failure_policy(policy).build()
+}
+
+fn tower_resilience_layer() -> tower_resilience::circuitbreaker::CircuitBreakerLayer<
+    impl tower_resilience::circuitbreaker::FailureClassifier<u64, io::Error>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+> {
+    tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .sliding_window_size(100)
+        .build()
+        .expect("valid")
+}
+
+/// A boxed call through one service (or one breaker), for the threaded runs.
+type Call = Box<dyn FnMut(u64) -> u64 + Send>;
+/// Makes a caller that shares the variant's breaker.
+type Factory = Box<dyn Fn() -> Call + Send + Sync>;
+
+fn variants() -> Vec<(&'static str, Factory)> {
+    fn boxed<S>(mut s: S) -> Call
+    where
+        S: Service<u64, Response = u64> + Send + 'static,
+        S::Error: std::fmt::Debug,
+    {
+        Box::new(move |x| one_call(&mut s, x))
+    }
+    let shared = Arc::new(AtomicU32::new(0));
+    let cons = consecutive_layer();
+    let win = window_layer();
+    let fs = Arc::new(failsafe_consecutive());
+    let fs_default = Arc::new(failsafe::Config::new().build());
+    let rc = Arc::new(recloser::Recloser::default());
+    let tr = tower_resilience_layer();
+    vec![
+        ("bare", Box::new(|| boxed(bare()))),
+        ("floor_arc_atomic", Box::new(move || boxed(floor(&shared)))),
+        (
+            "rampart_consecutive",
+            Box::new(move || boxed(cons.layer(bare()))),
+        ),
+        (
+            "rampart_count_window",
+            Box::new(move || boxed(win.layer(bare()))),
+        ),
+        (
+            "failsafe_consecutive",
+            Box::new(move || {
+                let fs = fs.clone();
+                Box::new(move |x| fs.call(|| Ok::<u64, io::Error>(black_box(x))).unwrap())
+            }),
+        ),
+        (
+            "failsafe_default",
+            Box::new(move || {
+                let fs = fs_default.clone();
+                Box::new(move |x| fs.call(|| Ok::<u64, io::Error>(black_box(x))).unwrap())
+            }),
+        ),
+        (
+            "recloser",
+            Box::new(move || {
+                let rc = rc.clone();
+                Box::new(move |x| rc.call(|| Ok::<u64, io::Error>(black_box(x))).unwrap())
+            }),
+        ),
+        (
+            "tower_resilience",
+            Box::new(move || boxed(tr.layer(bare()))),
+        ),
+    ]
+}
+
+fn success_path(c: &mut Criterion) {
+    let mut g = c.benchmark_group("breaker_success_path");
+    let mut s = bare();
+    g.bench_function("bare", |b| b.iter(|| one_call(&mut s, black_box(7))));
+    let shared = Arc::new(AtomicU32::new(0));
+    let mut s = floor(&shared);
+    g.bench_function("floor_arc_atomic", |b| {
+        b.iter(|| one_call(&mut s, black_box(7)))
+    });
+    let mut s = consecutive_layer().layer(bare());
+    g.bench_function("rampart_consecutive", |b| {
+        b.iter(|| one_call(&mut s, black_box(7)))
+    });
+    let mut s = window_layer().layer(bare());
+    g.bench_function("rampart_count_window", |b| {
+        b.iter(|| one_call(&mut s, black_box(7)))
+    });
+    let fs = failsafe_consecutive();
+    g.bench_function("failsafe_consecutive", |b| {
+        b.iter(|| fs.call(|| Ok::<u64, io::Error>(black_box(7))).unwrap())
+    });
+    let fs = failsafe::Config::new().build();
+    g.bench_function("failsafe_default", |b| {
+        b.iter(|| fs.call(|| Ok::<u64, io::Error>(black_box(7))).unwrap())
+    });
+    let rc = recloser::Recloser::default();
+    g.bench_function("recloser", |b| {
+        b.iter(|| rc.call(|| Ok::<u64, io::Error>(black_box(7))).unwrap())
+    });
+    let mut s = tower_resilience_layer().layer(bare());
+    g.bench_function("tower_resilience", |b| {
+        b.iter(|| one_call(&mut s, black_box(7)))
+    });
+    g.finish();
+}
+
+fn threaded(c: &mut Criterion) {
+    for threads in [1usize, 2] {
+        let mut g = c.benchmark_group(format!("breaker_threads_{threads}"));
+        for (name, make) in variants() {
+            g.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    let barrier = Barrier::new(threads);
+                    let mut total = Duration::ZERO;
+                    std::thread::scope(|scope| {
+                        let handles: Vec<_> = (0..threads)
+                            .map(|_| {
+                                let mut call = make();
+                                let barrier = &barrier;
+                                scope.spawn(move || {
+                                    barrier.wait();
+                                    let start = Instant::now();
+                                    for i in 0..iters {
+                                        black_box(call(black_box(i)));
+                                    }
+                                    start.elapsed()
+                                })
+                            })
+                            .collect();
+                        for h in handles {
+                            total = total.max(h.join().unwrap_or_default());
+                        }
+                    });
+                    total / threads as u32
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30);
+    targets = success_path, threaded
+}
+criterion_main!(benches);

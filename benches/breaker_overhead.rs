@@ -134,11 +134,7 @@ fn failsafe_consecutive() -> FailsafeConsecutive {
 }
 
 fn tower_resilience_layer() -> tower_resilience::circuitbreaker::CircuitBreakerLayer<
-    impl tower_resilience::circuitbreaker::FailureClassifier<u64, io::Error>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    impl tower_resilience::circuitbreaker::FailureClassifier<u64, io::Error> + Clone + 'static,
 > {
     tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
         .failure_rate_threshold(0.5)

@@ -82,6 +82,11 @@ impl Breaker {
         Duration::from_millis(until_ms).saturating_sub(self.epoch.elapsed())
     }
 
+    /// The pooled count window, if the breaker has one.
+    pub(crate) fn count_window(&self) -> Option<(&'static crate::window::CountWindow, u64)> {
+        self.window.as_ref().and_then(Outcomes::count_window)
+    }
+
     /// `true` if recording an outcome needs the time: slow-call detection or a time window.
     pub(crate) fn needs_clock(&self) -> bool {
         self.cfg.slow_call_duration.is_some()

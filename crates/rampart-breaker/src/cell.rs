@@ -15,6 +15,7 @@ use std::sync::{Mutex, PoisonError, Weak};
 
 use crate::breaker::Breaker;
 
+#[derive(Debug)]
 pub(crate) struct Cell {
     gen: AtomicU64,
     pub(crate) consecutive: AtomicU32,

@@ -21,7 +21,11 @@ pub const DEFAULT_MINIMUM_CALLS: u32 = 10;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Window {
-    /// The last `n` calls.
+    /// The last `n` calls. Each thread that completes calls keeps its own ring of its last
+    /// `n` calls (up to 8 rings, no more than the machine's parallelism), so that threads
+    /// never write the same memory; the window is their sum. Driven from one thread (or a
+    /// current-thread runtime) this is exactly the last `n` calls; from `k` threads it holds
+    /// up to `k · n`.
     Count(u32),
     /// The calls of the last `n` seconds, in one-second buckets.
     Time(u32),
@@ -42,60 +46,77 @@ pub enum Window {
 /// assert!(k.counts(Outcome::THROTTLED));
 /// assert!(!k.counts(Outcome::Rejected));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub struct FailureKinds {
-    transient: bool,
-    throttled: bool,
-    permanent: bool,
-    rejected: bool,
+    /// One bit per outcome kind, so that copies are a single byte.
+    bits: u8,
 }
+
+const TRANSIENT: u8 = 1;
+const THROTTLED: u8 = 2;
+const PERMANENT: u8 = 4;
+const REJECTED: u8 = 8;
 
 impl Default for FailureKinds {
     fn default() -> Self {
         FailureKinds {
-            transient: true,
-            throttled: false,
-            permanent: true,
-            rejected: false,
+            bits: TRANSIENT | PERMANENT,
         }
     }
 }
 
+impl std::fmt::Debug for FailureKinds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FailureKinds")
+            .field("transient", &(self.bits & TRANSIENT != 0))
+            .field("throttled", &(self.bits & THROTTLED != 0))
+            .field("permanent", &(self.bits & PERMANENT != 0))
+            .field("rejected", &(self.bits & REJECTED != 0))
+            .finish()
+    }
+}
+
 impl FailureKinds {
-    /// Whether transient failures count. Defaults to `true`.
-    pub const fn transient(mut self, yes: bool) -> Self {
-        self.transient = yes;
+    const fn set(mut self, bit: u8, yes: bool) -> Self {
+        if yes {
+            self.bits |= bit;
+        } else {
+            self.bits &= !bit;
+        }
         self
+    }
+
+    /// Whether transient failures count. Defaults to `true`.
+    pub const fn transient(self, yes: bool) -> Self {
+        self.set(TRANSIENT, yes)
     }
     /// Whether throttling counts. Defaults to `false`.
-    pub const fn throttled(mut self, yes: bool) -> Self {
-        self.throttled = yes;
-        self
+    pub const fn throttled(self, yes: bool) -> Self {
+        self.set(THROTTLED, yes)
     }
     /// Whether permanent failures count. Defaults to `true`.
-    pub const fn permanent(mut self, yes: bool) -> Self {
-        self.permanent = yes;
-        self
+    pub const fn permanent(self, yes: bool) -> Self {
+        self.set(PERMANENT, yes)
     }
     /// Whether rejected calls (the caller's fault) count. Defaults to `false`.
-    pub const fn rejected(mut self, yes: bool) -> Self {
-        self.rejected = yes;
-        self
+    pub const fn rejected(self, yes: bool) -> Self {
+        self.set(REJECTED, yes)
     }
 
     /// `true` if `outcome` counts as a failure.
     #[inline]
     pub fn counts(&self, outcome: Outcome) -> bool {
-        match outcome {
-            Outcome::Success => false,
-            Outcome::Transient { .. } => self.transient,
-            Outcome::Throttled { .. } => self.throttled,
-            Outcome::Permanent => self.permanent,
-            Outcome::Rejected => self.rejected,
+        let bit = match outcome {
+            Outcome::Success => return false,
+            Outcome::Transient { .. } => TRANSIENT,
+            Outcome::Throttled { .. } => THROTTLED,
+            Outcome::Permanent => PERMANENT,
+            Outcome::Rejected => REJECTED,
             // An outcome this version does not know: count it, to fail safe.
-            _ => true,
-        }
+            _ => return true,
+        };
+        self.bits & bit != 0
     }
 }
 

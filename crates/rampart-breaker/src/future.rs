@@ -12,9 +12,7 @@ use tokio::time::Instant;
 
 use std::sync::atomic::Ordering;
 
-use crate::cell::Cell;
-use crate::config::FailureKinds;
-use crate::service::Local;
+use crate::service::{Fast, Local};
 use crate::word::Admit;
 
 /// An admitted call's claim on the breaker: it records the outcome, or gives a probe slot
@@ -24,12 +22,7 @@ pub(crate) enum Guard {
     /// reference count. A success only reads the failure streak through the breaker's
     /// process-lived cell (and resets it if non-zero); a failure finds the breaker through
     /// the cell's weak owner.
-    Fast {
-        cell: &'static Cell,
-        cell_gen: u64,
-        admit_gen: u16,
-        kinds: FailureKinds,
-    },
+    Fast { fast: Fast, admit_gen: u16 },
     /// Everything else: probes, windows, slow-call timing.
     Full {
         local: Arc<Local>,
@@ -41,12 +34,7 @@ impl Guard {
     #[inline(always)]
     pub(crate) fn new(local: &Arc<Local>, admit: Admit) -> Self {
         match (local.fast, admit) {
-            (Some((cell, cell_gen, kinds)), Admit::Normal(admit_gen)) => Guard::Fast {
-                cell,
-                cell_gen,
-                admit_gen,
-                kinds,
-            },
+            (Some(fast), Admit::Normal(admit_gen)) => Guard::Fast { fast, admit_gen },
             _ => Guard::Full {
                 local: local.clone(),
                 admit: Some(admit),
@@ -57,17 +45,16 @@ impl Guard {
     #[inline(always)]
     fn record(&mut self, outcome: Outcome, started: Option<Instant>) {
         match self {
-            Guard::Fast {
-                cell,
-                cell_gen,
-                admit_gen,
-                kinds,
-            } => {
-                if !kinds.counts(outcome) {
-                    if cell.consecutive.load(Ordering::Relaxed) != 0 && cell.is(*cell_gen) {
+            Guard::Fast { fast, admit_gen } => {
+                let cell = fast.cell;
+                if !fast.kinds.counts(outcome) {
+                    if cell.consecutive.load(Ordering::Relaxed) != 0 && cell.is(fast.cell_gen) {
                         cell.consecutive.store(0, Ordering::Release);
                     }
-                } else if let Some(breaker) = cell.owner(*cell_gen) {
+                    if let Some((window, gen)) = fast.window {
+                        window.record_success(gen);
+                    }
+                } else if let Some(breaker) = cell.owner(fast.cell_gen) {
                     breaker.record_slow(Admit::Normal(*admit_gen), true, None);
                 }
             }

@@ -65,9 +65,12 @@
 //!
 //! # Clone
 //!
-//! Clones share the breaker. Each clone has its own small link to it, which the response
-//! futures of that clone hold, so the success path writes no memory that other clones (on
-//! other threads) write too. A clone starts without an admission.
+//! Clones share the breaker. A closed-state call of a breaker without slow-call timing or a
+//! time window holds no reference count: its future reaches the failure streak (and the
+//! count window) through process-lived, recycled memory tagged with a generation, so a
+//! healthy service's success path writes no memory that other threads write. Other calls
+//! (probes, time windows, slow-call timing) hold a reference to a small per-clone link, not
+//! to the shared breaker. A clone starts without an admission.
 //!
 //! # Cancel safety
 //!

@@ -12,6 +12,7 @@ use crate::breaker::{Breaker, BreakerHandle};
 use crate::cell::Cell;
 use crate::config::FailureKinds;
 use crate::future::{Guard, ResponseFuture};
+use crate::window::CountWindow;
 use crate::word::Admit;
 
 /// The per-service-instance link to the shared breaker. Response futures hold a clone of it,
@@ -20,19 +21,32 @@ use crate::word::Admit;
 pub(crate) struct Local {
     pub(crate) breaker: Arc<Breaker>,
     pub(crate) needs_clock: bool,
-    /// For a breaker whose closed-state successes need no more than the failure streak:
-    /// its cell, the cell's generation and which outcomes count as failures.
-    pub(crate) fast: Option<(&'static Cell, u64, FailureKinds)>,
+    /// For a breaker whose closed-state successes need no clock: what they touch, reachable
+    /// without a reference count.
+    pub(crate) fast: Option<Fast>,
+}
+
+/// What a closed-state success touches: the failure streak in the breaker's cell and, with a
+/// count window, the pooled window; each with the generation it belongs to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fast {
+    pub(crate) cell: &'static Cell,
+    pub(crate) cell_gen: u64,
+    pub(crate) kinds: FailureKinds,
+    pub(crate) window: Option<(&'static CountWindow, u64)>,
 }
 
 impl Local {
     pub(crate) fn new(breaker: Arc<Breaker>) -> Self {
         let needs_clock = breaker.needs_clock();
-        let fast = (!needs_clock && breaker.cfg.window.is_none()).then_some((
-            breaker.cell,
-            breaker.cell_gen,
-            breaker.cfg.failure_kinds,
-        ));
+        let window = breaker.count_window();
+        let fast =
+            (!needs_clock && (breaker.cfg.window.is_none() || window.is_some())).then_some(Fast {
+                cell: breaker.cell,
+                cell_gen: breaker.cell_gen,
+                kinds: breaker.cfg.failure_kinds,
+                window,
+            });
         Local {
             breaker,
             needs_clock,

@@ -588,3 +588,41 @@ async fn retry_over_breaker_does_not_hammer_an_open_circuit() {
     assert_eq!(err.attempts(), 1);
     assert_eq!(dep.calls(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_future_that_outlives_its_breaker_does_not_touch_the_next_one() {
+    // Breakers lend their success-path counters from a recycled pool; a call still in flight
+    // when its breaker is dropped must not count against a breaker made afterwards.
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let rx = Arc::new(Mutex::new(Some(rx)));
+    let inner = tower::service_fn(move |_: ()| {
+        let rx = rx.lock().unwrap().take();
+        async move {
+            if let Some(rx) = rx {
+                let _ = rx.await;
+            }
+            Err::<Resp, _>(io::Error::from(io::ErrorKind::ConnectionRefused))
+        }
+    });
+    let cfg = consecutive(1).build().unwrap();
+    let layer = CircuitBreakerLayer::new(cfg, classify as Classifier);
+    let mut old = layer.layer(inner.clone());
+    let in_flight = tokio::spawn(old.ready().await.unwrap().call(()));
+    tokio::task::yield_now().await;
+    drop(old);
+    drop(layer);
+    // New breakers take the recycled memory (one of them gets the old breaker's cell).
+    let handles: Vec<_> = (0..4)
+        .map(|_| CircuitBreakerLayer::new(cfg, classify as Classifier).handle())
+        .collect();
+    tx.send(()).unwrap();
+    assert!(in_flight.await.unwrap().is_err());
+    for h in &handles {
+        assert_eq!(
+            h.state(),
+            State::Closed,
+            "the old call's failure reached no new breaker"
+        );
+        assert_eq!(h.snapshot().consecutive_failures, 0);
+    }
+}

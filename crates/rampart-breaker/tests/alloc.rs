@@ -1,0 +1,55 @@
+//! A closed breaker's success path allocates nothing, in consecutive and count-window mode.
+//! (One test per binary: the allocation counter is process-wide.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::alloc::System;
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use rampart_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, Window};
+use rampart_core::classify::IoErrors;
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+use tower::{Layer, Service};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+fn calls<S: Service<u64, Response = u64>>(svc: &mut S, n: u64) -> u64
+where
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut sum = 0;
+    for i in 0..n {
+        assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+        let fut = pin!(svc.call(i));
+        match fut.poll(&mut cx) {
+            Poll::Ready(Ok(v)) => sum += v,
+            _ => panic!("the service answers at once"),
+        }
+    }
+    sum
+}
+
+#[test]
+fn success_path_allocates_nothing() {
+    let inner = tower::service_fn(|x: u64| std::future::ready(Ok::<_, std::io::Error>(x)));
+    let window = CircuitBreakerConfig::builder()
+        .consecutive_failures(Some(5))
+        .window(Some(Window::Count(50)))
+        .build()
+        .unwrap();
+    let mut consecutive =
+        CircuitBreakerLayer::new(CircuitBreakerConfig::default(), IoErrors).layer(inner);
+    let mut windowed = CircuitBreakerLayer::new(window, IoErrors).layer(inner);
+    calls(&mut consecutive, 64);
+    calls(&mut windowed, 64);
+    let region = Region::new(GLOBAL);
+    let sum = calls(&mut consecutive, 10_000) + calls(&mut windowed, 10_000);
+    let stats = region.change();
+    assert!(sum > 0);
+    assert_eq!(stats.allocations, 0, "{stats:?}");
+    assert_eq!(stats.reallocations, 0, "{stats:?}");
+}

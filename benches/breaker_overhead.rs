@@ -2,7 +2,9 @@
 //! one run: a bare service; the floor (a hand-written breaker: an `Arc<AtomicU32>` failure
 //! counter cloned into the response future, reset on success only when non-zero); rampart's
 //! breaker with a consecutive-failure threshold and with a count window; and `failsafe`,
-//! `recloser` and `tower-resilience`. Then two threads hammering one shared breaker.
+//! `recloser` and `tower-resilience`. Then two threads hammering one shared breaker: each
+//! thread holds a clone of one service (tower variants) or of one `Arc`'d breaker (failsafe,
+//! recloser, which wrap closures rather than services).
 //!
 //! Run with `cargo bench --bench breaker_overhead`.
 
@@ -35,15 +37,23 @@ where
     S: Service<u64, Response = u64>,
     S::Error: std::fmt::Debug,
 {
+    // Busy-polls: rampart, the floor and the bare service are always ready at once, but
+    // tower-resilience's futures wait on a `tokio::sync::Mutex` when two threads contend.
     let mut cx = Context::from_waker(Waker::noop());
-    match svc.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        _ => unreachable!("always ready"),
+    loop {
+        match svc.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => break,
+            Poll::Ready(Err(e)) => panic!("not ready: {e:?}"),
+            Poll::Pending => std::hint::spin_loop(),
+        }
     }
-    let fut = pin!(svc.call(x));
-    match fut.poll(&mut cx) {
-        Poll::Ready(Ok(v)) => v,
-        _ => unreachable!("answers at once"),
+    let mut fut = pin!(svc.call(x));
+    loop {
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(v)) => return v,
+            Poll::Ready(Err(e)) => panic!("failed: {e:?}"),
+            Poll::Pending => std::hint::spin_loop(),
+        }
     }
 }
 
@@ -156,24 +166,22 @@ fn variants() -> Vec<(&'static str, Factory)> {
     {
         Box::new(move |x| one_call(&mut s, x))
     }
-    let shared = Arc::new(AtomicU32::new(0));
-    let cons = consecutive_layer();
-    let win = window_layer();
+    // Each tower variant is one service, cloned per thread: clones share the breaker.
+    let floor_svc = floor(&Arc::new(AtomicU32::new(0)));
+    let cons = consecutive_layer().layer(bare());
+    let win = window_layer().layer(bare());
     let fs = Arc::new(failsafe_consecutive());
     let fs_default = Arc::new(failsafe::Config::new().build());
     let rc = Arc::new(recloser::Recloser::default());
-    let tr = tower_resilience_layer();
+    let tr = tower_resilience_layer().layer(bare());
     vec![
         ("bare", Box::new(|| boxed(bare()))),
-        ("floor_arc_atomic", Box::new(move || boxed(floor(&shared)))),
         (
-            "rampart_consecutive",
-            Box::new(move || boxed(cons.layer(bare()))),
+            "floor_arc_atomic",
+            Box::new(move || boxed(floor_svc.clone())),
         ),
-        (
-            "rampart_count_window",
-            Box::new(move || boxed(win.layer(bare()))),
-        ),
+        ("rampart_consecutive", Box::new(move || boxed(cons.clone()))),
+        ("rampart_count_window", Box::new(move || boxed(win.clone()))),
         (
             "failsafe_consecutive",
             Box::new(move || {
@@ -195,10 +203,7 @@ fn variants() -> Vec<(&'static str, Factory)> {
                 Box::new(move |x| rc.call(|| Ok::<u64, io::Error>(black_box(x))).unwrap())
             }),
         ),
-        (
-            "tower_resilience",
-            Box::new(move || boxed(tr.layer(bare()))),
-        ),
+        ("tower_resilience", Box::new(move || boxed(tr.clone()))),
     ]
 }
 

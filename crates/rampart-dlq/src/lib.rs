@@ -1,0 +1,108 @@
+//! Dead-lettering for any [`tower::Service`](tower_service::Service): a request that
+//! finally fails is recorded once, durably, with its true attempt count, for an operator to
+//! inspect, fix and redrive.
+//!
+//! # Example
+//!
+//! ```
+//! use rampart_core::{classify::IoErrors, Backoff};
+//! use rampart_dlq::{DeadLetterLayer, DeadLetterStore, JsonExtractor, ListQuery, MemoryStore};
+//! use rampart_retry::RetryLayer;
+//! use std::io;
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = MemoryStore::default();
+//! let svc = ServiceBuilder::new()
+//!     .layer(DeadLetterLayer::new(store.clone(), JsonExtractor::default(), IoErrors).name("orders").max_attempts(3))
+//!     .layer(RetryLayer::new(IoErrors).backoff(Backoff::builder().max_retries(2).base_delay(Duration::from_millis(10)).build()?))
+//!     .service(service_fn(|_order: u64| async { Err::<(), _>(io::Error::from(io::ErrorKind::ConnectionReset)) }));
+//!
+//! let err = svc.oneshot(42).await.unwrap_err();
+//! assert_eq!(err.attempts(), 3); // the caller gets the original error
+//! let page = store.list(ListQuery::newest(10)).await?;
+//! assert_eq!(page.records.len(), 1); // recorded once, not once per attempt
+//! assert_eq!(page.records[0].attempts, 3);
+//! assert_eq!(page.records[0].reason.as_str(), "retries_exhausted");
+//! # Ok(()) }
+//! ```
+//!
+//! # What is recorded
+//!
+//! The layer sits outermost (ARCHITECTURE.md's stack) and sees each call's final outcome
+//! once. It records, by default:
+//!
+//! | final outcome | reason |
+//! |---|---|
+//! | an error or response the classifier calls permanent | `permanent` |
+//! | a transient one after the retries ran out (incl. attempt timeouts) | `retries_exhausted` |
+//! | the retry budget stopped the retries | `budget_exhausted` |
+//! | the deadline passed | `deadline_exceeded` |
+//! | a circuit breaker rejected the call | `circuit_open` |
+//! | the request could not be replayed | `not_replayable` |
+//!
+//! Success and `rejected` (the caller's own 4xx) write nothing; every reason can be switched
+//! on or off with [`DeadLetterLayer::record`]. The caller always gets the original result,
+//! unchanged.
+//!
+//! # Durability
+//!
+//! By default the record is in the store before the caller sees the error. Wrap a primary
+//! store in [`Fallback`] to journal records locally while the primary (Redis) is down and
+//! drain them to it later; ids are stable and pushes idempotent, so nothing is written twice.
+//! [`DeadLetterLayer::background`] hands records to a bounded queue instead (documented loss
+//! window: what is queued when the process dies).
+//!
+//! # Secrets
+//!
+//! Extractors and error text go through a [`Redactor`]: `Authorization`,
+//! `Proxy-Authorization`, `Cookie`, `Set-Cookie`, `x-goog-api-key`, the query parameters
+//! `key`, `api_key`, `token`, `access_token` and URL passwords become `[redacted]`; free text
+//! is truncated to 500 characters. The reference design's IP and user agent are kept only on
+//! opt-in ([`TtsExtractor::keep_client_info`]).
+//!
+//! # Clone
+//!
+//! Clones of the service share the layer's store and counters.
+//!
+//! # Cancel safety
+//!
+//! Dropping the response future before the inner call ends records nothing. Dropping it while
+//! the record is being written cancels the write (the durable default writes before the
+//! future completes; use a [`Fallback`] store or background mode where callers time out).
+//!
+//! # Errors
+//!
+//! [`rampart_core::Error<E>`], unchanged from the inner service.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod extract;
+pub mod future;
+mod layer;
+mod record;
+pub mod redact;
+mod redrive;
+mod service;
+pub mod store;
+
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use extract::{BodyBytes, HttpExtractor};
+pub use extract::{Extract, JsonExtractor, TtsExtractor, TtsRequest};
+pub use layer::{DeadLetterLayer, DeadLetterStats};
+pub use record::{
+    DeadLetterReason, DeadLetterRecord, ParseIdError, RecordId, RequestPart, Timestamp,
+    RECORD_VERSION,
+};
+pub use redact::Redactor;
+pub use redrive::{redrive, RedriveReport};
+pub use service::DeadLetter;
+pub use store::fallback::Fallback;
+pub use store::file::FileStore;
+pub use store::memory::MemoryStore;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use store::redis::RedisStore;
+pub use store::{DeadLetterStore, ListQuery, Page, Pushed, StoreError, StoreStats, Unreadable};

@@ -1,0 +1,94 @@
+//! Replaying dead letters through a service.
+
+use std::time::Duration;
+
+use tower_service::Service;
+
+use crate::record::{DeadLetterRecord, RecordId};
+use crate::store::{DeadLetterStore, StoreError};
+
+/// What a redrive did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedriveReport {
+    /// Replayed successfully and removed from the store.
+    pub redriven: usize,
+    /// Failed again; their redrive count was bumped and they stay.
+    pub failed_again: usize,
+    /// Not found, or not replayable by `to_request`.
+    pub skipped: usize,
+}
+
+/// Replays the records `ids` through `service` (typically the same policy stack that
+/// dead-lettered them), at most `per_second` calls a second if given. Records that succeed
+/// are deleted; those that fail again get their `redrive_count` bumped and stay.
+///
+/// `to_request` rebuilds a request from a record's payload; `None` skips the record.
+///
+/// # Errors
+///
+/// If the store fails; the report up to that point is lost, but every record already
+/// handled was handled completely (deleted or bumped).
+///
+/// # Example
+///
+/// ```
+/// use rampart_dlq::{redrive, DeadLetterReason, DeadLetterRecord, DeadLetterStore, MemoryStore, RequestPart};
+/// use tower::service_fn;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), rampart_dlq::StoreError> {
+/// let store = MemoryStore::default();
+/// let r = DeadLetterRecord::new("orders", DeadLetterReason::RetriesExhausted)
+///     .request(RequestPart { summary: "order 7".into(), payload: serde_json::json!(7) });
+/// store.push(r.clone()).await?;
+/// let ok = service_fn(|_: u64| async { Ok::<_, std::io::Error>(()) });
+/// let report = redrive(&store, &[r.id], ok, |r| r.request.payload.as_u64(), None).await?;
+/// assert_eq!(report.redriven, 1);
+/// assert_eq!(store.stats().await?.records, 0);
+/// # Ok(()) }
+/// ```
+pub async fn redrive<St, S, Req, F>(
+    store: &St,
+    ids: &[RecordId],
+    mut service: S,
+    to_request: F,
+    per_second: Option<u32>,
+) -> Result<RedriveReport, StoreError>
+where
+    St: DeadLetterStore,
+    S: Service<Req>,
+    F: Fn(&DeadLetterRecord) -> Option<Req>,
+{
+    let mut report = RedriveReport::default();
+    let mut pace = per_second
+        .filter(|n| *n > 0)
+        .map(|n| tokio::time::interval(Duration::from_secs(1) / n));
+    for id in ids {
+        let Some(record) = store.get(*id).await? else {
+            report.skipped += 1;
+            continue;
+        };
+        let Some(req) = to_request(&record) else {
+            report.skipped += 1;
+            continue;
+        };
+        if let Some(p) = pace.as_mut() {
+            p.tick().await;
+        }
+        let ok = match std::future::poll_fn(|cx| service.poll_ready(cx)).await {
+            Ok(()) => service.call(req).await.is_ok(),
+            Err(_) => false,
+        };
+        if ok {
+            store.delete(record.id).await?;
+            report.redriven += 1;
+        } else {
+            let mut again = record;
+            again.redrive_count += 1;
+            again.last_attempt_at = crate::record::Timestamp::now();
+            store.replace(again).await?;
+            report.failed_again += 1;
+        }
+    }
+    Ok(report)
+}

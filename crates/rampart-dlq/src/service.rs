@@ -1,0 +1,98 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rampart_core::{Classify, Error, IntoError};
+use tower_service::Service;
+
+use crate::extract::Extract;
+use crate::future::ResponseFuture;
+use crate::layer::{stats, DeadLetterStats, Shared};
+use crate::record::Timestamp;
+use crate::store::DeadLetterStore;
+
+/// Records requests that finally fail. Made by [`DeadLetterLayer`](crate::DeadLetterLayer).
+///
+/// # Clone
+///
+/// Clones share the store and counters. Each call keeps a clone of its request until the
+/// call ends, because it may have to record it; for `http::Request<Full<Bytes>>` or
+/// `Request<Bytes>` that is a reference-count bump.
+pub struct DeadLetter<S, St, X, C> {
+    inner: S,
+    shared: Arc<Shared<St, X, C>>,
+}
+
+impl<S, St, X, C> DeadLetter<S, St, X, C> {
+    pub(crate) fn from_parts(inner: S, shared: Arc<Shared<St, X, C>>) -> Self {
+        DeadLetter { inner, shared }
+    }
+
+    /// What the layer has done so far.
+    pub fn stats(&self) -> DeadLetterStats {
+        stats(&self.shared)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &St {
+        &self.shared.store
+    }
+
+    /// A reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A mutable reference to the inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, St, X, C> Clone for DeadLetter<S, St, X, C> {
+    fn clone(&self) -> Self {
+        DeadLetter {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, St, X, C> fmt::Debug for DeadLetter<S, St, X, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadLetter")
+            .field("inner", &self.inner)
+            .field("name", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, St, X, C, Req> Service<Req> for DeadLetter<S, St, X, C>
+where
+    S: Service<Req>,
+    S::Error: IntoError,
+    <S::Error as IntoError>::Inner: fmt::Display,
+    St: DeadLetterStore + Clone,
+    X: Extract<Req> + Send + Sync + 'static,
+    C: Classify<S::Response, <S::Error as IntoError>::Inner> + Send + Sync + 'static,
+    Req: Clone,
+{
+    type Response = S::Response;
+    type Error = Error<<S::Error as IntoError>::Inner>;
+    type Future = ResponseFuture<S::Future, Req, St, X, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(IntoError::into_error)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let copy = req.clone();
+        let future = self.inner.call(req);
+        ResponseFuture::new(future, copy, Timestamp::now(), self.shared.clone())
+    }
+}

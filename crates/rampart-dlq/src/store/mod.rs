@@ -1,0 +1,195 @@
+//! Where dead letters are kept: the [`DeadLetterStore`] trait and its implementations.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::record::{DeadLetterRecord, RecordId};
+
+pub mod fallback;
+pub mod file;
+pub mod memory;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
+
+/// The reference design's `DLQ_MAX_SIZE`.
+pub const DEFAULT_MAX_SIZE: usize = 1_000;
+/// The reference design's `DLQ_RETENTION_DAYS`, as a duration.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Reading or writing the file failed.
+    #[error("dead-letter file store {path}: {op} failed")]
+    Io {
+        /// The journal's path.
+        path: String,
+        /// What was being done.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The journal is not a rampart journal, or is of an unknown version.
+    #[error("dead-letter journal {path} is not readable: {reason}")]
+    Format {
+        /// The journal's path.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Redis failed.
+    #[cfg(feature = "redis")]
+    #[error("dead-letter redis store: {op} failed")]
+    Redis {
+        /// What was being done.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: ::redis::RedisError,
+    },
+    /// A record could not be encoded.
+    #[error("dead-letter record {id} could not be encoded")]
+    Encode {
+        /// The record's id.
+        id: RecordId,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The store's background writer stopped.
+    #[error("dead-letter store {store} is closed")]
+    Closed {
+        /// Which store.
+        store: &'static str,
+    },
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// The record is stored.
+    Stored,
+    /// A record with this id was already stored; nothing changed (pushes are idempotent).
+    Duplicate,
+    /// The primary store failed; the record is in the fallback journal and will be drained.
+    Journaled,
+}
+
+/// A record that is in the store but cannot be read (corrupt or foreign data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// Where it is (the id or key it is stored under).
+    pub key: String,
+    /// Why it cannot be read.
+    pub reason: String,
+}
+
+/// One page of a listing, newest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Page {
+    /// The records.
+    pub records: Vec<DeadLetterRecord>,
+    /// Entries that could not be read (listed, counted, never a panic).
+    pub unreadable: Vec<Unreadable>,
+    /// Pass as [`ListQuery::before`] to get the next (older) page; `None` at the end.
+    pub next: Option<RecordId>,
+}
+
+/// What to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListQuery {
+    /// At most this many records.
+    pub limit: usize,
+    /// Only records older than this id (a page cursor).
+    pub before: Option<RecordId>,
+}
+
+impl ListQuery {
+    /// The newest `limit` records.
+    pub fn newest(limit: usize) -> Self {
+        ListQuery {
+            limit,
+            before: None,
+        }
+    }
+}
+
+/// Counters of a store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Records held.
+    pub records: usize,
+    /// Records waiting in the retry queue.
+    pub requeued: usize,
+    /// Records evicted (oldest first) because the store was full.
+    pub evictions: u64,
+    /// The size cap.
+    pub max_size: usize,
+}
+
+/// An async store of dead letters, idempotent on [`RecordId`].
+///
+/// Every implementation keeps at most `max_size` records, evicting the oldest first and
+/// counting evictions; `requeue` moves a record to the store's retry queue by its stable id
+/// (never by list position, which races with concurrent writers).
+pub trait DeadLetterStore: Send + Sync + 'static {
+    /// A short name for metrics and messages: `memory`, `file`, `redis`, `fallback`.
+    fn kind(&self) -> &'static str;
+
+    /// Stores `record`, unless a record with its id is already stored.
+    fn push(
+        &self,
+        record: DeadLetterRecord,
+    ) -> impl Future<Output = Result<Pushed, StoreError>> + Send;
+
+    /// The record with `id`.
+    fn get(
+        &self,
+        id: RecordId,
+    ) -> impl Future<Output = Result<Option<DeadLetterRecord>, StoreError>> + Send;
+
+    /// A page of records, newest first.
+    fn list(&self, query: ListQuery) -> impl Future<Output = Result<Page, StoreError>> + Send;
+
+    /// Removes the record with `id`; `false` if there was none.
+    fn delete(&self, id: RecordId) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Replaces a stored record with a new version of itself (same id), e.g. to bump its
+    /// redrive count; `false` if there was none.
+    fn replace(
+        &self,
+        record: DeadLetterRecord,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Moves the record with `id` to the retry queue; returns it, or `None` if there was none.
+    fn requeue(
+        &self,
+        id: RecordId,
+    ) -> impl Future<Output = Result<Option<DeadLetterRecord>, StoreError>> + Send;
+
+    /// Takes up to `limit` records off the retry queue, oldest requeue first.
+    fn take_requeued(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DeadLetterRecord>, StoreError>> + Send;
+
+    /// Removes records older than `age` (by their id's time); returns how many.
+    fn purge_older_than(
+        &self,
+        age: Duration,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// Counters.
+    fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
+}
+
+/// The id below which records are older than `age`.
+pub(crate) fn cutoff(age: Duration) -> RecordId {
+    let t = std::time::SystemTime::now()
+        .checked_sub(age)
+        .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+    RecordId::lower_bound(t)
+}

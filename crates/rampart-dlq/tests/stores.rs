@@ -1,0 +1,194 @@
+//! One contract, every store: memory, file (tempdir) and a private Redis.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use rampart_dlq::{
+    DeadLetterReason, DeadLetterRecord, DeadLetterStore, FileStore, ListQuery, MemoryStore, Pushed,
+    RecordId, RequestPart,
+};
+
+fn record(n: u64) -> DeadLetterRecord {
+    DeadLetterRecord::new("svc", DeadLetterReason::RetriesExhausted)
+        .error(format!("failure {n}"))
+        .attempts(4, 4)
+        .request(RequestPart {
+            summary: format!("req {n}"),
+            payload: serde_json::json!({ "n": n }),
+        })
+}
+
+/// A record made `days` days ago (its id carries the time), `n` ms apart from its siblings.
+fn old_record(now: SystemTime, days: u64, n: u64) -> DeadLetterRecord {
+    let mut r = record(n);
+    let t = now - Duration::from_secs(days * 86_400) - Duration::from_millis(n);
+    r.id = RecordId::lower_bound(t);
+    r
+}
+
+async fn contract<S: DeadLetterStore>(make: impl AsyncFn(usize) -> S) {
+    // push, duplicate, get
+    let s = make(100).await;
+    let a = record(1);
+    assert_eq!(s.push(a.clone()).await.unwrap(), Pushed::Stored);
+    assert_eq!(
+        s.push(a.clone()).await.unwrap(),
+        Pushed::Duplicate,
+        "pushes are idempotent on id"
+    );
+    assert_eq!(s.get(a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(s.get(RecordId::new()).await.unwrap(), None);
+
+    // list newest first, paged by cursor
+    let mut ids = vec![a.id];
+    for n in 2..=25 {
+        let r = record(n);
+        ids.push(r.id);
+        s.push(r).await.unwrap();
+    }
+    ids.reverse();
+    let mut seen = Vec::new();
+    let mut q = ListQuery::newest(10);
+    loop {
+        let page = s.list(q).await.unwrap();
+        assert!(page.unreadable.is_empty());
+        seen.extend(page.records.iter().map(|r| r.id));
+        match page.next {
+            Some(next) => q.before = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "pages cover every record once, newest first");
+
+    // delete, replace
+    assert!(s.delete(ids[0]).await.unwrap());
+    assert!(!s.delete(ids[0]).await.unwrap());
+    let mut b = s.get(ids[1]).await.unwrap().unwrap();
+    b.redrive_count = 7;
+    assert!(s.replace(b.clone()).await.unwrap());
+    assert_eq!(s.get(b.id).await.unwrap().unwrap().redrive_count, 7);
+    let mut ghost = record(99);
+    ghost.redrive_count = 1;
+    assert!(!s.replace(ghost).await.unwrap());
+
+    // requeue by stable id moves exactly that record
+    let moved = s.requeue(ids[2]).await.unwrap().unwrap();
+    assert_eq!(moved.id, ids[2]);
+    assert!(s.requeue(ids[2]).await.unwrap().is_none());
+    assert!(s.get(ids[2]).await.unwrap().is_none());
+    let stats = s.stats().await.unwrap();
+    assert_eq!((stats.records, stats.requeued), (23, 1));
+    let taken = s.take_requeued(10).await.unwrap();
+    assert_eq!(taken.iter().map(|r| r.id).collect::<Vec<_>>(), [ids[2]]);
+    assert_eq!(s.stats().await.unwrap().requeued, 0);
+
+    // retention
+    let now = SystemTime::now();
+    for n in 0..5 {
+        assert_eq!(
+            s.push(old_record(now, 40, n)).await.unwrap(),
+            Pushed::Stored
+        );
+    }
+    s.push(old_record(now, 10, 9)).await.unwrap();
+    assert_eq!(
+        s.purge_older_than(Duration::from_secs(30 * 86_400))
+            .await
+            .unwrap(),
+        5
+    );
+    assert_eq!(s.stats().await.unwrap().records, 24);
+
+    // the cap evicts oldest first and counts
+    let small = make(5).await;
+    let mut kept = Vec::new();
+    for n in 0..8 {
+        let r = record(n);
+        kept.push(r.id);
+        small.push(r).await.unwrap();
+    }
+    let st = small.stats().await.unwrap();
+    assert_eq!((st.records, st.evictions, st.max_size), (5, 3, 5));
+    let page = small.list(ListQuery::newest(10)).await.unwrap();
+    let left: HashSet<_> = page.records.iter().map(|r| r.id).collect();
+    assert_eq!(left, kept[3..].iter().copied().collect());
+
+    // concurrent push / requeue / delete from many tasks stay consistent
+    let c = std::sync::Arc::new(make(10_000).await);
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for n in 0..50 {
+                let r = record(t * 1000 + n);
+                mine.push(r.id);
+                assert_eq!(c.push(r.clone()).await.unwrap(), Pushed::Stored);
+                assert_eq!(c.push(r).await.unwrap(), Pushed::Duplicate);
+            }
+            for (i, id) in mine.iter().enumerate() {
+                match i % 3 {
+                    0 => assert!(c.delete(*id).await.unwrap()),
+                    1 => assert!(c.requeue(*id).await.unwrap().is_some()),
+                    _ => {}
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let st = c.stats().await.unwrap();
+    assert_eq!(
+        st.records,
+        8 * 16,
+        "8 tasks × 16 records neither deleted nor requeued"
+    );
+    assert_eq!(st.requeued, 8 * 17);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_contract() {
+    contract(async |cap| MemoryStore::new(cap)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_store_contract_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = std::sync::atomic::AtomicU32::new(0);
+    contract(async |cap| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        FileStore::open(dir.path().join(format!("j{n}")), cap).unwrap()
+    })
+    .await;
+    // Everything the contract left in the first journal reads back after a reopen.
+    let before = FileStore::open(dir.path().join("j0"), 100).unwrap();
+    let b = before.list(ListQuery::newest(1000)).await.unwrap();
+    let st = before.stats().await.unwrap();
+    drop(before);
+    let after = FileStore::open(dir.path().join("j0"), 100).unwrap();
+    assert_eq!(after.list(ListQuery::newest(1000)).await.unwrap(), b);
+    assert_eq!(after.stats().await.unwrap(), st);
+    assert_eq!(after.recovery().dropped_bytes, 0);
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_contract() {
+    let Some(server) = support::RedisServer::start() else {
+        return support::skip("redis-server is not installed");
+    };
+    let url = server.url();
+    let counter = std::sync::atomic::AtomicU32::new(0);
+    contract(async |cap| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        rampart_dlq::RedisStore::connect(&url, &format!("test{n}"), cap)
+            .await
+            .unwrap()
+    })
+    .await;
+}

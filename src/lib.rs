@@ -1,8 +1,9 @@
 //! rampart: tower middleware that makes calls to flaky dependencies survivable.
 //!
 //! One policy model ([`Outcome`] + [`Classify`]) drives every layer, so an HTTP API, a
-//! database and Redis share the same semantics. This release ships the foundation and the
-//! retry layer; the circuit breaker, dead-letter queue and per-service policies build on it.
+//! database and Redis share the same semantics: retries ([`RetryLayer`]), a circuit breaker
+//! ([`CircuitBreakerLayer`]) and dead-lettering ([`DeadLetterLayer`]). Per-service policies
+//! built from one builder or config file come next.
 //!
 //! # Example
 //!
@@ -31,6 +32,8 @@
 //! |---|---|---|
 //! | `retry` | [`RetryLayer`], [`RetryBudget`] | yes |
 //! | `breaker` | [`CircuitBreakerLayer`], keyed breakers, transition events | yes |
+//! | `dlq` | [`DeadLetterLayer`], memory and file stores, fallback, redrive | yes |
+//! | `redis` | the Redis dead-letter store | no |
 //! | `http` | replay `http::Request`s with streaming bodies (`BufferBodyLayer`, `HttpReplay`) | no |
 //! | `full` | everything | no |
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -61,3 +64,14 @@ pub mod breaker {
 #[cfg(feature = "breaker")]
 #[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
 pub use rampart_breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer};
+
+/// Dead letters: [`DeadLetterLayer`], records, stores (memory, file, Redis), fallback, redrive.
+#[cfg(feature = "dlq")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dlq")))]
+pub mod dlq {
+    pub use rampart_dlq::*;
+}
+
+#[cfg(feature = "dlq")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dlq")))]
+pub use rampart_dlq::{DeadLetter, DeadLetterLayer, DeadLetterRecord, DeadLetterStore};

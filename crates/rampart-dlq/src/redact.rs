@@ -84,27 +84,13 @@ impl Redactor {
 
     /// A URL with its password and secret query parameters redacted.
     pub fn url(&self, url: &str) -> String {
-        let mut out = url.to_owned();
-        // userinfo password: scheme://user:password@host
-        if let Some(scheme_end) = out.find("://") {
-            let rest = scheme_end + 3;
-            let authority_end = out[rest..]
-                .find(['/', '?', '#'])
-                .map_or(out.len(), |i| rest + i);
-            if let Some(at) = out[rest..authority_end].rfind('@') {
-                let userinfo = &out[rest..rest + at];
-                if let Some(colon) = userinfo.find(':') {
-                    let start = rest + colon + 1;
-                    out.replace_range(start..rest + at, REDACTED);
-                }
-            }
-        }
-        self.params_in(&out)
+        self.params_in(&passwords_in(url))
     }
 
-    /// Free text (an error message) with secret `name=value` pairs redacted, truncated.
+    /// Free text (an error message) with URL passwords and secret `name=value` pairs
+    /// redacted, truncated.
     pub fn text(&self, s: &str) -> String {
-        self.truncate(&self.params_in(s))
+        self.truncate(&self.params_in(&passwords_in(s)))
     }
 
     /// Truncates to the configured length, marking the cut with `…`.
@@ -148,6 +134,38 @@ impl Redactor {
     }
 }
 
+/// Replaces the password of every `scheme://user:password@host` in `s`.
+fn passwords_in(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("://") {
+        let start = i + 3;
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        let end = after
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                match userinfo.find(':') {
+                    Some(colon) => {
+                        out.push_str(&userinfo[..=colon]);
+                        out.push_str(REDACTED);
+                        out.push_str(&authority[at..]);
+                    }
+                    None => out.push_str(authority),
+                }
+            }
+            None => out.push_str(authority),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Truncates `s` to `max` characters, marking the cut with `…`.
 pub fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
@@ -175,6 +193,10 @@ mod tests {
             "redis://:[redacted]@127.0.0.1:6379/0"
         );
         assert_eq!(r.url("http://user@h/p"), "http://user@h/p");
+        assert_eq!(
+            r.text("GET https://a:b@h/x failed, retry via redis://:pw@r:6379"),
+            "GET https://a:[redacted]@h/x failed, retry via redis://:[redacted]@r:6379"
+        );
     }
 
     #[test]

@@ -474,10 +474,7 @@ fn writer(path: PathBuf, mut file: File, rx: mpsc::Receiver<Job>) {
                         result = file
                             .sync_data()
                             .and_then(|()| compact(&path, &bytes))
-                            .and_then(|f| {
-                                file = f;
-                                Ok(())
-                            });
+                            .map(|f| file = f);
                     }
                     acks.push(ack);
                 }

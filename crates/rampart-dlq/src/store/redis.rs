@@ -13,6 +13,7 @@
 //!
 //! Every mutation that touches more than one key is one Lua script, so it is atomic.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -27,7 +28,9 @@ use crate::record::{DeadLetterRecord, RecordId};
 /// The reference design's list name, used as the default key prefix.
 pub const DEFAULT_PREFIX: &str = "dead_letter_queue";
 
-const PUSH: &str = r"
+static PUSH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
 local n = redis.call('ZCARD', KEYS[2])
@@ -39,34 +42,52 @@ if n > cap then
   redis.call('INCRBY', KEYS[3], #old)
 end
 return 1
-";
+",
+    )
+});
 
-const DELETE: &str = r"
+static DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 redis.call('ZREM', KEYS[2], ARGV[1])
 return redis.call('HDEL', KEYS[1], ARGV[1])
-";
+",
+    )
+});
 
-const REPLACE: &str = r"
+static REPLACE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
-";
+",
+    )
+});
 
-const REQUEUE: &str = r"
+static REQUEUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v then return false end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('RPUSH', KEYS[3], v)
 return v
-";
+",
+    )
+});
 
-const PURGE: &str = r"
+static PURGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 local old = redis.call('ZRANGEBYLEX', KEYS[2], '-', '(' .. ARGV[1])
 for _, id in ipairs(old) do redis.call('HDEL', KEYS[1], id) end
 redis.call('ZREMRANGEBYLEX', KEYS[2], '-', '(' .. ARGV[1])
 return #old
-";
+",
+    )
+});
 
 /// Dead letters in Redis, via redis-rs's reconnecting [`ConnectionManager`]. Cloning shares
 /// the connection.
@@ -170,12 +191,11 @@ impl RedisStore {
 
     async fn script<T: redis::FromRedisValue>(
         &self,
-        src: &str,
+        script: &Script,
         keys: &[&str],
         args: &[&[u8]],
         op: &'static str,
     ) -> Result<T, StoreError> {
-        let script = Script::new(src);
         let mut inv = script.prepare_invoke();
         for k in keys {
             inv.key(*k);
@@ -209,7 +229,7 @@ impl DeadLetterStore for RedisStore {
         let cap = self.max_size.to_string();
         let stored: i64 = self
             .script(
-                PUSH,
+                &PUSH,
                 &[&self.records, &self.index, &self.evictions],
                 &[id.as_bytes(), &json, cap.as_bytes()],
                 "push",
@@ -286,7 +306,7 @@ impl DeadLetterStore for RedisStore {
         let id = id.to_string();
         let n: i64 = self
             .script(
-                DELETE,
+                &DELETE,
                 &[&self.records, &self.index],
                 &[id.as_bytes()],
                 "delete",
@@ -303,7 +323,7 @@ impl DeadLetterStore for RedisStore {
         })?;
         let n: i64 = self
             .script(
-                REPLACE,
+                &REPLACE,
                 &[&self.records],
                 &[id.as_bytes(), &json],
                 "replace",
@@ -316,7 +336,7 @@ impl DeadLetterStore for RedisStore {
         let key = id.to_string();
         let v: Option<Vec<u8>> = self
             .script(
-                REQUEUE,
+                &REQUEUE,
                 &[&self.records, &self.index, &self.retry],
                 &[key.as_bytes()],
                 "requeue",
@@ -367,7 +387,7 @@ impl DeadLetterStore for RedisStore {
         let cut = cutoff(age).to_string();
         let n: i64 = self
             .script(
-                PURGE,
+                &PURGE,
                 &[&self.records, &self.index],
                 &[cut.as_bytes()],
                 "purge",

@@ -34,9 +34,28 @@
 //! | `breaker` | [`CircuitBreakerLayer`], keyed breakers, transition events | yes |
 //! | `dlq` | [`DeadLetterLayer`], memory and file stores, fallback, redrive | yes |
 //! | `redis` | the Redis dead-letter store | no |
+//! | `policy` | [`Policy`], [`Policies`]: one layer per downstream service | yes |
+//! | `config` | `Policies::load`: TOML file + environment, presets and profiles | no |
+//! | `metrics` | the reference design's series through the `metrics` facade | no |
+//! | `prometheus` | `observe::prometheus_builder` with the reference buckets | no |
 //! | `http` | replay `http::Request`s with streaming bodies (`BufferBodyLayer`, `HttpReplay`) | no |
 //! | `full` | everything | no |
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "config")]
+#[cfg_attr(docsrs, doc(cfg(feature = "config")))]
+pub mod config;
+#[cfg(feature = "policy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
+pub mod observe;
+#[cfg(feature = "policy")]
+mod policy;
+
+#[cfg(feature = "policy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
+pub use policy::{
+    BudgetSettings, DeadLetterSettings, Policies, Policy, PolicyBuilder, PolicyLayer, PolicyService,
+};
 
 pub use rampart_core::{
     backoff, classify, leaf_error, Backoff, BackoffBuilder, BoxError, CircuitOpen, Classify,

@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::config::CircuitBreakerConfig;
-use crate::events::{Events, Reason, State, Transition};
+use crate::events::{CallOutcome, Events, Reason, State, Transition};
 use crate::window::{Outcomes, Totals};
 use crate::word::{Admit, Control, Deny};
 
@@ -87,6 +87,11 @@ impl Breaker {
         self.window.as_ref().and_then(Outcomes::count_window)
     }
 
+    /// `true` if every call's outcome must reach the breaker (a call observer is set).
+    pub(crate) fn observes_calls(&self) -> bool {
+        self.events.calls.is_some()
+    }
+
     /// `true` if recording an outcome needs the time: slow-call detection or a time window.
     pub(crate) fn needs_clock(&self) -> bool {
         self.cfg.slow_call_duration.is_some()
@@ -113,14 +118,19 @@ impl Breaker {
                 }
                 Ok(admit)
             }
-            Err(deny) => Err(CircuitOpen::new(
-                self.name,
-                match deny {
-                    Deny::Open(until) => self.retry_in(until),
-                    Deny::ProbesBusy => Duration::ZERO,
-                    Deny::Forced => Duration::MAX,
-                },
-            )),
+            Err(deny) => {
+                if let Some(calls) = &self.events.calls {
+                    calls(self.name, self.key.as_deref(), CallOutcome::Rejected);
+                }
+                Err(CircuitOpen::new(
+                    self.name,
+                    match deny {
+                        Deny::Open(until) => self.retry_in(until),
+                        Deny::ProbesBusy => Duration::ZERO,
+                        Deny::Forced => Duration::MAX,
+                    },
+                ))
+            }
         }
     }
 
@@ -148,6 +158,14 @@ impl Breaker {
             (Some(limit), Some(took)) => took > limit,
             _ => false,
         };
+        if let Some(calls) = &self.events.calls {
+            let outcome = match (failure, slow) {
+                (true, _) => CallOutcome::Failure,
+                (false, true) => CallOutcome::Slow,
+                (false, false) => CallOutcome::Success,
+            };
+            calls(self.name, self.key.as_deref(), outcome);
+        }
         match admit {
             Admit::Normal(gen) => {
                 self.count(failure, slow);

@@ -156,11 +156,44 @@ impl fmt::Display for Transition {
 /// A callback that hears every transition.
 pub type Listener = Arc<dyn Fn(&Transition) + Send + Sync>;
 
-/// Where transitions go: tracing, callbacks and a broadcast channel.
+/// How one call through a breaker ended, for metrics
+/// (`circuit_breaker_calls_total{service,outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CallOutcome {
+    /// Admitted and not a failure.
+    Success,
+    /// Admitted and counted as a failure.
+    Failure,
+    /// Admitted, not a failure, but slower than the slow-call threshold.
+    Slow,
+    /// Rejected without calling the service.
+    Rejected,
+}
+
+impl CallOutcome {
+    /// A stable lowercase name: `success`, `failure`, `slow`, `rejected`.
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            CallOutcome::Success => "success",
+            CallOutcome::Failure => "failure",
+            CallOutcome::Slow => "slow",
+            CallOutcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// Hears every call's outcome. Setting one moves the breaker's calls off the
+/// reference-count-free fast path (each call then holds a per-clone `Arc`), so it is for
+/// metrics, not for free.
+pub type CallObserver = Arc<dyn Fn(rampart_core::Name, Option<&str>, CallOutcome) + Send + Sync>;
+
+/// Where transitions go: tracing, callbacks and a broadcast channel; and who hears calls.
 #[derive(Clone)]
 pub(crate) struct Events {
     listeners: Vec<Listener>,
     tx: broadcast::Sender<Transition>,
+    pub(crate) calls: Option<CallObserver>,
 }
 
 impl Default for Events {
@@ -168,6 +201,7 @@ impl Default for Events {
         Events {
             listeners: Vec::new(),
             tx: broadcast::channel(64).0,
+            calls: None,
         }
     }
 }
@@ -209,6 +243,7 @@ impl Events {
 }
 
 impl fmt::Debug for Events {
+    // (the call observer is a closure: shown as present or not)
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Events")
             .field("listeners", &self.listeners.len())

@@ -176,6 +176,17 @@ impl<C, F, K> KeyedCircuitBreakerLayer<C, F, K> {
         self.with_registry(|r| r.events.add(l))
     }
 
+    /// Reports every call's outcome to `observer` (for metrics).
+    ///
+    /// Defaults to none.
+    pub fn observe_calls(
+        self,
+        observer: impl Fn(Name, Option<&str>, crate::events::CallOutcome) + Send + Sync + 'static,
+    ) -> Self {
+        let o: crate::events::CallObserver = Arc::new(observer);
+        self.with_registry(|r| r.events.calls = Some(o))
+    }
+
     /// The operator's handle on every key's breaker.
     pub fn handle(&self) -> KeyedHandle<K> {
         KeyedHandle {

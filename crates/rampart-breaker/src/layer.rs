@@ -57,6 +57,19 @@ impl<C> CircuitBreakerLayer<C> {
         self.rebuild(name)
     }
 
+    /// Reports every call's outcome to `observer` (for metrics). This moves calls off the
+    /// reference-count-free fast path.
+    ///
+    /// Defaults to none.
+    pub fn observe_calls(
+        mut self,
+        observer: impl Fn(Name, Option<&str>, crate::events::CallOutcome) + Send + Sync + 'static,
+    ) -> Self {
+        self.events.calls = Some(Arc::new(observer));
+        let name = self.breaker.name;
+        self.rebuild(name)
+    }
+
     /// The operator's handle on this layer's breaker.
     pub fn handle(&self) -> BreakerHandle {
         BreakerHandle {

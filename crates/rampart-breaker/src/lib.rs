@@ -96,7 +96,7 @@ mod word;
 
 pub use breaker::{BreakerHandle, Snapshot};
 pub use config::{CircuitBreakerConfig, CircuitBreakerConfigBuilder, FailureKinds, Window};
-pub use events::{Listener, Reason, State, Transition};
+pub use events::{CallObserver, CallOutcome, Listener, Reason, State, Transition};
 
 pub use keyed::{
     KeyedCircuitBreaker, KeyedCircuitBreakerLayer, KeyedHandle, DEFAULT_IDLE_TTL, DEFAULT_MAX_KEYS,

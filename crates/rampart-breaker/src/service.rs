@@ -40,13 +40,15 @@ impl Local {
     pub(crate) fn new(breaker: Arc<Breaker>) -> Self {
         let needs_clock = breaker.needs_clock();
         let window = breaker.count_window();
-        let fast =
-            (!needs_clock && (breaker.cfg.window.is_none() || window.is_some())).then_some(Fast {
-                cell: breaker.cell,
-                cell_gen: breaker.cell_gen,
-                kinds: breaker.cfg.failure_kinds,
-                window,
-            });
+        let fast = (!needs_clock
+            && !breaker.observes_calls()
+            && (breaker.cfg.window.is_none() || window.is_some()))
+        .then_some(Fast {
+            cell: breaker.cell,
+            cell_gen: breaker.cell_gen,
+            kinds: breaker.cfg.failure_kinds,
+            window,
+        });
         Local {
             breaker,
             needs_clock,

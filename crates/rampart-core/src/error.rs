@@ -519,11 +519,12 @@ leaf_error!(
 /// assert_eq!(e.field(), "backoff_factor");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {field} = {value}: {reason}")]
+#[error("invalid {field} = {value}: {reason}{}", origin.as_ref().map(|o| format!(" (from {o})")).unwrap_or_default())]
 pub struct ConfigError {
     field: Cow<'static, str>,
     value: String,
     reason: Cow<'static, str>,
+    origin: Option<String>,
 }
 
 impl ConfigError {
@@ -537,7 +538,42 @@ impl ConfigError {
             field: field.into(),
             value: format!("{value:?}"),
             reason: reason.into(),
+            origin: None,
         }
+    }
+
+    /// A value already rendered as text (as it appeared in a file or variable).
+    pub fn raw(
+        field: impl Into<Cow<'static, str>>,
+        value: impl Into<String>,
+        reason: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        ConfigError {
+            field: field.into(),
+            value: value.into(),
+            reason: reason.into(),
+            origin: None,
+        }
+    }
+
+    /// Says where the value came from (`rampart.toml line 12`, `environment variable
+    /// TTS_MAX_RETRIES`).
+    #[must_use]
+    pub fn with_origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = Some(origin.into());
+        self
+    }
+
+    /// Renames the field (e.g. to its full path in a config file).
+    #[must_use]
+    pub fn with_field(mut self, field: impl Into<Cow<'static, str>>) -> Self {
+        self.field = field.into();
+        self
+    }
+
+    /// Where the value came from, if known.
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
     }
 
     /// The name of the offending field.

@@ -37,7 +37,37 @@ pub(crate) struct Shared<St, X, C> {
     pub(crate) background: Option<usize>,
     pub(crate) queue: OnceLock<mpsc::Sender<DeadLetterRecord>>,
     pub(crate) counters: Counters,
+    pub(crate) queue_name: Name,
+    pub(crate) observer: Option<Observer>,
 }
+
+/// What a dead-letter layer reports to its observer (for metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeadLetterEvent {
+    /// A call was dead-lettered for `reason` (`dead_letters_total{service,reason}`).
+    Recorded {
+        /// The downstream service.
+        service: Name,
+        /// Why.
+        reason: DeadLetterReason,
+    },
+    /// The store refused a record (`dead_letter_write_failures_total{store}`).
+    WriteFailed {
+        /// The store's kind.
+        store: &'static str,
+    },
+    /// The store holds `size` records after a write (`dead_letter_queue_size{queue_name}`).
+    Size {
+        /// The queue's name.
+        queue_name: Name,
+        /// Records held.
+        size: usize,
+    },
+}
+
+/// A callback that hears a dead-letter layer's events.
+pub type Observer = Arc<dyn Fn(&DeadLetterEvent) + Send + Sync>;
 
 /// What a dead-letter layer has done.
 #[derive(Debug, Default)]
@@ -76,6 +106,16 @@ impl<St, X, C> Shared<St, X, C> {
         if let Some(i) = DeadLetterReason::ALL.iter().position(|x| *x == r) {
             self.counters.recorded[i].fetch_add(1, Ordering::Relaxed);
         }
+        self.emit(&DeadLetterEvent::Recorded {
+            service: self.name,
+            reason: r,
+        });
+    }
+
+    pub(crate) fn emit(&self, e: &DeadLetterEvent) {
+        if let Some(o) = &self.observer {
+            o(e);
+        }
     }
 }
 
@@ -103,6 +143,8 @@ impl<St, X, C> DeadLetterLayer<St, X, C> {
                 background: None,
                 queue: OnceLock::new(),
                 counters: Counters::default(),
+                queue_name: Name::from_static("dead_letter_queue"),
+                observer: None,
             }),
         }
     }
@@ -163,6 +205,23 @@ impl<St, X, C> DeadLetterLayer<St, X, C> {
     /// Defaults to off (durable before the caller sees the error).
     pub fn background(self, capacity: usize) -> Self {
         self.edit(|s| s.background = Some(capacity.max(1)))
+    }
+
+    /// Names the queue in the `dead_letter_queue_size{queue_name}` metric.
+    ///
+    /// Defaults to `"dead_letter_queue"` (the reference design's list).
+    pub fn queue_name(self, name: impl Into<Name>) -> Self {
+        let name = name.into();
+        self.edit(|s| s.queue_name = name)
+    }
+
+    /// Reports every dead letter, store failure and the store's size after each write to
+    /// `observer` (for metrics).
+    ///
+    /// Defaults to none.
+    pub fn observe(self, observer: impl Fn(&DeadLetterEvent) + Send + Sync + 'static) -> Self {
+        let o: Observer = Arc::new(observer);
+        self.edit(|s| s.observer = Some(o))
     }
 
     /// What the layer has done so far.

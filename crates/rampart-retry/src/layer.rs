@@ -83,6 +83,12 @@ impl<C, R, O> RetryLayer<C, R, O> {
         self
     }
 
+    /// Sets or clears the overall deadline (see [`deadline`](Self::deadline)).
+    pub fn deadline_opt(mut self, deadline: Option<Duration>) -> Self {
+        self.config.deadline = deadline;
+        self
+    }
+
     /// Bounds each attempt; an attempt that runs past it fails with
     /// [`Timeout`](rampart_core::ErrorKind::Timeout), which is retried like a transient
     /// failure. Setting it arms a timer on every call, so leave it off when an inner

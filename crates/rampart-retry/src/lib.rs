@@ -91,6 +91,7 @@ mod layer;
 pub mod observe;
 mod replay;
 mod service;
+mod timeout;
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
@@ -100,6 +101,7 @@ pub use budget::{RetryBudget, RetryBudgetBuilder};
 pub use layer::RetryLayer;
 pub use replay::{CloneReplay, Replay};
 pub use service::Retry;
+pub use timeout::{AttemptTimeout, AttemptTimeoutLayer, TimeoutFuture};
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]

@@ -1,0 +1,525 @@
+//! One policy per downstream service: retry, circuit breaker, per-attempt timeout, overall
+//! deadline and dead-lettering, built into one layer in the order of ARCHITECTURE.md.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use rampart_breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer};
+use rampart_core::{Backoff, ConfigError, Jitter, Name};
+use rampart_dlq::{DeadLetter, DeadLetterLayer, DeadLetterReason};
+use rampart_retry::{
+    AttemptTimeout, AttemptTimeoutLayer, CloneReplay, Retry, RetryBudget, RetryLayer,
+};
+use tower_layer::Layer;
+
+use crate::observe::PolicyObserver;
+
+/// The retry budget's settings (see [`RetryBudget`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetSettings {
+    /// Share of requests that may be retries.
+    pub ratio: f64,
+    /// Retries per second always allowed.
+    pub min_per_sec: u32,
+    /// Saved-up retries at most.
+    pub max_tokens: u32,
+}
+
+impl Default for BudgetSettings {
+    fn default() -> Self {
+        BudgetSettings {
+            ratio: rampart_retry::budget::DEFAULT_RATIO,
+            min_per_sec: rampart_retry::budget::DEFAULT_MIN_PER_SEC,
+            max_tokens: rampart_retry::budget::DEFAULT_MAX_TOKENS,
+        }
+    }
+}
+
+/// The dead-letter settings of a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadLetterSettings {
+    /// The store's cap (`DLQ_MAX_SIZE`).
+    pub max_size: usize,
+    /// How long records are kept (`DLQ_RETENTION_DAYS`).
+    pub retention: Duration,
+}
+
+impl Default for DeadLetterSettings {
+    fn default() -> Self {
+        DeadLetterSettings {
+            max_size: rampart_dlq::store::DEFAULT_MAX_SIZE,
+            retention: rampart_dlq::store::DEFAULT_RETENTION,
+        }
+    }
+}
+
+/// A validated policy for one downstream service. Build one with [`Policy::builder`], take a
+/// preset with [`Policy::preset`], or load many with [`Policies`](crate::Policies).
+///
+/// # Example
+///
+/// ```
+/// use rampart::{Policy, classify::IoErrors};
+/// use rampart::dlq::{JsonExtractor, MemoryStore};
+/// use std::time::Duration;
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let policy = Policy::preset("database")
+///     .expect("a preset")
+///     .attempt_timeout(Some(Duration::from_millis(500)))
+///     .deadline(Some(Duration::from_secs(3)))
+///     .build()?;
+/// assert_eq!(policy.backoff().max_retries(), 3);
+///
+/// let svc = ServiceBuilder::new()
+///     .layer(policy.layer(IoErrors, MemoryStore::default(), JsonExtractor::default()))
+///     .service(service_fn(|q: &'static str| async move { Ok::<_, std::io::Error>(q.len()) }));
+/// assert_eq!(svc.oneshot("select 1").await?, 8);
+///
+/// let bad = Policy::builder("db").attempt_timeout(Some(Duration::from_secs(5))).deadline(Some(Duration::from_secs(1))).build();
+/// assert_eq!(bad.unwrap_err().field(), "db.deadline");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    name: Name,
+    backoff: Backoff,
+    retry: bool,
+    budget: Option<BudgetSettings>,
+    deadline: Option<Duration>,
+    attempt_timeout: Option<Duration>,
+    breaker: Option<CircuitBreakerConfig>,
+    dead_letter: Option<DeadLetterSettings>,
+}
+
+/// Builds a [`Policy`]; every setter's default is the reference design's.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct PolicyBuilder {
+    name: Name,
+    max_retries: u32,
+    base_delay: Duration,
+    max_delay: Duration,
+    factor: f64,
+    jitter: Jitter,
+    seed: Option<u64>,
+    retry: bool,
+    budget: Option<BudgetSettings>,
+    deadline: Option<Duration>,
+    attempt_timeout: Option<Duration>,
+    breaker: Option<CircuitBreakerConfig>,
+    dead_letter: Option<DeadLetterSettings>,
+}
+
+impl Policy {
+    /// A builder for service `name`, starting from the reference design's defaults: 3
+    /// retries, 1 s, ×2, 60 s cap, ±10 % jitter, a default retry budget, the reference
+    /// breaker (5 failures, 60 s, 3 successes), dead-lettering on, no timeouts.
+    pub fn builder(name: impl Into<Name>) -> PolicyBuilder {
+        let b = Backoff::default();
+        PolicyBuilder {
+            name: name.into(),
+            max_retries: b.max_retries(),
+            base_delay: b.base_delay(),
+            max_delay: b.max_delay(),
+            factor: b.factor(),
+            jitter: b.jitter(),
+            seed: None,
+            retry: true,
+            budget: Some(BudgetSettings::default()),
+            deadline: None,
+            attempt_timeout: None,
+            breaker: Some(CircuitBreakerConfig::default()),
+            dead_letter: Some(DeadLetterSettings::default()),
+        }
+    }
+
+    /// The reference design's preset for `name`: `tts` (3 / 1 s / 30 s / ×2), `gemini_api`
+    /// (5 / 0.5 s / 10 s / ×2), `database` (3 / 0.1 s / 2 s / ×2), `redis` (3 / 0.1 s / 1 s /
+    /// ×2); each with the reference breaker (5 / 60 s / 3). `None` for other names.
+    pub fn preset(name: &str) -> Option<PolicyBuilder> {
+        let (retries, base_ms, max_ms) = match name {
+            "tts" => (3, 1_000, 30_000),
+            "gemini_api" => (5, 500, 10_000),
+            "database" => (3, 100, 2_000),
+            "redis" => (3, 100, 1_000),
+            _ => return None,
+        };
+        Some(
+            Policy::builder(name)
+                .max_retries(retries)
+                .base_delay(Duration::from_millis(base_ms))
+                .max_delay(Duration::from_millis(max_ms))
+                .backoff_factor(2.0),
+        )
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> Name {
+        self.name
+    }
+    /// The backoff (and so `max_retries`).
+    pub fn backoff(&self) -> &Backoff {
+        &self.backoff
+    }
+    /// Whether retries are on.
+    pub fn retry_enabled(&self) -> bool {
+        self.retry
+    }
+    /// The retry budget, if any.
+    pub fn budget(&self) -> Option<BudgetSettings> {
+        self.budget
+    }
+    /// The overall deadline, if any.
+    pub fn deadline(&self) -> Option<Duration> {
+        self.deadline
+    }
+    /// The per-attempt timeout, if any.
+    pub fn attempt_timeout(&self) -> Option<Duration> {
+        self.attempt_timeout
+    }
+    /// The breaker, if on.
+    pub fn breaker(&self) -> Option<&CircuitBreakerConfig> {
+        self.breaker.as_ref()
+    }
+    /// Dead-lettering, if on.
+    pub fn dead_letter(&self) -> Option<DeadLetterSettings> {
+        self.dead_letter
+    }
+
+    /// The whole stack as one layer, outermost first: dead-lettering, retry (attempts,
+    /// backoff, budget, deadline), circuit breaker, per-attempt timeout. A part that is
+    /// switched off passes calls through (retry with no retries, a disabled breaker that
+    /// still counts, a dead-letter layer that records nothing).
+    ///
+    /// With the `metrics` feature every part reports the reference design's series through
+    /// the `metrics` facade (see [`observe`](crate::observe)).
+    pub fn layer<C, St, X>(&self, classifier: C, store: St, extractor: X) -> PolicyLayer<C, St, X>
+    where
+        C: Clone,
+    {
+        let observer = PolicyObserver::default();
+        let mut retry = RetryLayer::new(classifier.clone())
+            .name(self.name)
+            .deadline_opt(self.deadline);
+        retry = if self.retry {
+            retry.backoff(self.backoff)
+        } else {
+            retry.backoff(Backoff::none())
+        };
+        retry = match (self.retry, self.budget) {
+            (true, Some(b)) => match RetryBudget::builder()
+                .ratio(b.ratio)
+                .min_per_sec(b.min_per_sec)
+                .max_tokens(b.max_tokens)
+                .build()
+            {
+                Ok(budget) => retry.budget(budget),
+                // Validated when the policy was built.
+                Err(_) => retry.no_budget(),
+            },
+            _ => retry.no_budget(),
+        };
+        let retry = retry.observer(observer);
+
+        let breaker_cfg = self.breaker.unwrap_or_default();
+        let breaker = crate::observe::breaker(
+            CircuitBreakerLayer::new(breaker_cfg, classifier.clone()).name(self.name),
+        );
+        if self.breaker.is_none() {
+            breaker.handle().disable();
+        }
+
+        let mut dlq = DeadLetterLayer::new(store, extractor, classifier)
+            .name(self.name)
+            .max_attempts(self.backoff.max_retries().saturating_add(1));
+        if self.dead_letter.is_none() {
+            for r in DeadLetterReason::ALL {
+                dlq = dlq.record(r, false);
+            }
+        }
+        let dlq = crate::observe::dead_letter(dlq);
+
+        PolicyLayer {
+            dlq,
+            retry,
+            breaker,
+            timeout: AttemptTimeoutLayer::new(self.attempt_timeout),
+        }
+    }
+}
+
+impl PolicyBuilder {
+    /// Retries after the first attempt. Defaults to 3.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+    /// Delay before the first retry. Defaults to 1 s.
+    pub fn base_delay(mut self, d: Duration) -> Self {
+        self.base_delay = d;
+        self
+    }
+    /// Cap on every delay. Defaults to 60 s.
+    pub fn max_delay(mut self, d: Duration) -> Self {
+        self.max_delay = d;
+        self
+    }
+    /// Growth factor. Defaults to 2.
+    pub fn backoff_factor(mut self, f: f64) -> Self {
+        self.factor = f;
+        self
+    }
+    /// Jitter. Defaults to ±10 %.
+    pub fn jitter(mut self, j: Jitter) -> Self {
+        self.jitter = j;
+        self
+    }
+    /// Seeds the jitter. Defaults to none.
+    pub fn seed(mut self, seed: Option<u64>) -> Self {
+        self.seed = seed;
+        self
+    }
+    /// Switches retries on or off. Defaults to on.
+    pub fn retry(mut self, on: bool) -> Self {
+        self.retry = on;
+        self
+    }
+    /// The retry budget; `None` retries without one. Defaults to the default budget.
+    pub fn budget(mut self, b: Option<BudgetSettings>) -> Self {
+        self.budget = b;
+        self
+    }
+    /// The overall deadline. Defaults to none.
+    pub fn deadline(mut self, d: Option<Duration>) -> Self {
+        self.deadline = d;
+        self
+    }
+    /// The per-attempt timeout. Defaults to none.
+    pub fn attempt_timeout(mut self, d: Option<Duration>) -> Self {
+        self.attempt_timeout = d;
+        self
+    }
+    /// The breaker; `None` switches it off. Defaults to the reference breaker.
+    pub fn breaker(mut self, b: Option<CircuitBreakerConfig>) -> Self {
+        self.breaker = b;
+        self
+    }
+    /// Dead-lettering; `None` switches it off. Defaults to on (cap 1,000, 30 days).
+    pub fn dead_letter(mut self, d: Option<DeadLetterSettings>) -> Self {
+        self.dead_letter = d;
+        self
+    }
+
+    /// Validates and returns the policy.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] whose field is `<service>.<field>`: invalid backoff values, an
+    /// invalid budget, a zero timeout or deadline, or a deadline shorter than the
+    /// per-attempt timeout.
+    pub fn build(self) -> Result<Policy, ConfigError> {
+        let svc = self.name.as_str();
+        let at = |e: ConfigError| {
+            let field = format!("{svc}.{}", e.field());
+            e.with_field(field)
+        };
+        let mut b = Backoff::builder()
+            .max_retries(self.max_retries)
+            .base_delay(self.base_delay)
+            .max_delay(self.max_delay)
+            .factor(self.factor)
+            .jitter(self.jitter);
+        if let Some(seed) = self.seed {
+            b = b.seed(seed);
+        }
+        let backoff = b.build().map_err(at)?;
+        if let Some(b) = self.budget {
+            RetryBudget::builder()
+                .ratio(b.ratio)
+                .min_per_sec(b.min_per_sec)
+                .max_tokens(b.max_tokens)
+                .build()
+                .map_err(at)?;
+        }
+        for (field, d) in [
+            ("deadline", self.deadline),
+            ("attempt_timeout", self.attempt_timeout),
+        ] {
+            if d == Some(Duration::ZERO) {
+                return Err(ConfigError::new(
+                    format!("{svc}.{field}"),
+                    Duration::ZERO,
+                    "must be positive",
+                ));
+            }
+        }
+        if let (Some(deadline), Some(timeout)) = (self.deadline, self.attempt_timeout) {
+            if deadline < timeout {
+                return Err(ConfigError::new(
+                    format!("{svc}.deadline"),
+                    deadline,
+                    format!("must not be shorter than attempt_timeout ({timeout:?}): no attempt could use its full timeout"),
+                ));
+            }
+        }
+        if let Some(d) = self.dead_letter {
+            if d.max_size == 0 {
+                return Err(ConfigError::new(
+                    format!("{svc}.dead_letter.max_size"),
+                    0,
+                    "must be at least 1",
+                ));
+            }
+        }
+        Ok(Policy {
+            name: self.name,
+            backoff,
+            retry: self.retry,
+            budget: self.budget,
+            deadline: self.deadline,
+            attempt_timeout: self.attempt_timeout,
+            breaker: self.breaker,
+            dead_letter: self.dead_letter,
+        })
+    }
+}
+
+/// The layer a [`Policy`] builds: dead-letter → retry → breaker → per-attempt timeout.
+#[derive(Clone)]
+pub struct PolicyLayer<C, St, X> {
+    dlq: DeadLetterLayer<St, X, C>,
+    retry: RetryLayer<C, CloneReplay, PolicyObserver>,
+    breaker: CircuitBreakerLayer<C>,
+    timeout: AttemptTimeoutLayer,
+}
+
+impl<C, St, X> PolicyLayer<C, St, X> {
+    /// The breaker's operator handle.
+    pub fn breaker(&self) -> rampart_breaker::BreakerHandle {
+        self.breaker.handle()
+    }
+
+    /// The dead-letter layer's counters.
+    pub fn dead_letters(&self) -> rampart_dlq::DeadLetterStats {
+        self.dlq.stats()
+    }
+}
+
+impl<C, St, X> fmt::Debug for PolicyLayer<C, St, X> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyLayer")
+            .field("dlq", &self.dlq)
+            .field("breaker", &self.breaker)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The service a [`PolicyLayer`] makes.
+pub type PolicyService<S, C, St, X> = DeadLetter<
+    Retry<CircuitBreaker<AttemptTimeout<S>, C>, C, CloneReplay, PolicyObserver>,
+    St,
+    X,
+    C,
+>;
+
+impl<S, C: Clone, St, X> Layer<S> for PolicyLayer<C, St, X> {
+    type Service = PolicyService<S, C, St, X>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let s = self.timeout.layer(inner);
+        let s = self.breaker.layer(s);
+        let s = self.retry.layer(s);
+        self.dlq.layer(s)
+    }
+}
+
+/// Named policies: one per downstream service.
+///
+/// # Example
+///
+/// ```
+/// use rampart::Policies;
+///
+/// let p = Policies::presets();
+/// assert_eq!(p.get("gemini_api").map(|p| p.backoff().max_retries()), Some(5));
+/// let prod = Policies::production();
+/// assert_eq!(prod.get("tts").map(|p| p.backoff().max_retries()), Some(5));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Policies {
+    map: BTreeMap<String, Policy>,
+}
+
+impl Policies {
+    /// The reference design's presets: `tts`, `gemini_api`, `database`, `redis`.
+    pub fn presets() -> Self {
+        let mut p = Policies::default();
+        for name in ["tts", "gemini_api", "database", "redis"] {
+            if let Some(Ok(policy)) = Policy::preset(name).map(PolicyBuilder::build) {
+                p.insert(policy);
+            }
+        }
+        p
+    }
+
+    /// The presets with the reference design's production profile: TTS 5 retries, 2 s base,
+    /// 60 s max, breaker 10 failures / 120 s; Gemini 3 / 1 s / 30 s.
+    pub fn production() -> Self {
+        let mut p = Policies::presets();
+        for (name, builder) in production_overrides() {
+            if let Ok(policy) = builder.build() {
+                p.insert(policy);
+            }
+            let _ = name;
+        }
+        p
+    }
+
+    /// Adds or replaces a policy.
+    pub fn insert(&mut self, p: Policy) {
+        self.map.insert(p.name().as_str().to_owned(), p);
+    }
+
+    /// The policy named `name`.
+    pub fn get(&self, name: &str) -> Option<&Policy> {
+        self.map.get(name)
+    }
+
+    /// Every policy, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Policy)> {
+        self.map.iter().map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+/// The production profile's changes to the presets.
+pub(crate) fn production_overrides() -> Vec<(&'static str, PolicyBuilder)> {
+    let breaker = CircuitBreakerConfig::builder()
+        .consecutive_failures(Some(10))
+        .recovery_timeout(Duration::from_secs(120))
+        .build()
+        .ok();
+    let mut out = Vec::new();
+    if let Some(tts) = Policy::preset("tts") {
+        out.push((
+            "tts",
+            tts.max_retries(5)
+                .base_delay(Duration::from_secs(2))
+                .max_delay(Duration::from_secs(60))
+                .breaker(breaker),
+        ));
+    }
+    if let Some(g) = Policy::preset("gemini_api") {
+        out.push((
+            "gemini_api",
+            g.max_retries(3)
+                .base_delay(Duration::from_secs(1))
+                .max_delay(Duration::from_secs(30)),
+        ));
+    }
+    out
+}

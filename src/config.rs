@@ -373,6 +373,9 @@ fn env_key(var: &str, services: &[String]) -> Option<String> {
     None
 }
 
+/// Looks an environment variable up.
+type Lookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Loads [`Policies`] from presets, a profile, a file and the environment.
 ///
 /// # Example
@@ -399,7 +402,7 @@ fn env_key(var: &str, services: &[String]) -> Option<String> {
 pub struct Loader {
     file: Option<PathBuf>,
     profile: Option<String>,
-    env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    env: Lookup,
 }
 
 impl std::fmt::Debug for Loader {
@@ -592,9 +595,11 @@ fn from_figment(
         .next()
         .unwrap_or_else(|| figment::Error::from("unknown error".to_owned()));
     let mut path = e.path.clone();
-    // An unknown field is reported at its parent; name the field itself.
+    // Make sure an unknown field is named itself, not only its parent.
     if let figment::error::Kind::UnknownField(f, _) = &e.kind {
-        path.push(f.clone());
+        if path.last() != Some(f) {
+            path.push(f.clone());
+        }
     }
     let key = path.join(".");
     let value = match &e.kind {

@@ -142,6 +142,7 @@ impl Breaker {
         if !failure
             && elapsed.is_none()
             && self.window.is_none()
+            && self.events.calls.is_none()
             && matches!(admit, Admit::Normal(_))
         {
             if self.cell.consecutive.load(Ordering::Relaxed) != 0 {

@@ -237,18 +237,33 @@ where
 
 async fn push<St: DeadLetterStore, X, C>(shared: &Shared<St, X, C>, record: DeadLetterRecord) {
     let id = record.id;
-    if let Err(e) = shared.store.push(record).await {
-        shared
-            .counters
-            .write_failures
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::error!(
-            service = %shared.name,
-            record_id = %id,
-            store = shared.store.kind(),
-            error = %e,
-            "dead letter could not be stored"
-        );
+    match shared.store.push(record).await {
+        Ok(_) => {
+            if shared.observer.is_some() {
+                if let Ok(stats) = shared.store.stats().await {
+                    shared.emit(&crate::layer::DeadLetterEvent::Size {
+                        queue_name: shared.queue_name,
+                        size: stats.records,
+                    });
+                }
+            }
+        }
+        Err(e) => {
+            shared
+                .counters
+                .write_failures
+                .fetch_add(1, Ordering::Relaxed);
+            shared.emit(&crate::layer::DeadLetterEvent::WriteFailed {
+                store: shared.store.kind(),
+            });
+            tracing::error!(
+                service = %shared.name,
+                record_id = %id,
+                store = shared.store.kind(),
+                error = %e,
+                "dead letter could not be stored"
+            );
+        }
     }
 }
 

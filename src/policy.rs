@@ -201,7 +201,6 @@ impl Policy {
     where
         C: Clone,
     {
-        let observer = PolicyObserver::default();
         let mut retry = RetryLayer::new(classifier.clone())
             .name(self.name)
             .deadline_opt(self.deadline);
@@ -223,7 +222,7 @@ impl Policy {
             },
             _ => retry.no_budget(),
         };
-        let retry = retry.observer(observer);
+        let retry = retry.observer(PolicyObserver::default());
 
         let breaker_cfg = self.breaker.unwrap_or_default();
         let breaker = crate::observe::breaker(

@@ -8,7 +8,6 @@ mod support;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use rampart_dlq::{
     DeadLetterReason, DeadLetterRecord, DeadLetterStore, FileStore, ListQuery, RecordId,
@@ -219,6 +218,7 @@ async fn compaction_keeps_exactly_the_live_records() {
 #[cfg(all(feature = "redis", feature = "http"))]
 mod redis_and_http {
     use super::*;
+    use std::time::Duration;
     use rampart_core::classify::IoErrors;
     use rampart_dlq::{DeadLetterLayer, Fallback, HttpExtractor, RedisStore};
     use tower::{service_fn, Layer, ServiceExt};

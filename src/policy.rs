@@ -197,6 +197,7 @@ impl Policy {
     ///
     /// With the `metrics` feature every part reports the reference design's series through
     /// the `metrics` facade (see [`observe`](crate::observe)).
+    #[allow(clippy::unit_arg)] // the observer is `()` without the `metrics` feature
     pub fn layer<C, St, X>(&self, classifier: C, store: St, extractor: X) -> PolicyLayer<C, St, X>
     where
         C: Clone,

@@ -218,9 +218,9 @@ async fn compaction_keeps_exactly_the_live_records() {
 #[cfg(all(feature = "redis", feature = "http"))]
 mod redis_and_http {
     use super::*;
-    use std::time::Duration;
     use rampart_core::classify::IoErrors;
     use rampart_dlq::{DeadLetterLayer, Fallback, HttpExtractor, RedisStore};
+    use std::time::Duration;
     use tower::{service_fn, Layer, ServiceExt};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,6 +44,7 @@ pin_project! {
         request: Option<Req>,
         started: Timestamp,
         shared: Arc<Shared<St, X, C>>,
+        span: tracing::Span,
     }
 }
 
@@ -69,11 +70,19 @@ where
         started: Timestamp,
         shared: Arc<Shared<St, X, C>>,
     ) -> Self {
+        // One span per logical call; the retry layer's `retry_attempt` spans nest inside it.
+        let span = tracing::debug_span!(
+            "rampart_call",
+            service = %shared.name,
+            outcome = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+        );
         ResponseFuture {
             state: State::Called { future },
             request: Some(request),
             started,
             shared,
+            span,
         }
     }
 }
@@ -147,11 +156,22 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
-                    let result = ready!(future.poll(cx)).map_err(IntoError::into_error);
+                    let result = {
+                        let _entered = this.span.enter();
+                        ready!(future.poll(cx)).map_err(IntoError::into_error)
+                    };
                     let shared = &**this.shared;
-                    let Some((reason, outcome, attempts, error)) =
-                        judge(&result, &shared.classifier)
-                    else {
+                    let judged = judge(&result, &shared.classifier);
+                    if !this.span.is_disabled() {
+                        let (outcome, attempts) = match (&judged, &result) {
+                            (None, Ok(_)) => ("success", 1),
+                            (None, Err(e)) => ("success", e.attempts()),
+                            (Some((r, _, a, _)), _) => (r.as_str(), *a),
+                        };
+                        this.span.record("outcome", outcome);
+                        this.span.record("attempts", attempts);
+                    }
+                    let Some((reason, outcome, attempts, error)) = judged else {
                         return Poll::Ready(result);
                     };
                     if !shared.records(reason) {
@@ -176,6 +196,7 @@ where
                         request,
                     };
                     shared.count(reason);
+                    let _entered = this.span.enter();
                     tracing::error!(
                         service = %shared.name,
                         record_id = %record.id,

@@ -38,13 +38,21 @@
 //! | `config` | `Policies::load`: TOML file + environment, presets and profiles | no |
 //! | `metrics` | the reference design's series through the `metrics` facade | no |
 //! | `prometheus` | `observe::prometheus_builder` with the reference buckets | no |
+//! | `client` | `client::HttpClient` (hyper-util + rustls) and `client::HttpClassifier` | no (yes through `gemini`) |
+//! | `gemini` | `gemini::GeminiClassifier`, TTS request/audio helpers, `gemini::FakeGemini` | yes (the README's demo needs it; use `default-features = false` for the core alone) |
 //! | `http` | replay `http::Request`s with streaming bodies (`BufferBodyLayer`, `HttpReplay`) | no |
 //! | `full` | everything | no |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+pub mod client;
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
+#[cfg(feature = "gemini")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gemini")))]
+pub mod gemini;
 #[cfg(feature = "policy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
 pub mod observe;

@@ -1,0 +1,562 @@
+//! Gemini: classifying Google API errors, building text-to-speech requests, decoding their
+//! audio into WAV, and an embedded Gemini-shaped server that injects faults, for demos and
+//! tests.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use rampart_core::{Classify, Outcome};
+use serde_json::{json, Value};
+
+use crate::client::{status_outcome, HttpClassifier, HttpError};
+
+/// The TTS model the demo uses by default.
+pub const DEFAULT_MODEL: &str = "gemini-2.5-flash-preview-tts";
+/// The audio Gemini TTS returns: 16-bit little-endian PCM, mono, 24 kHz.
+pub const SAMPLE_RATE: u32 = 24_000;
+
+/// Classifies Gemini / Google API responses by their error body
+/// (`{"error":{"code","message","status","details"}}`): `RESOURCE_EXHAUSTED` is throttled,
+/// with `google.rpc.RetryInfo.retryDelay` (`"37s"`, `"1.5s"`) as the hint; `UNAVAILABLE`,
+/// `DEADLINE_EXCEEDED` and `INTERNAL` are transient; `INVALID_ARGUMENT`,
+/// `PERMISSION_DENIED`, `UNAUTHENTICATED` and `NOT_FOUND` are rejected. A body that is not a
+/// Google error falls back to the status code ([`HttpClassifier`]); so do transport errors.
+///
+/// # Example
+///
+/// ```
+/// use rampart::gemini::GeminiClassifier;
+/// use rampart::{Classify, Outcome};
+/// use std::time::Duration;
+///
+/// let body = r#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED",
+///   "details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"37s"}]}}"#;
+/// let res = http::Response::builder().status(429).body(bytes::Bytes::from(body)).unwrap();
+/// let o = Classify::<_, rampart::client::HttpError>::classify(&GeminiClassifier::default(), Ok(&res));
+/// assert_eq!(o, Outcome::Throttled { retry_after: Some(Duration::from_secs(37)) });
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GeminiClassifier {
+    http: HttpClassifier,
+}
+
+impl GeminiClassifier {
+    /// Also retries POSTs after errors where they may have reached the server
+    /// (`generateContent` has no side effects, so this is safe for it).
+    #[must_use]
+    pub fn retry_non_idempotent(mut self, yes: bool) -> Self {
+        self.http = self.http.retry_non_idempotent(yes);
+        self
+    }
+}
+
+/// Parses a protobuf JSON duration (`"37s"`, `"1.5s"`).
+pub fn parse_proto_duration(s: &str) -> Option<Duration> {
+    let secs: f64 = s.trim().strip_suffix('s')?.parse().ok()?;
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// The outcome of a Google API error body, if it is one.
+pub fn google_error_outcome(body: &[u8]) -> Option<Outcome> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let err = v.get("error")?;
+    let status = err.get("status")?.as_str()?;
+    let hint = err
+        .get("details")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|d| {
+            d.get("@type").and_then(Value::as_str)
+                == Some("type.googleapis.com/google.rpc.RetryInfo")
+        })
+        .and_then(|d| d.get("retryDelay")?.as_str().and_then(parse_proto_duration));
+    Some(match status {
+        "RESOURCE_EXHAUSTED" => Outcome::Throttled { retry_after: hint },
+        "UNAVAILABLE" | "DEADLINE_EXCEEDED" | "INTERNAL" => {
+            Outcome::Transient { retry_after: hint }
+        }
+        "INVALID_ARGUMENT"
+        | "PERMISSION_DENIED"
+        | "UNAUTHENTICATED"
+        | "NOT_FOUND"
+        | "FAILED_PRECONDITION" => Outcome::Rejected,
+        _ => return None,
+    })
+}
+
+impl Classify<Response<Bytes>, HttpError> for GeminiClassifier {
+    fn classify(&self, result: Result<&Response<Bytes>, &HttpError>) -> Outcome {
+        match result {
+            Ok(res) if res.status().is_client_error() || res.status().is_server_error() => {
+                google_error_outcome(res.body()).unwrap_or_else(|| {
+                    status_outcome(res.status(), crate::client::retry_after(res.headers()))
+                })
+            }
+            other => self.http.classify(other),
+        }
+    }
+}
+
+/// A `generateContent` request for speech: `POST {base}/v1beta/models/{model}:generateContent`
+/// with `x-goog-api-key`, the text, `responseModalities = ["AUDIO"]` and the prebuilt voice.
+///
+/// # Errors
+///
+/// If `base` or `model` do not make a valid URI.
+pub fn tts_request(
+    base: &str,
+    model: &str,
+    api_key: &str,
+    text: &str,
+    voice: &str,
+) -> Result<Request<Bytes>, http::Error> {
+    let body = json!({
+        "contents": [{ "parts": [{ "text": text }] }],
+        "generationConfig": {
+            "responseModalities": ["AUDIO"],
+            "speechConfig": { "voiceConfig": { "prebuiltVoiceConfig": { "voiceName": voice } } }
+        }
+    });
+    Request::post(format!(
+        "{}/v1beta/models/{model}:generateContent",
+        base.trim_end_matches('/')
+    ))
+    .header("content-type", "application/json")
+    .header("x-goog-api-key", api_key)
+    .body(Bytes::from(body.to_string()))
+}
+
+/// Why a response did not hold audio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoAudio(pub String);
+
+impl std::fmt::Display for NoAudio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the response holds no audio: {}", self.0)
+    }
+}
+
+impl std::error::Error for NoAudio {}
+
+/// Decodes `candidates[0].content.parts[0].inlineData.data` (base64 PCM).
+///
+/// # Errors
+///
+/// [`NoAudio`] if the body is not JSON, has no such field, or it is not base64.
+pub fn decode_audio(body: &[u8]) -> Result<Vec<u8>, NoAudio> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| NoAudio(format!("not JSON ({e})")))?;
+    let data = v
+        .pointer("/candidates/0/content/parts/0/inlineData/data")
+        .and_then(Value::as_str)
+        .ok_or_else(|| NoAudio("no candidates[0].content.parts[0].inlineData.data".into()))?;
+    base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|e| NoAudio(format!("not base64 ({e})")))
+}
+
+/// Wraps 16-bit mono PCM at `rate` Hz in a WAV (RIFF) header.
+///
+/// # Example
+///
+/// ```
+/// let wav = rampart::gemini::wav(&[0u8; 480], 24_000);
+/// assert_eq!(&wav[..4], b"RIFF");
+/// assert_eq!(wav.len(), 44 + 480);
+/// ```
+pub fn wav(pcm: &[u8], rate: u32) -> Vec<u8> {
+    let len = u32::try_from(pcm.len()).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(pcm.len() + 44);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + len).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    out.extend_from_slice(&1u16.to_le_bytes()); // mono
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate * 2).to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(pcm);
+    out
+}
+
+/// A short tone as 16-bit PCM: the embedded server's "speech".
+pub fn tone(ms: u32, hz: f64) -> Vec<u8> {
+    let n = SAMPLE_RATE * ms / 1000;
+    let mut pcm = Vec::with_capacity(n as usize * 2);
+    for i in 0..n {
+        let t = f64::from(i) / f64::from(SAMPLE_RATE);
+        #[allow(clippy::cast_possible_truncation)]
+        let s = ((t * hz * std::f64::consts::TAU).sin() * 8_000.0) as i16;
+        pcm.extend_from_slice(&s.to_le_bytes());
+    }
+    pcm
+}
+
+/// How often the embedded server misbehaves, per request; the rest succeed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaultMix {
+    /// 429 `RESOURCE_EXHAUSTED` with a `RetryInfo` of `retry_delay`.
+    pub throttled: f64,
+    /// 503 `UNAVAILABLE` "The model is overloaded".
+    pub unavailable: f64,
+    /// 500 `INTERNAL`.
+    pub internal: f64,
+    /// A response slower than `slow_by`.
+    pub slow: f64,
+    /// The connection is dropped without a response.
+    pub reset: f64,
+    /// The delay a 429 asks for.
+    pub retry_delay: Duration,
+    /// How slow a slow response is.
+    pub slow_by: Duration,
+    /// Every request in this window (from the first request) gets a 503.
+    pub outage: Option<(Duration, Duration)>,
+}
+
+impl Default for FaultMix {
+    fn default() -> Self {
+        FaultMix {
+            throttled: 0.05,
+            unavailable: 0.08,
+            internal: 0.03,
+            slow: 0.02,
+            reset: 0.03,
+            retry_delay: Duration::from_millis(300),
+            slow_by: Duration::from_secs(3),
+            outage: None,
+        }
+    }
+}
+
+impl std::str::FromStr for FaultMix {
+    type Err = String;
+    /// `"429=0.05,503=0.08,500=0.03,slow=0.02,reset=0.03"`; unnamed kinds are 0.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut m = FaultMix {
+            throttled: 0.0,
+            unavailable: 0.0,
+            internal: 0.0,
+            slow: 0.0,
+            reset: 0.0,
+            ..FaultMix::default()
+        };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: expected kind=fraction"))?;
+            let v: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("{part:?}: {v:?} is not a number"))?;
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("{part:?}: {v} is not a fraction in [0, 1]"));
+            }
+            match k.trim() {
+                "429" => m.throttled = v,
+                "503" => m.unavailable = v,
+                "500" => m.internal = v,
+                "slow" => m.slow = v,
+                "reset" => m.reset = v,
+                other => {
+                    return Err(format!(
+                        "unknown fault {other:?}; expected 429, 503, 500, slow, reset"
+                    ))
+                }
+            }
+        }
+        if m.throttled + m.unavailable + m.internal + m.slow + m.reset > 1.0 {
+            return Err("the fault fractions add up to more than 1".into());
+        }
+        Ok(m)
+    }
+}
+
+/// What the embedded server saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Requests received.
+    pub requests: u64,
+    /// Answered with audio.
+    pub ok: u64,
+    /// Answered with an error or a dropped connection.
+    pub faults: u64,
+}
+
+/// An embedded, Gemini-shaped HTTP server on loopback that answers `generateContent` in the
+/// real format (a short tone as audio) and injects faults from a seeded [`FaultMix`].
+#[derive(Debug, Clone)]
+pub struct FakeGemini {
+    addr: SocketAddr,
+    stats: Arc<Mutex<ServerStats>>,
+}
+
+struct ServerState {
+    mix: FaultMix,
+    rng: Mutex<u64>,
+    started: Mutex<Option<Instant>>,
+    stats: Arc<Mutex<ServerStats>>,
+    audio: String,
+    counter: AtomicU64,
+}
+
+fn next_rand(state: &Mutex<u64>) -> f64 {
+    let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+    // xorshift64*
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    let v = s.wrapping_mul(0x2545_F491_4F6C_DD1D);
+    (v >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn google_error(
+    code: u16,
+    status: &str,
+    message: &str,
+    retry: Option<Duration>,
+) -> Response<http_body_util::Full<Bytes>> {
+    let mut details = Vec::new();
+    if let Some(d) = retry {
+        details.push(json!({
+            "@type": "type.googleapis.com/google.rpc.RetryInfo",
+            "retryDelay": format!("{}s", d.as_secs_f64()),
+        }));
+    }
+    let body = json!({ "error": { "code": code, "message": message, "status": status, "details": details } });
+    Response::builder()
+        .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_default()
+}
+
+impl FakeGemini {
+    /// Starts the server on a free loopback port.
+    ///
+    /// # Errors
+    ///
+    /// If no loopback port can be bound.
+    pub async fn start(mix: FaultMix, seed: u64) -> std::io::Result<FakeGemini> {
+        use hyper::service::service_fn;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let stats = Arc::new(Mutex::new(ServerStats::default()));
+        let state = Arc::new(ServerState {
+            mix,
+            rng: Mutex::new(seed.max(1)),
+            started: Mutex::new(None),
+            stats: stats.clone(),
+            audio: base64::engine::general_purpose::STANDARD.encode(tone(250, 440.0)),
+            counter: AtomicU64::new(0),
+        });
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let state = state.clone();
+                        async move { answer(&state, req).await }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                });
+            }
+        });
+        Ok(FakeGemini { addr, stats })
+    }
+
+    /// The base URL to point a client at.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// What the server saw so far.
+    pub fn stats(&self) -> ServerStats {
+        *self.stats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A dropped connection: the handler fails, hyper closes the connection without answering.
+#[derive(Debug)]
+struct Reset;
+impl std::fmt::Display for Reset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("injected connection reset")
+    }
+}
+impl std::error::Error for Reset {}
+
+async fn answer(
+    state: &ServerState,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<http_body_util::Full<Bytes>>, Reset> {
+    use http_body_util::BodyExt;
+    let now = Instant::now();
+    let started = *state
+        .started
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_or_insert(now);
+    let stats = |ok: bool| {
+        let mut s = state.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        s.requests += 1;
+        if ok {
+            s.ok += 1;
+        } else {
+            s.faults += 1;
+        }
+    };
+    let path = req.uri().path().to_owned();
+    let has_key = req.headers().contains_key("x-goog-api-key");
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if !path.ends_with(":generateContent") || !path.starts_with("/v1beta/models/") {
+        stats(false);
+        return Ok(google_error(404, "NOT_FOUND", "unknown method", None));
+    }
+    if !has_key {
+        stats(false);
+        return Ok(google_error(
+            401,
+            "UNAUTHENTICATED",
+            "API key not valid",
+            None,
+        ));
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        stats(false);
+        return Ok(google_error(
+            400,
+            "INVALID_ARGUMENT",
+            "Invalid JSON payload",
+            None,
+        ));
+    };
+    if v.pointer("/contents/0/parts/0/text")
+        .and_then(Value::as_str)
+        .is_none()
+    {
+        stats(false);
+        return Ok(google_error(
+            400,
+            "INVALID_ARGUMENT",
+            "contents[0].parts[0].text is required",
+            None,
+        ));
+    }
+    let m = state.mix;
+    if let Some((from, len)) = m.outage {
+        let t = now.duration_since(started);
+        if t >= from && t < from + len {
+            stats(false);
+            return Ok(google_error(
+                503,
+                "UNAVAILABLE",
+                "The model is overloaded. Please try again later.",
+                None,
+            ));
+        }
+    }
+    let r = next_rand(&state.rng);
+    let mut edge = m.throttled;
+    if r < edge {
+        stats(false);
+        return Ok(google_error(
+            429,
+            "RESOURCE_EXHAUSTED",
+            "Resource has been exhausted (e.g. check quota).",
+            Some(m.retry_delay),
+        ));
+    }
+    edge += m.unavailable;
+    if r < edge {
+        stats(false);
+        return Ok(google_error(
+            503,
+            "UNAVAILABLE",
+            "The model is overloaded. Please try again later.",
+            None,
+        ));
+    }
+    edge += m.internal;
+    if r < edge {
+        stats(false);
+        return Ok(google_error(
+            500,
+            "INTERNAL",
+            "An internal error has occurred.",
+            None,
+        ));
+    }
+    edge += m.reset;
+    if r < edge {
+        stats(false);
+        return Err(Reset);
+    }
+    edge += m.slow;
+    if r < edge {
+        tokio::time::sleep(m.slow_by).await;
+    }
+    stats(true);
+    let n = state.counter.fetch_add(1, Ordering::Relaxed);
+    let body = json!({
+        "candidates": [{ "content": { "role": "model", "parts": [{ "inlineData": {
+            "mimeType": format!("audio/L16;codec=pcm;rate={SAMPLE_RATE}"),
+            "data": state.audio,
+        }}]}, "finishReason": "STOP", "index": 0 }],
+        "usageMetadata": { "promptTokenCount": 9, "candidatesTokenCount": 42, "totalTokenCount": 51 },
+        "modelVersion": DEFAULT_MODEL,
+        "responseId": format!("fake-{n}"),
+    });
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_default())
+}
+
+/// Attempts per key, for demos that count retries on the client side.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptCounter {
+    inner: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl AttemptCounter {
+    /// Counts one attempt for `key`.
+    pub fn hit(&self, key: &str) {
+        *self
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key.to_owned())
+            .or_default() += 1;
+    }
+
+    /// Attempts made for `key`.
+    pub fn get(&self, key: &str) -> u32 {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+}

@@ -33,7 +33,8 @@
 //! | `retry` | [`RetryLayer`], [`RetryBudget`] | yes |
 //! | `breaker` | [`CircuitBreakerLayer`], keyed breakers, transition events | yes |
 //! | `dlq` | [`DeadLetterLayer`], memory and file stores, fallback, redrive | yes |
-//! | `redis` | the Redis dead-letter store | no |
+//! | `redis` | the Redis dead-letter store, `redis::RedisClassifier`, `redis::Enqueue` | no |
+//! | `postgres` | `postgres::PostgresClassifier`, `postgres::PgService` | no |
 //! | `policy` | [`Policy`], [`Policies`]: one layer per downstream service | yes |
 //! | `config` | `Policies::load`: TOML file + environment, presets and profiles | no |
 //! | `metrics` | the reference design's series through the `metrics` facade | no |
@@ -58,6 +59,12 @@ pub mod gemini;
 pub mod observe;
 #[cfg(feature = "policy")]
 mod policy;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 
 #[cfg(feature = "policy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]

@@ -1,0 +1,662 @@
+//! `rampart`: inspect, requeue, redrive and purge dead letters.
+//!
+//! Exit codes: 0 success, 1 the operation failed (an unknown id, an unreachable store, a
+//! corrupt journal, a failed redrive), 2 a usage error (a bad flag or value, or a destructive
+//! command without `--yes` when stdout is not a terminal).
+//!
+//! JSON output (`--format json`, `--format jsonl`, `show`, `export`) is the stored
+//! `DeadLetterRecord` as serialised by `rampart-dlq` (format version 1): `version`, `id`,
+//! `service`, `reason`, `classification`, `error`, `attempts`, `max_attempts`,
+//! `first_attempt_at`, `last_attempt_at`, `redrive_count`, `request { summary, payload }`.
+
+mod store;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use rampart_dlq::{
+    DeadLetterReason, DeadLetterRecord, DeadLetterStore, ListQuery, Pushed, RecordId,
+};
+use store::{chain, AnyStore, DEFAULT_STORE};
+use tower::{Layer, ServiceExt};
+
+/// rampart's operator tool.
+#[derive(Parser, Debug)]
+#[command(name = "rampart", version, about, propagate_version = true)]
+struct Cli {
+    /// The dead-letter store: file:PATH or redis://HOST:PORT/DB (optionally #PREFIX).
+    #[arg(long, global = true, env = "RAMPART_DLQ_STORE", default_value = DEFAULT_STORE)]
+    store: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Dead letters: list, show, stats, requeue, redrive, delete, purge, export, import.
+    #[command(subcommand)]
+    Dlq(Dlq),
+}
+
+#[derive(Subcommand, Debug)]
+enum Dlq {
+    /// List dead letters, newest first.
+    ///
+    /// Example: rampart dlq list --limit 20 --reason circuit_open --since 2h
+    List {
+        #[command(flatten)]
+        filter: Filter,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Show one dead letter in full, as pretty JSON.
+    ///
+    /// Example: rampart dlq show 01a2227b-e99b-76a4-90eb-c1aca9509b29
+    Show {
+        /// The record's id.
+        #[arg(value_parser = parse_id)]
+        id: RecordId,
+    },
+    /// Counts by service and reason, oldest and newest, size against the cap.
+    ///
+    /// Example: rampart dlq stats
+    Stats,
+    /// Move records to the retry queue.
+    ///
+    /// Example: rampart dlq requeue --all --service gemini_api --yes
+    Requeue {
+        /// Ids to requeue.
+        #[arg(value_parser = parse_id, required_unless_present = "all")]
+        ids: Vec<RecordId>,
+        /// Requeue every record that matches the filters.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        #[command(flatten)]
+        filter: Filter,
+        /// Do not ask; required when stdout is not a terminal.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Replay HTTP-shaped records against a base URL; remove what succeeds.
+    ///
+    /// Example: rampart dlq redrive --target http://localhost:8080 --rate 50/s --reason retries_exhausted
+    Redrive {
+        /// The base URL to replay against (scheme, host and port replace the recorded ones).
+        #[arg(long)]
+        target: String,
+        /// At most this many requests a second, e.g. 50/s.
+        #[arg(long, value_parser = parse_rate)]
+        rate: Option<u32>,
+        /// Retries per record.
+        #[arg(long, default_value_t = 2)]
+        retries: u32,
+        #[command(flatten)]
+        filter: Filter,
+    },
+    /// Delete records by id.
+    ///
+    /// Example: rampart dlq delete 01a2227b-e99b-76a4-90eb-c1aca9509b29 --yes
+    Delete {
+        /// Ids to delete.
+        #[arg(value_parser = parse_id, required = true)]
+        ids: Vec<RecordId>,
+        /// Do not ask; required when stdout is not a terminal.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Delete records older than an age.
+    ///
+    /// Example: rampart dlq purge --older-than 30d --dry-run
+    Purge {
+        /// Age, e.g. 30d, 12h.
+        #[arg(long, value_parser = parse_duration)]
+        older_than: Duration,
+        /// Only say how many would go.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask; required when stdout is not a terminal.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Write records as JSON lines to stdout.
+    ///
+    /// Example: rampart dlq export --service gemini_api > dlq.jsonl
+    Export {
+        #[command(flatten)]
+        filter: Filter,
+    },
+    /// Read JSON lines written by `export`; records already present are left alone.
+    ///
+    /// Example: rampart --store redis://127.0.0.1:6379/0 dlq import dlq.jsonl
+    Import {
+        /// The file (`-` for stdin).
+        file: String,
+    },
+}
+
+#[derive(Args, Debug, Clone, Default)]
+struct Filter {
+    /// At most this many records.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Only this service.
+    #[arg(long)]
+    service: Option<String>,
+    /// Only this reason (permanent, retries_exhausted, budget_exhausted, deadline_exceeded,
+    /// circuit_open, not_replayable, rejected).
+    #[arg(long, value_parser = parse_reason)]
+    reason: Option<DeadLetterReason>,
+    /// Only records younger than this, e.g. 2h.
+    #[arg(long, value_parser = parse_duration)]
+    since: Option<Duration>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+    Jsonl,
+}
+
+fn parse_id(s: &str) -> Result<RecordId, String> {
+    s.parse()
+        .map_err(|e: rampart_dlq::ParseIdError| e.to_string())
+}
+
+fn parse_reason(s: &str) -> Result<DeadLetterReason, String> {
+    s.parse()
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. 30d, 2h, 90s"))
+}
+
+fn parse_rate(s: &str) -> Result<u32, String> {
+    let n = s.strip_suffix("/s").unwrap_or(s);
+    n.parse::<u32>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?} is not a rate; write e.g. 50/s"))
+}
+
+/// A failed command: the message and the exit code.
+struct Fail(String, u8);
+
+fn op(msg: impl Into<String>) -> Fail {
+    Fail(msg.into(), 1)
+}
+
+fn usage(msg: impl Into<String>) -> Fail {
+    Fail(msg.into(), 2)
+}
+
+fn store_err(e: &rampart_dlq::StoreError) -> Fail {
+    op(chain(e))
+}
+
+impl Filter {
+    fn matches(&self, r: &DeadLetterRecord, cutoff: Option<RecordId>) -> bool {
+        self.service.as_ref().is_none_or(|s| &r.service == s)
+            && self.reason.is_none_or(|x| r.reason == x)
+            && cutoff.is_none_or(|c| r.id >= c)
+    }
+
+    /// Every matching record, newest first, up to the limit.
+    async fn collect(&self, store: &AnyStore) -> Result<(Vec<DeadLetterRecord>, usize), Fail> {
+        let cutoff = self.since.map(|d| {
+            RecordId::lower_bound(
+                SystemTime::now()
+                    .checked_sub(d)
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+            )
+        });
+        let limit = self.limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        let mut unreadable = 0;
+        let mut q = ListQuery::newest(500);
+        loop {
+            let page = store.list(q).await.map_err(|e| store_err(&e))?;
+            unreadable += page.unreadable.len();
+            for r in page.records {
+                if cutoff.is_some_and(|c| r.id < c) {
+                    return Ok((out, unreadable));
+                }
+                if self.matches(&r, cutoff) {
+                    out.push(r);
+                    if out.len() >= limit {
+                        return Ok((out, unreadable));
+                    }
+                }
+            }
+            match page.next {
+                Some(n) => q.before = Some(n),
+                None => return Ok((out, unreadable)),
+            }
+        }
+    }
+}
+
+fn one_line(s: &str, max: usize) -> String {
+    let flat: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    rampart_dlq::redact::truncate(&flat, max)
+}
+
+/// Asks before a destructive command; refuses without `--yes` when stdout is not a terminal.
+fn confirm(what: &str, n: usize, yes: bool) -> Result<bool, Fail> {
+    if yes || n == 0 {
+        return Ok(true);
+    }
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        return Err(usage(format!(
+            "refusing to {what} {n} record(s) without --yes (stdout is not a terminal)"
+        )));
+    }
+    print!("{what} {n} record(s)? [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().read_line(&mut answer);
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+async fn run(cli: Cli) -> Result<(), Fail> {
+    let Command::Dlq(cmd) = cli.command;
+    let create = matches!(cmd, Dlq::Import { .. });
+    let (store, label) = store::open(&cli.store, create).await.map_err(op)?;
+    let mut out = std::io::stdout().lock();
+    let w = |out: &mut std::io::StdoutLock<'_>, s: String| {
+        let _ = writeln!(out, "{s}");
+    };
+    match cmd {
+        Dlq::List { filter, format } => {
+            let (records, unreadable) = filter.collect(&store).await?;
+            match format {
+                Format::Json => w(
+                    &mut out,
+                    serde_json::to_string_pretty(&records).map_err(|e| op(e.to_string()))?,
+                ),
+                Format::Jsonl => {
+                    for r in &records {
+                        w(
+                            &mut out,
+                            serde_json::to_string(r).map_err(|e| op(e.to_string()))?,
+                        );
+                    }
+                }
+                Format::Table => {
+                    w(
+                        &mut out,
+                        format!(
+                            "{:<36}  {:<24}  {:<12}  {:<17}  {:>8}  {:<40}  {}",
+                            "ID",
+                            "LAST ATTEMPT",
+                            "SERVICE",
+                            "REASON",
+                            "ATTEMPTS",
+                            "ERROR",
+                            "REQUEST"
+                        ),
+                    );
+                    for r in &records {
+                        w(
+                            &mut out,
+                            format!(
+                                "{:<36}  {:<24}  {:<12}  {:<17}  {:>8}  {:<40}  {}",
+                                r.id.to_string(),
+                                r.last_attempt_at.to_string(),
+                                one_line(&r.service, 12),
+                                r.reason.as_str(),
+                                format!("{}/{}", r.attempts, r.max_attempts),
+                                one_line(&r.error, 40),
+                                one_line(&r.request.summary, 60)
+                            ),
+                        );
+                    }
+                    w(&mut out, format!("{} record(s) in {label}", records.len()));
+                    if unreadable > 0 {
+                        w(
+                            &mut out,
+                            format!("{unreadable} unreadable entr(ies) skipped"),
+                        );
+                    }
+                }
+            }
+        }
+        Dlq::Show { id } => {
+            let r = store
+                .get(id)
+                .await
+                .map_err(|e| store_err(&e))?
+                .ok_or_else(|| op(format!("no dead letter with id {id} in {label}")))?;
+            w(
+                &mut out,
+                serde_json::to_string_pretty(&r).map_err(|e| op(e.to_string()))?,
+            );
+        }
+        Dlq::Stats => {
+            let s = store.stats().await.map_err(|e| store_err(&e))?;
+            let (all, unreadable) = Filter::default().collect(&store).await?;
+            let mut by: BTreeMap<(String, &str), usize> = BTreeMap::new();
+            for r in &all {
+                *by.entry((r.service.clone(), r.reason.as_str()))
+                    .or_default() += 1;
+            }
+            w(&mut out, format!("store        {label}"));
+            w(
+                &mut out,
+                format!(
+                    "records      {} of {} (cap), {} evicted, {} requeued",
+                    s.records, s.max_size, s.evictions, s.requeued
+                ),
+            );
+            if let (Some(newest), Some(oldest)) = (all.first(), all.last()) {
+                w(
+                    &mut out,
+                    format!(
+                        "oldest       {} ({} ago)",
+                        oldest.first_attempt_at,
+                        humantime::format_duration(Duration::from_secs(
+                            oldest.first_attempt_at.age().as_secs()
+                        ))
+                    ),
+                );
+                w(
+                    &mut out,
+                    format!(
+                        "newest       {} ({} ago)",
+                        newest.last_attempt_at,
+                        humantime::format_duration(Duration::from_secs(
+                            newest.last_attempt_at.age().as_secs()
+                        ))
+                    ),
+                );
+            }
+            if unreadable > 0 {
+                w(&mut out, format!("unreadable   {unreadable}"));
+            }
+            w(
+                &mut out,
+                format!("\n{:<20}  {:<18}  {:>7}", "SERVICE", "REASON", "RECORDS"),
+            );
+            for ((service, reason), n) in by {
+                w(
+                    &mut out,
+                    format!("{:<20}  {:<18}  {:>7}", one_line(&service, 20), reason, n),
+                );
+            }
+        }
+        Dlq::Requeue {
+            ids,
+            all,
+            filter,
+            yes,
+        } => {
+            let ids: Vec<RecordId> = if all {
+                filter
+                    .collect(&store)
+                    .await?
+                    .0
+                    .into_iter()
+                    .map(|r| r.id)
+                    .collect()
+            } else {
+                ids
+            };
+            if all && !confirm("requeue", ids.len(), yes)? {
+                return Err(op("cancelled"));
+            }
+            let mut moved = 0;
+            let mut missing = Vec::new();
+            for id in &ids {
+                match store.requeue(*id).await.map_err(|e| store_err(&e))? {
+                    Some(_) => moved += 1,
+                    None => missing.push(id.to_string()),
+                }
+            }
+            w(
+                &mut out,
+                format!("requeued {moved} record(s) to the retry queue of {label}"),
+            );
+            if !missing.is_empty() {
+                return Err(op(format!(
+                    "no dead letter with id {} in {label}",
+                    missing.join(", ")
+                )));
+            }
+        }
+        Dlq::Delete { ids, yes } => {
+            if !confirm("delete", ids.len(), yes)? {
+                return Err(op("cancelled"));
+            }
+            let mut deleted = 0;
+            let mut missing = Vec::new();
+            for id in &ids {
+                if store.delete(*id).await.map_err(|e| store_err(&e))? {
+                    deleted += 1;
+                } else {
+                    missing.push(id.to_string());
+                }
+            }
+            w(
+                &mut out,
+                format!("deleted {deleted} record(s) from {label}"),
+            );
+            if !missing.is_empty() {
+                return Err(op(format!(
+                    "no dead letter with id {} in {label}",
+                    missing.join(", ")
+                )));
+            }
+        }
+        Dlq::Purge {
+            older_than,
+            dry_run,
+            yes,
+        } => {
+            let cutoff = RecordId::lower_bound(
+                SystemTime::now()
+                    .checked_sub(older_than)
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+            );
+            let (all, _) = Filter::default().collect(&store).await?;
+            let n = all.iter().filter(|r| r.id < cutoff).count();
+            let age = humantime::format_duration(older_than);
+            if dry_run {
+                w(
+                    &mut out,
+                    format!("would purge {n} record(s) older than {age} from {label}"),
+                );
+                return Ok(());
+            }
+            if !confirm("purge", n, yes)? {
+                return Err(op("cancelled"));
+            }
+            let purged = store
+                .purge_older_than(older_than)
+                .await
+                .map_err(|e| store_err(&e))?;
+            w(
+                &mut out,
+                format!("purged {purged} record(s) older than {age} from {label}"),
+            );
+        }
+        Dlq::Export { filter } => {
+            let (records, _) = filter.collect(&store).await?;
+            for r in &records {
+                w(
+                    &mut out,
+                    serde_json::to_string(r).map_err(|e| op(e.to_string()))?,
+                );
+            }
+        }
+        Dlq::Import { file } => {
+            let reader: Box<dyn BufRead> = if file == "-" {
+                Box::new(std::io::BufReader::new(std::io::stdin()))
+            } else {
+                Box::new(std::io::BufReader::new(
+                    std::fs::File::open(&file)
+                        .map_err(|e| op(format!("cannot read {file}: {e}")))?,
+                ))
+            };
+            let (mut new, mut present) = (0, 0);
+            for (i, line) in reader.lines().enumerate() {
+                let line = line.map_err(|e| op(format!("{file} line {}: {e}", i + 1)))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let r = DeadLetterRecord::from_json(line.as_bytes()).map_err(|e| {
+                    op(format!(
+                        "{file} line {}: not a dead-letter record ({e})",
+                        i + 1
+                    ))
+                })?;
+                match store.push(r).await.map_err(|e| store_err(&e))? {
+                    Pushed::Duplicate => present += 1,
+                    _ => new += 1,
+                }
+            }
+            w(
+                &mut out,
+                format!("imported {new} new record(s), {present} already present, into {label}"),
+            );
+        }
+        Dlq::Redrive {
+            target,
+            rate,
+            retries,
+            filter,
+        } => {
+            drop(out);
+            return redrive(&store, &label, &target, rate, retries, &filter).await;
+        }
+    }
+    Ok(())
+}
+
+/// The request a record describes, re-aimed at `target`.
+fn request_of(r: &DeadLetterRecord, target: &http::Uri) -> Option<http::Request<Bytes>> {
+    let p = &r.request.payload;
+    let method = p.get("method")?.as_str()?;
+    let uri: http::Uri = p.get("uri")?.as_str()?.parse().ok()?;
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut parts = target.clone().into_parts();
+    parts.path_and_query = path.parse().ok();
+    let uri = http::Uri::from_parts(parts).ok()?;
+    let body = match p.get("body") {
+        Some(serde_json::Value::String(s)) => Bytes::from(s.clone()),
+        _ => Bytes::new(),
+    };
+    let mut req = http::Request::builder().method(method).uri(uri);
+    if let Some(h) = p.get("headers").and_then(|h| h.as_object()) {
+        for (k, v) in h {
+            if let Some(v) = v.as_str().filter(|v| *v != rampart_dlq::redact::REDACTED) {
+                req = req.header(k, v);
+            }
+        }
+    }
+    req.body(body).ok()
+}
+
+async fn redrive(
+    store: &AnyStore,
+    label: &str,
+    target: &str,
+    rate: Option<u32>,
+    retries: u32,
+    filter: &Filter,
+) -> Result<(), Fail> {
+    let target: http::Uri = target
+        .parse()
+        .ok()
+        .filter(|u: &http::Uri| u.scheme().is_some() && u.authority().is_some())
+        .ok_or_else(|| {
+            usage(format!(
+                "--target {target:?} is not a base URL such as http://localhost:8080"
+            ))
+        })?;
+    let (records, _) = filter.collect(store).await?;
+    let backoff = rampart_core::Backoff::builder()
+        .max_retries(retries)
+        .base_delay(Duration::from_millis(100))
+        .max_delay(Duration::from_secs(5))
+        .build()
+        .map_err(|e| usage(e.to_string()))?;
+    let svc = rampart_retry::RetryLayer::new(rampart::client::HttpClassifier::default())
+        .name("redrive")
+        .backoff(backoff)
+        .layer(rampart::client::HttpClient::new());
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(records.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} records redriven  {msg}")
+    {
+        bar.set_style(style);
+    }
+    let mut pace = rate.map(|n| tokio::time::interval(Duration::from_secs(1) / n));
+    let (mut ok, mut again, mut skipped) = (0, 0, 0);
+    for r in records {
+        bar.inc(1);
+        let Some(req) = request_of(&r, &target) else {
+            skipped += 1;
+            continue;
+        };
+        if let Some(p) = pace.as_mut() {
+            p.tick().await;
+        }
+        let good = matches!(svc.clone().oneshot(req).await, Ok(res) if res.status().is_success());
+        if good {
+            store.delete(r.id).await.map_err(|e| store_err(&e))?;
+            ok += 1;
+        } else {
+            let mut bumped = r;
+            bumped.redrive_count += 1;
+            bumped.last_attempt_at = rampart_dlq::Timestamp::now();
+            store.replace(bumped).await.map_err(|e| store_err(&e))?;
+            again += 1;
+        }
+    }
+    bar.finish_and_clear();
+    println!("{:<16} {:>7}", "redriven", ok);
+    println!("{:<16} {:>7}", "failed again", again);
+    println!("{:<16} {:>7}", "skipped", skipped);
+    println!("({label}, target {target})");
+    if again > 0 {
+        return Err(op(format!(
+            "{again} record(s) failed again; they stay, with their redrive count bumped"
+        )));
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rampart: error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(msg, code)) => {
+            eprintln!("rampart: error: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}

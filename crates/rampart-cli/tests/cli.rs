@@ -1,0 +1,474 @@
+//! The real `rampart` binary against a file store seeded through the library and a private
+//! redis-server: every command's happy path, bad inputs with their messages and exit codes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../rampart-dlq/tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, SystemTime};
+
+use rampart_dlq::{
+    DeadLetterReason, DeadLetterRecord, DeadLetterStore, FileStore, ListQuery, RecordId,
+    RequestPart,
+};
+
+fn rampart(store: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env_remove("RAMPART_DLQ_STORE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> (String, String, i32) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+        o.status.code().unwrap_or(-1),
+    )
+}
+
+fn record(service: &str, reason: DeadLetterReason, n: u32) -> DeadLetterRecord {
+    DeadLetterRecord::new(service, reason)
+        .error(format!("503 model is overloaded ({n})"))
+        .attempts(4, 4)
+        .request(RequestPart {
+            summary: format!("tts req-{n}"),
+            payload: serde_json::json!({ "n": n }),
+        })
+}
+
+/// 6 gemini_api records (4 retries_exhausted, 2 circuit_open), 3 database (permanent), and
+/// one 40-day-old record.
+async fn seed(path: &Path) -> Vec<DeadLetterRecord> {
+    let store = FileStore::open(path, 1000).unwrap();
+    let mut all = Vec::new();
+    let mut old = record("database", DeadLetterReason::Permanent, 99);
+    old.id = RecordId::lower_bound(SystemTime::now() - Duration::from_secs(40 * 86_400));
+    all.push(old);
+    for n in 0..4 {
+        all.push(record("gemini_api", DeadLetterReason::RetriesExhausted, n));
+    }
+    for n in 4..6 {
+        all.push(record("gemini_api", DeadLetterReason::CircuitOpen, n));
+    }
+    for n in 6..9 {
+        all.push(record("database", DeadLetterReason::Permanent, n));
+    }
+    for r in &all {
+        store.push(r.clone()).await.unwrap();
+    }
+    all
+}
+
+/// `true` if some line of `out` has exactly these whitespace-separated tokens.
+fn has_row(out: &str, tokens: &[&str]) -> bool {
+    out.lines()
+        .any(|l| l.split_whitespace().collect::<Vec<_>>() == tokens)
+}
+
+fn jsonl(out: &str) -> Vec<DeadLetterRecord> {
+    out.lines()
+        .map(|l| DeadLetterRecord::from_json(l.as_bytes()).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_on_a_file_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dlq.journal");
+    let all = seed(&path).await;
+    let store = format!("file:{}", path.display());
+
+    // list: table, filters, formats
+    let (out, _, code) = text(&rampart(&store, &["dlq", "list"]));
+    assert_eq!(code, 0);
+    assert!(out.starts_with("ID "), "{out}");
+    assert!(out.contains("10 record(s)"), "{out}");
+    for r in &all {
+        assert!(out.contains(&r.id.to_string()));
+    }
+    let (out, _, _) = text(&rampart(
+        &store,
+        &[
+            "dlq",
+            "list",
+            "--format",
+            "jsonl",
+            "--service",
+            "gemini_api",
+            "--reason",
+            "circuit_open",
+        ],
+    ));
+    let rs = jsonl(&out);
+    assert_eq!(rs.len(), 2);
+    assert!(rs
+        .iter()
+        .all(|r| r.service == "gemini_api" && r.reason == DeadLetterReason::CircuitOpen));
+    assert!(rs[0].id > rs[1].id, "newest first");
+    let (out, _, _) = text(&rampart(
+        &store,
+        &[
+            "dlq", "list", "--format", "json", "--since", "1h", "--limit", "50",
+        ],
+    ));
+    let rs: Vec<DeadLetterRecord> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rs.len(), 9, "the 40-day-old record is older than 1h");
+    let (out, _, _) = text(&rampart(
+        &store,
+        &["dlq", "list", "--format", "jsonl", "--limit", "3"],
+    ));
+    assert_eq!(jsonl(&out).len(), 3);
+
+    // show
+    let (out, _, code) = text(&rampart(&store, &["dlq", "show", &all[3].id.to_string()]));
+    assert_eq!(code, 0);
+    let shown: DeadLetterRecord = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown, all[3]);
+    let ghost = RecordId::new().to_string();
+    let (_, err, code) = text(&rampart(&store, &["dlq", "show", &ghost]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("no dead letter with id {ghost}")),
+        "{err}"
+    );
+    let (_, err, code) = text(&rampart(&store, &["dlq", "show", "not-an-id"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid record id \"not-an-id\""), "{err}");
+
+    // stats
+    let (out, _, code) = text(&rampart(&store, &["dlq", "stats"]));
+    assert_eq!(code, 0);
+    assert!(out.contains("records      10 of 1000000"), "{out}");
+    assert!(
+        has_row(&out, &["gemini_api", "retries_exhausted", "4"]),
+        "{out}"
+    );
+    assert!(has_row(&out, &["gemini_api", "circuit_open", "2"]), "{out}");
+    assert!(has_row(&out, &["database", "permanent", "4"]), "{out}");
+
+    // requeue: exactly the selected ids
+    let (a, b) = (all[1].id.to_string(), all[2].id.to_string());
+    let (out, _, code) = text(&rampart(&store, &["dlq", "requeue", &a, &b]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("requeued 2 record(s)"));
+    let (_, err, code) = text(&rampart(
+        &store,
+        &["dlq", "requeue", "--all", "--service", "database"],
+    ));
+    assert_eq!(
+        code, 2,
+        "destructive --all without --yes when stdout is a pipe"
+    );
+    assert!(
+        err.contains("refusing to requeue 4 record(s) without --yes"),
+        "{err}"
+    );
+    let (out, _, code) = text(&rampart(
+        &store,
+        &[
+            "dlq",
+            "requeue",
+            "--all",
+            "--service",
+            "database",
+            "--reason",
+            "permanent",
+            "--since",
+            "1h",
+            "--yes",
+        ],
+    ));
+    assert_eq!(code, 0);
+    assert!(out.contains("requeued 3 record(s)"), "{out}");
+    {
+        let s = FileStore::open(&path, 1000).unwrap();
+        let st = s.stats().await.unwrap();
+        assert_eq!((st.records, st.requeued), (5, 5));
+        assert!(s.get(all[1].id).await.unwrap().is_none());
+        assert!(
+            s.get(all[0].id).await.unwrap().is_some(),
+            "the old database record was outside --since"
+        );
+        let requeued: Vec<RecordId> = s
+            .take_requeued(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        let mut expect = vec![all[1].id, all[2].id, all[7].id, all[8].id, all[9].id];
+        let mut got = requeued.clone();
+        expect.sort();
+        got.sort();
+        assert_eq!(got, expect);
+    }
+
+    // delete
+    let (_, err, code) = text(&rampart(&store, &["dlq", "delete", &all[3].id.to_string()]));
+    assert_eq!(code, 2);
+    assert!(err.contains("refusing to delete 1 record(s)"), "{err}");
+    let (out, _, code) = text(&rampart(
+        &store,
+        &["dlq", "delete", &all[3].id.to_string(), "--yes"],
+    ));
+    assert_eq!((code, out.contains("deleted 1 record(s)")), (0, true));
+    let (_, err, code) = text(&rampart(
+        &store,
+        &["dlq", "delete", &all[3].id.to_string(), "--yes"],
+    ));
+    assert_eq!(code, 1);
+    assert!(err.contains("no dead letter with id"), "{err}");
+
+    // purge: dry run, then for real
+    let (out, _, code) = text(&rampart(
+        &store,
+        &["dlq", "purge", "--older-than", "30d", "--dry-run"],
+    ));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("would purge 1 record(s) older than 30days"),
+        "{out}"
+    );
+    assert!(
+        FileStore::open(&path, 1000)
+            .unwrap()
+            .get(all[0].id)
+            .await
+            .unwrap()
+            .is_some(),
+        "dry run changes nothing"
+    );
+    let (_, _, code) = text(&rampart(&store, &["dlq", "purge", "--older-than", "30d"]));
+    assert_eq!(code, 2, "a real purge needs --yes on a pipe");
+    let (out, _, code) = text(&rampart(
+        &store,
+        &["dlq", "purge", "--older-than", "30d", "--yes"],
+    ));
+    assert_eq!(code, 0);
+    assert!(out.contains("purged 1 record(s)"), "{out}");
+    let (_, err, code) = text(&rampart(
+        &store,
+        &["dlq", "purge", "--older-than", "a while"],
+    ));
+    assert_eq!(code, 2);
+    assert!(err.contains("is not a duration"), "{err}");
+
+    // export → import round trip
+    let (exported, _, code) = text(&rampart(&store, &["dlq", "export"]));
+    assert_eq!(code, 0);
+    let before = jsonl(&exported);
+    assert_eq!(before.len(), 3);
+    let dump = dir.path().join("dump.jsonl");
+    std::fs::write(&dump, &exported).unwrap();
+    let other = format!("file:{}", dir.path().join("other.journal").display());
+    let (out, _, code) = text(&rampart(&other, &["dlq", "import", dump.to_str().unwrap()]));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("imported 3 new record(s), 0 already present"),
+        "{out}"
+    );
+    let (out, _, _) = text(&rampart(&other, &["dlq", "import", dump.to_str().unwrap()]));
+    assert!(
+        out.contains("imported 0 new record(s), 3 already present"),
+        "idempotent on id: {out}"
+    );
+    let (again, _, _) = text(&rampart(&other, &["dlq", "export"]));
+    assert_eq!(jsonl(&again), before, "identical records");
+    std::fs::write(&dump, "{\"not\":\"a record\"}\n").unwrap();
+    let (_, err, code) = text(&rampart(&other, &["dlq", "import", dump.to_str().unwrap()]));
+    assert_eq!(code, 1);
+    assert!(err.contains("line 1: not a dead-letter record"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_stores_get_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, err, code) = text(&rampart(
+        &format!("file:{}", dir.path().join("none").display()),
+        &["dlq", "list"],
+    ));
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("rampart: error: no dead-letter journal at"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
+    let bad = dir.path().join("corrupt.journal");
+    std::fs::write(&bad, "this is not a journal").unwrap();
+    let (_, err, code) = text(&rampart(
+        &format!("file:{}", bad.display()),
+        &["dlq", "stats"],
+    ));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("is not readable") && err.contains("RDLQ"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (_, err, code) = text(&rampart(
+        &format!("redis://127.0.0.1:{port}/0"),
+        &["dlq", "list"],
+    ));
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach Redis"), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"));
+    let (_, err, code) = text(&rampart("file:x", &["dlq", "list", "--reason", "sad"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown reason \"sad\""), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_list_import_and_requeue() {
+    let Some(server) = support::RedisServer::start() else {
+        return support::skip("redis-server is not installed");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dlq.journal");
+    let all = seed(&path).await;
+    let (exported, _, _) = text(&rampart(
+        &format!("file:{}", path.display()),
+        &["dlq", "export"],
+    ));
+    let dump = dir.path().join("dump.jsonl");
+    std::fs::write(&dump, exported).unwrap();
+    let redis = format!("{}#clitest", server.url());
+    let (out, err, code) = text(&rampart(&redis, &["dlq", "import", dump.to_str().unwrap()]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("imported 10 new record(s)"), "{out}");
+    let (out, _, _) = text(&rampart(&redis, &["dlq", "list", "--format", "jsonl"]));
+    assert_eq!(jsonl(&out).len(), 10);
+    let (out, _, code) = text(&rampart(
+        &redis,
+        &["dlq", "requeue", &all[5].id.to_string()],
+    ));
+    assert_eq!(code, 0);
+    assert!(out.contains("requeued 1"));
+    let store = rampart_dlq::RedisStore::connect(&server.url(), "clitest", 1000)
+        .await
+        .unwrap();
+    let st = store.stats().await.unwrap();
+    assert_eq!((st.records, st.requeued), (9, 1));
+    let (out, _, _) = text(&rampart(&redis, &["dlq", "stats"]));
+    assert!(out.contains("records      9"), "{out}");
+    let _ = store.list(ListQuery::newest(1)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_replays_http_records_against_a_target() {
+    use rampart::gemini::{tts_request, FakeGemini, FaultMix};
+    use rampart_dlq::{Extract, HttpExtractor};
+    let quiet: FaultMix = "".parse().unwrap();
+    let server = FakeGemini::start(quiet, 3).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dlq.journal");
+    {
+        let store = FileStore::open(&path, 1000).unwrap();
+        let x = HttpExtractor::default()
+            .keep_header("content-type")
+            .keep_header("x-goog-api-key");
+        for i in 0..4 {
+            // Recorded against a host that is gone; redriven against the server.
+            let req = tts_request(
+                "http://old-host.invalid:9",
+                "m",
+                "secret-key",
+                &format!("hello {i}"),
+                "Kore",
+            )
+            .unwrap();
+            store
+                .push(
+                    DeadLetterRecord::new("gemini_api", DeadLetterReason::RetriesExhausted)
+                        .request(x.extract(&req)),
+                )
+                .await
+                .unwrap();
+        }
+        store
+            .push(record("database", DeadLetterReason::Permanent, 1))
+            .await
+            .unwrap();
+    }
+    let store = format!("file:{}", path.display());
+    // The api key was redacted when recorded, so the server refuses the replay: every HTTP
+    // record fails again (and is kept, its redrive count bumped); the non-HTTP one is skipped.
+    let (out, err, code) = text(&rampart(
+        &store,
+        &[
+            "dlq",
+            "redrive",
+            "--target",
+            &server.base_url(),
+            "--rate",
+            "100/s",
+            "--retries",
+            "0",
+        ],
+    ));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        has_row(&out, &["failed", "again", "4"]) && has_row(&out, &["skipped", "1"]),
+        "{out}"
+    );
+    let (out, _, _) = text(&rampart(
+        &store,
+        &[
+            "dlq",
+            "list",
+            "--format",
+            "jsonl",
+            "--service",
+            "gemini_api",
+        ],
+    ));
+    assert!(jsonl(&out).iter().all(|r| r.redrive_count == 1));
+    // Stored without the secret header, the same records replay fine.
+    let s = FileStore::open(&path, 1000).unwrap();
+    for mut r in s.list(ListQuery::newest(10)).await.unwrap().records {
+        if let Some(h) = r
+            .request
+            .payload
+            .get_mut("headers")
+            .and_then(|h| h.as_object_mut())
+        {
+            h.insert("x-goog-api-key".into(), serde_json::json!("test-key"));
+            s.replace(r).await.unwrap();
+        }
+    }
+    drop(s);
+    let (out, err, code) = text(&rampart(
+        &store,
+        &[
+            "dlq",
+            "redrive",
+            "--target",
+            &server.base_url(),
+            "--service",
+            "gemini_api",
+        ],
+    ));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(has_row(&out, &["redriven", "4"]), "{out}");
+    let (out, _, _) = text(&rampart(&store, &["dlq", "list", "--format", "jsonl"]));
+    assert_eq!(jsonl(&out).len(), 1, "only the non-HTTP record is left");
+    assert!(server.stats().ok >= 4);
+    let (_, err, code) = text(&rampart(
+        &store,
+        &["dlq", "redrive", "--target", "not a url"],
+    ));
+    assert_eq!(code, 2);
+    assert!(err.contains("is not a base URL"), "{err}");
+}

@@ -10,51 +10,28 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod support;
+
 use std::future::{ready, Future, Ready};
 use std::hint::black_box;
 use std::io;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Barrier};
-use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use failsafe::CircuitBreaker as _;
 use rampart::breaker::{CircuitBreakerConfig, CircuitBreakerLayer, Window};
 use rampart::classify::IoErrors;
+use support::{boxed, one_call, Factory};
 use tower::{service_fn, Layer, Service};
 
 type Bare = tower::util::ServiceFn<fn(u64) -> Ready<Result<u64, io::Error>>>;
 
 fn bare() -> Bare {
     service_fn(|x: u64| ready(Ok(x)))
-}
-
-#[inline(always)]
-fn one_call<S>(svc: &mut S, x: u64) -> u64
-where
-    S: Service<u64, Response = u64>,
-    S::Error: std::fmt::Debug,
-{
-    // Busy-polls: rampart, the floor and the bare service are always ready at once, but
-    // tower-resilience's futures wait on a `tokio::sync::Mutex` when two threads contend.
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        match svc.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => break,
-            Poll::Ready(Err(e)) => panic!("not ready: {e:?}"),
-            Poll::Pending => std::hint::spin_loop(),
-        }
-    }
-    let mut fut = pin!(svc.call(x));
-    loop {
-        match fut.as_mut().poll(&mut cx) {
-            Poll::Ready(Ok(v)) => return v,
-            Poll::Ready(Err(e)) => panic!("failed: {e:?}"),
-            Poll::Pending => std::hint::spin_loop(),
-        }
-    }
 }
 
 // ===== the floor: the least a breaker can do =====
@@ -153,19 +130,7 @@ fn tower_resilience_layer() -> tower_resilience::circuitbreaker::CircuitBreakerL
         .expect("valid")
 }
 
-/// A boxed call through one service (or one breaker), for the threaded runs.
-type Call = Box<dyn FnMut(u64) -> u64 + Send>;
-/// Makes a caller that shares the variant's breaker.
-type Factory = Box<dyn Fn() -> Call + Send + Sync>;
-
 fn variants() -> Vec<(&'static str, Factory)> {
-    fn boxed<S>(mut s: S) -> Call
-    where
-        S: Service<u64, Response = u64> + Send + 'static,
-        S::Error: std::fmt::Debug,
-    {
-        Box::new(move |x| one_call(&mut s, x))
-    }
     // Each tower variant is one service, cloned per thread: clones share the breaker.
     let floor_svc = floor(&Arc::new(AtomicU32::new(0)));
     let cons = consecutive_layer().layer(bare());
@@ -244,38 +209,7 @@ fn success_path(c: &mut Criterion) {
 }
 
 fn threaded(c: &mut Criterion) {
-    for threads in [1usize, 2] {
-        let mut g = c.benchmark_group(format!("breaker_threads_{threads}"));
-        for (name, make) in variants() {
-            g.bench_function(name, |b| {
-                b.iter_custom(|iters| {
-                    let barrier = Barrier::new(threads);
-                    let mut total = Duration::ZERO;
-                    std::thread::scope(|scope| {
-                        let handles: Vec<_> = (0..threads)
-                            .map(|_| {
-                                let mut call = make();
-                                let barrier = &barrier;
-                                scope.spawn(move || {
-                                    barrier.wait();
-                                    let start = Instant::now();
-                                    for i in 0..iters {
-                                        black_box(call(black_box(i)));
-                                    }
-                                    start.elapsed()
-                                })
-                            })
-                            .collect();
-                        for h in handles {
-                            total = total.max(h.join().unwrap_or_default());
-                        }
-                    });
-                    total / threads as u32
-                })
-            });
-        }
-        g.finish();
-    }
+    support::threaded(c, "breaker", variants);
 }
 
 criterion_group! {

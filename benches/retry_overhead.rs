@@ -7,44 +7,26 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::future::{ready, Future, Ready};
+mod support;
+
+use std::future::{ready, Ready};
 use std::hint::black_box;
 use std::io;
-use std::pin::pin;
-use std::sync::{Arc, Barrier};
-use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use rampart::classify::IoErrors;
 use rampart::RetryLayer;
+use support::{boxed, one_call, Factory};
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::retry::Policy;
-use tower::{service_fn, Layer, Service};
+use tower::{service_fn, Layer};
 
 type Bare = tower::util::ServiceFn<fn(u64) -> Ready<Result<u64, io::Error>>>;
 
 fn bare() -> Bare {
     service_fn(|x: u64| ready(Ok(x)))
-}
-
-/// One successful call: poll_ready, call, poll the future to completion.
-#[inline(always)]
-fn one_call<S>(svc: &mut S, x: u64) -> u64
-where
-    S: Service<u64, Response = u64>,
-    S::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    match svc.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        _ => unreachable!("the bench services are always ready"),
-    }
-    let fut = pin!(svc.call(x));
-    match fut.poll(&mut cx) {
-        Poll::Ready(Ok(v)) => v,
-        _ => unreachable!("the bench services answer at once"),
-    }
 }
 
 /// tower's minimal policy: clone the request, never retry.
@@ -87,19 +69,7 @@ fn tps_budget() -> Arc<TpsBudget> {
 }
 
 /// Every variant as a factory of services sharing one layer.
-/// A boxed call through one service.
-type Call = Box<dyn FnMut(u64) -> u64 + Send>;
-/// Makes a service from a shared layer.
-type Factory = Box<dyn Fn() -> Call + Send + Sync>;
-
 fn variants() -> Vec<(&'static str, Factory)> {
-    fn boxed<S>(mut s: S) -> Call
-    where
-        S: Service<u64, Response = u64> + Send + 'static,
-        S::Error: std::fmt::Debug,
-    {
-        Box::new(move |x| one_call(&mut s, x))
-    }
     let tower_plain = tower::retry::RetryLayer::new(Minimal);
     let tower_budget = tower::retry::RetryLayer::new(Budgeted(tps_budget()));
     let ours_plain = RetryLayer::new(IoErrors).no_budget();
@@ -147,43 +117,8 @@ fn success_path(c: &mut Criterion) {
     g.finish();
 }
 
-/// Wall time for `iters` calls on each of `threads` threads, every thread holding its own
-/// service made by one shared layer; divided by the calls made, so that ns/call at 1 and 2
-/// threads compare directly (scaling = 2 × t(1 thread) / t(2 threads) per call).
 fn threaded(c: &mut Criterion) {
-    for threads in [1usize, 2] {
-        let mut g = c.benchmark_group(format!("retry_threads_{threads}"));
-        for (name, make) in variants() {
-            g.bench_function(name, |b| {
-                b.iter_custom(|iters| {
-                    let barrier = Barrier::new(threads);
-                    let mut total = Duration::ZERO;
-                    std::thread::scope(|scope| {
-                        let handles: Vec<_> = (0..threads)
-                            .map(|_| {
-                                let mut call = make();
-                                let barrier = &barrier;
-                                scope.spawn(move || {
-                                    barrier.wait();
-                                    let start = Instant::now();
-                                    for i in 0..iters {
-                                        black_box(call(black_box(i)));
-                                    }
-                                    start.elapsed()
-                                })
-                            })
-                            .collect();
-                        for h in handles {
-                            total = total.max(h.join().unwrap_or_default());
-                        }
-                    });
-                    // Time per call made across all threads.
-                    total / threads as u32
-                })
-            });
-        }
-        g.finish();
-    }
+    support::threaded(c, "retry", variants);
 }
 
 criterion_group! {

@@ -240,18 +240,7 @@ pub struct KeyedCircuitBreaker<S, C, F, K> {
 }
 
 impl<S, C, F, K> KeyedCircuitBreaker<S, C, F, K> {
-    /// A reference to the inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-    /// A mutable reference to the inner service.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-    /// Consumes `self`, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    rampart_core::inner_service_accessors!(S);
 }
 
 impl<S: Clone, C: Clone, F: Clone, K> Clone for KeyedCircuitBreaker<S, C, F, K> {

@@ -115,20 +115,7 @@ impl<S, C> CircuitBreaker<S, C> {
         }
     }
 
-    /// A reference to the inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// A mutable reference to the inner service.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes `self`, returning the inner service (a held probe slot is given back).
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    rampart_core::inner_service_accessors!(S);
 }
 
 impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {

@@ -48,4 +48,40 @@ pub use error::{
     BoxError, CircuitOpen, ConfigError, Error, ErrorKind, IntoError, NotReplayable, Timeout,
 };
 pub use name::Name;
+
+/// Defines `get_ref`, `get_mut` and `into_inner` for a middleware service whose inner
+/// service is the field `inner` of type `$inner` (tower-http's `define_inner_service_accessors!`).
+/// Use it inside an `impl` block.
+///
+/// # Example
+///
+/// ```
+/// pub struct Wrap<S> { inner: S }
+/// impl<S> Wrap<S> {
+///     rampart_core::inner_service_accessors!(S);
+/// }
+/// let mut w = Wrap { inner: 1 };
+/// *w.get_mut() += 1;
+/// assert_eq!(*w.get_ref(), 2);
+/// assert_eq!(w.into_inner(), 2);
+/// ```
+#[macro_export]
+macro_rules! inner_service_accessors {
+    ($inner:ty) => {
+        /// A reference to the inner service.
+        pub fn get_ref(&self) -> &$inner {
+            &self.inner
+        }
+
+        /// A mutable reference to the inner service.
+        pub fn get_mut(&mut self) -> &mut $inner {
+            &mut self.inner
+        }
+
+        /// Consumes `self`, returning the inner service.
+        pub fn into_inner(self) -> $inner {
+            self.inner
+        }
+    };
+}
 pub use outcome::Outcome;

@@ -38,20 +38,7 @@ impl<S, St, X, C> DeadLetter<S, St, X, C> {
         &self.shared.store
     }
 
-    /// A reference to the inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// A mutable reference to the inner service.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes `self`, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    rampart_core::inner_service_accessors!(S);
 }
 
 impl<S: Clone, St, X, C> Clone for DeadLetter<S, St, X, C> {

@@ -279,20 +279,7 @@ impl<S> BufferBody<S> {
         BufferBody { inner, limit }
     }
 
-    /// A reference to the inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// A mutable reference to the inner service.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes `self`, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    rampart_core::inner_service_accessors!(S);
 }
 
 impl<S, B> Service<Request<B>> for BufferBody<S>

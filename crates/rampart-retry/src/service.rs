@@ -189,20 +189,7 @@ impl<S, C, R, O> Retry<S, C, R, O> {
         self.deposits.budget.as_ref()
     }
 
-    /// A reference to the inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// A mutable reference to the inner service.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes `self`, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    rampart_core::inner_service_accessors!(S);
 }
 
 impl<S: Clone, C: Clone, R: Clone, O: Clone> Clone for Retry<S, C, R, O> {

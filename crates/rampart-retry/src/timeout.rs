@@ -66,18 +66,7 @@ pub struct AttemptTimeout<S> {
 }
 
 impl<S> AttemptTimeout<S> {
-    /// A reference to the inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-    /// A mutable reference to the inner service.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-    /// Consumes `self`, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    rampart_core::inner_service_accessors!(S);
 }
 
 impl<S, Req> Service<Req> for AttemptTimeout<S>

@@ -1,0 +1,93 @@
+//! What the overhead benches share: one call through a service, and the two-thread runner.
+
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::sync::Barrier;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use tower::Service;
+
+/// One successful call: `poll_ready`, `call`, poll the future to completion. Busy-polls a
+/// pending future (only tower-resilience's ever are, when two threads contend).
+#[inline(always)]
+pub(crate) fn one_call<S>(svc: &mut S, x: u64) -> u64
+where
+    S: Service<u64, Response = u64>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        match svc.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => break,
+            Poll::Ready(Err(e)) => panic!("not ready: {e:?}"),
+            Poll::Pending => std::hint::spin_loop(),
+        }
+    }
+    let mut fut = pin!(svc.call(x));
+    loop {
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(v)) => return v,
+            Poll::Ready(Err(e)) => panic!("failed: {e:?}"),
+            Poll::Pending => std::hint::spin_loop(),
+        }
+    }
+}
+
+/// A boxed call through one service (or one breaker).
+pub(crate) type Call = Box<dyn FnMut(u64) -> u64 + Send>;
+/// Makes a caller that shares the variant's layer or breaker.
+pub(crate) type Factory = Box<dyn Fn() -> Call + Send + Sync>;
+
+/// Boxes a service as a [`Call`].
+pub(crate) fn boxed<S>(mut s: S) -> Call
+where
+    S: Service<u64, Response = u64> + Send + 'static,
+    S::Error: std::fmt::Debug,
+{
+    Box::new(move |x| one_call(&mut s, x))
+}
+
+/// Groups `{prefix}_threads_1` and `{prefix}_threads_2`: wall time for `iters` calls on each
+/// thread, divided by the threads, so ns/call at 1 and 2 threads compare directly
+/// (scaling = ns/call at 1 thread ÷ ns/call at 2 threads).
+pub(crate) fn threaded(
+    c: &mut Criterion,
+    prefix: &str,
+    variants: impl Fn() -> Vec<(&'static str, Factory)>,
+) {
+    for threads in [1usize, 2] {
+        let mut g = c.benchmark_group(format!("{prefix}_threads_{threads}"));
+        for (name, make) in variants() {
+            g.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    let barrier = Barrier::new(threads);
+                    let mut total = Duration::ZERO;
+                    std::thread::scope(|scope| {
+                        let handles: Vec<_> = (0..threads)
+                            .map(|_| {
+                                let mut call = make();
+                                let barrier = &barrier;
+                                scope.spawn(move || {
+                                    barrier.wait();
+                                    let start = Instant::now();
+                                    for i in 0..iters {
+                                        black_box(call(black_box(i)));
+                                    }
+                                    start.elapsed()
+                                })
+                            })
+                            .collect();
+                        for h in handles {
+                            total = total.max(h.join().unwrap_or_default());
+                        }
+                    });
+                    total / threads as u32
+                })
+            });
+        }
+        g.finish();
+    }
+}

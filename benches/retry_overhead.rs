@@ -18,7 +18,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use rampart::classify::IoErrors;
 use rampart::RetryLayer;
-use support::{boxed, one_call, Factory};
+use support::{boxed_ready as boxed, one_call_ready as one_call, Factory};
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::retry::Policy;
 use tower::{service_fn, Layer};

@@ -1,4 +1,6 @@
 //! What the overhead benches share: one call through a service, and the two-thread runner.
+//! (Each bench uses part of it.)
+#![allow(dead_code)]
 
 use std::future::Future;
 use std::hint::black_box;
@@ -36,18 +38,47 @@ where
     }
 }
 
+/// One successful call through a service whose readiness and response are immediate (every
+/// retry-bench service): `poll_ready` and the future are each polled once.
+#[inline(always)]
+pub(crate) fn one_call_ready<S>(svc: &mut S, x: u64) -> u64
+where
+    S: Service<u64, Response = u64>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    match svc.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        other => panic!("the bench services are always ready: {other:?}"),
+    }
+    match pin!(svc.call(x)).poll(&mut cx) {
+        Poll::Ready(Ok(v)) => v,
+        Poll::Ready(Err(e)) => panic!("failed: {e:?}"),
+        Poll::Pending => panic!("the bench services answer at once"),
+    }
+}
+
 /// A boxed call through one service (or one breaker).
 pub(crate) type Call = Box<dyn FnMut(u64) -> u64 + Send>;
 /// Makes a caller that shares the variant's layer or breaker.
 pub(crate) type Factory = Box<dyn Fn() -> Call + Send + Sync>;
 
-/// Boxes a service as a [`Call`].
+/// Boxes a service as a [`Call`] (busy-polling, see [`one_call`]).
 pub(crate) fn boxed<S>(mut s: S) -> Call
 where
     S: Service<u64, Response = u64> + Send + 'static,
     S::Error: std::fmt::Debug,
 {
     Box::new(move |x| one_call(&mut s, x))
+}
+
+/// Boxes an always-ready service as a [`Call`] (see [`one_call_ready`]).
+pub(crate) fn boxed_ready<S>(mut s: S) -> Call
+where
+    S: Service<u64, Response = u64> + Send + 'static,
+    S::Error: std::fmt::Debug,
+{
+    Box::new(move |x| one_call_ready(&mut s, x))
 }
 
 /// Groups `{prefix}_threads_1` and `{prefix}_threads_2`: wall time for `iters` calls on each

@@ -255,8 +255,14 @@ mod redis_and_http {
                 }
             }));
         }
-        // Kill Redis while the calls are running, leave it dead for a while, bring it back.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Kill Redis while the calls are running (once a fifth of them are in), leave it dead
+        // for a while, bring it back.
+        for _ in 0..2_000 {
+            if redis.stats().await.map(|s| s.records).unwrap_or(0) >= 2_000 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         server.kill();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         server.restart();

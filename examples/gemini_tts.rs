@@ -343,5 +343,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             r.id, r.reason, r.request.summary, r.error
         );
     }
+    if dlq_path == std::path::Path::new("target/gemini_tts/dlq.journal") {
+        println!("  inspect them:  cargo run -p rampart-cli -- dlq list");
+    } else {
+        println!(
+            "  inspect them:  cargo run -p rampart-cli -- --store file:{} dlq list",
+            dlq_path.display()
+        );
+    }
     Ok(())
 }

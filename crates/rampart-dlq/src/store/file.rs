@@ -348,9 +348,7 @@ impl FileStore {
         bytes.push(VERSION);
         bytes.extend(entry(EVICTIONS, &idx.evictions.to_le_bytes()));
         for r in idx.records.values().chain(idx.retry.iter()) {
-            let json = r
-                .to_json()
-                .map_err(|source| StoreError::Encode { id: r.id, source })?;
+            let json = super::encode(r)?;
             bytes.extend(entry(PUT, &json));
         }
         for r in &idx.retry {
@@ -517,9 +515,7 @@ impl DeadLetterStore for FileStore {
 
     async fn push(&self, record: DeadLetterRecord) -> Result<Pushed, StoreError> {
         let id = record.id;
-        let json = record
-            .to_json()
-            .map_err(|source| StoreError::Encode { id, source })?;
+        let json = super::encode(&record)?;
         let rx = {
             let mut idx = self.index();
             self.check(&idx)?;
@@ -575,9 +571,7 @@ impl DeadLetterStore for FileStore {
 
     async fn replace(&self, record: DeadLetterRecord) -> Result<bool, StoreError> {
         let id = record.id;
-        let json = record
-            .to_json()
-            .map_err(|source| StoreError::Encode { id, source })?;
+        let json = super::encode(&record)?;
         let rx = {
             let mut idx = self.index();
             self.check(&idx)?;

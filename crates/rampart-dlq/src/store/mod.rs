@@ -186,6 +186,12 @@ pub trait DeadLetterStore: Send + Sync + 'static {
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
 }
 
+/// A record's JSON, or the error that names it.
+pub(crate) fn encode(r: &DeadLetterRecord) -> Result<Vec<u8>, StoreError> {
+    r.to_json()
+        .map_err(|source| StoreError::Encode { id: r.id, source })
+}
+
 /// The id below which records are older than `age`.
 pub(crate) fn cutoff(age: Duration) -> RecordId {
     let t = std::time::SystemTime::now()

@@ -222,10 +222,7 @@ impl DeadLetterStore for RedisStore {
 
     async fn push(&self, record: DeadLetterRecord) -> Result<Pushed, StoreError> {
         let id = record.id.to_string();
-        let json = record.to_json().map_err(|source| StoreError::Encode {
-            id: record.id,
-            source,
-        })?;
+        let json = super::encode(&record)?;
         let cap = self.max_size.to_string();
         let stored: i64 = self
             .script(
@@ -317,10 +314,7 @@ impl DeadLetterStore for RedisStore {
 
     async fn replace(&self, record: DeadLetterRecord) -> Result<bool, StoreError> {
         let id = record.id.to_string();
-        let json = record.to_json().map_err(|source| StoreError::Encode {
-            id: record.id,
-            source,
-        })?;
+        let json = super::encode(&record)?;
         let n: i64 = self
             .script(
                 &REPLACE,

@@ -25,7 +25,7 @@ use tower::{Layer, Service, ServiceExt};
 
 /// Text-to-speech through rampart, against an embedded fault-injecting Gemini (default) or the real API.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version, long_about = None)]
 struct Args {
     /// Requests to make.
     #[arg(short = 'n', long, default_value_t = 200)]

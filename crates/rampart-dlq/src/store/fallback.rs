@@ -14,8 +14,8 @@ use crate::record::{DeadLetterRecord, RecordId};
 /// background once it answers again. Ids are stable and pushes idempotent, so a record
 /// drained twice (say the primary stored it but the answer was lost) is still stored once.
 ///
-/// Reads go to the primary, and to the journal when the primary fails. `stats().records`
-/// counts both. Cloning shares it.
+/// Reads see both: `get` tries the primary then the journal, `list` merges them newest first,
+/// `stats().records` counts both. Cloning shares it.
 ///
 /// # Example
 ///
@@ -188,11 +188,35 @@ impl<P: DeadLetterStore, J: DeadLetterStore> DeadLetterStore for Fallback<P, J> 
         }
     }
 
+    /// Records in the primary and those still waiting in the journal, merged newest first
+    /// (a record in both — drained but not yet deleted from the journal — appears once).
     async fn list(&self, q: ListQuery) -> Result<Page, StoreError> {
-        match self.inner.primary.list(q).await {
-            Ok(p) => Ok(p),
-            Err(_) => self.inner.journal.list(q).await,
+        let journal = self.inner.journal.list(q).await?;
+        let primary = match self.inner.primary.list(q).await {
+            Ok(p) => p,
+            Err(_) => return Ok(journal),
+        };
+        let mut records: Vec<DeadLetterRecord> = primary.records;
+        for r in journal.records {
+            if !records.iter().any(|x| x.id == r.id) {
+                records.push(r);
+            }
         }
+        records.sort_by(|a, b| b.id.cmp(&a.id));
+        let more = records.len() > q.limit || primary.next.is_some() || journal.next.is_some();
+        records.truncate(q.limit);
+        let next = if more {
+            records.last().map(|r| r.id)
+        } else {
+            None
+        };
+        let mut unreadable = primary.unreadable;
+        unreadable.extend(journal.unreadable);
+        Ok(Page {
+            records,
+            unreadable,
+            next,
+        })
     }
 
     async fn delete(&self, id: RecordId) -> Result<bool, StoreError> {

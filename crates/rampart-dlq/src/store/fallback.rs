@@ -202,7 +202,7 @@ impl<P: DeadLetterStore, J: DeadLetterStore> DeadLetterStore for Fallback<P, J> 
                 records.push(r);
             }
         }
-        records.sort_by(|a, b| b.id.cmp(&a.id));
+        records.sort_by_key(|r| std::cmp::Reverse(r.id));
         let more = records.len() > q.limit || primary.next.is_some() || journal.next.is_some();
         records.truncate(q.limit);
         let next = if more {

@@ -401,6 +401,89 @@ impl std::fmt::Display for Reset {
 }
 impl std::error::Error for Reset {}
 
+/// What the embedded server does with one request.
+enum Verdict {
+    /// A Google API error: status code, status name, message, optional `retryDelay`.
+    Error(u16, &'static str, &'static str, Option<Duration>),
+    /// Drop the connection without answering.
+    Reset,
+    /// Answer with audio, first waiting `delay`.
+    Audio { delay: Option<Duration> },
+}
+
+const OVERLOADED: &str = "The model is overloaded. Please try again later.";
+
+/// Validates the request like the real API, then draws its fate from the fault mix.
+fn judge(
+    state: &ServerState,
+    path: &str,
+    has_key: bool,
+    body: &[u8],
+    since_start: Duration,
+) -> Verdict {
+    if !path.ends_with(":generateContent") || !path.starts_with("/v1beta/models/") {
+        return Verdict::Error(404, "NOT_FOUND", "unknown method", None);
+    }
+    if !has_key {
+        return Verdict::Error(401, "UNAUTHENTICATED", "API key not valid", None);
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return Verdict::Error(400, "INVALID_ARGUMENT", "Invalid JSON payload", None);
+    };
+    if v.pointer("/contents/0/parts/0/text")
+        .and_then(Value::as_str)
+        .is_none()
+    {
+        return Verdict::Error(
+            400,
+            "INVALID_ARGUMENT",
+            "contents[0].parts[0].text is required",
+            None,
+        );
+    }
+    let m = state.mix;
+    if let Some((from, len)) = m.outage {
+        if since_start >= from && since_start < from + len {
+            return Verdict::Error(503, "UNAVAILABLE", OVERLOADED, None);
+        }
+    }
+    let faults = [
+        (
+            m.throttled,
+            Verdict::Error(
+                429,
+                "RESOURCE_EXHAUSTED",
+                "Resource has been exhausted (e.g. check quota).",
+                Some(m.retry_delay),
+            ),
+        ),
+        (
+            m.unavailable,
+            Verdict::Error(503, "UNAVAILABLE", OVERLOADED, None),
+        ),
+        (
+            m.internal,
+            Verdict::Error(500, "INTERNAL", "An internal error has occurred.", None),
+        ),
+        (m.reset, Verdict::Reset),
+        (
+            m.slow,
+            Verdict::Audio {
+                delay: Some(m.slow_by),
+            },
+        ),
+    ];
+    let r = next_rand(&state.rng);
+    let mut edge = 0.0;
+    for (share, verdict) in faults {
+        edge += share;
+        if r < edge {
+            return verdict;
+        }
+    }
+    Verdict::Audio { delay: None }
+}
+
 async fn answer(
     state: &ServerState,
     req: Request<hyper::body::Incoming>,
@@ -412,15 +495,6 @@ async fn answer(
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .get_or_insert(now);
-    let stats = |ok: bool| {
-        let mut s = state.stats.lock().unwrap_or_else(PoisonError::into_inner);
-        s.requests += 1;
-        if ok {
-            s.ok += 1;
-        } else {
-            s.faults += 1;
-        }
-    };
     let path = req.uri().path().to_owned();
     let has_key = req.headers().contains_key("x-goog-api-key");
     let body = req
@@ -429,94 +503,24 @@ async fn answer(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    if !path.ends_with(":generateContent") || !path.starts_with("/v1beta/models/") {
-        stats(false);
-        return Ok(google_error(404, "NOT_FOUND", "unknown method", None));
-    }
-    if !has_key {
-        stats(false);
-        return Ok(google_error(
-            401,
-            "UNAUTHENTICATED",
-            "API key not valid",
-            None,
-        ));
-    }
-    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-        stats(false);
-        return Ok(google_error(
-            400,
-            "INVALID_ARGUMENT",
-            "Invalid JSON payload",
-            None,
-        ));
-    };
-    if v.pointer("/contents/0/parts/0/text")
-        .and_then(Value::as_str)
-        .is_none()
+    let verdict = judge(state, &path, has_key, &body, now.duration_since(started));
     {
-        stats(false);
-        return Ok(google_error(
-            400,
-            "INVALID_ARGUMENT",
-            "contents[0].parts[0].text is required",
-            None,
-        ));
-    }
-    let m = state.mix;
-    if let Some((from, len)) = m.outage {
-        let t = now.duration_since(started);
-        if t >= from && t < from + len {
-            stats(false);
-            return Ok(google_error(
-                503,
-                "UNAVAILABLE",
-                "The model is overloaded. Please try again later.",
-                None,
-            ));
+        let mut s = state.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        s.requests += 1;
+        if matches!(verdict, Verdict::Audio { .. }) {
+            s.ok += 1;
+        } else {
+            s.faults += 1;
         }
     }
-    let r = next_rand(&state.rng);
-    let mut edge = m.throttled;
-    if r < edge {
-        stats(false);
-        return Ok(google_error(
-            429,
-            "RESOURCE_EXHAUSTED",
-            "Resource has been exhausted (e.g. check quota).",
-            Some(m.retry_delay),
-        ));
+    match verdict {
+        Verdict::Error(code, status, message, retry) => {
+            return Ok(google_error(code, status, message, retry))
+        }
+        Verdict::Reset => return Err(Reset),
+        Verdict::Audio { delay: Some(d) } => tokio::time::sleep(d).await,
+        Verdict::Audio { delay: None } => {}
     }
-    edge += m.unavailable;
-    if r < edge {
-        stats(false);
-        return Ok(google_error(
-            503,
-            "UNAVAILABLE",
-            "The model is overloaded. Please try again later.",
-            None,
-        ));
-    }
-    edge += m.internal;
-    if r < edge {
-        stats(false);
-        return Ok(google_error(
-            500,
-            "INTERNAL",
-            "An internal error has occurred.",
-            None,
-        ));
-    }
-    edge += m.reset;
-    if r < edge {
-        stats(false);
-        return Err(Reset);
-    }
-    edge += m.slow;
-    if r < edge {
-        tokio::time::sleep(m.slow_by).await;
-    }
-    stats(true);
     let n = state.counter.fetch_add(1, Ordering::Relaxed);
     let body = json!({
         "candidates": [{ "content": { "role": "model", "parts": [{ "inlineData": {

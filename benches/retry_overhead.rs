@@ -123,10 +123,7 @@ fn threaded(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(30);
+    config = support::config();
     targets = success_path, threaded
 }
 criterion_main!(benches);

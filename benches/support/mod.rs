@@ -58,6 +58,14 @@ where
     }
 }
 
+/// The criterion settings every overhead bench uses.
+pub(crate) fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30)
+}
+
 /// A boxed call through one service (or one breaker).
 pub(crate) type Call = Box<dyn FnMut(u64) -> u64 + Send>;
 /// Makes a caller that shares the variant's layer or breaker.

@@ -202,37 +202,34 @@ fn store_err(e: &rampart_dlq::StoreError) -> Fail {
 }
 
 impl Filter {
-    fn matches(&self, r: &DeadLetterRecord, cutoff: Option<RecordId>) -> bool {
-        self.service.as_ref().is_none_or(|s| &r.service == s)
-            && self.reason.is_none_or(|x| r.reason == x)
-            && cutoff.is_none_or(|c| r.id >= c)
-    }
-
-    /// Every matching record, newest first, up to the limit.
-    async fn collect(&self, store: &AnyStore) -> Result<(Vec<DeadLetterRecord>, usize), Fail> {
-        let cutoff = self.since.map(|d| {
+    /// The store query for these filters (the store filters; the CLI only pages).
+    fn query(&self) -> ListQuery {
+        let mut q = ListQuery::newest(500);
+        q.service.clone_from(&self.service);
+        q.reason = self.reason;
+        q.since = self.since.map(|d| {
             RecordId::lower_bound(
                 SystemTime::now()
                     .checked_sub(d)
                     .unwrap_or(SystemTime::UNIX_EPOCH),
             )
         });
+        q
+    }
+
+    /// Every matching record, newest first, up to the limit.
+    async fn collect(&self, store: &AnyStore) -> Result<(Vec<DeadLetterRecord>, usize), Fail> {
         let limit = self.limit.unwrap_or(usize::MAX);
         let mut out = Vec::new();
         let mut unreadable = 0;
-        let mut q = ListQuery::newest(500);
+        let mut q = self.query();
         loop {
-            let page = store.list(q).await.map_err(|e| store_err(&e))?;
+            let page = store.list(q.clone()).await.map_err(|e| store_err(&e))?;
             unreadable += page.unreadable.len();
             for r in page.records {
-                if cutoff.is_some_and(|c| r.id < c) {
+                out.push(r);
+                if out.len() >= limit {
                     return Ok((out, unreadable));
-                }
-                if self.matches(&r, cutoff) {
-                    out.push(r);
-                    if out.len() >= limit {
-                        return Ok((out, unreadable));
-                    }
                 }
             }
             match page.next {

@@ -292,7 +292,7 @@ mod redis_and_http {
         let mut payloads = HashSet::new();
         let mut q = ListQuery::newest(1000);
         loop {
-            let page = redis.list(q).await.unwrap();
+            let page = redis.list(q.clone()).await.unwrap();
             for r in &page.records {
                 assert!(seen.insert(r.id), "a record was written twice");
                 payloads.insert(r.request.payload.as_u64().unwrap());

@@ -54,7 +54,7 @@ async fn contract<S: DeadLetterStore>(make: impl AsyncFn(usize) -> S) {
     let mut seen = Vec::new();
     let mut q = ListQuery::newest(10);
     loop {
-        let page = s.list(q).await.unwrap();
+        let page = s.list(q.clone()).await.unwrap();
         assert!(page.unreadable.is_empty());
         seen.extend(page.records.iter().map(|r| r.id));
         match page.next {
@@ -63,6 +63,52 @@ async fn contract<S: DeadLetterStore>(make: impl AsyncFn(usize) -> S) {
         }
     }
     assert_eq!(seen, ids, "pages cover every record once, newest first");
+    assert!(
+        s.list(ListQuery::newest(0))
+            .await
+            .unwrap()
+            .records
+            .is_empty(),
+        "limit 0 lists nothing"
+    );
+
+    // filters: service, reason, since — applied by the store, paged by matching records
+    let f = make(100).await;
+    let mut tts = Vec::new();
+    for n in 0..12u64 {
+        let mut r = record(100 + n);
+        if n % 3 == 0 {
+            r.service = "tts".into();
+            r.reason = DeadLetterReason::Permanent;
+            tts.push(r.id);
+        }
+        f.push(r).await.unwrap();
+    }
+    tts.reverse();
+    let mut q = ListQuery::newest(2).service("tts");
+    let mut got = Vec::new();
+    loop {
+        let page = f.list(q.clone()).await.unwrap();
+        assert!(page.records.len() <= 2);
+        got.extend(page.records.iter().map(|r| r.id));
+        match page.next {
+            Some(n) => q.before = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(got, tts, "service filter, paged");
+    let by_reason = f
+        .list(ListQuery::newest(100).reason(DeadLetterReason::Permanent))
+        .await
+        .unwrap();
+    assert_eq!(by_reason.records.len(), 4);
+    let since = f.list(ListQuery::newest(100).since(tts[1])).await.unwrap();
+    assert!(since.records.iter().all(|r| r.id >= tts[1]));
+    assert_eq!(
+        since.records.last().map(|r| r.id),
+        Some(tts[1]),
+        "since is inclusive"
+    );
 
     // delete, replace
     assert!(s.delete(ids[0]).await.unwrap());
@@ -218,7 +264,7 @@ async fn fallback_lists_journaled_records_with_the_primary_ones() {
     let mut seen = Vec::new();
     let mut q = ListQuery::newest(4);
     loop {
-        let page = store.list(q).await.unwrap();
+        let page = store.list(q.clone()).await.unwrap();
         seen.extend(page.records.iter().map(|r| r.id));
         match page.next {
             Some(n) => q.before = Some(n),

@@ -191,8 +191,8 @@ impl<P: DeadLetterStore, J: DeadLetterStore> DeadLetterStore for Fallback<P, J> 
     /// Records in the primary and those still waiting in the journal, merged newest first
     /// (a record in both — drained but not yet deleted from the journal — appears once).
     async fn list(&self, q: ListQuery) -> Result<Page, StoreError> {
-        let journal = self.inner.journal.list(q).await?;
-        let primary = match self.inner.primary.list(q).await {
+        let journal = self.inner.journal.list(q.clone()).await?;
+        let primary = match self.inner.primary.list(q.clone()).await {
             Ok(p) => p,
             Err(_) => return Ok(journal),
         };

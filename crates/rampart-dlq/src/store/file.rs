@@ -548,7 +548,7 @@ impl DeadLetterStore for FileStore {
 
     async fn list(&self, q: ListQuery) -> Result<Page, StoreError> {
         let idx = self.index();
-        let mut page = super::memory::page_of(idx.records.iter(), q);
+        let mut page = super::memory::page_of(idx.records.iter(), &q);
         if q.before.is_none() {
             page.unreadable = idx.unreadable.clone();
         }

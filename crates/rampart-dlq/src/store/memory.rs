@@ -64,11 +64,11 @@ impl MemoryStore {
 
 pub(crate) fn page_of<'a>(
     records: impl DoubleEndedIterator<Item = (&'a RecordId, &'a DeadLetterRecord)>,
-    q: ListQuery,
+    q: &ListQuery,
 ) -> Page {
     let mut out: Vec<DeadLetterRecord> = records
         .rev()
-        .filter(|(id, _)| q.before.is_none_or(|b| **id < b))
+        .filter(|(_, r)| q.matches(r))
         .take(q.limit.saturating_add(1))
         .map(|(_, r)| r.clone())
         .collect();
@@ -108,7 +108,7 @@ impl DeadLetterStore for MemoryStore {
     }
 
     async fn list(&self, q: ListQuery) -> Result<Page, StoreError> {
-        Ok(page_of(self.state().records.iter(), q))
+        Ok(page_of(self.state().records.iter(), &q))
     }
 
     async fn delete(&self, id: RecordId) -> Result<bool, StoreError> {

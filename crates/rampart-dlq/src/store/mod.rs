@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::record::{DeadLetterRecord, RecordId};
+use crate::record::{DeadLetterReason, DeadLetterRecord, RecordId};
 
 pub mod fallback;
 pub mod file;
@@ -98,13 +98,35 @@ pub struct Page {
     pub next: Option<RecordId>,
 }
 
-/// What to list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What to list: newest first, at most `limit` records, optionally filtered.
+///
+/// Every store applies the filters itself (SQL stores as a query), so a page holds up to
+/// `limit` *matching* records and [`Page::next`] continues after the last one returned.
+///
+/// # Example
+///
+/// ```
+/// use rampart_dlq::{DeadLetterReason, ListQuery, RecordId};
+/// use std::time::{Duration, SystemTime};
+///
+/// let q = ListQuery::newest(50)
+///     .service("gemini_api")
+///     .reason(DeadLetterReason::RetriesExhausted)
+///     .since(RecordId::lower_bound(SystemTime::now() - Duration::from_secs(3600)));
+/// assert_eq!(q.limit, 50);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ListQuery {
-    /// At most this many records.
+    /// At most this many records (`0` lists nothing).
     pub limit: usize,
     /// Only records older than this id (a page cursor).
     pub before: Option<RecordId>,
+    /// Only records of this service.
+    pub service: Option<String>,
+    /// Only records with this reason.
+    pub reason: Option<DeadLetterReason>,
+    /// Only records made at or after this id's time (see [`RecordId::lower_bound`]).
+    pub since: Option<RecordId>,
 }
 
 impl ListQuery {
@@ -112,8 +134,44 @@ impl ListQuery {
     pub fn newest(limit: usize) -> Self {
         ListQuery {
             limit,
-            before: None,
+            ..ListQuery::default()
         }
+    }
+
+    /// Only records older than `id` (the next page after a page ending at `id`).
+    #[must_use]
+    pub fn before(mut self, id: RecordId) -> Self {
+        self.before = Some(id);
+        self
+    }
+
+    /// Only records of `service`.
+    #[must_use]
+    pub fn service(mut self, service: impl Into<String>) -> Self {
+        self.service = Some(service.into());
+        self
+    }
+
+    /// Only records with `reason`.
+    #[must_use]
+    pub fn reason(mut self, reason: DeadLetterReason) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
+    /// Only records at or after `id` (by time: ids are time-ordered).
+    #[must_use]
+    pub fn since(mut self, id: RecordId) -> Self {
+        self.since = Some(id);
+        self
+    }
+
+    /// Whether `r` passes the filters (service, reason, since and before).
+    pub fn matches(&self, r: &DeadLetterRecord) -> bool {
+        self.before.is_none_or(|b| r.id < b)
+            && self.since.is_none_or(|s| r.id >= s)
+            && self.service.as_ref().is_none_or(|s| &r.service == s)
+            && self.reason.is_none_or(|x| r.reason == x)
     }
 }
 

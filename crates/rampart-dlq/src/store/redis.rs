@@ -260,41 +260,55 @@ impl DeadLetterStore for RedisStore {
 
     async fn list(&self, q: ListQuery) -> Result<Page, StoreError> {
         let mut con = self.con.clone();
-        let max = q.before.map_or_else(|| "+".to_owned(), |b| format!("({b}"));
-        let ids: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
-            .arg(&self.index)
-            .arg(max)
-            .arg("-")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(q.limit.saturating_add(1))
-            .query_async(&mut con)
-            .await
-            .map_err(err("list"))?;
-        let more = ids.len() > q.limit;
-        let ids = &ids[..ids.len().min(q.limit)];
         let mut page = Page::default();
-        if ids.is_empty() {
-            return Ok(page);
-        }
-        let values: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
-            .arg(&self.records)
-            .arg(ids)
-            .query_async(&mut con)
-            .await
-            .map_err(err("list"))?;
-        for (id, v) in ids.iter().zip(values) {
-            match v {
-                // Deleted between the two reads.
-                None => {}
-                Some(bytes) => match RedisStore::parse(id, &bytes) {
-                    Ok(r) => page.records.push(r),
-                    Err(u) => page.unreadable.push(u),
-                },
+        let min = q.since.map_or_else(|| "-".to_owned(), |s| format!("[{s}"));
+        let mut cursor = q.before;
+        // Scan the id index newest first in chunks, keeping the records that match, until
+        // `limit` matched (plus one to know whether there is a next page) or the index ends.
+        let chunk = q.limit.saturating_add(1).clamp(1, 512);
+        while page.records.len() <= q.limit {
+            let max = cursor.map_or_else(|| "+".to_owned(), |b| format!("({b}"));
+            let ids: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
+                .arg(&self.index)
+                .arg(max)
+                .arg(&min)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(chunk)
+                .query_async(&mut con)
+                .await
+                .map_err(err("list"))?;
+            if ids.is_empty() {
+                break;
+            }
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+                .arg(&self.records)
+                .arg(&ids)
+                .query_async(&mut con)
+                .await
+                .map_err(err("list"))?;
+            let exhausted = ids.len() < chunk;
+            for (id, v) in ids.iter().zip(values) {
+                if let Ok(parsed) = id.parse::<RecordId>() {
+                    cursor = Some(parsed);
+                }
+                match v {
+                    // Deleted between the two reads.
+                    None => {}
+                    Some(bytes) => match RedisStore::parse(id, &bytes) {
+                        Ok(r) if q.matches(&r) => page.records.push(r),
+                        Ok(_) => {}
+                        Err(u) => page.unreadable.push(u),
+                    },
+                }
+            }
+            if exhausted {
+                break;
             }
         }
-        if more {
-            page.next = ids.last().and_then(|s| s.parse().ok());
+        if page.records.len() > q.limit {
+            page.records.truncate(q.limit);
+            page.next = page.records.last().map(|r| r.id);
         }
         Ok(page)
     }

@@ -100,9 +100,11 @@ pub use redact::Redactor;
 pub use redrive::{redrive, RedriveReport};
 pub use service::DeadLetter;
 pub use store::fallback::Fallback;
-pub use store::file::FileStore;
 pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::redis::RedisStore;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use store::sqlite::SqliteStore;
 pub use store::{DeadLetterStore, ListQuery, Page, Pushed, StoreError, StoreStats, Unreadable};

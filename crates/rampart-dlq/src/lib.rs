@@ -49,9 +49,11 @@
 //!
 //! # Durability
 //!
-//! By default the record is in the store before the caller sees the error. Wrap a primary
-//! store in [`Fallback`] to journal records locally while the primary (Redis) is down and
-//! drain them to it later; ids are stable and pushes idempotent, so nothing is written twice.
+//! By default the record is in the store before the caller sees the error. The embedded
+//! store is `SqliteStore` (feature `sqlite`): one SQLite file in WAL mode, each write
+//! acknowledged after its transaction committed with `synchronous = FULL`, shared safely by
+//! the app, the `rampart` CLI and other instances. Wrap a primary store in [`Fallback`] to
+//! keep records locally while the primary (Redis) is down and drain them to it later; ids are stable and pushes idempotent, so nothing is written twice.
 //! [`DeadLetterLayer::background`] hands records to a bounded queue instead (documented loss
 //! window: what is queued when the process dies).
 //!

@@ -778,6 +778,8 @@ fn list(c: &Connection, label: &str, q: &ListQuery) -> Result<Page, StoreError> 
         .query(rusqlite::params_from_iter(args))
         .map_err(err())?;
     let mut page = Page::default();
+    // Unreadable rows up to the last record returned; those after it belong to the next page.
+    let mut reported = 0;
     while let Some(row) = rows.next().map_err(err())? {
         let id: Vec<u8> = row.get(0).map_err(err())?;
         let body: Vec<u8> = row.get(1).map_err(err())?;
@@ -785,9 +787,11 @@ fn list(c: &Connection, label: &str, q: &ListQuery) -> Result<Page, StoreError> 
             Ok(r) => {
                 if page.records.len() == q.limit {
                     page.next = page.records.last().map(|r| r.id);
+                    page.unreadable.truncate(reported);
                     break;
                 }
                 page.records.push(r);
+                reported = page.unreadable.len();
             }
             Err(e) => page.unreadable.push(Unreadable {
                 key: key_of(&id),

@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use rampart::client::HttpClient;
-use rampart::dlq::{FileStore, HttpExtractor};
+use rampart::dlq::{HttpExtractor, SqliteStore};
 use rampart::gemini::{decode_audio, tts_request, wav, FakeGemini, GeminiClassifier, SAMPLE_RATE};
 use rampart::Policy;
 use tower::{Layer, ServiceExt};
@@ -31,7 +31,7 @@ fn kore() -> String {
     "Kore".into()
 }
 
-type Svc = rampart::PolicyService<HttpClient, GeminiClassifier, FileStore, HttpExtractor>;
+type Svc = rampart::PolicyService<HttpClient, GeminiClassifier, SqliteStore, HttpExtractor>;
 
 struct App {
     svc: Svc,
@@ -83,7 +83,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     };
     std::fs::create_dir_all("target/axum_server")?;
-    let store = FileStore::open("target/axum_server/dlq.journal", 10_000)?;
+    let store = SqliteStore::open("target/axum_server/dlq.sqlite", 10_000)?;
     let policy = Policy::preset("gemini_api")
         .ok_or("no preset")?
         .attempt_timeout(Some(std::time::Duration::from_secs(30)))

@@ -15,7 +15,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use rampart::breaker::{CircuitBreakerConfig, State};
 use rampart::client::HttpClient;
-use rampart::dlq::{DeadLetterStore, FileStore, HttpExtractor, ListQuery};
+use rampart::dlq::{DeadLetterStore, HttpExtractor, ListQuery, SqliteStore};
 use rampart::gemini::{
     decode_audio, tts_request, wav, AttemptCounter, FakeGemini, FaultMix, GeminiClassifier,
     SAMPLE_RATE,
@@ -63,7 +63,7 @@ struct Args {
     /// How long the circuit stays open before it lets probes through.
     #[arg(long, default_value = "500ms", value_parser = humantime_duration)]
     recovery_timeout: Duration,
-    /// Where the WAV files and the dead-letter journal go.
+    /// Where the WAV files and the dead-letter store (`dlq.sqlite`) go.
     #[arg(long, default_value = "target/gemini_tts")]
     out: PathBuf,
     /// Log every retry, transition and dead letter (tracing, to stderr).
@@ -140,8 +140,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .build()?,
         ))
         .build()?;
-    let dlq_path = args.out.join("dlq.journal");
-    let store = FileStore::open(&dlq_path, 100_000)?;
+    let dlq_path = args.out.join("dlq.sqlite");
+    let store = SqliteStore::open(&dlq_path, 100_000)?;
     let dlq_before = store.stats().await?.records;
     let layer = policy.layer(
         GeminiClassifier::default(),
@@ -332,7 +332,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stored = store.list(ListQuery::newest(1)).await?;
     println!("  WAV files:     {}", args.out.join("wav").display());
     println!(
-        "  dead letters:  {} ({} new, {} in the journal)",
+        "  dead letters:  {} ({} new, {} in the store)",
         dlq_path.display(),
         store.stats().await?.records.saturating_sub(dlq_before),
         store.stats().await?.records
@@ -343,11 +343,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             r.id, r.reason, r.request.summary, r.error
         );
     }
-    if dlq_path == std::path::Path::new("target/gemini_tts/dlq.journal") {
+    if dlq_path == std::path::Path::new("target/gemini_tts/dlq.sqlite") {
         println!("  inspect them:  cargo run -p rampart-cli -- dlq list");
     } else {
         println!(
-            "  inspect them:  cargo run -p rampart-cli -- --store file:{} dlq list",
+            "  inspect them:  cargo run -p rampart-cli -- --store sqlite:{} dlq list",
             dlq_path.display()
         );
     }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rampart::config::Loader;
-use rampart::dlq::{DeadLetterStore, FileStore, JsonExtractor};
+use rampart::dlq::{DeadLetterStore, JsonExtractor, SqliteStore};
 use rampart::Outcome;
 use tower::{Layer, ServiceExt};
 
@@ -40,7 +40,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let dir = tempfile::tempdir()?;
-    let store = FileStore::open(dir.path().join("dlq.journal"), 1000)?;
+    let store = SqliteStore::open(dir.path().join("dlq.sqlite"), 1000)?;
     let n = Arc::new(AtomicU64::new(0));
     let flaky = tower::service_fn(move |x: u64| {
         let i = n.fetch_add(1, Ordering::Relaxed);

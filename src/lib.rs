@@ -32,7 +32,8 @@
 //! |---|---|---|
 //! | `retry` | [`RetryLayer`], [`RetryBudget`] | yes |
 //! | `breaker` | [`CircuitBreakerLayer`], keyed breakers, transition events | yes |
-//! | `dlq` | [`DeadLetterLayer`], memory and file stores, fallback, redrive | yes |
+//! | `dlq` | [`DeadLetterLayer`], the memory store, fallback, redrive | yes |
+//! | `sqlite` | the SQLite dead-letter store (`dlq::SqliteStore`), the embedded default | yes (for now: the demo's store) |
 //! | `redis` | the Redis dead-letter store, `redis::RedisClassifier`, `redis::Enqueue` | no |
 //! | `postgres` | `postgres::PostgresClassifier`, `postgres::PgService` | no |
 //! | `policy` | [`Policy`], [`Policies`]: one layer per downstream service | yes |

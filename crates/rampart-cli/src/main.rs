@@ -1,7 +1,7 @@
 //! `rampart`: inspect, requeue, redrive and purge dead letters.
 //!
 //! Exit codes: 0 success, 1 the operation failed (an unknown id, an unreachable store, a
-//! corrupt journal, a failed redrive), 2 a usage error (a bad flag or value, or a destructive
+//! corrupt store, a failed redrive), 2 a usage error (a bad flag or value, or a destructive
 //! command without `--yes` when stdout is not a terminal).
 //!
 //! JSON output (`--format json`, `--format jsonl`, `show`, `export`) is the stored
@@ -29,7 +29,7 @@ use tower::{Layer, ServiceExt};
 #[derive(Parser, Debug)]
 #[command(name = "rampart", version, about, propagate_version = true)]
 struct Cli {
-    /// The dead-letter store: file:PATH or redis://HOST:PORT/DB (optionally #PREFIX).
+    /// The dead-letter store: sqlite:PATH (or a bare path) or redis://HOST:PORT/DB (optionally #PREFIX).
     #[arg(long, global = true, env = "RAMPART_DLQ_STORE", default_value = DEFAULT_STORE)]
     store: String,
     #[command(subcommand)]

@@ -1,24 +1,24 @@
-//! The store a command works on: a file journal or Redis, chosen by `--store`.
+//! The store a command works on: a SQLite file or Redis, chosen by `--store`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use rampart_dlq::{
-    DeadLetterRecord, DeadLetterStore, FileStore, ListQuery, Page, Pushed, RecordId, RedisStore,
+    DeadLetterRecord, DeadLetterStore, ListQuery, Page, Pushed, RecordId, RedisStore, SqliteStore,
     StoreError, StoreStats,
 };
 
 /// Where the Gemini demo writes its dead letters: the default store.
-pub(crate) const DEFAULT_STORE: &str = "file:target/gemini_tts/dlq.journal";
+pub(crate) const DEFAULT_STORE: &str = "sqlite:target/gemini_tts/dlq.sqlite";
 
-/// A file journal or a Redis store.
+/// A SQLite or a Redis store.
 #[derive(Debug, Clone)]
 pub(crate) enum AnyStore {
-    File(FileStore),
+    Sqlite(SqliteStore),
     Redis(RedisStore),
 }
 
-/// Opens `spec`: `file:PATH`, a bare path, or `redis://HOST:PORT/DB[#prefix]`.
+/// Opens `spec`: `sqlite:PATH`, a bare path, or `redis://HOST:PORT/DB[#prefix]`.
 pub(crate) async fn open(spec: &str, create: bool) -> Result<(AnyStore, String), String> {
     if spec.starts_with("redis://") || spec.starts_with("rediss://") {
         let (url, prefix) = spec
@@ -37,17 +37,29 @@ pub(crate) async fn open(spec: &str, create: bool) -> Result<(AnyStore, String),
             format!("redis store {url} (prefix {prefix})"),
         ));
     }
-    let path = PathBuf::from(spec.strip_prefix("file:").unwrap_or(spec));
+    if spec.starts_with("file:") {
+        return Err(format!(
+            "{spec}: the file journal store was retired in favour of SQLite; pass --store sqlite:PATH"
+        ));
+    }
+    let path = PathBuf::from(spec.strip_prefix("sqlite:").unwrap_or(spec));
     if !create && !path.exists() {
         return Err(format!(
-            "no dead-letter journal at {} (run `cargo run --release --example gemini_tts` first, or pass --store file:PATH or --store redis://HOST:PORT/DB)",
+            "no dead-letter store at {} (run `cargo run --release --example gemini_tts` first, or pass --store sqlite:PATH or --store redis://HOST:PORT/DB)",
             path.display()
         ));
     }
-    let store = FileStore::open(&path, 1_000_000).map_err(|e| chain(&e))?;
+    // The cap is the store's (set by the app that owns it); a store the CLI creates (import
+    // into a new file) gets room for a million records.
+    let store = if path.exists() {
+        SqliteStore::open_existing(&path)
+    } else {
+        SqliteStore::open(&path, 1_000_000)
+    }
+    .map_err(|e| chain(&e))?;
     Ok((
-        AnyStore::File(store),
-        format!("file store {}", path.display()),
+        AnyStore::Sqlite(store),
+        format!("sqlite store {}", path.display()),
     ))
 }
 
@@ -69,7 +81,7 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 macro_rules! both {
     ($self:ident, $s:ident => $e:expr) => {
         match $self {
-            AnyStore::File($s) => $e,
+            AnyStore::Sqlite($s) => $e,
             AnyStore::Redis($s) => $e,
         }
     };

@@ -1,4 +1,4 @@
-//! The real `rampart` binary against a file store seeded through the library and a private
+//! The real `rampart` binary against a SQLite store seeded through the library and a private
 //! redis-server: every command's happy path, bad inputs with their messages and exit codes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,8 +11,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, SystemTime};
 
 use rampart_dlq::{
-    DeadLetterReason, DeadLetterRecord, DeadLetterStore, FileStore, ListQuery, RecordId,
-    RequestPart,
+    DeadLetterReason, DeadLetterRecord, DeadLetterStore, ListQuery, RecordId, RequestPart,
+    SqliteStore,
 };
 
 fn rampart(store: &str, args: &[&str]) -> Output {
@@ -47,7 +47,7 @@ fn record(service: &str, reason: DeadLetterReason, n: u32) -> DeadLetterRecord {
 /// 6 gemini_api records (4 retries_exhausted, 2 circuit_open), 3 database (permanent), and
 /// one 40-day-old record.
 async fn seed(path: &Path) -> Vec<DeadLetterRecord> {
-    let store = FileStore::open(path, 1000).unwrap();
+    let store = SqliteStore::open(path, 1000).unwrap();
     let mut all = Vec::new();
     let mut old = record("database", DeadLetterReason::Permanent, 99);
     old.id = RecordId::lower_bound(SystemTime::now() - Duration::from_secs(40 * 86_400));
@@ -80,11 +80,11 @@ fn jsonl(out: &str) -> Vec<DeadLetterRecord> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_command_on_a_file_store() {
+async fn every_command_on_a_sqlite_store() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("dlq.journal");
+    let path = dir.path().join("dlq.sqlite");
     let all = seed(&path).await;
-    let store = format!("file:{}", path.display());
+    let store = format!("sqlite:{}", path.display());
 
     // list: table, filters, formats
     let (out, _, code) = text(&rampart(&store, &["dlq", "list"]));
@@ -189,7 +189,7 @@ async fn every_command_on_a_file_store() {
     assert_eq!(code, 0);
     assert!(out.contains("requeued 3 record(s)"), "{out}");
     {
-        let s = FileStore::open(&path, 1000).unwrap();
+        let s = SqliteStore::open(&path, 1000).unwrap();
         let st = s.stats().await.unwrap();
         assert_eq!((st.records, st.requeued), (5, 5));
         assert!(s.get(all[1].id).await.unwrap().is_none());
@@ -238,7 +238,7 @@ async fn every_command_on_a_file_store() {
         "{out}"
     );
     assert!(
-        FileStore::open(&path, 1000)
+        SqliteStore::open(&path, 1000)
             .unwrap()
             .get(all[0].id)
             .await
@@ -268,7 +268,7 @@ async fn every_command_on_a_file_store() {
     assert_eq!(before.len(), 3);
     let dump = dir.path().join("dump.jsonl");
     std::fs::write(&dump, &exported).unwrap();
-    let other = format!("file:{}", dir.path().join("other.journal").display());
+    let other = format!("sqlite:{}", dir.path().join("other.sqlite").display());
     let (out, _, code) = text(&rampart(&other, &["dlq", "import", dump.to_str().unwrap()]));
     assert_eq!(code, 0);
     assert!(
@@ -292,27 +292,37 @@ async fn every_command_on_a_file_store() {
 async fn bad_stores_get_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let (_, err, code) = text(&rampart(
-        &format!("file:{}", dir.path().join("none").display()),
+        &format!("sqlite:{}", dir.path().join("none").display()),
         &["dlq", "list"],
     ));
     assert_eq!(code, 1);
     assert!(
-        err.starts_with("rampart: error: no dead-letter journal at"),
+        err.starts_with("rampart: error: no dead-letter store at"),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1);
-    let bad = dir.path().join("corrupt.journal");
-    std::fs::write(&bad, "this is not a journal").unwrap();
+    let bad = dir.path().join("corrupt.sqlite");
+    std::fs::write(&bad, "this is not a database, not even close to one").unwrap();
     let (_, err, code) = text(&rampart(
-        &format!("file:{}", bad.display()),
+        &format!("sqlite:{}", bad.display()),
         &["dlq", "stats"],
     ));
     assert_eq!(code, 1);
     assert!(
-        err.contains("is not readable") && err.contains("RDLQ"),
+        err.contains("file is not a database") && err.contains("corrupt.sqlite"),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1);
+    // The retired journal store is answered with what to use instead.
+    let (_, err, code) = text(&rampart(
+        &format!("file:{}", dir.path().join("dlq.journal").display()),
+        &["dlq", "list"],
+    ));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("retired in favour of SQLite") && err.contains("--store sqlite:PATH"),
+        "{err}"
+    );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -325,7 +335,7 @@ async fn bad_stores_get_one_clear_line() {
     assert_eq!(code, 1);
     assert!(err.contains("cannot reach Redis"), "{err}");
     assert!(!err.contains("panicked") && !err.contains("backtrace"));
-    let (_, err, code) = text(&rampart("file:x", &["dlq", "list", "--reason", "sad"]));
+    let (_, err, code) = text(&rampart("sqlite:x", &["dlq", "list", "--reason", "sad"]));
     assert_eq!(code, 2);
     assert!(err.contains("unknown reason \"sad\""), "{err}");
 }
@@ -336,10 +346,10 @@ async fn redis_store_list_import_and_requeue() {
         return support::skip("redis-server is not installed");
     };
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("dlq.journal");
+    let path = dir.path().join("dlq.sqlite");
     let all = seed(&path).await;
     let (exported, _, _) = text(&rampart(
-        &format!("file:{}", path.display()),
+        &format!("sqlite:{}", path.display()),
         &["dlq", "export"],
     ));
     let dump = dir.path().join("dump.jsonl");
@@ -373,9 +383,9 @@ async fn redrive_replays_http_records_against_a_target() {
     let quiet: FaultMix = "".parse().unwrap();
     let server = FakeGemini::start(quiet, 3).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("dlq.journal");
+    let path = dir.path().join("dlq.sqlite");
     {
-        let store = FileStore::open(&path, 1000).unwrap();
+        let store = SqliteStore::open(&path, 1000).unwrap();
         let x = HttpExtractor::default()
             .keep_header("content-type")
             .keep_header("x-goog-api-key");
@@ -402,7 +412,7 @@ async fn redrive_replays_http_records_against_a_target() {
             .await
             .unwrap();
     }
-    let store = format!("file:{}", path.display());
+    let store = format!("sqlite:{}", path.display());
     // The api key was redacted when recorded, so the server refuses the replay: every HTTP
     // record fails again (and is kept, its redrive count bumped); the non-HTTP one is skipped.
     let (out, err, code) = text(&rampart(
@@ -436,7 +446,7 @@ async fn redrive_replays_http_records_against_a_target() {
     ));
     assert!(jsonl(&out).iter().all(|r| r.redrive_count == 1));
     // Stored without the secret header, the same records replay fine.
-    let s = FileStore::open(&path, 1000).unwrap();
+    let s = SqliteStore::open(&path, 1000).unwrap();
     for mut r in s.list(ListQuery::newest(10)).await.unwrap().records {
         if let Some(h) = r
             .request

@@ -49,9 +49,11 @@
 //!
 //! # Durability
 //!
-//! By default the record is in the store before the caller sees the error. Wrap a primary
-//! store in [`Fallback`] to journal records locally while the primary (Redis) is down and
-//! drain them to it later; ids are stable and pushes idempotent, so nothing is written twice.
+//! By default the record is in the store before the caller sees the error. The embedded
+//! store is `SqliteStore` (feature `sqlite`): one SQLite file in WAL mode, each write
+//! acknowledged after its transaction committed with `synchronous = FULL`, shared safely by
+//! the app, the `rampart` CLI and other instances. Wrap a primary store in [`Fallback`] to
+//! keep records locally while the primary (Redis) is down and drain them to it later; ids are stable and pushes idempotent, so nothing is written twice.
 //! [`DeadLetterLayer::background`] hands records to a bounded queue instead (documented loss
 //! window: what is queued when the process dies).
 //!
@@ -100,9 +102,11 @@ pub use redact::Redactor;
 pub use redrive::{redrive, RedriveReport};
 pub use service::DeadLetter;
 pub use store::fallback::Fallback;
-pub use store::file::FileStore;
 pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::redis::RedisStore;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use store::sqlite::SqliteStore;
 pub use store::{DeadLetterStore, ListQuery, Page, Pushed, StoreError, StoreStats, Unreadable};

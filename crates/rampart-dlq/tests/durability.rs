@@ -1,47 +1,70 @@
-//! Nothing lost, nothing doubled, nothing secret: crashes of the journal writer, corrupt
-//! tails, a Redis that dies mid-run, garbage under the Redis keys, and secrets in requests.
+//! Nothing lost, nothing doubled, nothing secret: writer processes SIGKILLed mid-batch, a
+//! reader process opening the store while another process writes, garbage rows, odd paths,
+//! a Redis that dies mid-run, and secrets in requests.
 
+#![cfg(feature = "sqlite")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use rampart_dlq::{
-    DeadLetterReason, DeadLetterRecord, DeadLetterStore, FileStore, ListQuery, RecordId,
+    DeadLetterReason, DeadLetterRecord, DeadLetterStore, ListQuery, RecordId, SqliteStore,
+    StoreError,
 };
 
+/// The store's path, for the child process.
 const CHILD_ENV: &str = "RAMPART_DLQ_CRASH_CHILD";
+/// Optional: the child stops after this many acknowledged pushes (else it runs until killed).
+const CHILD_LIMIT_ENV: &str = "RAMPART_DLQ_CHILD_LIMIT";
 
-/// Not a test of its own: the body of the child process that `a_killed_writer_loses_no_acknowledged_record`
-/// starts (this same test binary, with `CHILD_ENV` set). It pushes records as fast as it can
-/// and prints each id once `push` has returned (acknowledged = on disk).
+/// Not a test of its own: the body of the writer process the multi-process tests start (this
+/// same test binary, with `CHILD_ENV` set). 16 tasks push records as fast as they can; each
+/// id is printed once `push` has returned (acknowledged = committed and synced).
 #[test]
 fn crash_child() {
     let Ok(path) = std::env::var(CHILD_ENV) else {
         return;
     };
+    let limit: u64 = std::env::var(CHILD_LIMIT_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
-        let store = FileStore::open(&path, 1_000_000).unwrap();
+        let store = SqliteStore::open(&path, 1_000_000).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<RecordId>();
+        let started = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         // Many concurrent writers, so that batches (group commits) are in flight when killed.
         for w in 0..16 {
             let store = store.clone();
             let tx = tx.clone();
+            let started = started.clone();
             tokio::spawn(async move {
                 for n in 0u64.. {
+                    if started.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= limit {
+                        return;
+                    }
                     let r = DeadLetterRecord::new("crash", DeadLetterReason::Permanent)
                         .error(format!("writer {w} record {n} {}", "x".repeat(200)));
                     let id = r.id;
-                    if store.push(r).await.is_ok() {
-                        let _ = tx.send(id);
+                    match store.push(r).await {
+                        Ok(_) => {
+                            let _ = tx.send(id);
+                        }
+                        Err(e) => {
+                            eprintln!("push failed: {e}: {:?}", std::error::Error::source(&e))
+                        }
                     }
                 }
             });
@@ -55,37 +78,84 @@ fn crash_child() {
     });
 }
 
+/// Starts the writer process on `path`; its stdout carries the acknowledged ids.
+fn spawn_writer(path: &Path, limit: Option<u64>) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(n) = limit {
+        cmd.env(CHILD_LIMIT_ENV, n.to_string());
+    }
+    cmd.spawn().unwrap()
+}
+
+/// The id on one line of the child's output (the test harness prints `test crash_child ... `
+/// in front of the first one).
+fn ack(line: &str) -> Result<RecordId, rampart_dlq::ParseIdError> {
+    line.split_whitespace().last().unwrap_or("").parse()
+}
+
+/// Every record in the store (paged), with how often each id appeared.
+async fn everything(store: &SqliteStore) -> (HashMap<RecordId, usize>, usize) {
+    let mut seen = HashMap::new();
+    let mut unreadable = 0;
+    let mut q = ListQuery::newest(5_000);
+    loop {
+        let page = store.list(q.clone()).await.unwrap();
+        unreadable += page.unreadable.len();
+        for r in &page.records {
+            *seen.entry(r.id).or_insert(0) += 1;
+        }
+        match page.next {
+            Some(n) => q.before = Some(n),
+            None => return (seen, unreadable),
+        }
+    }
+}
+
+fn integrity_check(path: &Path) -> String {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// A pseudo-random number from the clock (the kill points vary run to run).
+fn jitter(max: usize) -> usize {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as usize;
+    n % max
+}
+
 #[test]
-fn a_killed_writer_loses_no_acknowledged_record() {
+fn a_writer_process_killed_three_times_loses_no_acknowledged_record() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("crash.journal");
+    let path = dir.path().join("crash.sqlite");
+    let mut acked = HashSet::new();
     for round in 0..3 {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, &path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut acked = HashSet::new();
+        let mut child = spawn_writer(&path, None);
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let target = 2_000 + round * 1_500;
+        // A random kill point: somewhere between 300 and 2,300 acknowledgements this round.
+        let target = acked.len() + 300 + jitter(2_000);
         while acked.len() < target {
             match lines.next() {
                 Some(Ok(l)) => {
-                    if let Ok(id) = l.trim().parse::<RecordId>() {
+                    if let Ok(id) = ack(&l) {
                         acked.insert(id);
                     }
                 }
                 _ => break,
             }
         }
-        // SIGKILL mid-write: the writers never stop on their own.
+        // SIGKILL mid-batch: the writers never stop on their own.
         child.kill().unwrap();
         child.wait().unwrap();
         // Whatever was printed before the kill was acknowledged.
         for l in lines.map_while(Result::ok) {
-            if let Ok(id) = l.trim().parse::<RecordId>() {
+            if let Ok(id) = ack(&l) {
                 acked.insert(id);
             }
         }
@@ -95,124 +165,273 @@ fn a_killed_writer_loses_no_acknowledged_record() {
             acked.len()
         );
 
+        assert_eq!(integrity_check(&path), "ok", "round {round}");
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         rt.block_on(async {
-            let store = FileStore::open(&path, 1_000_000).unwrap();
-            let page = store.list(ListQuery::newest(usize::MAX - 1)).await.unwrap();
-            assert!(
-                page.unreadable.is_empty(),
-                "no corrupt record is returned: {:?}",
-                page.unreadable
-            );
-            let have: HashSet<RecordId> = page.records.iter().map(|r| r.id).collect();
-            let missing: Vec<_> = acked.difference(&have).take(5).collect();
+            let store = SqliteStore::open_existing(&path).unwrap();
+            let (seen, unreadable) = everything(&store).await;
+            assert_eq!(unreadable, 0);
+            let missing: Vec<_> = acked.iter().filter(|id| !seen.contains_key(id)).take(5).collect();
             assert!(
                 missing.is_empty(),
                 "round {round}: acknowledged records lost: {missing:?}"
             );
-            assert!(page.records.iter().all(|r| r.service == "crash"));
+            assert!(seen.values().all(|n| *n == 1), "each record exactly once");
+            assert_eq!(store.stats().await.unwrap().records, seen.len());
             eprintln!(
-                "round {round}: {} acknowledged, {} on disk, {} bytes of torn tail dropped",
+                "round {round}: {} acknowledged, {} stored (the rest were committed but not yet acknowledged)",
                 acked.len(),
-                have.len(),
-                store.recovery().dropped_bytes
+                seen.len()
             );
         });
     }
 }
 
-#[tokio::test]
-async fn random_bytes_appended_to_a_journal_are_dropped_cleanly() {
+#[test]
+fn a_process_opening_and_listing_the_store_never_loses_the_writers_records() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("j");
-    let mut ids = Vec::new();
-    {
-        let store = FileStore::open(&path, 1000).unwrap();
-        for _ in 0..50 {
-            let r = DeadLetterRecord::new("s", DeadLetterReason::Permanent);
-            ids.push(r.id);
+    let path = dir.path().join("shared.sqlite");
+    let total = 3_000u64;
+    let mut child = spawn_writer(&path, Some(total));
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let ids: Vec<RecordId> = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| ack(&l).ok())
+            .collect();
+        let _ = tx.send(());
+        ids
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    // Open, list, count and close the store in a loop while the writer process writes (what
+    // `rampart dlq list` in a loop does): each open must leave the writer's records alone.
+    let mut opens = 0;
+    let mut last = 0;
+    while rx.try_recv().is_err() {
+        if !path.exists() {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        rt.block_on(async {
+            let store = match SqliteStore::open_existing(&path) {
+                Ok(s) => s,
+                // The writer may still be creating the schema.
+                Err(StoreError::Format { .. }) => return,
+                Err(e) => panic!("{e}"),
+            };
+            let page = store.list(ListQuery::newest(1)).await.unwrap();
+            let n = store.stats().await.unwrap().records;
+            assert!(n >= last, "the record count never goes back ({last} → {n})");
+            assert!(page.records.len() <= 1);
+            last = n;
+            opens += 1;
+        });
+    }
+    let acked = reader.join().unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(acked.len() as u64, total);
+    assert!(opens > 5, "the reader opened the store only {opens} times");
+    assert_eq!(integrity_check(&path), "ok");
+    rt.block_on(async {
+        let store = SqliteStore::open_existing(&path).unwrap();
+        let (seen, _) = everything(&store).await;
+        let missing = acked.iter().filter(|id| !seen.contains_key(id)).count();
+        assert_eq!(
+            missing, 0,
+            "records lost while another process opened the store"
+        );
+        assert_eq!(seen.len() as u64, total);
+    });
+    eprintln!("the reader opened the store {opens} times while the writer wrote");
+}
+
+/// Inserts a row straight into the table, bypassing the store.
+fn raw_row(path: &Path, table: &str, id: &[u8], body: &[u8]) {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c.execute(
+        &format!(
+            "INSERT INTO {table} (id, service, reason, body) VALUES (?1, 's', 'permanent', ?2)"
+        ),
+        rusqlite::params![id, body],
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_rows_in_the_middle_are_listed_as_unreadable_and_nothing_else_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("garbage.sqlite");
+    let store = SqliteStore::open(&path, 1_000).unwrap();
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for n in 0..20 {
+        if n % 5 == 2 {
+            // Garbage between good records: not JSON, JSON of the wrong shape, binary.
+            let id = RecordId::new();
+            let body: &[u8] = match n {
+                2 => b"{not json",
+                7 => br#"{"version": 1, "id": "nope"}"#,
+                12 => &[0xff, 0x00, 0x01],
+                _ => b"",
+            };
+            raw_row(&path, "records", id.as_bytes(), body);
+            bad.push(id);
+        } else {
+            let r = DeadLetterRecord::new("s", DeadLetterReason::Permanent).error(format!("r{n}"));
+            good.push(r.id);
             store.push(r).await.unwrap();
         }
     }
-    let clean_len = std::fs::metadata(&path).unwrap().len();
-    // Garbage of every shape: random bytes, a plausible length with a bad checksum, a huge
-    // length field.
-    let mut seed = 0x2545_F491_4F6C_DD1Du64;
-    let mut garbage: Vec<u8> = (0..4096)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed & 0xFF) as u8
-        })
-        .collect();
-    garbage.splice(0..0, [20, 0, 0, 0, 1]);
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .unwrap();
-    f.write_all(&garbage).unwrap();
-    drop(f);
+    // An id that is not even 16 bytes.
+    raw_row(&path, "records", b"abc", b"{}");
 
-    let store = FileStore::open(&path, 1000).unwrap();
-    assert_eq!(store.recovery().dropped_bytes, garbage.len() as u64);
-    assert_eq!(
-        std::fs::metadata(&path).unwrap().len(),
-        clean_len,
-        "the tail was truncated"
+    let page = store.list(ListQuery::newest(100)).await.unwrap();
+    let have: Vec<_> = page.records.iter().map(|r| r.id).collect();
+    let mut expect = good.clone();
+    expect.reverse();
+    assert_eq!(have, expect, "every good record, newest first");
+    assert_eq!(page.unreadable.len(), 5, "{:?}", page.unreadable);
+    let keys: HashSet<_> = page.unreadable.iter().map(|u| u.key.clone()).collect();
+    for id in &bad {
+        assert!(
+            keys.contains(&id.to_string()),
+            "{id} is listed as unreadable"
+        );
+    }
+    assert!(
+        keys.contains("616263"),
+        "a short id is shown in hex: {keys:?}"
     );
-    let page = store.list(ListQuery::newest(1000)).await.unwrap();
-    assert!(page.unreadable.is_empty());
-    let have: HashSet<_> = page.records.iter().map(|r| r.id).collect();
-    assert_eq!(have, ids.iter().copied().collect());
-    // And the journal takes new writes after the recovery.
+
+    // Paged listings see every good record once, and each bad row on some page.
+    let mut seen = Vec::new();
+    let mut unreadable = 0;
+    let mut q = ListQuery::newest(3);
+    loop {
+        let page = store.list(q.clone()).await.unwrap();
+        seen.extend(page.records.iter().map(|r| r.id));
+        unreadable += page.unreadable.len();
+        match page.next {
+            Some(n) => q.before = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expect);
+    assert_eq!(unreadable, 5);
+
+    // Reading one is an error naming it; requeueing one leaves it where it is; nothing is
+    // deleted behind the operator's back.
+    let err = store.get(bad[0]).await.unwrap_err();
+    assert!(err.to_string().contains(&bad[0].to_string()), "{err}");
+    assert!(store.requeue(bad[0]).await.is_err());
+    let st = store.stats().await.unwrap();
+    assert_eq!((st.records, st.requeued), (good.len() + 5, 0));
+
+    // An unreadable retry-queue entry is skipped, not dropped, and does not block the queue.
+    let junk = RecordId::new();
+    raw_row(&path, "retry", junk.as_bytes(), b"junk");
+    assert!(store.requeue(good[0]).await.unwrap().is_some());
+    let taken = store.take_requeued(10).await.unwrap();
+    assert_eq!(taken.iter().map(|r| r.id).collect::<Vec<_>>(), [good[0]]);
+    assert_eq!(
+        store.stats().await.unwrap().requeued,
+        1,
+        "the junk entry stays"
+    );
+
+    // And the store keeps taking writes.
+    store
+        .push(DeadLetterRecord::new("s", DeadLetterReason::Permanent))
+        .await
+        .unwrap();
+    assert_eq!(integrity_check(&path), "ok");
+}
+
+/// Opens `path` on another thread; fails the test (instead of hanging it) after 10 s.
+fn open_or_hang(path: &Path) -> Result<SqliteStore, StoreError> {
+    let (tx, rx) = mpsc::channel();
+    let p = path.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(SqliteStore::open(&p, 10));
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("opening the store hung")
+}
+
+#[test]
+fn a_fifo_a_directory_or_a_foreign_file_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("dlq.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status();
+    if made.is_ok_and(|s| s.success()) {
+        let err = open_or_hang(&fifo).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("FIFO") && msg.contains("dlq.fifo"), "{msg}");
+        assert!(matches!(err, StoreError::Format { .. }));
+        let err = SqliteStore::open_existing(&fifo).unwrap_err();
+        assert!(err.to_string().contains("FIFO"), "{err}");
+    } else {
+        support::skip("mkfifo is not available");
+    }
+
+    let err = open_or_hang(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("a directory"), "{err}");
+
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "hello, this is not a database at all").unwrap();
+    let err = open_or_hang(&text).unwrap_err();
+    let msg = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(
+        msg.contains("notes.txt") && msg.contains("not a database"),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&text).unwrap(),
+        "hello, this is not a database at all"
+    );
+
+    let foreign = dir.path().join("other-app.sqlite");
+    rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE users (name TEXT)")
+        .unwrap();
+    let err = open_or_hang(&foreign).unwrap_err();
+    assert!(err.to_string().contains("another application"), "{err}");
+
+    let missing = dir.path().join("missing.sqlite");
+    let err = SqliteStore::open_existing(&missing).unwrap_err();
+    assert!(err.to_string().contains("missing.sqlite"), "{err}");
+    assert!(!missing.exists(), "open_existing creates nothing");
+}
+
+#[tokio::test]
+async fn a_store_of_a_newer_schema_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("future.sqlite");
+    let store = SqliteStore::open(&path, 10).unwrap();
     store
         .push(DeadLetterRecord::new("s", DeadLetterReason::Permanent))
         .await
         .unwrap();
     drop(store);
-    let again = FileStore::open(&path, 1000).unwrap();
-    assert_eq!(again.stats().await.unwrap().records, 51);
-    assert_eq!(again.recovery().dropped_bytes, 0);
-}
-
-#[tokio::test]
-async fn a_file_that_is_not_a_journal_is_refused_with_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notes.txt");
-    std::fs::write(&path, "hello").unwrap();
-    let err = FileStore::open(&path, 10).unwrap_err();
-    assert!(err.to_string().contains("is not readable"), "{err}");
-    assert!(format!("{err:?}").contains("RDLQ"));
-}
-
-#[tokio::test]
-async fn compaction_keeps_exactly_the_live_records() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("j");
-    let store = FileStore::open(&path, 100_000).unwrap();
-    let mut keep = Vec::new();
-    for n in 0..3_000 {
-        let r = DeadLetterRecord::new("s", DeadLetterReason::Permanent);
-        if n % 10 == 0 {
-            keep.push(r.id);
-            store.push(r).await.unwrap();
-        } else {
-            let id = r.id;
-            store.push(r).await.unwrap();
-            store.delete(id).await.unwrap();
-        }
-    }
-    let big = 3_000 * 300;
-    let len = std::fs::metadata(&path).unwrap().len();
-    assert!(len < big, "the journal was compacted ({len} bytes)");
-    drop(store);
-    let reopened = FileStore::open(&path, 100_000).unwrap();
-    let page = reopened.list(ListQuery::newest(10_000)).await.unwrap();
-    let have: HashSet<_> = page.records.iter().map(|r| r.id).collect();
-    assert_eq!(have, keep.into_iter().collect());
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let err = SqliteStore::open_existing(&path).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("schema version 99") && msg.contains("future.sqlite"),
+        "{msg}"
+    );
 }
 
 #[cfg(all(feature = "redis", feature = "http"))]
@@ -232,7 +451,7 @@ mod redis_and_http {
         let redis = RedisStore::connect(&server.url(), "outage", 100_000)
             .await
             .unwrap();
-        let journal = FileStore::open(dir.path().join("fallback.journal"), 100_000).unwrap();
+        let journal = SqliteStore::open(dir.path().join("fallback.sqlite"), 100_000).unwrap();
         let store =
             Fallback::with_interval(redis.clone(), journal.clone(), Duration::from_millis(100));
         let layer = DeadLetterLayer::new(
@@ -374,8 +593,8 @@ mod redis_and_http {
     #[tokio::test]
     async fn secrets_in_a_real_http_request_never_reach_the_stored_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("secrets.journal");
-        let store = FileStore::open(&path, 100).unwrap();
+        let path = dir.path().join("secrets.sqlite");
+        let store = SqliteStore::open(&path, 100).unwrap();
         let secrets = [
             "Bearer-tok-123",
             "sess-cookie-456",
@@ -409,56 +628,18 @@ mod redis_and_http {
             },
         ));
         let _ = svc.oneshot(req).await.unwrap_err();
-        let stored = std::fs::read(&path).unwrap();
+        // The raw bytes SQLite wrote: the database file and its write-ahead log.
+        let mut stored = std::fs::read(&path).unwrap();
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        stored.extend(std::fs::read(&wal).unwrap_or_default());
         let text = String::from_utf8_lossy(&stored);
         for s in secrets {
-            assert!(!text.contains(s), "{s} reached the journal: {text}");
+            assert!(!text.contains(s), "{s} reached the store file: {text}");
         }
         assert!(text.contains("[redacted]"));
         assert!(text.contains("alt=json"), "harmless parameters are kept");
         assert!(text.contains("application/json"));
         assert!(text.contains("hello"), "the body is kept for redrive");
-    }
-}
-
-#[tokio::test]
-async fn a_journal_torn_at_any_byte_keeps_every_whole_entry_before_the_tear() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("whole");
-    let mut ids = Vec::new();
-    {
-        let store = FileStore::open(&path, 1000).unwrap();
-        for n in 0..40 {
-            let r = DeadLetterRecord::new("s", DeadLetterReason::Permanent).error(format!("r{n}"));
-            ids.push(r.id);
-            store.push(r).await.unwrap();
-        }
-    }
-    let bytes = std::fs::read(&path).unwrap();
-    // Entry boundaries, from the layout: 4-byte length, kind, payload, 4-byte checksum.
-    let mut ends = Vec::new();
-    let mut pos = 5;
-    while pos < bytes.len() {
-        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
-        pos += 4 + 1 + len + 4;
-        ends.push(pos);
-    }
-    assert_eq!(ends.len(), 40);
-    let mut cut = 5;
-    while cut < bytes.len() {
-        let torn = dir.path().join(format!("torn-{cut}"));
-        std::fs::write(&torn, &bytes[..cut]).unwrap();
-        let store = FileStore::open(&torn, 1000).unwrap();
-        let whole = ends.iter().filter(|e| **e <= cut).count();
-        let page = store.list(ListQuery::newest(1000)).await.unwrap();
-        let have: HashSet<_> = page.records.iter().map(|r| r.id).collect();
-        assert_eq!(
-            have,
-            ids[..whole].iter().copied().collect(),
-            "cut at byte {cut}"
-        );
-        let last_end = ends.iter().rfind(|e| **e <= cut).copied().unwrap_or(5);
-        assert_eq!(store.recovery().dropped_bytes as usize, cut - last_end);
-        cut += 37; // a stride that lands inside lengths, kinds, payloads and checksums
     }
 }

@@ -12,8 +12,8 @@ use rampart_core::{
     classify::IoErrors, Backoff, CircuitOpen, Error, Jitter, Name, NotReplayable, Outcome,
 };
 use rampart_dlq::{
-    redrive, DeadLetterLayer, DeadLetterReason, DeadLetterRecord, DeadLetterStore, FileStore,
-    JsonExtractor, ListQuery, MemoryStore, Page, Pushed, RecordId, StoreError, StoreStats,
+    redrive, DeadLetterLayer, DeadLetterReason, DeadLetterRecord, DeadLetterStore, JsonExtractor,
+    ListQuery, MemoryStore, Page, Pushed, RecordId, StoreError, StoreStats,
 };
 use rampart_retry::{RetryBudget, RetryLayer};
 use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
@@ -206,17 +206,19 @@ async fn each_final_outcome_maps_to_its_reason() {
     );
 }
 
+#[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn the_record_is_durable_before_the_caller_sees_the_error() {
+    use rampart_dlq::SqliteStore;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("dlq.journal");
-    let store = FileStore::open(&path, 1000).unwrap();
+    let path = dir.path().join("dlq.sqlite");
+    let store = SqliteStore::open(&path, 1000).unwrap();
     let svc = DeadLetterLayer::new(store, JsonExtractor::default(), IoErrors).layer(service_fn(
         |_: u64| async { Err::<(), _>(io::Error::from(io::ErrorKind::PermissionDenied)) },
     ));
     let _ = svc.oneshot(5).await.unwrap_err();
-    // A second, independent reader of the journal sees it already.
-    let reader = FileStore::open(&path, 1000).unwrap();
+    // A second, independent handle on the file sees it already.
+    let reader = SqliteStore::open_existing(&path).unwrap();
     let page = reader.list(ListQuery::newest(10)).await.unwrap();
     assert_eq!(page.records.len(), 1);
     assert_eq!(page.records[0].request.payload, serde_json::json!(5));

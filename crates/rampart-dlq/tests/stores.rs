@@ -1,4 +1,4 @@
-//! One contract, every store: memory, file (tempdir) and a private Redis.
+//! One contract, every store: memory, SQLite (tempdir) and a private Redis.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use rampart_dlq::{
-    DeadLetterReason, DeadLetterRecord, DeadLetterStore, FileStore, ListQuery, MemoryStore, Pushed,
-    RecordId, RequestPart,
+    DeadLetterReason, DeadLetterRecord, DeadLetterStore, ListQuery, MemoryStore, Pushed, RecordId,
+    RequestPart,
 };
 
 fn record(n: u64) -> DeadLetterRecord {
@@ -202,24 +202,160 @@ async fn memory_store_contract() {
     contract(async |cap| MemoryStore::new(cap)).await;
 }
 
+#[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn file_store_contract_and_reopen() {
+async fn sqlite_store_contract_and_reopen() {
+    use rampart_dlq::SqliteStore;
     let dir = tempfile::tempdir().unwrap();
     let counter = std::sync::atomic::AtomicU32::new(0);
     contract(async |cap| {
         let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        FileStore::open(dir.path().join(format!("j{n}")), cap).unwrap()
+        SqliteStore::open(dir.path().join(format!("s{n}.sqlite")), cap).unwrap()
     })
     .await;
-    // Everything the contract left in the first journal reads back after a reopen.
-    let before = FileStore::open(dir.path().join("j0"), 100).unwrap();
+    // Everything the contract left in the first store reads back after a reopen.
+    let path = dir.path().join("s0.sqlite");
+    let before = SqliteStore::open_existing(&path).unwrap();
     let b = before.list(ListQuery::newest(1000)).await.unwrap();
     let st = before.stats().await.unwrap();
     drop(before);
-    let after = FileStore::open(dir.path().join("j0"), 100).unwrap();
+    let after = SqliteStore::open_existing(&path).unwrap();
     assert_eq!(after.list(ListQuery::newest(1000)).await.unwrap(), b);
     assert_eq!(after.stats().await.unwrap(), st);
-    assert_eq!(after.recovery().dropped_bytes, 0);
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sqlite_handles_on_one_file_see_each_others_changes_at_once() {
+    use rampart_dlq::SqliteStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.sqlite");
+    // Two handles, two write connections: what two processes on one file have.
+    let app = SqliteStore::open(&path, 100).unwrap();
+    let cli = SqliteStore::open_existing(&path).unwrap();
+
+    let a = record(1);
+    app.push(a.clone()).await.unwrap();
+    assert_eq!(cli.get(a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(cli.push(a.clone()).await.unwrap(), Pushed::Duplicate);
+    assert!(cli.delete(a.id).await.unwrap());
+    assert_eq!(app.get(a.id).await.unwrap(), None, "a CLI delete is seen");
+    assert_eq!(
+        app.push(a.clone()).await.unwrap(),
+        Pushed::Stored,
+        "nothing resurrects it either"
+    );
+    assert!(app.delete(a.id).await.unwrap());
+
+    let b = record(2);
+    cli.push(b.clone()).await.unwrap();
+    let mut b2 = b.clone();
+    b2.redrive_count = 3;
+    assert!(app.replace(b2.clone()).await.unwrap());
+    assert_eq!(cli.get(b.id).await.unwrap(), Some(b2));
+    assert!(cli.requeue(b.id).await.unwrap().is_some());
+    assert_eq!(
+        app.stats().await.unwrap().requeued,
+        1,
+        "a CLI requeue is seen"
+    );
+    assert_eq!(
+        app.push(b.clone()).await.unwrap(),
+        Pushed::Duplicate,
+        "a requeued record is not stored twice"
+    );
+    let taken = app.take_requeued(10).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert!(cli.take_requeued(10).await.unwrap().is_empty());
+
+    let now = SystemTime::now();
+    app.push(old_record(now, 40, 1)).await.unwrap();
+    app.push(record(3)).await.unwrap();
+    assert_eq!(
+        cli.purge_older_than(Duration::from_secs(30 * 86_400))
+            .await
+            .unwrap(),
+        1
+    );
+    let page = app.list(ListQuery::newest(10)).await.unwrap();
+    assert_eq!(page.records.len(), 1, "a CLI purge is seen");
+    assert_eq!(app.stats().await.unwrap(), cli.stats().await.unwrap());
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_and_evictions_hold_across_two_sqlite_handles() {
+    use rampart_dlq::SqliteStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("capped.sqlite");
+    let a = SqliteStore::open(&path, 5).unwrap();
+    let b = SqliteStore::open_existing(&path).unwrap();
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        let r = record(n);
+        ids.push(r.id);
+        let via = if n % 2 == 0 { &a } else { &b };
+        via.push(r).await.unwrap();
+    }
+    for s in [&a, &b] {
+        let st = s.stats().await.unwrap();
+        assert_eq!((st.records, st.evictions, st.max_size), (5, 3, 5));
+    }
+    let left: HashSet<_> = b
+        .list(ListQuery::newest(10))
+        .await
+        .unwrap()
+        .records
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(
+        left,
+        ids[3..].iter().copied().collect(),
+        "oldest evicted first"
+    );
+    // A later `open` with a smaller cap applies to every handle at once.
+    let c = SqliteStore::open(&path, 2).unwrap();
+    let st = a.stats().await.unwrap();
+    assert_eq!((st.records, st.evictions, st.max_size), (2, 6, 2));
+    drop(c);
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sqlite_handles_never_take_the_same_requeued_record() {
+    use rampart_dlq::SqliteStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.sqlite");
+    let a = SqliteStore::open(&path, 10_000).unwrap();
+    let b = SqliteStore::open_existing(&path).unwrap();
+    let mut ids = HashSet::new();
+    for n in 0..400 {
+        let r = record(n);
+        ids.insert(r.id);
+        a.push(r.clone()).await.unwrap();
+        a.requeue(r.id).await.unwrap().unwrap();
+    }
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let s = if t % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = s.take_requeued(7).await.unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(batch.into_iter().map(|r| r.id));
+            }
+        }));
+    }
+    let mut taken = Vec::new();
+    for t in tasks {
+        taken.extend(t.await.unwrap());
+    }
+    assert_eq!(taken.len(), 400, "each record taken exactly once");
+    assert_eq!(taken.into_iter().collect::<HashSet<_>>(), ids);
 }
 
 #[cfg(feature = "redis")]

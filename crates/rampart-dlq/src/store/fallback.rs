@@ -1,4 +1,4 @@
-//! A primary store backed by a local journal: nothing is lost while the primary is down.
+//! A primary store backed by a local store: nothing is lost while the primary is down.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -9,8 +9,8 @@ use tokio::sync::Notify;
 use super::{DeadLetterStore, ListQuery, Page, Pushed, StoreError, StoreStats};
 use crate::record::{DeadLetterRecord, RecordId};
 
-/// Writes to `primary`; when the primary fails, writes to `journal` (typically a
-/// [`FileStore`](super::file::FileStore)) and drains the journal into the primary in the
+/// Writes to `primary`; when the primary fails, writes to `journal` (typically a local
+/// `SqliteStore`, feature `sqlite`) and drains the journal into the primary in the
 /// background once it answers again. Ids are stable and pushes idempotent, so a record
 /// drained twice (say the primary stored it but the answer was lost) is still stored once.
 ///
@@ -20,15 +20,20 @@ use crate::record::{DeadLetterRecord, RecordId};
 /// # Example
 ///
 /// ```
-/// use rampart_dlq::{DeadLetterReason, DeadLetterRecord, DeadLetterStore, Fallback, FileStore, MemoryStore, Pushed};
+/// # #[cfg(feature = "sqlite")] mod m {
+/// use rampart_dlq::{DeadLetterReason, DeadLetterRecord, DeadLetterStore, Fallback, MemoryStore, Pushed, SqliteStore};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let dir = tempfile::tempdir()?;
-/// let store = Fallback::new(MemoryStore::default(), FileStore::open(dir.path().join("j"), 10_000)?);
+/// let local = SqliteStore::open(dir.path().join("fallback.sqlite"), 10_000)?;
+/// let store = Fallback::new(MemoryStore::default(), local);
 /// let pushed = store.push(DeadLetterRecord::new("db", DeadLetterReason::Permanent)).await?;
 /// assert_eq!(pushed, Pushed::Stored); // the primary answered
 /// # Ok(()) }
+/// # }
+/// # #[cfg(feature = "sqlite")] fn main() { m::main().unwrap() }
+/// # #[cfg(not(feature = "sqlite"))] fn main() {}
 /// ```
 #[derive(Debug)]
 pub struct Fallback<P, J> {

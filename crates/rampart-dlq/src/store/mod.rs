@@ -6,11 +6,13 @@ use std::time::Duration;
 use crate::record::{DeadLetterReason, DeadLetterRecord, RecordId};
 
 pub mod fallback;
-pub mod file;
 pub mod memory;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub mod sqlite;
 
 /// The reference design's `DLQ_MAX_SIZE`.
 pub const DEFAULT_MAX_SIZE: usize = 1_000;
@@ -21,10 +23,10 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// Reading or writing the file failed.
-    #[error("dead-letter file store {path}: {op} failed")]
+    /// A file-system operation on the store's path failed.
+    #[error("dead-letter store {path}: {op} failed")]
     Io {
-        /// The journal's path.
+        /// The store's path.
         path: String,
         /// What was being done.
         op: &'static str,
@@ -32,13 +34,26 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    /// The journal is not a rampart journal, or is of an unknown version.
-    #[error("dead-letter journal {path} is not readable: {reason}")]
+    /// The store (or one record in it) is not readable: not a regular file, not a rampart
+    /// store, a schema version this build does not know, or a record that does not parse.
+    #[error("dead-letter store {path} is not readable: {reason}")]
     Format {
-        /// The journal's path.
+        /// The store's path (and the record's key, for one record).
         path: String,
         /// What is wrong.
         reason: String,
+    },
+    /// SQLite failed.
+    #[cfg(feature = "sqlite")]
+    #[error("dead-letter sqlite store {path}: {op} failed")]
+    Sqlite {
+        /// The database file's path.
+        path: String,
+        /// What was being done.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
     },
     /// Redis failed.
     #[cfg(feature = "redis")]
@@ -194,7 +209,7 @@ pub struct StoreStats {
 /// counting evictions; `requeue` moves a record to the store's retry queue by its stable id
 /// (never by list position, which races with concurrent writers).
 pub trait DeadLetterStore: Send + Sync + 'static {
-    /// A short name for metrics and messages: `memory`, `file`, `redis`, `fallback`.
+    /// A short name for metrics and messages: `memory`, `sqlite`, `redis`, `fallback`.
     fn kind(&self) -> &'static str;
 
     /// Stores `record`, unless a record with its id is already stored.

@@ -95,13 +95,16 @@ return #old
 /// # Example
 ///
 /// ```no_run
-/// use rampart_dlq::{Fallback, FileStore, RedisStore};
+/// # #[cfg(feature = "sqlite")] mod m {
+/// use rampart_dlq::{Fallback, RedisStore, SqliteStore};
 ///
 /// # async fn f() -> Result<(), rampart_dlq::StoreError> {
 /// let redis = RedisStore::connect("redis://127.0.0.1:6379/0", "dead_letter_queue", 1_000).await?;
-/// // Never lose a record while Redis is down: journal locally, drain later.
-/// let store = Fallback::new(redis, FileStore::open("/var/lib/app/dlq.journal", 100_000)?);
+/// // Never lose a record while Redis is down: keep it in a local SQLite file, drain later
+/// // (needs the `sqlite` feature).
+/// let store = Fallback::new(redis, SqliteStore::open("/var/lib/app/dlq-fallback.sqlite", 100_000)?);
 /// # Ok(()) }
+/// # }
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {

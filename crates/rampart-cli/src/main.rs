@@ -30,7 +30,13 @@ use tower::{Layer, ServiceExt};
 #[command(name = "rampart", version, about, propagate_version = true)]
 struct Cli {
     /// The dead-letter store: sqlite:PATH (or a bare path) or redis://HOST:PORT/DB (optionally #PREFIX).
-    #[arg(long, global = true, env = "RAMPART_DLQ_STORE", default_value = DEFAULT_STORE)]
+    #[arg(
+        long,
+        global = true,
+        env = "RAMPART_DLQ_STORE",
+        hide_env_values = true,
+        default_value = DEFAULT_STORE
+    )]
     store: String,
     #[command(subcommand)]
     command: Command,
@@ -638,6 +644,7 @@ async fn redrive(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let spec = cli.store.clone();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -652,7 +659,7 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(msg, code)) => {
-            eprintln!("rampart: error: {msg}");
+            eprintln!("rampart: error: {}", store::scrub(&msg, &spec));
             ExitCode::from(code)
         }
     }

@@ -24,17 +24,18 @@ pub(crate) async fn open(spec: &str, create: bool) -> Result<(AnyStore, String),
         let (url, prefix) = spec
             .split_once('#')
             .unwrap_or((spec, rampart_dlq::store::redis::DEFAULT_PREFIX));
+        let shown = mask_url(url);
         let store = RedisStore::connect(url, prefix, 1_000_000)
             .await
-            .map_err(|e| format!("cannot reach Redis at {url}: {}", chain(&e)))?;
+            .map_err(|e| format!("cannot reach Redis at {shown}: {}", chain(&e)))?;
         // The connection manager connects lazily on some errors; prove it answers.
         store
             .stats()
             .await
-            .map_err(|e| format!("cannot reach Redis at {url}: {}", chain(&e)))?;
+            .map_err(|e| format!("cannot reach Redis at {shown}: {}", chain(&e)))?;
         return Ok((
             AnyStore::Redis(store),
-            format!("redis store {url} (prefix {prefix})"),
+            format!("redis store {shown} (prefix {prefix})"),
         ));
     }
     if spec.starts_with("file:") {
@@ -61,6 +62,72 @@ pub(crate) async fn open(spec: &str, create: bool) -> Result<(AnyStore, String),
         AnyStore::Sqlite(store),
         format!("sqlite store {}", path.display()),
     ))
+}
+
+/// The password of a URL's userinfo (`redis://user:PASSWORD@host`), if it has one.
+///
+/// The userinfo ends at the last `@` before the path, so a password holding `/`, `?`, `#`
+/// or `@` (unencoded, as people type them) is still found whole.
+fn password(spec: &str) -> Option<(usize, usize)> {
+    let (scheme, rest) = spec.split_once("://")?;
+    let at = rest.rfind('@')?;
+    let colon = rest.get(..at)?.find(':')?;
+    let start = scheme.len() + 3 + colon + 1;
+    let end = scheme.len() + 3 + at;
+    (start < end).then_some((start, end))
+}
+
+/// `spec` as it may be shown: a URL's password replaced by `***` (`redis://:***@host:6379`).
+///
+/// Store URLs reach labels, tables and error messages; none of them may carry a password.
+pub(crate) fn mask_url(spec: &str) -> String {
+    match password(spec) {
+        Some((start, end)) => format!(
+            "{}***{}",
+            spec.get(..start).unwrap_or_default(),
+            spec.get(end..).unwrap_or_default()
+        ),
+        None => spec.to_owned(),
+    }
+}
+
+/// `text` with the store URL's password removed wherever it appears (as typed and
+/// percent-decoded), for messages that quote the URL or parts of it (driver errors do).
+pub(crate) fn scrub(text: &str, spec: &str) -> String {
+    let Some(secret) = password(spec).and_then(|(s, e)| spec.get(s..e)) else {
+        return text.to_owned();
+    };
+    let mut out = text.to_owned();
+    for form in [secret.to_owned(), percent_decode(secret)] {
+        if !form.is_empty() {
+            out = out.replace(&form, "***");
+        }
+    }
+    out
+}
+
+/// `%XX` sequences decoded (invalid ones kept as they are).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// An error with its causes, on one line.
@@ -117,5 +184,40 @@ impl DeadLetterStore for AnyStore {
     }
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         both!(self, s => s.stats().await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{mask_url, scrub};
+
+    #[test]
+    fn passwords_never_shown() {
+        for (spec, shown) in [
+            (
+                "redis://:hunter2@127.0.0.1:6379/0",
+                "redis://:***@127.0.0.1:6379/0",
+            ),
+            ("redis://app:hunter2@h:1/0#dlq", "redis://app:***@h:1/0#dlq"),
+            ("rediss://u:p/a#s?s@h:1", "rediss://u:***@h:1"),
+            (
+                "postgres://pg:s3cr%40t@db/test",
+                "postgres://pg:***@db/test",
+            ),
+            ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+            ("redis://user@h/0", "redis://user@h/0"),
+            ("sqlite:target/x.sqlite", "sqlite:target/x.sqlite"),
+        ] {
+            assert_eq!(mask_url(spec), shown);
+        }
+        let msg = "connect to redis://:hunter2@h failed: auth hunter2 refused";
+        assert_eq!(
+            scrub(msg, "redis://:hunter2@h"),
+            "connect to redis://:***@h failed: auth *** refused"
+        );
+        assert_eq!(
+            scrub("bad s3cr@t", "postgres://pg:s3cr%40t@db/test"),
+            "bad ***"
+        );
     }
 }

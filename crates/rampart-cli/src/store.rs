@@ -21,9 +21,14 @@ pub(crate) enum AnyStore {
 /// Opens `spec`: `sqlite:PATH`, a bare path, or `redis://HOST:PORT/DB[#prefix]`.
 pub(crate) async fn open(spec: &str, create: bool) -> Result<(AnyStore, String), String> {
     if spec.starts_with("redis://") || spec.starts_with("rediss://") {
-        let (url, prefix) = spec
-            .split_once('#')
-            .unwrap_or((spec, rampart_dlq::store::redis::DEFAULT_PREFIX));
+        // `#PREFIX` follows the host: a `#` inside the password is not a prefix.
+        let (url, prefix) = match (spec.rfind('#'), spec.rfind('@')) {
+            (Some(hash), at) if at.is_none_or(|at| hash > at) => (
+                spec.get(..hash).unwrap_or(spec),
+                spec.get(hash + 1..).unwrap_or_default(),
+            ),
+            _ => (spec, rampart_dlq::store::redis::DEFAULT_PREFIX),
+        };
         let shown = mask_url(url);
         let store = RedisStore::connect(url, prefix, 1_000_000)
             .await

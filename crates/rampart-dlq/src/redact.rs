@@ -36,7 +36,7 @@
 //! [`Redactor::pattern`] extend these.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use regex::bytes::Regex;
 
@@ -190,7 +190,7 @@ impl Patterns {
 
 /// What to redact: the default names and patterns, plus any you add.
 ///
-/// Cloning is cheap (the compiled patterns are shared).
+/// Creating one is cheap: its patterns are compiled on first use, and shared by its clones.
 ///
 /// # Example
 ///
@@ -211,7 +211,9 @@ impl Patterns {
 #[derive(Debug, Clone)]
 pub struct Redactor {
     names: Vec<Vec<String>>,
-    patterns: Option<Arc<Patterns>>,
+    /// Compiled on first use (a redactor that never redacts costs no compilation), shared
+    /// by clones.
+    patterns: Arc<OnceLock<Option<Patterns>>>,
     extra: Vec<Regex>,
     truncate: usize,
 }
@@ -220,9 +222,7 @@ impl Default for Redactor {
     fn default() -> Self {
         Redactor {
             names: Vec::new(),
-            // The built-in patterns are literals covered by tests; should one ever fail to
-            // compile, the redactor redacts everything rather than nothing.
-            patterns: Patterns::new().ok().map(Arc::new),
+            patterns: Arc::default(),
             extra: Vec::new(),
             truncate: DEFAULT_TRUNCATE,
         }
@@ -295,6 +295,12 @@ impl Redactor {
         self.is_secret_bytes(name.as_bytes())
     }
 
+    /// The built-in patterns. They are literals covered by tests; should one ever fail to
+    /// compile, this is `None` and the redactor redacts everything rather than nothing.
+    fn patterns(&self) -> Option<&Patterns> {
+        self.patterns.get_or_init(|| Patterns::new().ok()).as_ref()
+    }
+
     fn is_secret_bytes(&self, name: &[u8]) -> bool {
         let norm = normalise(name);
         let w = words(&norm);
@@ -362,7 +368,7 @@ impl Redactor {
     /// redacted. Names and patterns are matched on the bytes, so a body that is not UTF-8
     /// is redacted like text.
     pub fn bytes<'a>(&self, b: &'a [u8]) -> Cow<'a, [u8]> {
-        let Some(p) = self.patterns.as_deref() else {
+        let Some(p) = self.patterns() else {
             return if b.is_empty() {
                 Cow::Borrowed(b)
             } else {
@@ -450,7 +456,7 @@ impl Redactor {
     /// Redacts the value of every `name<sep>value` pair whose name is secret or whose value
     /// is a high-entropy token. `None` if nothing was redacted.
     fn pairs(&self, hay: &[u8]) -> Option<Vec<u8>> {
-        let re = &self.patterns.as_deref()?.pair;
+        let re = &self.patterns()?.pair;
         let mut out: Option<Vec<u8>> = None;
         let mut last = 0;
         let mut pos = 0;

@@ -161,7 +161,7 @@ impl<Req: Serialize> Extract<Req> for JsonExtractor {
         let size = json_len(&payload).unwrap_or(usize::MAX);
         let truncated = size > self.max_bytes;
         if truncated {
-            let _ = shrink_json(&mut payload, self.max_bytes);
+            let _ = shrink_json(&mut payload, self.max_bytes, Some(size));
         }
         let mut summary = String::new();
         if let serde_json::Value::String(s) = &payload {

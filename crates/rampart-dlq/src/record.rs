@@ -341,8 +341,15 @@ fn largest_string(v: &mut serde_json::Value) -> Option<&mut String> {
 
 /// Shrinks `v` until its JSON is at most `target` bytes: cuts its largest strings, and
 /// replaces it with a short note if that is not enough. Returns the final size.
-pub(crate) fn shrink_json(v: &mut serde_json::Value, target: usize) -> Result<usize, serde_json::Error> {
-    let mut size = json_len(v)?;
+pub(crate) fn shrink_json(
+    v: &mut serde_json::Value,
+    target: usize,
+    known_len: Option<usize>,
+) -> Result<usize, serde_json::Error> {
+    let mut size = match known_len {
+        Some(n) => n,
+        None => json_len(v)?,
+    };
     let mut rounds = 0;
     while size > target && rounds < 64 {
         rounds += 1;
@@ -421,29 +428,29 @@ impl DeadLetterRecord {
     pub fn fit(&mut self, max_bytes: usize) -> Result<Vec<u8>, serde_json::Error> {
         use serde_json::Value;
         let cap = max_bytes.max(MIN_RECORD_BYTES);
-        let size = json_len(self)?;
-        if size <= cap {
-            return self.to_json();
+        let json = self.to_json()?;
+        if json.len() <= cap {
+            return Ok(json);
         }
-        let size64 = u64::try_from(size).unwrap_or(u64::MAX);
+        let size64 = u64::try_from(json.len()).unwrap_or(u64::MAX);
         self.truncated = true;
         self.original_size = Some(self.original_size.map_or(size64, |o| o.max(size64)));
-        let mut size = json_len(self)?;
-        if size > cap {
-            if let Some(obj) = self.request.payload.as_object_mut() {
-                let base64 = obj.get("body_encoding").and_then(Value::as_str) == Some("base64");
-                if let Some(Value::String(body)) = obj.get_mut("body") {
-                    let keep = body.len().saturating_sub((size - cap).saturating_add(64));
-                    cut_string(body, keep, base64);
-                    obj.insert("body_truncated".to_owned(), Value::Bool(true));
-                }
+        // What the two fields just set can add: `true` for `false`, and the size.
+        let mut size = json.len().saturating_add(48);
+        drop(json);
+        if let Some(obj) = self.request.payload.as_object_mut() {
+            let base64 = obj.get("body_encoding").and_then(Value::as_str) == Some("base64");
+            if let Some(Value::String(body)) = obj.get_mut("body") {
+                let keep = body.len().saturating_sub((size - cap).saturating_add(64));
+                cut_string(body, keep, base64);
+                obj.insert("body_truncated".to_owned(), Value::Bool(true));
             }
-            size = json_len(self)?;
         }
+        size = json_len(self)?;
         if size > cap {
-            let rest = size - json_len(&self.request.payload)?;
-            let target = cap.saturating_sub(rest);
-            shrink_json(&mut self.request.payload, target)?;
+            let payload = json_len(&self.request.payload)?;
+            let target = cap.saturating_sub(size.saturating_sub(payload));
+            shrink_json(&mut self.request.payload, target, Some(payload))?;
             size = json_len(self)?;
         }
         for field in 0..4 {

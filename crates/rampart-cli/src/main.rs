@@ -722,3 +722,97 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod request_of_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use rampart_dlq::{DeadLetterReason, Extract, HttpExtractor};
+
+    fn record_of(req: http::Request<Bytes>, x: &HttpExtractor) -> DeadLetterRecord {
+        let whole = x.extract_whole(&req);
+        let mut r = DeadLetterRecord::new("api", DeadLetterReason::RetriesExhausted)
+            .request(whole.part);
+        r.truncated = whole.truncated;
+        r.request_redacted = whole.redacted;
+        r
+    }
+
+    fn target() -> http::Uri {
+        "http://127.0.0.1:9000".parse().unwrap()
+    }
+
+    #[test]
+    fn binary_and_text_bodies_replay_byte_exact() {
+        let x = HttpExtractor::default()
+            .keep_header("content-type")
+            .keep_header("authorization");
+        let binary: Vec<u8> = (0..=255u8).rev().collect();
+        for body in [binary, "héllo wörld".as_bytes().to_vec(), Vec::new()] {
+            let req = http::Request::put("http://gone.invalid/v1/blob?part=2")
+                .header("content-type", "application/octet-stream")
+                .header("authorization", "Bearer abcdefgh123")
+                .body(Bytes::from(body.clone()))
+                .unwrap();
+            let out = request_of(&record_of(req, &x), &target()).unwrap();
+            assert_eq!(out.method(), http::Method::PUT);
+            assert_eq!(out.uri(), "http://127.0.0.1:9000/v1/blob?part=2");
+            assert_eq!(out.body().as_ref(), body.as_slice(), "byte-exact");
+            assert_eq!(out.headers()["content-type"], "application/octet-stream");
+            assert!(
+                out.headers().get("authorization").is_none(),
+                "a redacted header is left out"
+            );
+        }
+    }
+
+    #[test]
+    fn records_not_kept_whole_are_refused_with_the_reason() {
+        let x = HttpExtractor::default().body_limit(16);
+        let cut = http::Request::post("http://h/v1")
+            .body(Bytes::from(vec![b'a'; 64]))
+            .unwrap();
+        let why = request_of(&record_of(cut, &x), &target()).unwrap_err();
+        assert!(why.contains("truncated (originally 64 bytes)"), "{why}");
+
+        let x = HttpExtractor::default();
+        let secret_uri = http::Request::get("http://h/v1?api_key=abcdefgh123")
+            .body(Bytes::new())
+            .unwrap();
+        let why = request_of(&record_of(secret_uri, &x), &target()).unwrap_err();
+        assert!(why.contains("redaction (uri)"), "{why}");
+
+        let secret_body = http::Request::post("http://h/v1")
+            .body(Bytes::from_static(b"user=bob&password=hunter22"))
+            .unwrap();
+        let why = request_of(&record_of(secret_body, &x), &target()).unwrap_err();
+        assert!(why.contains("redaction (body)"), "{why}");
+
+        // A record from before the flags existed: its payload alone says it was cut.
+        let mut old = DeadLetterRecord::new("api", DeadLetterReason::Permanent);
+        old.request.payload = serde_json::json!({
+            "method": "POST", "uri": "http://h/v1", "headers": {},
+            "body": "aaaa", "body_truncated": true,
+        });
+        assert!(request_of(&old, &target()).unwrap_err().contains("truncated"));
+
+        let not_http = DeadLetterRecord::new("db", DeadLetterReason::Permanent);
+        assert!(request_of(&not_http, &target())
+            .unwrap_err()
+            .contains("not an HTTP request"));
+    }
+
+    #[test]
+    fn old_hex_bodies_still_replay() {
+        let mut old = DeadLetterRecord::new("api", DeadLetterReason::Permanent);
+        old.request.payload = serde_json::json!({
+            "method": "POST", "uri": "http://h/v1", "headers": {},
+            "body": { "hex": "ff00fe" }, "body_truncated": false,
+        });
+        let out = request_of(&old, &target()).unwrap();
+        assert_eq!(out.body().as_ref(), [0xff, 0x00, 0xfe]);
+        old.request.payload["body"] = serde_json::json!({ "hex": "f" });
+        assert!(request_of(&old, &target()).is_err());
+    }
+}

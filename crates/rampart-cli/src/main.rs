@@ -564,7 +564,10 @@ fn request_of(r: &DeadLetterRecord, target: &http::Uri) -> Result<http::Request<
             .map_err(|e| format!("its path does not parse: {e}"))?,
     );
     let uri = http::Uri::from_parts(parts).map_err(|e| format!("cannot re-aim its uri: {e}"))?;
-    let body = match (p.get("body"), p.get("body_encoding").and_then(|e| e.as_str())) {
+    let body = match (
+        p.get("body"),
+        p.get("body_encoding").and_then(|e| e.as_str()),
+    ) {
         (None | Some(serde_json::Value::Null), _) => Bytes::new(),
         (Some(serde_json::Value::String(s)), None | Some("utf8")) => Bytes::from(s.clone()),
         (Some(serde_json::Value::String(s)), Some("base64")) => {
@@ -594,7 +597,10 @@ fn request_of(r: &DeadLetterRecord, target: &http::Uri) -> Result<http::Request<
                 _ => Vec::new(),
             };
             // A redacted header is left out; the target's own credentials apply.
-            for v in values.into_iter().filter(|v| *v != rampart_dlq::redact::REDACTED) {
+            for v in values
+                .into_iter()
+                .filter(|v| *v != rampart_dlq::redact::REDACTED)
+            {
                 req = req.header(k, v);
             }
         }
@@ -732,8 +738,8 @@ mod request_of_tests {
 
     fn record_of(req: http::Request<Bytes>, x: &HttpExtractor) -> DeadLetterRecord {
         let whole = x.extract_whole(&req);
-        let mut r = DeadLetterRecord::new("api", DeadLetterReason::RetriesExhausted)
-            .request(whole.part);
+        let mut r =
+            DeadLetterRecord::new("api", DeadLetterReason::RetriesExhausted).request(whole.part);
         r.truncated = whole.truncated;
         r.request_redacted = whole.redacted;
         r
@@ -795,7 +801,9 @@ mod request_of_tests {
             "method": "POST", "uri": "http://h/v1", "headers": {},
             "body": "aaaa", "body_truncated": true,
         });
-        assert!(request_of(&old, &target()).unwrap_err().contains("truncated"));
+        assert!(request_of(&old, &target())
+            .unwrap_err()
+            .contains("truncated"));
 
         let not_http = DeadLetterRecord::new("db", DeadLetterReason::Permanent);
         assert!(request_of(&not_http, &target())

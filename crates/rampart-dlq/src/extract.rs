@@ -454,8 +454,7 @@ mod http_impl {
                         if self.redactor.is_secret_header(name) {
                             crate::redact::REDACTED.to_owned()
                         } else {
-                            String::from_utf8_lossy(&self.redactor.bytes(v.as_bytes()))
-                                .into_owned()
+                            String::from_utf8_lossy(&self.redactor.bytes(v.as_bytes())).into_owned()
                         }
                     })
                     .collect();

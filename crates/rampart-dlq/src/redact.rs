@@ -527,7 +527,15 @@ fn value_span(hay: &[u8], i: usize, line: bool) -> (usize, usize, usize) {
                         b.is_ascii_whitespace()
                             || matches!(
                                 b,
-                                b'&' | b';' | b',' | b'"' | b'\'' | b'<' | b'>' | b')' | b']' | b'}'
+                                b'&' | b';'
+                                    | b','
+                                    | b'"'
+                                    | b'\''
+                                    | b'<'
+                                    | b'>'
+                                    | b')'
+                                    | b']'
+                                    | b'}'
                             )
                     }
                 })
@@ -539,10 +547,14 @@ fn value_span(hay: &[u8], i: usize, line: bool) -> (usize, usize, usize) {
 
 /// A long token of URL-safe/base64 characters mixing upper case, lower case and digits.
 fn high_entropy(v: &[u8]) -> bool {
-    let v = v.strip_suffix(b"==").or_else(|| v.strip_suffix(b"=")).unwrap_or(v);
+    let v = v
+        .strip_suffix(b"==")
+        .or_else(|| v.strip_suffix(b"="))
+        .unwrap_or(v);
     (24..=512).contains(&v.len())
-        && v.iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'_' | b'-' | b'.' | b'~'))
+        && v.iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'_' | b'-' | b'.' | b'~')
+        })
         && v.iter().any(u8::is_ascii_uppercase)
         && v.iter().any(u8::is_ascii_lowercase)
         && v.iter().any(u8::is_ascii_digit)

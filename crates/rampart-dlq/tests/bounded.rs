@@ -13,8 +13,8 @@ use proptest::prelude::*;
 use rampart_core::classify::IoErrors;
 use rampart_dlq::store::encode_capped;
 use rampart_dlq::{
-    redrive, DeadLetterLayer, DeadLetterReason, DeadLetterRecord, DeadLetterStore,
-    JsonExtractor, ListQuery, MemoryStore, NotKeptWhole, Pushed, RequestPart, SkipReason,
+    redrive, DeadLetterLayer, DeadLetterReason, DeadLetterRecord, DeadLetterStore, JsonExtractor,
+    ListQuery, MemoryStore, NotKeptWhole, Pushed, RequestPart, SkipReason,
     DEFAULT_MAX_RECORD_BYTES, MIN_RECORD_BYTES,
 };
 use serde_json::{json, Value};
@@ -58,7 +58,10 @@ async fn a_5_mib_payload_through_the_layer_is_stored_cut_and_readable() {
     assert_eq!(page.records.len(), 1);
     let r = &page.records[0];
     assert_cut(r, FIVE_MIB);
-    assert_eq!(r.request.payload["voice"], "Kore", "the small fields are kept");
+    assert_eq!(
+        r.request.payload["voice"], "Kore",
+        "the small fields are kept"
+    );
     assert!(r.error.ends_with("too big"), "{}", r.error);
 }
 
@@ -69,7 +72,10 @@ async fn a_record_over_the_cap_pushed_straight_to_the_memory_store_is_kept_cut()
     assert_eq!(store.push(r.clone()).await.unwrap(), Pushed::Stored);
     let back = store.get(r.id).await.unwrap().expect("never lost");
     assert_cut(&back, FIVE_MIB);
-    assert_eq!(back.error, r.error, "the error fits once the payload is cut");
+    assert_eq!(
+        back.error, r.error,
+        "the error fits once the payload is cut"
+    );
     // A smaller cap, configured.
     let small = MemoryStore::default().max_record_bytes(64 * 1024);
     small.push(r.clone()).await.unwrap();
@@ -132,7 +138,11 @@ async fn a_record_over_the_cap_pushed_to_redis_is_kept_cut() {
         .query_async(&mut con)
         .await
         .unwrap();
-    let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut con).await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut con)
+        .await
+        .unwrap();
 }
 
 #[test]
@@ -179,33 +189,30 @@ proptest! {
 #[tokio::test]
 async fn redrive_skips_records_not_kept_whole_and_says_why() {
     let store = MemoryStore::default();
-    let whole = DeadLetterRecord::new("orders", DeadLetterReason::RetriesExhausted).request(
-        RequestPart {
+    let whole =
+        DeadLetterRecord::new("orders", DeadLetterReason::RetriesExhausted).request(RequestPart {
             summary: "order 1".into(),
             payload: json!(1),
-        },
-    );
-    let mut cut = DeadLetterRecord::new("orders", DeadLetterReason::RetriesExhausted).request(
-        RequestPart {
+        });
+    let mut cut =
+        DeadLetterRecord::new("orders", DeadLetterReason::RetriesExhausted).request(RequestPart {
             summary: "order 2".into(),
             payload: json!(2),
-        },
-    );
+        });
     cut.truncated = true;
     cut.original_size = Some(9_000_000);
-    let mut redacted = DeadLetterRecord::new("orders", DeadLetterReason::RetriesExhausted)
-        .request(RequestPart {
+    let mut redacted =
+        DeadLetterRecord::new("orders", DeadLetterReason::RetriesExhausted).request(RequestPart {
             summary: "order 3".into(),
             payload: json!(3),
         });
     redacted.request_redacted = true;
     // An HTTP record from before `truncated` existed: only its payload says it was cut.
-    let old_cut = DeadLetterRecord::new("orders", DeadLetterReason::RetriesExhausted).request(
-        RequestPart {
+    let old_cut =
+        DeadLetterRecord::new("orders", DeadLetterReason::RetriesExhausted).request(RequestPart {
             summary: "order 4".into(),
             payload: json!({ "n": 4, "body_truncated": true, "body_size": 70_000 }),
-        },
-    );
+        });
     let body_redacted = DeadLetterRecord::new("orders", DeadLetterReason::RetriesExhausted)
         .request(RequestPart {
             summary: "order 5".into(),
@@ -235,8 +242,15 @@ async fn redrive_skips_records_not_kept_whole_and_says_why() {
     )
     .await
     .unwrap();
-    assert_eq!(*sent.lock().unwrap(), vec![1], "only the whole request is replayed");
-    assert_eq!((report.redriven, report.failed_again, report.skipped), (1, 0, 4));
+    assert_eq!(
+        *sent.lock().unwrap(),
+        vec![1],
+        "only the whole request is replayed"
+    );
+    assert_eq!(
+        (report.redriven, report.failed_again, report.skipped),
+        (1, 0, 4)
+    );
     let why: Vec<String> = report.skips.iter().map(|s| s.reason.to_string()).collect();
     assert_eq!(
         why,
@@ -251,7 +265,11 @@ async fn redrive_skips_records_not_kept_whole_and_says_why() {
         .skips
         .iter()
         .all(|s| matches!(s.reason, SkipReason::NotKeptWhole(_))));
-    assert_eq!(store.stats().await.unwrap().records, 4, "skipped records stay");
+    assert_eq!(
+        store.stats().await.unwrap().records,
+        4,
+        "skipped records stay"
+    );
 }
 
 #[cfg(feature = "http")]
@@ -263,19 +281,15 @@ fn http_records_say_whether_they_were_kept_whole() {
         DeadLetterRecord::new("api", DeadLetterReason::Permanent).request(x.extract(&req))
     };
     // A secret header alone: the rest replays (the target's own credentials apply).
-    let r = rec(
-        http::Request::post("http://h/v1")
-            .header("authorization", "Bearer abcdefgh123")
-            .body(bytes::Bytes::from_static(b"{\"n\":1}"))
-            .unwrap(),
-    );
+    let r = rec(http::Request::post("http://h/v1")
+        .header("authorization", "Bearer abcdefgh123")
+        .body(bytes::Bytes::from_static(b"{\"n\":1}"))
+        .unwrap());
     assert!(r.kept_whole().is_ok());
     // A secret in the URI or the body: not the request that was made.
-    let r = rec(
-        http::Request::get("http://h/v1?api_key=abcdefgh123")
-            .body(bytes::Bytes::new())
-            .unwrap(),
-    );
+    let r = rec(http::Request::get("http://h/v1?api_key=abcdefgh123")
+        .body(bytes::Bytes::new())
+        .unwrap());
     assert_eq!(r.request.payload["uri_redacted"], true);
     assert!(r.kept_whole().is_err());
 }

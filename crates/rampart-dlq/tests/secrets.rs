@@ -65,78 +65,312 @@ fn cases() -> Vec<Case> {
     };
     use Carrier::*;
     // Headers, every casing.
-    add("Authorization: Bearer", vec![s(1)], Header("Authorization", format!("Bearer {}", s(1))));
-    add("authorization: bearer (lower)", vec![s(2)], Header("authorization", format!("bearer {}", s(2))));
-    add("AUTHORIZATION: Basic", vec![s(3)], Header("AUTHORIZATION", format!("Basic {}", b64(&format!("alice:{}", s(3))))));
-    add("Proxy-Authorization: Basic", vec![s(4)], Header("Proxy-Authorization", format!("Basic {}", b64(&format!("bob:{}", s(4))))));
-    add("Cookie", vec![s(5)], Header("Cookie", format!("theme=dark; session={}; lang=en", s(5))));
-    add("Set-Cookie", vec![s(6)], Header("Set-Cookie", format!("sid={}; HttpOnly", s(6))));
+    add(
+        "Authorization: Bearer",
+        vec![s(1)],
+        Header("Authorization", format!("Bearer {}", s(1))),
+    );
+    add(
+        "authorization: bearer (lower)",
+        vec![s(2)],
+        Header("authorization", format!("bearer {}", s(2))),
+    );
+    add(
+        "AUTHORIZATION: Basic",
+        vec![s(3)],
+        Header(
+            "AUTHORIZATION",
+            format!("Basic {}", b64(&format!("alice:{}", s(3)))),
+        ),
+    );
+    add(
+        "Proxy-Authorization: Basic",
+        vec![s(4)],
+        Header(
+            "Proxy-Authorization",
+            format!("Basic {}", b64(&format!("bob:{}", s(4)))),
+        ),
+    );
+    add(
+        "Cookie",
+        vec![s(5)],
+        Header("Cookie", format!("theme=dark; session={}; lang=en", s(5))),
+    );
+    add(
+        "Set-Cookie",
+        vec![s(6)],
+        Header("Set-Cookie", format!("sid={}; HttpOnly", s(6))),
+    );
     add("X-Api-Key", vec![s(7)], Header("X-Api-Key", s(7)));
     add("x-api-key (lower)", vec![s(8)], Header("x-api-key", s(8)));
-    add("X-Goog-Api-Key (mixed)", vec![s(9)], Header("X-Goog-Api-Key", s(9)));
+    add(
+        "X-Goog-Api-Key (mixed)",
+        vec![s(9)],
+        Header("X-Goog-Api-Key", s(9)),
+    );
     add("api-key header", vec![s(10)], Header("api-key", s(10)));
     add("X-Auth-Token", vec![s(11)], Header("X-Auth-Token", s(11)));
-    add("X-Amz-Security-Token", vec![s(12)], Header("X-Amz-Security-Token", s(12)));
+    add(
+        "X-Amz-Security-Token",
+        vec![s(12)],
+        Header("X-Amz-Security-Token", s(12)),
+    );
     // Query parameters.
     add("?key=", vec![s(13)], Query(format!("q=1&key={}", s(13))));
-    add("?api-key=", vec![s(14)], Query(format!("api-key={}&q=1", s(14))));
+    add(
+        "?api-key=",
+        vec![s(14)],
+        Query(format!("api-key={}&q=1", s(14))),
+    );
     add("?apikey=", vec![s(15)], Query(format!("apikey={}", s(15))));
-    add("?api_key=", vec![s(16)], Query(format!("api_key={}", s(16))));
-    add("?password=", vec![s(17)], Query(format!("user=bob&password={}", s(17))));
-    add("?access%5Ftoken=", vec![s(18)], Query(format!("access%5Ftoken={}", s(18))));
-    add("?client_secret=", vec![s(19)], Query(format!("client_secret={}", s(19))));
-    add("?X-Amz-Signature=", vec![s(20)], Query(format!("X-Amz-Signature={}&X-Amz-Credential={}", s(20), s(21))));
-    add("?PASSWORD= (upper)", vec![s(22)], Query(format!("PASSWORD={}", s(22))));
+    add(
+        "?api_key=",
+        vec![s(16)],
+        Query(format!("api_key={}", s(16))),
+    );
+    add(
+        "?password=",
+        vec![s(17)],
+        Query(format!("user=bob&password={}", s(17))),
+    );
+    add(
+        "?access%5Ftoken=",
+        vec![s(18)],
+        Query(format!("access%5Ftoken={}", s(18))),
+    );
+    add(
+        "?client_secret=",
+        vec![s(19)],
+        Query(format!("client_secret={}", s(19))),
+    );
+    add(
+        "?X-Amz-Signature=",
+        vec![s(20)],
+        Query(format!(
+            "X-Amz-Signature={}&X-Amz-Credential={}",
+            s(20),
+            s(21)
+        )),
+    );
+    add(
+        "?PASSWORD= (upper)",
+        vec![s(22)],
+        Query(format!("PASSWORD={}", s(22))),
+    );
     // Form bodies.
-    add("form password=", vec![s(23)], Body("application/x-www-form-urlencoded", format!("username=bob&password={}", s(23)).into_bytes()));
-    add("form refresh_token=", vec![s(24)], Body("application/x-www-form-urlencoded", format!("grant_type=refresh_token&refresh_token={}", s(24)).into_bytes()));
-    add("form client_secret=", vec![s(25)], Body("application/x-www-form-urlencoded", format!("client_id=app&client_secret={}", s(25)).into_bytes()));
+    add(
+        "form password=",
+        vec![s(23)],
+        Body(
+            "application/x-www-form-urlencoded",
+            format!("username=bob&password={}", s(23)).into_bytes(),
+        ),
+    );
+    add(
+        "form refresh_token=",
+        vec![s(24)],
+        Body(
+            "application/x-www-form-urlencoded",
+            format!("grant_type=refresh_token&refresh_token={}", s(24)).into_bytes(),
+        ),
+    );
+    add(
+        "form client_secret=",
+        vec![s(25)],
+        Body(
+            "application/x-www-form-urlencoded",
+            format!("client_id=app&client_secret={}", s(25)).into_bytes(),
+        ),
+    );
     // JSON at any depth, every naming style.
-    add("JSON api_key", vec![s(26)], Json(json!({ "api_key": s(26) })));
+    add(
+        "JSON api_key",
+        vec![s(26)],
+        Json(json!({ "api_key": s(26) })),
+    );
     add("JSON apiKey", vec![s(27)], Json(json!({ "apiKey": s(27) })));
-    add("JSON password", vec![s(28)], Json(json!({ "user": "bob", "password": s(28) })));
-    add("JSON token_value", vec![s(29)], Json(json!({ "token_value": s(29) })));
-    add("JSON nested X-Api-Key", vec![s(30)], Json(json!({ "a": [{ "b": { "X-Api-Key": s(30) } }] })));
-    add("JSON credentials object", vec![s(31)], Json(json!({ "credentials": { "user": "bob", "pass": s(31) } })));
-    add("JSON clientSecret", vec![s(32)], Json(json!({ "config": { "clientSecret": s(32) } })));
-    add("JSON accessToken in array", vec![s(33)], Json(json!([{ "auth": { "accessToken": s(33) } }])));
-    add("JSON Bearer in a value", vec![s(34)], Json(json!({ "note": format!("Bearer {}", s(34)) })));
-    add("JSON numeric pin", vec!["98765432101".into()], Json(json!({ "pin": 98_765_432_101u64 })));
-    add("JSON private_key", vec![s(35)], Json(json!({ "private_key": format!("-----BEGIN KEY-----{}", s(35)) })));
+    add(
+        "JSON password",
+        vec![s(28)],
+        Json(json!({ "user": "bob", "password": s(28) })),
+    );
+    add(
+        "JSON token_value",
+        vec![s(29)],
+        Json(json!({ "token_value": s(29) })),
+    );
+    add(
+        "JSON nested X-Api-Key",
+        vec![s(30)],
+        Json(json!({ "a": [{ "b": { "X-Api-Key": s(30) } }] })),
+    );
+    add(
+        "JSON credentials object",
+        vec![s(31)],
+        Json(json!({ "credentials": { "user": "bob", "pass": s(31) } })),
+    );
+    add(
+        "JSON clientSecret",
+        vec![s(32)],
+        Json(json!({ "config": { "clientSecret": s(32) } })),
+    );
+    add(
+        "JSON accessToken in array",
+        vec![s(33)],
+        Json(json!([{ "auth": { "accessToken": s(33) } }])),
+    );
+    add(
+        "JSON Bearer in a value",
+        vec![s(34)],
+        Json(json!({ "note": format!("Bearer {}", s(34)) })),
+    );
+    add(
+        "JSON numeric pin",
+        vec!["98765432101".into()],
+        Json(json!({ "pin": 98_765_432_101u64 })),
+    );
+    add(
+        "JSON private_key",
+        vec![s(35)],
+        Json(json!({ "private_key": format!("-----BEGIN KEY-----{}", s(35)) })),
+    );
     // Free text (error messages).
-    add("text Authorization: bearer", vec![s(36)], Text(format!("401 from upstream, sent Authorization: bearer {}", s(36))));
-    add("text x-api-key:", vec![s(37)], Text(format!("rejected x-api-key: {}", s(37))));
-    add("text X-Goog-Api-Key:", vec![s(38)], Text(format!("X-Goog-Api-Key: {} is invalid", s(38))));
-    add("text Cookie:", vec![s(39)], Text(format!("Cookie: a=1; session={}", s(39))));
-    add("text api-key=", vec![s(40)], Text(format!("GET /x?api-key={} failed", s(40))));
-    add("text apikey=", vec![s(41)], Text(format!("apikey={} expired", s(41))));
-    add("text password=", vec![s(42)], Text(format!("login with password={} denied", s(42))));
-    add("text client_secret=", vec![s(43)], Text(format!("client_secret={}", s(43))));
-    add("text access%5Ftoken=", vec![s(44)], Text(format!("https://h/p?access%5Ftoken={}", s(44))));
-    add("text key = v", vec![s(45)], Text(format!("config key = {} rejected", s(45))));
-    add("text token:v", vec![s(46)], Text(format!("bad token:{}", s(46))));
-    add("text JSON \"api_key\": \"…\"", vec![s(47)], Text(format!("body was {{\"api_key\": \"{}\"}}", s(47))));
-    add("text 'api_key': '…'", vec![s(48)], Text(format!("params {{'api_key': '{}'}}", s(48))));
-    add("text sessionId=", vec![s(49)], Text(format!("sessionId={}", s(49))));
-    add("text passwd= / pwd=", vec![s(50), s(51)], Text(format!("passwd={} pwd={}", s(50), s(51))));
+    add(
+        "text Authorization: bearer",
+        vec![s(36)],
+        Text(format!(
+            "401 from upstream, sent Authorization: bearer {}",
+            s(36)
+        )),
+    );
+    add(
+        "text x-api-key:",
+        vec![s(37)],
+        Text(format!("rejected x-api-key: {}", s(37))),
+    );
+    add(
+        "text X-Goog-Api-Key:",
+        vec![s(38)],
+        Text(format!("X-Goog-Api-Key: {} is invalid", s(38))),
+    );
+    add(
+        "text Cookie:",
+        vec![s(39)],
+        Text(format!("Cookie: a=1; session={}", s(39))),
+    );
+    add(
+        "text api-key=",
+        vec![s(40)],
+        Text(format!("GET /x?api-key={} failed", s(40))),
+    );
+    add(
+        "text apikey=",
+        vec![s(41)],
+        Text(format!("apikey={} expired", s(41))),
+    );
+    add(
+        "text password=",
+        vec![s(42)],
+        Text(format!("login with password={} denied", s(42))),
+    );
+    add(
+        "text client_secret=",
+        vec![s(43)],
+        Text(format!("client_secret={}", s(43))),
+    );
+    add(
+        "text access%5Ftoken=",
+        vec![s(44)],
+        Text(format!("https://h/p?access%5Ftoken={}", s(44))),
+    );
+    add(
+        "text key = v",
+        vec![s(45)],
+        Text(format!("config key = {} rejected", s(45))),
+    );
+    add(
+        "text token:v",
+        vec![s(46)],
+        Text(format!("bad token:{}", s(46))),
+    );
+    add(
+        "text JSON \"api_key\": \"…\"",
+        vec![s(47)],
+        Text(format!("body was {{\"api_key\": \"{}\"}}", s(47))),
+    );
+    add(
+        "text 'api_key': '…'",
+        vec![s(48)],
+        Text(format!("params {{'api_key': '{}'}}", s(48))),
+    );
+    add(
+        "text sessionId=",
+        vec![s(49)],
+        Text(format!("sessionId={}", s(49))),
+    );
+    add(
+        "text passwd= / pwd=",
+        vec![s(50), s(51)],
+        Text(format!("passwd={} pwd={}", s(50), s(51))),
+    );
     let google = "AIzaSyB7m2Q9x4kLp0vR8sT3uW6yZ1aC5dE7fGh".to_owned();
-    add("text Google key", vec![google.clone()], Text(format!("quota for {google} exhausted")));
+    add(
+        "text Google key",
+        vec![google.clone()],
+        Text(format!("quota for {google} exhausted")),
+    );
     let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJib2IiLCJuIjo1Mn0.Qm9iU2lnbmF0dXJlNTI".to_owned();
-    add("text JWT", vec![jwt.clone()], Text(format!("token {jwt} expired")));
-    add("text Basic credential", vec![s(53)], Text(format!("sent Basic {}", b64(&format!("carol:{}", s(53))))));
-    add("URL password with / # ?", vec!["pa/ss#wo?rd54Zq".into()], Text("connect https://bob:pa/ss#wo?rd54Zq@db.example:5432/app failed".into()));
-    add("URL password with @", vec!["p@ss55Zq".into()], Text("postgres://app:p@ss55Zq@db:5432/test refused".into()));
-    add("redis URL password", vec![s(56)], Text(format!("redis://:{}@127.0.0.1:6379/0 is down", s(56))));
-    add("high-entropy after =", vec!["Zk3mQ9vX2bN7wR4tY8uE1oP5aS6dF0gH".into()], Text("ref=Zk3mQ9vX2bN7wR4tY8uE1oP5aS6dF0gH".into()));
-    add("high-entropy after :", vec!["Hq8Lm2Xz7Wc4Vb9Nr3Ty6Uo1Pa5Sd0Fg".into()], Text("handle: Hq8Lm2Xz7Wc4Vb9Nr3Ty6Uo1Pa5Sd0Fg".into()));
+    add(
+        "text JWT",
+        vec![jwt.clone()],
+        Text(format!("token {jwt} expired")),
+    );
+    add(
+        "text Basic credential",
+        vec![s(53)],
+        Text(format!("sent Basic {}", b64(&format!("carol:{}", s(53))))),
+    );
+    add(
+        "URL password with / # ?",
+        vec!["pa/ss#wo?rd54Zq".into()],
+        Text("connect https://bob:pa/ss#wo?rd54Zq@db.example:5432/app failed".into()),
+    );
+    add(
+        "URL password with @",
+        vec!["p@ss55Zq".into()],
+        Text("postgres://app:p@ss55Zq@db:5432/test refused".into()),
+    );
+    add(
+        "redis URL password",
+        vec![s(56)],
+        Text(format!("redis://:{}@127.0.0.1:6379/0 is down", s(56))),
+    );
+    add(
+        "high-entropy after =",
+        vec!["Zk3mQ9vX2bN7wR4tY8uE1oP5aS6dF0gH".into()],
+        Text("ref=Zk3mQ9vX2bN7wR4tY8uE1oP5aS6dF0gH".into()),
+    );
+    add(
+        "high-entropy after :",
+        vec!["Hq8Lm2Xz7Wc4Vb9Nr3Ty6Uo1Pa5Sd0Fg".into()],
+        Text("handle: Hq8Lm2Xz7Wc4Vb9Nr3Ty6Uo1Pa5Sd0Fg".into()),
+    );
     // Bodies that used to be stored as unredacted hex.
     let mut binary = vec![0xff, 0xfe, 0x00, 0x01];
     binary.extend_from_slice(format!("key={}&x=1", s(57)).as_bytes());
     binary.push(0x80);
-    add("non-UTF-8 body with key=", vec![s(57)], Body("application/octet-stream", binary));
+    add(
+        "non-UTF-8 body with key=",
+        vec![s(57)],
+        Body("application/octet-stream", binary),
+    );
     let mut binary = vec![0xc3, 0x28];
     binary.extend_from_slice(format!("\r\nAuthorization: Bearer {}\r\n", s(58)).as_bytes());
-    add("non-UTF-8 body with Authorization", vec![s(58)], Body("application/octet-stream", binary));
+    add(
+        "non-UTF-8 body with Authorization",
+        vec![s(58)],
+        Body("application/octet-stream", binary),
+    );
     // A text body cut (64 KiB) inside a two-byte character.
     let head = format!("password={}&note=", s(59));
     let mut cut = head.clone();
@@ -146,7 +380,11 @@ fn cases() -> Vec<Case> {
     while cut.len() < 80 * 1024 {
         cut.push('é');
     }
-    add("body cut inside a UTF-8 char", vec![s(59)], Body("application/x-www-form-urlencoded", cut.into_bytes()));
+    add(
+        "body cut inside a UTF-8 char",
+        vec![s(59)],
+        Body("application/x-www-form-urlencoded", cut.into_bytes()),
+    );
     v
 }
 
@@ -307,7 +545,11 @@ fn assert_no_secret(store: &str, raw: &[u8]) {
             }
         }
     }
-    assert!(leaks.is_empty(), "{store} leaks {} form(s): {leaks:#?}", leaks.len());
+    assert!(
+        leaks.is_empty(),
+        "{store} leaks {} form(s): {leaks:#?}",
+        leaks.len()
+    );
 }
 
 #[test]
@@ -344,13 +586,13 @@ fn each_extractor_alone_keeps_no_secret() {
             http.extract(&http_request(&case.carrier)),
             json_x.extract(&json_input(&case.carrier)),
             tts_x.extract(&TtsRequest {
-                    request_id: "r".into(),
-                    user_id: "u".into(),
-                    text: text_of(&case.carrier),
-                    voice_name: "Kore".into(),
-                    user_agent: Some(text_of(&case.carrier)),
-                    ip: None,
-                }),
+                request_id: "r".into(),
+                user_id: "u".into(),
+                text: text_of(&case.carrier),
+                voice_name: "Kore".into(),
+                user_agent: Some(text_of(&case.carrier)),
+                ip: None,
+            }),
         ];
         for (part, which) in parts.iter().zip(["http", "json", "tts"]) {
             let raw = format!("{} {} {:?}", part.summary, part.payload, part);
@@ -388,7 +630,10 @@ fn binary_bodies_are_base64_of_the_redacted_bytes_and_cuts_stay_utf8() {
         .unwrap();
     let whole = http.extract_whole(&http_request(&cut.carrier));
     let p = &whole.part.payload;
-    assert_eq!(p["body_encoding"], "utf8", "a cut inside a character is not binary");
+    assert_eq!(
+        p["body_encoding"], "utf8",
+        "a cut inside a character is not binary"
+    );
     let text = p["body"].as_str().unwrap();
     assert!(text.starts_with("password=[redacted]&note="), "{text:.60}");
     assert!(text.len() <= 64 * 1024 && text.len() >= 64 * 1024 - 12);
@@ -400,7 +645,11 @@ fn binary_bodies_are_base64_of_the_redacted_bytes_and_cuts_stay_utf8() {
 async fn memory_store_keeps_no_secret() {
     let store = MemoryStore::new(100_000);
     let n = record_all(&store).await;
-    let records = store.list(ListQuery::newest(100_000)).await.unwrap().records;
+    let records = store
+        .list(ListQuery::newest(100_000))
+        .await
+        .unwrap()
+        .records;
     assert_eq!(records.len(), n, "every failure recorded");
     let mut raw = Vec::new();
     for r in &records {
@@ -439,9 +688,17 @@ async fn redis_store_keeps_no_secret() {
     assert!(keys.len() >= 3, "{keys:?}");
     let mut raw = Vec::new();
     for key in &keys {
-        let kind: String = redis::cmd("TYPE").arg(key).query_async(&mut con).await.unwrap();
+        let kind: String = redis::cmd("TYPE")
+            .arg(key)
+            .query_async(&mut con)
+            .await
+            .unwrap();
         let values: Vec<Vec<u8>> = match kind.as_str() {
-            "hash" => redis::cmd("HGETALL").arg(key).query_async(&mut con).await.unwrap(),
+            "hash" => redis::cmd("HGETALL")
+                .arg(key)
+                .query_async(&mut con)
+                .await
+                .unwrap(),
             "list" => redis::cmd("LRANGE")
                 .arg(key)
                 .arg(0)
@@ -456,10 +713,17 @@ async fn redis_store_keeps_no_secret() {
                 .query_async(&mut con)
                 .await
                 .unwrap(),
-            "set" => redis::cmd("SMEMBERS").arg(key).query_async(&mut con).await.unwrap(),
+            "set" => redis::cmd("SMEMBERS")
+                .arg(key)
+                .query_async(&mut con)
+                .await
+                .unwrap(),
             _ => {
-                let v: Option<Vec<u8>> =
-                    redis::cmd("GET").arg(key).query_async(&mut con).await.unwrap();
+                let v: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(key)
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
                 v.into_iter().collect()
             }
         };
@@ -468,6 +732,10 @@ async fn redis_store_keeps_no_secret() {
             raw.push(b'\n');
         }
     }
-    let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut con).await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut con)
+        .await
+        .unwrap();
     assert_no_secret("redis", &raw);
 }

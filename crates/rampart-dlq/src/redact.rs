@@ -182,7 +182,7 @@ impl Patterns {
             google: Regex::new(r"(?-u)AIza[0-9A-Za-z_\-]{30,}")?,
             jwt: Regex::new(r"(?-u)eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*")?,
             pair: Regex::new(
-                r#"(?-u)(?:"([^"\\\r\n]{1,128})"|'([^'\\\r\n]{1,128})'|([A-Za-z0-9_.%\-]{1,128}))([ \t]*[=:][ \t]*)"#,
+                r#"(?-u)(?:"([^"\\\s=:&]{1,128})"|'([^'\\\s=:&]{1,128})'|([A-Za-z0-9_.%\-]{1,128}))([ \t]*[=:][ \t]*)"#,
             )?,
         })
     }
@@ -488,8 +488,11 @@ impl Redactor {
                 o.extend_from_slice(REDACTED.as_bytes());
                 last = ve;
                 pos = resume.max(whole.end());
-            } else {
+            } else if c.get(3).is_some() {
                 pos = whole.end();
+            } else {
+                // A quoted "name" may hold pairs of its own (`' password=v ':`).
+                pos = whole.start() + 1;
             }
         }
         let mut o = out?;

@@ -659,6 +659,22 @@ async fn memory_store_keeps_no_secret() {
     assert_no_secret("memory", &raw);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_store_keeps_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dlq.journal");
+    let store = rampart_dlq::FileStore::open(&path, 100_000).unwrap();
+    let n = record_all(&store).await;
+    assert_eq!(store.stats().await.unwrap().records, n);
+    drop(store);
+    // Every file the store left in its folder, read raw.
+    let mut raw = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        raw.extend_from_slice(&std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    assert_no_secret("file", &raw);
+}
+
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_keeps_no_secret() {
@@ -738,4 +754,75 @@ async fn redis_store_keeps_no_secret() {
         .await
         .unwrap();
     assert_no_secret("redis", &raw);
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const NAMES: &[&str] = &[
+        "password",
+        "api_key",
+        "apiKey",
+        "X-Api-Key",
+        "access%5Ftoken",
+        "client_secret",
+        "token_value",
+        "Authorization",
+        "x-goog-api-key",
+        "key",
+        "refreshToken",
+        "sessionId",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// A secret name's value is redacted whatever surrounds it and however it is
+        /// written (`=`, `: `, ` = `, JSON), and the text around it is kept.
+        #[test]
+        fn a_secret_names_value_never_survives(
+            before in "[ -~]{0,40}",
+            after in "[ -~&;,]{0,40}",
+            name in proptest::sample::select(NAMES),
+            sep in proptest::sample::select(&["=", ": ", " = ", ":"][..]),
+            value in "[A-Za-z0-9]{10,30}",
+            quoted in any::<bool>(),
+        ) {
+            let r = rampart_dlq::Redactor::default();
+            let pair = if quoted {
+                format!("\"{name}\"{sep}\"{value}\"")
+            } else {
+                format!("{name}{sep}{value}")
+            };
+            let text = format!("{before} {pair} {after}");
+            let out = r.url(&text);
+            prop_assert!(!out.contains(&value), "{text:?} -> {out:?}");
+            prop_assert!(out.ends_with(after.as_str()) || after.is_empty() || out.contains("[redacted]"));
+        }
+
+        /// Redacting never panics on arbitrary bytes, keeps UTF-8 text UTF-8, and is
+        /// stable: redacting the output again changes nothing.
+        #[test]
+        fn redaction_is_total_and_stable(bytes in proptest::collection::vec(any::<u8>(), 0..400), text in "\\PC{0,300}") {
+            let r = rampart_dlq::Redactor::default();
+            let once = r.bytes(&bytes).into_owned();
+            prop_assert_eq!(r.bytes(&once).into_owned(), once);
+            let t = r.url(&text);
+            prop_assert_eq!(r.url(&t), t.clone());
+            let _ = r.body(text.as_bytes());
+            let _ = rampart_dlq::redact::normalise(&bytes);
+        }
+
+        /// Benign names are kept with their values.
+        #[test]
+        fn benign_pairs_are_kept(
+            name in proptest::sample::select(&["voice", "model", "keyboard", "monkey", "max_output_tokens", "sort_key", "lang"][..]),
+            value in "[a-z]{1,20}",
+        ) {
+            let r = rampart_dlq::Redactor::default();
+            let text = format!("{name}={value}&{name}: {value}");
+            prop_assert_eq!(r.url(&text), text);
+        }
+    }
 }

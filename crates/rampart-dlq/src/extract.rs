@@ -358,6 +358,10 @@ mod http_impl {
         }
     }
 
+    /// How far past the body limit a non-JSON body is redacted before it is cut, so that a
+    /// secret straddling the limit is seen whole.
+    const SCAN_MARGIN: usize = 8 * 1024;
+
     /// Records an `http::Request`: method, URI, the headers you choose, and the body up to a
     /// limit, enough for `rampart dlq redrive` to replay it byte for byte.
     ///
@@ -469,20 +473,40 @@ mod http_impl {
                 }
             }
             let body = req.body().body_bytes().unwrap_or_default();
-            let clean = self.redactor.body(body);
+            // A JSON body is redacted whole (field by field); any other body only as far as
+            // it is kept, plus a margin, so that a huge body costs no more than its limit.
+            let scan = if crate::redact::looks_like_json(body) {
+                body
+            } else {
+                body.get(..self.body_limit.saturating_add(SCAN_MARGIN))
+                    .unwrap_or(body)
+            };
+            let clean = self.redactor.body(scan);
             let body_redacted = matches!(clean, std::borrow::Cow::Owned(_));
-            let (body_json, encoding, truncated) = match std::str::from_utf8(&clean) {
-                Ok(text) => {
+            let text = match std::str::from_utf8(&clean) {
+                Ok(text) => Some(text),
+                // Our own cut landed inside a character: the text before it.
+                Err(e) if e.error_len().is_none() && scan.len() < body.len() => clean
+                    .get(..e.valid_up_to())
+                    .and_then(|t| std::str::from_utf8(t).ok()),
+                Err(_) => None,
+            };
+            let (body_json, encoding, truncated) = match text {
+                Some(text) => {
                     let kept = crate::redact::floor_boundary(text, self.body_limit);
-                    (json!(kept), "utf8", kept.len() < text.len())
+                    (
+                        json!(kept),
+                        "utf8",
+                        kept.len() < text.len() || scan.len() < body.len(),
+                    )
                 }
-                Err(_) => {
+                None => {
                     use base64::Engine as _;
                     let kept = clean.get(..self.body_limit).unwrap_or(&clean);
                     (
                         json!(base64::engine::general_purpose::STANDARD.encode(kept)),
                         "base64",
-                        kept.len() < clean.len(),
+                        kept.len() < clean.len() || scan.len() < body.len(),
                     )
                 }
             };

@@ -303,31 +303,28 @@ impl Redactor {
 
     fn is_secret_bytes(&self, name: &[u8]) -> bool {
         let norm = normalise(name);
-        let w = words(&norm);
+        let w: Vec<&str> = norm.split('_').filter(|w| !w.is_empty()).collect();
         if w.is_empty() {
             return false;
         }
-        if self
-            .names
-            .iter()
-            .any(|user| w.windows(user.len()).any(|win| win == user.as_slice()))
-        {
+        if self.names.iter().any(|user| {
+            w.windows(user.len())
+                .any(|win| win.iter().zip(user).all(|(a, b)| *a == b.as_str()))
+        }) {
             return true;
         }
         if SECRET_NAMES.contains(&norm.as_str()) {
             return true;
         }
-        if w.len() > 1 && w.last().is_some_and(|l| BENIGN_LAST.contains(&l.as_str())) {
+        if w.len() > 1 && w.last().is_some_and(|l| BENIGN_LAST.contains(l)) {
             return false;
         }
-        if w.iter().any(|x| SECRET_WORDS.contains(&x.as_str())) {
+        if w.iter().any(|x| SECRET_WORDS.contains(x)) {
             return true;
         }
-        let n = w.len();
-        if n >= 2 {
-            let (a, b) = (w[n - 2].as_str(), w[n - 1].as_str());
-            if (b == "key" && KEY_QUALIFIERS.contains(&a))
-                || (a == "session" && (b == "id" || b == "key"))
+        if let [.., a, b] = w.as_slice() {
+            if (*b == "key" && KEY_QUALIFIERS.contains(a))
+                || (*a == "session" && (*b == "id" || *b == "key"))
             {
                 return true;
             }
@@ -395,8 +392,7 @@ impl Redactor {
     /// re-serialised only if something was redacted); any other body, UTF-8 or not, as text
     /// (query strings, `application/x-www-form-urlencoded` forms, free text).
     pub fn body<'a>(&self, body: &'a [u8]) -> Cow<'a, [u8]> {
-        let first = body.iter().find(|b| !b.is_ascii_whitespace());
-        if matches!(first, Some(b'{' | b'[')) {
+        if looks_like_json(body) {
             if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body) {
                 if !self.json(&mut v) {
                     return Cow::Borrowed(body);
@@ -460,22 +456,21 @@ impl Redactor {
         let mut out: Option<Vec<u8>> = None;
         let mut last = 0;
         let mut pos = 0;
+        let mut locs = re.capture_locations();
         while pos < hay.len() {
-            let Some(c) = re.captures_at(hay, pos) else {
+            let Some(whole) = re.captures_read_at(&mut locs, hay, pos) else {
                 break;
             };
-            let (Some(whole), Some(name), Some(sep)) = (
-                c.get(0),
-                c.get(1).or_else(|| c.get(2)).or_else(|| c.get(3)),
-                c.get(4),
-            ) else {
+            let span = |i: usize| locs.get(i).and_then(|(s, e)| hay.get(s..e));
+            let (Some(name), Some(sep)) =
+                (span(1).or_else(|| span(2)).or_else(|| span(3)), span(4))
+            else {
                 break;
             };
-            let name = name.as_bytes();
+            let unquoted = locs.get(3).is_some();
             let secret = self.is_secret_bytes(name);
-            let line = secret
-                && sep.as_bytes().contains(&b':')
-                && LINE_NAMES.contains(&normalise(name).as_str());
+            let line =
+                secret && sep.contains(&b':') && LINE_NAMES.contains(&normalise(name).as_str());
             let vstart = whole.end();
             let (vs, ve, resume) = value_span(hay, vstart, line);
             let value = hay.get(vs..ve).unwrap_or_default();
@@ -488,7 +483,7 @@ impl Redactor {
                 o.extend_from_slice(REDACTED.as_bytes());
                 last = ve;
                 pos = resume.max(whole.end());
-            } else if c.get(3).is_some() {
+            } else if unquoted {
                 pos = whole.end();
             } else {
                 // A quoted "name" may hold pairs of its own (`' password=v ':`).
@@ -499,6 +494,12 @@ impl Redactor {
         o.extend_from_slice(hay.get(last..).unwrap_or_default());
         Some(o)
     }
+}
+
+/// `true` if `body` starts (after whitespace) like a JSON object or array.
+pub(crate) fn looks_like_json(body: &[u8]) -> bool {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    matches!(first, Some(b'{' | b'['))
 }
 
 /// Where the value starting at `i` lies: `(start, end, resume)`.

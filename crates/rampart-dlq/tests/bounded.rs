@@ -83,6 +83,28 @@ async fn a_record_over_the_cap_pushed_straight_to_the_memory_store_is_kept_cut()
     assert!(back.to_json().unwrap().len() <= 64 * 1024 && back.truncated);
 }
 
+#[tokio::test]
+async fn a_record_over_the_journal_frame_is_kept_cut_across_a_reopen() {
+    // The file journal's frame is 16 MiB: a larger record used to be acknowledged, then lost
+    // with every record after it on the next open.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dlq.journal");
+    let big = DeadLetterRecord::new("tts", DeadLetterReason::Permanent).request(RequestPart {
+        summary: "huge".into(),
+        payload: json!({ "text": "a".repeat(17 << 20) }),
+    });
+    let after = DeadLetterRecord::new("tts", DeadLetterReason::Permanent);
+    {
+        let store = rampart_dlq::FileStore::open(&path, 100).unwrap();
+        assert_eq!(store.push(big.clone()).await.unwrap(), Pushed::Stored);
+        assert_eq!(store.push(after.clone()).await.unwrap(), Pushed::Stored);
+    }
+    let store = rampart_dlq::FileStore::open(&path, 100).unwrap();
+    let back = store.get(big.id).await.unwrap().expect("never lost");
+    assert_cut(&back, 17 << 20);
+    assert!(store.get(after.id).await.unwrap().is_some());
+}
+
 #[cfg(feature = "http")]
 #[tokio::test]
 async fn a_binary_body_cut_by_the_store_stays_valid_base64() {

@@ -545,28 +545,85 @@ async fn run(cli: Cli) -> Result<(), Fail> {
     Ok(())
 }
 
-/// The request a record describes, re-aimed at `target`.
-fn request_of(r: &DeadLetterRecord, target: &http::Uri) -> Option<http::Request<Bytes>> {
+/// The request a record describes, re-aimed at `target`, byte for byte; or why it cannot be
+/// replayed as it was made (truncated, changed by redaction, not an HTTP request).
+fn request_of(r: &DeadLetterRecord, target: &http::Uri) -> Result<http::Request<Bytes>, String> {
+    r.kept_whole().map_err(|e| e.to_string())?;
     let p = &r.request.payload;
-    let method = p.get("method")?.as_str()?;
-    let uri: http::Uri = p.get("uri")?.as_str()?.parse().ok()?;
+    let method = p
+        .get("method")
+        .and_then(|m| m.as_str())
+        .ok_or("not an HTTP request (no method)")?;
+    let uri: http::Uri = p
+        .get("uri")
+        .and_then(|u| u.as_str())
+        .ok_or("not an HTTP request (no uri)")?
+        .parse()
+        .map_err(|e| format!("its uri does not parse: {e}"))?;
     let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let mut parts = target.clone().into_parts();
-    parts.path_and_query = path.parse().ok();
-    let uri = http::Uri::from_parts(parts).ok()?;
-    let body = match p.get("body") {
-        Some(serde_json::Value::String(s)) => Bytes::from(s.clone()),
-        _ => Bytes::new(),
+    parts.path_and_query = Some(
+        path.parse()
+            .map_err(|e| format!("its path does not parse: {e}"))?,
+    );
+    let uri = http::Uri::from_parts(parts).map_err(|e| format!("cannot re-aim its uri: {e}"))?;
+    let body = match (
+        p.get("body"),
+        p.get("body_encoding").and_then(|e| e.as_str()),
+    ) {
+        (None | Some(serde_json::Value::Null), _) => Bytes::new(),
+        (Some(serde_json::Value::String(s)), None | Some("utf8")) => Bytes::from(s.clone()),
+        (Some(serde_json::Value::String(s)), Some("base64")) => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map(Bytes::from)
+                .map_err(|e| format!("its base64 body does not decode: {e}"))?
+        }
+        // Records written before bodies were base64: binary bodies as `{"hex": "…"}`.
+        (Some(serde_json::Value::Object(o)), _) => {
+            let hex = o
+                .get("hex")
+                .and_then(|h| h.as_str())
+                .ok_or("its body is in an unknown form")?;
+            Bytes::from(decode_hex(hex).ok_or("its hex body does not decode")?)
+        }
+        (_, Some(other)) => return Err(format!("its body encoding {other:?} is unknown")),
+        (Some(_), None) => return Err("its body is in an unknown form".into()),
     };
     let mut req = http::Request::builder().method(method).uri(uri);
     if let Some(h) = p.get("headers").and_then(|h| h.as_object()) {
         for (k, v) in h {
-            if let Some(v) = v.as_str().filter(|v| *v != rampart_dlq::redact::REDACTED) {
+            let values: Vec<&str> = match v {
+                serde_json::Value::String(s) => vec![s.as_str()],
+                serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str()).collect(),
+                _ => Vec::new(),
+            };
+            // A redacted header is left out; the target's own credentials apply.
+            for v in values
+                .into_iter()
+                .filter(|v| *v != rampart_dlq::redact::REDACTED)
+            {
                 req = req.header(k, v);
             }
         }
     }
-    req.body(body).ok()
+    req.body(body)
+        .map_err(|e| format!("cannot rebuild the request: {e}"))
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    let digits = s.as_bytes();
+    if digits.len() % 2 != 0 {
+        return None;
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let text = std::str::from_utf8(pair).ok()?;
+            u8::from_str_radix(text, 16).ok()
+        })
+        .collect()
 }
 
 async fn redrive(
@@ -607,12 +664,16 @@ async fn redrive(
         bar.set_style(style);
     }
     let mut pace = rate.map(|n| tokio::time::interval(Duration::from_secs(1) / n));
-    let (mut ok, mut again, mut skipped) = (0, 0, 0);
+    let (mut ok, mut again) = (0, 0);
+    let mut skipped: Vec<(rampart_dlq::RecordId, String)> = Vec::new();
     for r in records {
         bar.inc(1);
-        let Some(req) = request_of(&r, &target) else {
-            skipped += 1;
-            continue;
+        let req = match request_of(&r, &target) {
+            Ok(req) => req,
+            Err(why) => {
+                skipped.push((r.id, why));
+                continue;
+            }
         };
         if let Some(p) = pace.as_mut() {
             p.tick().await;
@@ -632,8 +693,15 @@ async fn redrive(
     bar.finish_and_clear();
     println!("{:<16} {:>7}", "redriven", ok);
     println!("{:<16} {:>7}", "failed again", again);
-    println!("{:<16} {:>7}", "skipped", skipped);
+    println!("{:<16} {:>7}", "skipped", skipped.len());
     println!("({label}, target {target})");
+    if !skipped.is_empty() {
+        println!();
+        println!("{:<36}  why skipped (the record stays)", "skipped record");
+        for (id, why) in &skipped {
+            println!("{id:<36}  {why}");
+        }
+    }
     if again > 0 {
         return Err(op(format!(
             "{again} record(s) failed again; they stay, with their redrive count bumped"
@@ -662,5 +730,101 @@ fn main() -> ExitCode {
             eprintln!("rampart: error: {}", store::scrub(&msg, &spec));
             ExitCode::from(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod request_of_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use rampart_dlq::{DeadLetterReason, Extract, HttpExtractor};
+
+    fn record_of(req: http::Request<Bytes>, x: &HttpExtractor) -> DeadLetterRecord {
+        let whole = x.extract_whole(&req);
+        let mut r =
+            DeadLetterRecord::new("api", DeadLetterReason::RetriesExhausted).request(whole.part);
+        r.truncated = whole.truncated;
+        r.request_redacted = whole.redacted;
+        r
+    }
+
+    fn target() -> http::Uri {
+        "http://127.0.0.1:9000".parse().unwrap()
+    }
+
+    #[test]
+    fn binary_and_text_bodies_replay_byte_exact() {
+        let x = HttpExtractor::default()
+            .keep_header("content-type")
+            .keep_header("authorization");
+        let binary: Vec<u8> = (0..=255u8).rev().collect();
+        for body in [binary, "héllo wörld".as_bytes().to_vec(), Vec::new()] {
+            let req = http::Request::put("http://gone.invalid/v1/blob?part=2")
+                .header("content-type", "application/octet-stream")
+                .header("authorization", "Bearer abcdefgh123")
+                .body(Bytes::from(body.clone()))
+                .unwrap();
+            let out = request_of(&record_of(req, &x), &target()).unwrap();
+            assert_eq!(out.method(), http::Method::PUT);
+            assert_eq!(out.uri(), "http://127.0.0.1:9000/v1/blob?part=2");
+            assert_eq!(out.body().as_ref(), body.as_slice(), "byte-exact");
+            assert_eq!(out.headers()["content-type"], "application/octet-stream");
+            assert!(
+                out.headers().get("authorization").is_none(),
+                "a redacted header is left out"
+            );
+        }
+    }
+
+    #[test]
+    fn records_not_kept_whole_are_refused_with_the_reason() {
+        let x = HttpExtractor::default().body_limit(16);
+        let cut = http::Request::post("http://h/v1")
+            .body(Bytes::from(vec![b'a'; 64]))
+            .unwrap();
+        let why = request_of(&record_of(cut, &x), &target()).unwrap_err();
+        assert!(why.contains("truncated (originally 64 bytes)"), "{why}");
+
+        let x = HttpExtractor::default();
+        let secret_uri = http::Request::get("http://h/v1?api_key=abcdefgh123")
+            .body(Bytes::new())
+            .unwrap();
+        let why = request_of(&record_of(secret_uri, &x), &target()).unwrap_err();
+        assert!(why.contains("redaction (uri)"), "{why}");
+
+        let secret_body = http::Request::post("http://h/v1")
+            .body(Bytes::from_static(b"user=bob&password=hunter22"))
+            .unwrap();
+        let why = request_of(&record_of(secret_body, &x), &target()).unwrap_err();
+        assert!(why.contains("redaction (body)"), "{why}");
+
+        // A record from before the flags existed: its payload alone says it was cut.
+        let mut old = DeadLetterRecord::new("api", DeadLetterReason::Permanent);
+        old.request.payload = serde_json::json!({
+            "method": "POST", "uri": "http://h/v1", "headers": {},
+            "body": "aaaa", "body_truncated": true,
+        });
+        assert!(request_of(&old, &target())
+            .unwrap_err()
+            .contains("truncated"));
+
+        let not_http = DeadLetterRecord::new("db", DeadLetterReason::Permanent);
+        assert!(request_of(&not_http, &target())
+            .unwrap_err()
+            .contains("not an HTTP request"));
+    }
+
+    #[test]
+    fn old_hex_bodies_still_replay() {
+        let mut old = DeadLetterRecord::new("api", DeadLetterReason::Permanent);
+        old.request.payload = serde_json::json!({
+            "method": "POST", "uri": "http://h/v1", "headers": {},
+            "body": { "hex": "ff00fe" }, "body_truncated": false,
+        });
+        let out = request_of(&old, &target()).unwrap();
+        assert_eq!(out.body().as_ref(), [0xff, 0x00, 0xfe]);
+        old.request.payload["body"] = serde_json::json!({ "hex": "f" });
+        assert!(request_of(&old, &target()).is_err());
     }
 }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::record::RequestPart;
+use crate::record::{json_len, shrink_json, RequestPart, DEFAULT_MAX_RECORD_BYTES};
 use crate::redact::{truncate, Redactor};
 
 /// Produces a record's [`RequestPart`] from a request: a summary line and the payload needed
@@ -25,6 +25,65 @@ use crate::redact::{truncate, Redactor};
 pub trait Extract<Req> {
     /// Describes `req`.
     fn extract(&self, req: &Req) -> RequestPart;
+
+    /// Describes `req` and says whether the part is the whole request: whether anything was
+    /// cut to a size limit or changed by redaction. The layer calls this one; by default it
+    /// calls [`extract`](Self::extract) and reports the request kept whole.
+    fn extract_whole(&self, req: &Req) -> Extracted {
+        Extracted::whole(self.extract(req))
+    }
+}
+
+/// What an extractor made of a request, and what it had to leave out.
+///
+/// # Example
+///
+/// ```
+/// use rampart_dlq::{Extracted, RequestPart};
+///
+/// let e = Extracted::whole(RequestPart::default()).truncated(5 << 20).redacted();
+/// assert!(e.truncated && e.redacted);
+/// assert_eq!(e.original_size, Some(5 << 20));
+/// ```
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Extracted {
+    /// The record's request part.
+    pub part: RequestPart,
+    /// `true` if something was cut to a size limit.
+    pub truncated: bool,
+    /// The size in bytes of what was cut, before the cut.
+    pub original_size: Option<u64>,
+    /// `true` if redaction changed the replayable part (URI, body, payload).
+    pub redacted: bool,
+}
+
+impl Extracted {
+    /// A part that is the whole request.
+    pub fn whole(part: RequestPart) -> Self {
+        Extracted {
+            part,
+            ..Extracted::default()
+        }
+    }
+
+    /// Marks it cut from `original_size` bytes.
+    #[must_use]
+    pub fn truncated(mut self, original_size: u64) -> Self {
+        self.truncated = true;
+        self.original_size = Some(original_size);
+        self
+    }
+
+    /// Marks it changed by redaction.
+    #[must_use]
+    pub fn redacted(mut self) -> Self {
+        self.redacted = true;
+        self
+    }
+}
+
+fn size64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 impl<F, Req> Extract<Req> for F
@@ -36,8 +95,9 @@ where
     }
 }
 
-/// Records any `serde::Serialize` request as its JSON, with secret-looking `name=value`
-/// pairs in string fields redacted and the summary truncated.
+/// Records any `serde::Serialize` request as its JSON, redacted (every field with a secret
+/// name at any depth, every secret-looking value in strings; see [`Redactor`]) and bounded
+/// (its longest strings cut until it fits [`max_bytes`](JsonExtractor::max_bytes)).
 ///
 /// # Example
 ///
@@ -45,52 +105,82 @@ where
 /// use rampart_dlq::{Extract, JsonExtractor};
 ///
 /// #[derive(serde::Serialize)]
-/// struct Charge { order: u64, url: String }
-/// let part = JsonExtractor::default().extract(&Charge { order: 9, url: "https://pay?token=abc".into() });
+/// struct Charge { order: u64, url: String, api_key: String }
+/// let charge = Charge { order: 9, url: "https://pay?token=abc".into(), api_key: "k-123".into() };
+/// let part = JsonExtractor::default().extract(&charge);
 /// assert_eq!(part.payload["order"], 9);
 /// assert_eq!(part.payload["url"], "https://pay?token=[redacted]");
+/// assert_eq!(part.payload["api_key"], "[redacted]");
+/// assert!(JsonExtractor::default().extract_whole(&charge).redacted);
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct JsonExtractor {
     redactor: Redactor,
+    max_bytes: usize,
+}
+
+impl Default for JsonExtractor {
+    fn default() -> Self {
+        JsonExtractor {
+            redactor: Redactor::default(),
+            max_bytes: DEFAULT_MAX_RECORD_BYTES,
+        }
+    }
 }
 
 impl JsonExtractor {
     /// With a custom redactor.
     pub fn new(redactor: Redactor) -> Self {
-        JsonExtractor { redactor }
-    }
-}
-
-fn redact_value(r: &Redactor, v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::String(s) => *s = r.url(s),
-        serde_json::Value::Array(a) => a.iter_mut().for_each(|x| redact_value(r, x)),
-        serde_json::Value::Object(o) => {
-            for (k, x) in o.iter_mut() {
-                if r.is_secret_header(k) {
-                    *x = serde_json::Value::String(crate::redact::REDACTED.to_owned());
-                } else {
-                    redact_value(r, x);
-                }
-            }
+        JsonExtractor {
+            redactor,
+            ..JsonExtractor::default()
         }
-        _ => {}
+    }
+
+    /// Cuts a payload whose JSON is larger than `bytes` (marking the record truncated).
+    ///
+    /// Defaults to [`DEFAULT_MAX_RECORD_BYTES`] (1 MiB).
+    #[must_use]
+    pub fn max_bytes(mut self, bytes: usize) -> Self {
+        self.max_bytes = bytes;
+        self
     }
 }
 
 impl<Req: Serialize> Extract<Req> for JsonExtractor {
     fn extract(&self, req: &Req) -> RequestPart {
+        self.extract_whole(req).part
+    }
+
+    fn extract_whole(&self, req: &Req) -> Extracted {
         let mut payload = match serde_json::to_value(req) {
             Ok(v) => v,
-            Err(e) => json!({ "unserialisable": e.to_string() }),
+            Err(e) => json!({ "unserialisable": self.redactor.text(&e.to_string()) }),
         };
-        redact_value(&self.redactor, &mut payload);
-        let summary = self.redactor.truncate(&payload.to_string());
-        RequestPart {
+        let redacted = self.redactor.json(&mut payload);
+        let size = json_len(&payload).unwrap_or(usize::MAX);
+        let truncated = size > self.max_bytes;
+        if truncated {
+            let _ = shrink_json(&mut payload, self.max_bytes, Some(size));
+        }
+        let mut summary = String::new();
+        if let serde_json::Value::String(s) = &payload {
+            summary.push_str(crate::redact::floor_boundary(s, 480));
+        } else {
+            let text = payload.to_string();
+            summary.push_str(crate::redact::floor_boundary(&text, 480));
+        }
+        let mut out = Extracted::whole(RequestPart {
             summary: truncate(&summary, 120),
             payload,
+        });
+        if truncated {
+            out = out.truncated(size64(size));
         }
+        if redacted {
+            out = out.redacted();
+        }
+        out
     }
 }
 
@@ -115,7 +205,7 @@ pub struct TtsRequest {
 }
 
 /// Records a [`TtsRequest`]: request id, user id, text truncated to 500 characters, voice;
-/// client info only on opt-in.
+/// client info only on opt-in. Every field is redacted (see [`Redactor`]) before it is cut.
 ///
 /// # Example
 ///
@@ -130,11 +220,13 @@ pub struct TtsRequest {
 /// assert_eq!(part.payload["text"].as_str().unwrap().chars().count(), 501); // 500 + '…'
 /// assert!(part.payload.get("ip").is_none());
 /// assert_eq!(part.summary, "tts req-1 user=u-9 voice=Kore (800 chars)");
+/// assert!(TtsExtractor::default().extract_whole(&req).truncated);
 /// ```
 #[derive(Debug, Clone)]
 pub struct TtsExtractor {
     keep_client_info: bool,
     truncate: usize,
+    redactor: Redactor,
 }
 
 impl Default for TtsExtractor {
@@ -142,6 +234,7 @@ impl Default for TtsExtractor {
         TtsExtractor {
             keep_client_info: false,
             truncate: crate::redact::DEFAULT_TRUNCATE,
+            redactor: Redactor::default(),
         }
     }
 }
@@ -153,30 +246,76 @@ impl TtsExtractor {
         self.keep_client_info = yes;
         self
     }
+
+    /// Keeps at most `chars` characters of the text (the record is then marked truncated).
+    ///
+    /// Defaults to 500.
+    #[must_use]
+    pub fn text_limit(mut self, chars: usize) -> Self {
+        self.truncate = chars;
+        self
+    }
+
+    /// Uses `redactor` instead of the default one.
+    ///
+    /// Defaults to [`Redactor::default`].
+    #[must_use]
+    pub fn redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = redactor;
+        self
+    }
 }
 
 impl Extract<TtsRequest> for TtsExtractor {
     fn extract(&self, r: &TtsRequest) -> RequestPart {
-        let mut payload = json!({
-            "request_id": r.request_id,
-            "user_id": r.user_id,
-            "text": truncate(&r.text, self.truncate),
-            "voice_name": r.voice_name,
+        self.extract_whole(r).part
+    }
+
+    fn extract_whole(&self, r: &TtsRequest) -> Extracted {
+        let mut redacted = false;
+        let mut field = |s: &str, limit: usize| {
+            let clean = self.redactor.redact_str(s);
+            redacted |= matches!(clean, std::borrow::Cow::Owned(_));
+            truncate(&clean, limit)
+        };
+        let request_id = field(&r.request_id, 200);
+        let user_id = field(&r.user_id, 200);
+        let voice_name = field(&r.voice_name, 200);
+        let text = field(&r.text, self.truncate);
+        let client = self.keep_client_info.then(|| {
+            (
+                r.user_agent.as_deref().map(|s| field(s, 500)),
+                r.ip.as_deref().map(|s| field(s, 100)),
+            )
         });
-        if self.keep_client_info {
-            payload["user_agent"] = json!(r.user_agent);
-            payload["ip"] = json!(r.ip);
+        let mut payload = json!({
+            "request_id": request_id,
+            "user_id": user_id,
+            "text": text,
+            "voice_name": voice_name,
+        });
+        if let Some((user_agent, ip)) = client {
+            payload["user_agent"] = json!(user_agent);
+            payload["ip"] = json!(ip);
         }
-        RequestPart {
+        let chars = r.text.chars().count();
+        let mut out = Extracted::whole(RequestPart {
             summary: format!(
                 "tts {} user={} voice={} ({} chars)",
-                r.request_id,
-                r.user_id,
-                r.voice_name,
-                r.text.chars().count()
+                truncate(&request_id, 60),
+                truncate(&user_id, 60),
+                truncate(&voice_name, 60),
+                chars
             ),
             payload,
+        });
+        if chars > self.truncate {
+            out = out.truncated(size64(r.text.len()));
         }
+        if redacted {
+            out = out.redacted();
+        }
+        out
     }
 }
 
@@ -219,10 +358,28 @@ mod http_impl {
         }
     }
 
-    /// Records an `http::Request`: method, URI (password and secret parameters redacted),
-    /// the headers you choose (secrets always redacted), and the body up to a limit (as UTF-8
-    /// text when it is, base64-free hex otherwise), enough for `rampart dlq redrive` to
-    /// replay it.
+    /// How far past the body limit a non-JSON body is redacted before it is cut, so that a
+    /// secret straddling the limit is seen whole.
+    const SCAN_MARGIN: usize = 8 * 1024;
+
+    /// Records an `http::Request`: method, URI, the headers you choose, and the body up to a
+    /// limit, enough for `rampart dlq redrive` to replay it byte for byte.
+    ///
+    /// Everything is redacted before it is encoded (see [`Redactor`]): the URI's password and
+    /// secret parameters, secret headers (always, even when kept) and secret values in the
+    /// others, and the body (JSON field by field at any depth; forms, text and binary bodies
+    /// by name and pattern on their bytes). The payload holds:
+    ///
+    /// | field | |
+    /// |---|---|
+    /// | `method`, `uri`, `version`, `headers` | the request line and kept headers |
+    /// | `body` | the body: its text when it is UTF-8, else base64 |
+    /// | `body_encoding` | `utf8` or `base64` |
+    /// | `body_size` | the body's size in bytes before redaction and cut |
+    /// | `body_truncated` | `true` if the body was cut to [`body_limit`](HttpExtractor::body_limit) (never inside a UTF-8 character) |
+    /// | `uri_redacted`, `body_redacted` | `true` if redaction changed them |
+    ///
+    /// A request that was cut or whose URI or body redaction changed is never redriven.
     ///
     /// # Example
     ///
@@ -239,6 +396,8 @@ mod http_impl {
     /// assert!(!stored.contains("AIza"));
     /// assert_eq!(part.payload["headers"]["x-goog-api-key"], "[redacted]");
     /// assert_eq!(part.payload["body"], "{\"contents\":[]}");
+    /// assert_eq!(part.payload["body_encoding"], "utf8");
+    /// assert_eq!(part.payload["uri_redacted"], true);
     /// ```
     #[derive(Debug, Clone)]
     pub struct HttpExtractor {
@@ -282,7 +441,13 @@ mod http_impl {
 
     impl<B: BodyBytes> Extract<http::Request<B>> for HttpExtractor {
         fn extract(&self, req: &http::Request<B>) -> RequestPart {
-            let uri = self.redactor.url(&req.uri().to_string());
+            self.extract_whole(req).part
+        }
+
+        fn extract_whole(&self, req: &http::Request<B>) -> Extracted {
+            let raw_uri = req.uri().to_string();
+            let uri = self.redactor.url(&raw_uri);
+            let uri_redacted = uri != raw_uri;
             let mut headers = serde_json::Map::new();
             for name in &self.headers {
                 let values: Vec<String> = req
@@ -293,14 +458,14 @@ mod http_impl {
                         if self.redactor.is_secret_header(name) {
                             crate::redact::REDACTED.to_owned()
                         } else {
-                            self.redactor.url(&String::from_utf8_lossy(v.as_bytes()))
+                            String::from_utf8_lossy(&self.redactor.bytes(v.as_bytes())).into_owned()
                         }
                     })
                     .collect();
-                match values.len() {
-                    0 => {}
-                    1 => {
-                        headers.insert(name.clone(), json!(values[0]));
+                match values.as_slice() {
+                    [] => {}
+                    [one] => {
+                        headers.insert(name.clone(), json!(one));
                     }
                     _ => {
                         headers.insert(name.clone(), json!(values));
@@ -308,14 +473,44 @@ mod http_impl {
                 }
             }
             let body = req.body().body_bytes().unwrap_or_default();
-            let kept = &body[..body.len().min(self.body_limit)];
-            let body_json = match std::str::from_utf8(kept) {
-                Ok(text) => json!(self.redactor.url(text)),
-                Err(_) => {
-                    json!({ "hex": kept.iter().map(|b| format!("{b:02x}")).collect::<String>() })
+            // A JSON body is redacted whole (field by field); any other body only as far as
+            // it is kept, plus a margin, so that a huge body costs no more than its limit.
+            let scan = if crate::redact::looks_like_json(body) {
+                body
+            } else {
+                body.get(..self.body_limit.saturating_add(SCAN_MARGIN))
+                    .unwrap_or(body)
+            };
+            let clean = self.redactor.body(scan);
+            let body_redacted = matches!(clean, std::borrow::Cow::Owned(_));
+            let text = match std::str::from_utf8(&clean) {
+                Ok(text) => Some(text),
+                // Our own cut landed inside a character: the text before it.
+                Err(e) if e.error_len().is_none() && scan.len() < body.len() => clean
+                    .get(..e.valid_up_to())
+                    .and_then(|t| std::str::from_utf8(t).ok()),
+                Err(_) => None,
+            };
+            let (body_json, encoding, truncated) = match text {
+                Some(text) => {
+                    let kept = crate::redact::floor_boundary(text, self.body_limit);
+                    (
+                        json!(kept),
+                        "utf8",
+                        kept.len() < text.len() || scan.len() < body.len(),
+                    )
+                }
+                None => {
+                    use base64::Engine as _;
+                    let kept = clean.get(..self.body_limit).unwrap_or(&clean);
+                    (
+                        json!(base64::engine::general_purpose::STANDARD.encode(kept)),
+                        "base64",
+                        kept.len() < clean.len() || scan.len() < body.len(),
+                    )
                 }
             };
-            RequestPart {
+            let mut out = Extracted::whole(RequestPart {
                 summary: format!(
                     "{} {} ({} bytes)",
                     req.method(),
@@ -328,9 +523,20 @@ mod http_impl {
                     "version": format!("{:?}", req.version()),
                     "headers": headers,
                     "body": body_json,
-                    "body_truncated": body.len() > self.body_limit,
+                    "body_encoding": encoding,
+                    "body_size": body.len(),
+                    "body_truncated": truncated,
+                    "uri_redacted": uri_redacted,
+                    "body_redacted": body_redacted,
                 }),
+            });
+            if truncated {
+                out = out.truncated(size64(body.len()));
             }
+            if uri_redacted || body_redacted {
+                out = out.redacted();
+            }
+            out
         }
     }
 }

@@ -177,8 +177,8 @@ where
                     if !shared.records(reason) {
                         return Poll::Ready(result);
                     }
-                    let request = match this.request.take() {
-                        Some(req) => shared.extractor.extract(&req),
+                    let extracted = match this.request.take() {
+                        Some(req) => shared.extractor.extract_whole(&req),
                         None => Default::default(),
                     };
                     let record = DeadLetterRecord {
@@ -193,7 +193,10 @@ where
                         first_attempt_at: *this.started,
                         last_attempt_at: Timestamp::now(),
                         redrive_count: 0,
-                        request,
+                        request: extracted.part,
+                        truncated: extracted.truncated,
+                        original_size: extracted.original_size,
+                        request_redacted: extracted.redacted,
                     };
                     shared.count(reason);
                     let _entered = this.span.enter();

@@ -59,11 +59,22 @@
 //!
 //! # Secrets
 //!
-//! Extractors and error text go through a [`Redactor`]: `Authorization`,
-//! `Proxy-Authorization`, `Cookie`, `Set-Cookie`, `x-goog-api-key`, the query parameters
-//! `key`, `api_key`, `token`, `access_token` and URL passwords become `[redacted]`; free text
-//! is truncated to 500 characters. The reference design's IP and user agent are kept only on
-//! opt-in ([`TtsExtractor::keep_client_info`]).
+//! Extractors and error text go through a [`Redactor`] before anything is encoded: names
+//! are compared normalised (case, `-`/`_`, percent-decoding, camelCase), so `Authorization`,
+//! `X-Api-Key`, `apiKey`, `access%5Ftoken`, `client_secret`, `token_value`, … in headers,
+//! query strings, form bodies and JSON bodies at any depth become `[redacted]`, and so do
+//! bearer/basic credentials, Google API keys, JWTs, URL passwords and long high-entropy
+//! tokens anywhere in text or binary bodies (see [`redact`]). Free text is truncated to 500
+//! characters. The reference design's IP and user agent are kept only on opt-in
+//! ([`TtsExtractor::keep_client_info`]).
+//!
+//! # Bounded records
+//!
+//! Every record is capped ([`DEFAULT_MAX_RECORD_BYTES`], 1 MiB, by default): extractors cut
+//! bodies and payloads to their limits and every store cuts a larger record with
+//! [`DeadLetterRecord::fit`] before it acknowledges it, marking it `truncated` with its
+//! original size. Bodies are kept byte-exact (UTF-8 text, or base64 for binary); a request
+//! that was cut or changed by redaction is never redriven ([`DeadLetterRecord::kept_whole`]).
 //!
 //! # Clone
 //!
@@ -92,14 +103,14 @@ pub mod store;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use extract::{BodyBytes, HttpExtractor};
-pub use extract::{Extract, JsonExtractor, TtsExtractor, TtsRequest};
+pub use extract::{Extract, Extracted, JsonExtractor, TtsExtractor, TtsRequest};
 pub use layer::{DeadLetterEvent, DeadLetterLayer, DeadLetterStats, Observer};
 pub use record::{
-    DeadLetterReason, DeadLetterRecord, ParseIdError, RecordId, RequestPart, Timestamp,
-    RECORD_VERSION,
+    DeadLetterReason, DeadLetterRecord, NotKeptWhole, ParseIdError, RecordId, RequestPart,
+    Timestamp, DEFAULT_MAX_RECORD_BYTES, MIN_RECORD_BYTES, RECORD_VERSION,
 };
 pub use redact::Redactor;
-pub use redrive::{redrive, RedriveReport};
+pub use redrive::{redrive, RedriveReport, Skip, SkipReason};
 pub use service::DeadLetter;
 pub use store::fallback::Fallback;
 pub use store::memory::MemoryStore;

@@ -10,6 +10,14 @@ use uuid::Uuid;
 /// The version of the record format written by this crate.
 pub const RECORD_VERSION: u32 = 1;
 
+/// The default cap on a record's size, in bytes of its JSON (1 MiB): extractors and stores
+/// cut anything larger to fit (see [`DeadLetterRecord::fit`]).
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// The smallest cap a record is cut to (4 KiB); smaller caps are raised to it, so that a
+/// record always keeps its id, reason, counts and times.
+pub const MIN_RECORD_BYTES: usize = 4096;
+
 /// A record's stable, unique, time-ordered id (a UUID v7): sorting ids sorts records by the
 /// time they were made, and every store is idempotent on it.
 ///
@@ -252,6 +260,118 @@ pub struct DeadLetterRecord {
     pub redrive_count: u32,
     /// The request.
     pub request: RequestPart,
+    /// `true` if something was cut to respect a size limit (the request's body or payload by
+    /// its extractor, or any part of the record by [`fit`](Self::fit)): such a request is
+    /// never redriven.
+    #[serde(default)]
+    pub truncated: bool,
+    /// When [`truncated`](Self::truncated), how many bytes the cut part had before: the
+    /// request body or payload when an extractor cut it, the record's JSON when
+    /// [`fit`](Self::fit) did (the larger of the two when both did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_size: Option<u64>,
+    /// `true` if redaction changed the request's replayable part (its URI, body or payload,
+    /// not only its headers): such a request is never redriven.
+    #[serde(default)]
+    pub request_redacted: bool,
+}
+
+/// Why a record's request cannot be replayed as it was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotKeptWhole {
+    /// The request (or the record) was cut to respect a size limit.
+    #[error("request truncated (originally {original} bytes)")]
+    Truncated {
+        /// The size before the cut, if known (0 if not).
+        original: u64,
+    },
+    /// Redaction changed the request's URI, body or payload.
+    #[error("request changed by redaction ({part})")]
+    Redacted {
+        /// What was changed: `uri`, `body`, `uri and body` or `payload`.
+        part: &'static str,
+    },
+}
+
+/// A writer that only counts bytes.
+struct Count(usize);
+
+impl std::io::Write for Count {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 = self.0.saturating_add(buf.len());
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The size of `v`'s JSON, without building it.
+pub(crate) fn json_len<T: Serialize + ?Sized>(v: &T) -> Result<usize, serde_json::Error> {
+    let mut c = Count(0);
+    serde_json::to_writer(&mut c, v)?;
+    Ok(c.0)
+}
+
+/// Cuts `s` to at most `keep` bytes on a character boundary (to a multiple of 4 when it is
+/// base64, so that it still decodes).
+pub(crate) fn cut_string(s: &mut String, keep: usize, base64: bool) {
+    let keep = if base64 { keep - keep % 4 } else { keep };
+    let len = crate::redact::floor_boundary(s, keep).len();
+    s.truncate(len);
+}
+
+/// The longest string anywhere in `v`.
+fn largest_string(v: &mut serde_json::Value) -> Option<&mut String> {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => Some(s),
+        Value::Array(a) => a
+            .iter_mut()
+            .filter_map(largest_string)
+            .max_by_key(|s| s.len()),
+        Value::Object(o) => o
+            .values_mut()
+            .filter_map(largest_string)
+            .max_by_key(|s| s.len()),
+        _ => None,
+    }
+}
+
+/// Shrinks `v` until its JSON is at most `target` bytes: cuts its largest strings, and
+/// replaces it with a short note if that is not enough. Returns the final size.
+pub(crate) fn shrink_json(
+    v: &mut serde_json::Value,
+    target: usize,
+    known_len: Option<usize>,
+) -> Result<usize, serde_json::Error> {
+    let mut size = match known_len {
+        Some(n) => n,
+        None => json_len(v)?,
+    };
+    let mut rounds = 0;
+    while size > target && rounds < 64 {
+        rounds += 1;
+        let excess = size - target;
+        let Some(s) = largest_string(v) else {
+            break;
+        };
+        if s.len() <= 16 {
+            break;
+        }
+        // Every byte cut saves at least one byte of JSON (escapes only make it more).
+        let keep = s.len().saturating_sub(excess.saturating_add(16));
+        cut_string(s, keep, false);
+        size = json_len(v)?;
+    }
+    if size > target {
+        *v = serde_json::Value::String(format!(
+            "[payload of {size} bytes dropped to fit the record cap]"
+        ));
+        size = json_len(v)?;
+    }
+    Ok(size)
 }
 
 impl DeadLetterRecord {
@@ -271,6 +391,126 @@ impl DeadLetterRecord {
             last_attempt_at: now,
             redrive_count: 0,
             request: RequestPart::default(),
+            truncated: false,
+            original_size: None,
+            request_redacted: false,
+        }
+    }
+
+    /// Cuts this record down until its JSON is at most `max_bytes` (at least
+    /// [`MIN_RECORD_BYTES`]) and returns that JSON. A record that fits is left alone;
+    /// otherwise it gets [`truncated`](Self::truncated) and its
+    /// [`original_size`](Self::original_size), and is cut in this order until it fits: the
+    /// payload's `body` (kept valid base64 when `body_encoding` is `base64`, marked
+    /// `body_truncated`), the payload's longest strings, the whole payload (replaced by a
+    /// note), then the error, summary, classification and service text. Stores call this on
+    /// every push, so a record is never acknowledged and then lost for being too large.
+    ///
+    /// # Errors
+    ///
+    /// Only if the payload holds something JSON cannot represent.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart_dlq::{DeadLetterReason, DeadLetterRecord, RequestPart};
+    ///
+    /// let mut r = DeadLetterRecord::new("tts", DeadLetterReason::Permanent).request(RequestPart {
+    ///     summary: "big".into(),
+    ///     payload: serde_json::json!({ "text": "x".repeat(5 << 20) }),
+    /// });
+    /// let json = r.fit(1 << 20)?;
+    /// assert!(json.len() <= 1 << 20);
+    /// assert!(r.truncated && r.original_size.unwrap() > 5 << 20);
+    /// assert_eq!(DeadLetterRecord::from_json(&json)?, r);
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn fit(&mut self, max_bytes: usize) -> Result<Vec<u8>, serde_json::Error> {
+        use serde_json::Value;
+        let cap = max_bytes.max(MIN_RECORD_BYTES);
+        let json = self.to_json()?;
+        if json.len() <= cap {
+            return Ok(json);
+        }
+        let size64 = u64::try_from(json.len()).unwrap_or(u64::MAX);
+        self.truncated = true;
+        self.original_size = Some(self.original_size.map_or(size64, |o| o.max(size64)));
+        // What the two fields just set can add: `true` for `false`, and the size.
+        let mut size = json.len().saturating_add(48);
+        drop(json);
+        if let Some(obj) = self.request.payload.as_object_mut() {
+            let base64 = obj.get("body_encoding").and_then(Value::as_str) == Some("base64");
+            if let Some(Value::String(body)) = obj.get_mut("body") {
+                let keep = body.len().saturating_sub((size - cap).saturating_add(64));
+                cut_string(body, keep, base64);
+                obj.insert("body_truncated".to_owned(), Value::Bool(true));
+            }
+        }
+        size = json_len(self)?;
+        if size > cap {
+            let payload = json_len(&self.request.payload)?;
+            let target = cap.saturating_sub(size.saturating_sub(payload));
+            shrink_json(&mut self.request.payload, target, Some(payload))?;
+            size = json_len(self)?;
+        }
+        for field in 0..4 {
+            while size > cap {
+                let text = match field {
+                    0 => &mut self.error,
+                    1 => &mut self.request.summary,
+                    2 => &mut self.classification,
+                    _ => &mut self.service,
+                };
+                if text.is_empty() {
+                    break;
+                }
+                let half = text.chars().count() / 2;
+                *text = text.chars().take(half).collect();
+                size = json_len(self)?;
+            }
+        }
+        self.to_json()
+    }
+
+    /// `Ok` if the record's request was kept whole, so that replaying it sends the request
+    /// that was made; otherwise why not (it was truncated, or redaction changed its URI,
+    /// body or payload). Redacted headers do not count: a replay sends the others.
+    ///
+    /// # Errors
+    ///
+    /// [`NotKeptWhole`] says what was lost.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart_dlq::{DeadLetterReason, DeadLetterRecord};
+    ///
+    /// let mut r = DeadLetterRecord::new("db", DeadLetterReason::Permanent);
+    /// assert!(r.kept_whole().is_ok());
+    /// r.truncated = true;
+    /// assert!(r.kept_whole().is_err());
+    /// ```
+    pub fn kept_whole(&self) -> Result<(), NotKeptWhole> {
+        let p = &self.request.payload;
+        let flag = |k: &str| p.get(k).and_then(serde_json::Value::as_bool) == Some(true);
+        if self.truncated || flag("body_truncated") {
+            return Err(NotKeptWhole::Truncated {
+                original: self
+                    .original_size
+                    .or_else(|| p.get("body_size").and_then(serde_json::Value::as_u64))
+                    .unwrap_or(0),
+            });
+        }
+        let part = match (flag("uri_redacted"), flag("body_redacted")) {
+            (true, true) => Some("uri and body"),
+            (true, false) => Some("uri"),
+            (false, true) => Some("body"),
+            (false, false) if self.request_redacted => Some("payload"),
+            (false, false) => None,
+        };
+        match part {
+            Some(part) => Err(NotKeptWhole::Redacted { part }),
+            None => Ok(()),
         }
     }
 

@@ -4,25 +4,63 @@ use std::time::Duration;
 
 use tower_service::Service;
 
-use crate::record::{DeadLetterRecord, RecordId};
+use crate::record::{DeadLetterRecord, NotKeptWhole, RecordId};
 use crate::store::{DeadLetterStore, StoreError};
 
 /// What a redrive did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RedriveReport {
     /// Replayed successfully and removed from the store.
     pub redriven: usize,
     /// Failed again; their redrive count was bumped and they stay.
     pub failed_again: usize,
-    /// Not found, or not replayable by `to_request`.
+    /// Not replayed (they stay untouched): `skips.len()`.
     pub skipped: usize,
+    /// Each record skipped, and why.
+    pub skips: Vec<Skip>,
+}
+
+/// A record a redrive did not replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skip {
+    /// The record.
+    pub id: RecordId,
+    /// Why it was not replayed.
+    pub reason: SkipReason,
+}
+
+/// Why a redrive did not replay a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SkipReason {
+    /// No record has the id.
+    #[error("not found")]
+    NotFound,
+    /// The record's request was not kept whole (truncated, or changed by redaction):
+    /// replaying it would send a different request.
+    #[error("{0}")]
+    NotKeptWhole(NotKeptWhole),
+    /// `to_request` could not rebuild a request from it.
+    #[error("no request can be rebuilt from it")]
+    NoRequest,
+}
+
+impl RedriveReport {
+    fn skip(&mut self, id: RecordId, reason: SkipReason) {
+        self.skipped += 1;
+        self.skips.push(Skip { id, reason });
+    }
 }
 
 /// Replays the records `ids` through `service` (typically the same policy stack that
 /// dead-lettered them), at most `per_second` calls a second if given. Records that succeed
 /// are deleted; those that fail again get their `redrive_count` bumped and stay.
 ///
-/// `to_request` rebuilds a request from a record's payload; `None` skips the record.
+/// `to_request` rebuilds a request from a record's payload; `None` skips the record. A
+/// record whose request was not kept whole ([`DeadLetterRecord::kept_whole`]: truncated, or
+/// its URI, body or payload changed by redaction) is skipped without calling it, since
+/// replaying it would send a different request. Skipped records stay in the store; the
+/// report says why each was skipped.
 ///
 /// # Errors
 ///
@@ -62,14 +100,18 @@ where
     let mut report = RedriveReport::default();
     let mut pace = per_second
         .filter(|n| *n > 0)
-        .map(|n| tokio::time::interval(Duration::from_secs(1) / n));
+        .map(|n| tokio::time::interval((Duration::from_secs(1) / n).max(Duration::from_nanos(1))));
     for id in ids {
         let Some(record) = store.get(*id).await? else {
-            report.skipped += 1;
+            report.skip(*id, SkipReason::NotFound);
             continue;
         };
+        if let Err(why) = record.kept_whole() {
+            report.skip(*id, SkipReason::NotKeptWhole(why));
+            continue;
+        }
         let Some(req) = to_request(&record) else {
-            report.skipped += 1;
+            report.skip(*id, SkipReason::NoRequest);
             continue;
         };
         if let Some(p) = pace.as_mut() {

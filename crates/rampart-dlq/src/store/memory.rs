@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{
     cutoff, DeadLetterStore, ListQuery, Page, Pushed, StoreError, StoreStats, DEFAULT_MAX_SIZE,
 };
-use crate::record::{DeadLetterRecord, RecordId};
+use crate::record::{DeadLetterRecord, RecordId, DEFAULT_MAX_RECORD_BYTES};
 
 /// A bounded in-memory store. Cloning shares it. Nothing survives the process.
 ///
@@ -32,6 +32,7 @@ use crate::record::{DeadLetterRecord, RecordId};
 pub struct MemoryStore {
     inner: Arc<Mutex<State>>,
     max_size: usize,
+    max_record_bytes: usize,
 }
 
 #[derive(Debug, Default)]
@@ -54,7 +55,18 @@ impl MemoryStore {
         MemoryStore {
             inner: Arc::new(Mutex::new(State::default())),
             max_size: max_size.max(1),
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
         }
+    }
+
+    /// Cuts a record whose JSON is larger than `bytes` before storing it (see
+    /// [`DeadLetterRecord::fit`]), like every store.
+    ///
+    /// Defaults to [`DEFAULT_MAX_RECORD_BYTES`] (1 MiB).
+    #[must_use]
+    pub fn max_record_bytes(mut self, bytes: usize) -> Self {
+        self.max_record_bytes = bytes;
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -90,7 +102,11 @@ impl DeadLetterStore for MemoryStore {
         "memory"
     }
 
-    async fn push(&self, record: DeadLetterRecord) -> Result<Pushed, StoreError> {
+    async fn push(&self, mut record: DeadLetterRecord) -> Result<Pushed, StoreError> {
+        let id = record.id;
+        record
+            .fit(self.max_record_bytes)
+            .map_err(|source| StoreError::Encode { id, source })?;
         let mut s = self.state();
         if s.records.contains_key(&record.id) {
             return Ok(Pushed::Duplicate);
@@ -115,7 +131,11 @@ impl DeadLetterStore for MemoryStore {
         Ok(self.state().records.remove(&id).is_some())
     }
 
-    async fn replace(&self, record: DeadLetterRecord) -> Result<bool, StoreError> {
+    async fn replace(&self, mut record: DeadLetterRecord) -> Result<bool, StoreError> {
+        let id = record.id;
+        record
+            .fit(self.max_record_bytes)
+            .map_err(|source| StoreError::Encode { id, source })?;
         let mut s = self.state();
         match s.records.get_mut(&record.id) {
             Some(r) => {

@@ -259,10 +259,39 @@ pub trait DeadLetterStore: Send + Sync + 'static {
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
 }
 
-/// A record's JSON, or the error that names it.
+/// A record's JSON, cut to [`DEFAULT_MAX_RECORD_BYTES`](crate::DEFAULT_MAX_RECORD_BYTES)
+/// if it is larger, or the error that names it.
 pub(crate) fn encode(r: &DeadLetterRecord) -> Result<Vec<u8>, StoreError> {
-    r.to_json()
-        .map_err(|source| StoreError::Encode { id: r.id, source })
+    encode_capped(r, crate::record::DEFAULT_MAX_RECORD_BYTES)
+}
+
+/// A record's JSON, at most `max_bytes` long (at least
+/// [`MIN_RECORD_BYTES`](crate::MIN_RECORD_BYTES)): a larger record is cut with
+/// [`DeadLetterRecord::fit`] and comes back `truncated`, with its original size. Every store
+/// writes what this returns, so a record is never acknowledged and then lost for its size.
+///
+/// # Errors
+///
+/// [`StoreError::Encode`] if the payload holds something JSON cannot represent.
+///
+/// # Example
+///
+/// ```
+/// use rampart_dlq::{store::encode_capped, DeadLetterReason, DeadLetterRecord};
+///
+/// let r = DeadLetterRecord::new("db", DeadLetterReason::Permanent).error("e".repeat(10_000));
+/// let json = encode_capped(&r, 4096)?;
+/// assert!(json.len() <= 4096);
+/// assert!(DeadLetterRecord::from_json(&json)?.truncated);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn encode_capped(r: &DeadLetterRecord, max_bytes: usize) -> Result<Vec<u8>, StoreError> {
+    let encode_err = |source| StoreError::Encode { id: r.id, source };
+    let json = r.to_json().map_err(encode_err)?;
+    if json.len() <= max_bytes.max(crate::record::MIN_RECORD_BYTES) {
+        return Ok(json);
+    }
+    r.clone().fit(max_bytes).map_err(encode_err)
 }
 
 /// The id below which records are older than `age`.

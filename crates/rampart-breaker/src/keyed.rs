@@ -561,9 +561,14 @@ impl<K: Hash + Eq> KeyedHandle<K> {
         })
     }
 
-    /// How many keys are held (not counting the overflow breaker).
+    /// How many keys are held (not counting the overflow breaker). Exact: it takes the lock
+    /// that calls with a new key take, briefly.
     pub fn len(&self) -> usize {
-        self.registry.map.len()
+        self.registry
+            .clock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// `true` if no key is held.

@@ -80,15 +80,23 @@ pub const EVICTION_STEPS: usize = 64;
 const PARKED_RECHECKS: usize = 2;
 /// How many keys each new key below the bound lets the hand look at for idleness.
 const IDLE_CHECKS: usize = 2;
+/// The most bytes of a key's `Display` kept as its breaker's label (cut at a character
+/// boundary), so that a huge key cannot make a huge label.
+pub const MAX_LABEL_BYTES: usize = 256;
+/// `seen_ms` of a key that arrived while the registry was full (no clock was read then):
+/// the hand stamps it the first time it looks at it below the bound.
+const UNSTAMPED: u64 = u64::MAX;
 
 /// A held key's breaker and its eviction marks.
 struct Slot {
     local: Arc<Local>,
+    /// The same breaker, for reading its state without touching a reference count.
+    handle: BreakerHandle,
     /// Set by every call, cleared by the eviction hand: the key's second chance.
     used: AtomicBool,
     /// When the key arrived or the hand last cleared `used`, in ms since the registry's
-    /// epoch. Written only under the clock lock; if `used` is clear, the key has not been
-    /// used since then.
+    /// epoch (or [`UNSTAMPED`]). Written only under the clock lock; if `used` is clear, the
+    /// key has not been used since then.
     seen_ms: AtomicU64,
 }
 
@@ -96,10 +104,7 @@ impl Slot {
     /// `true` if the breaker must not be evicted: it is open, half-open, or forced open or
     /// disabled by an operator.
     fn pinned(&self) -> bool {
-        let handle = BreakerHandle {
-            breaker: self.local.breaker.clone(),
-        };
-        handle.state() != State::Closed
+        self.handle.state() != State::Closed
     }
 }
 
@@ -108,11 +113,33 @@ impl Slot {
 struct Clock<K> {
     ring: VecDeque<K>,
     parked: VecDeque<K>,
+    /// Reused for formatting new keys' labels.
+    label: String,
 }
 
 impl<K> Clock<K> {
     fn len(&self) -> usize {
         self.ring.len().saturating_add(self.parked.len())
+    }
+}
+
+/// A `fmt::Write` that keeps the first [`MAX_LABEL_BYTES`] bytes (whole characters) and
+/// then stops the formatting.
+struct Bounded<'a>(&'a mut String);
+
+impl fmt::Write for Bounded<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = MAX_LABEL_BYTES.saturating_sub(self.0.len());
+        if s.len() <= room {
+            self.0.push_str(s);
+            return Ok(());
+        }
+        let mut cut = room;
+        while !s.is_char_boundary(cut) {
+            cut = cut.saturating_sub(1);
+        }
+        self.0.push_str(s.get(..cut).unwrap_or_default());
+        Err(fmt::Error)
     }
 }
 
@@ -149,6 +176,7 @@ impl<K> Registry<K> {
             clock: Mutex::new(Clock {
                 ring: VecDeque::new(),
                 parked: VecDeque::new(),
+                label: String::new(),
             }),
             overflow: Arc::new(Local::new(overflow)),
             overflowed: AtomicU64::new(0),
@@ -157,7 +185,9 @@ impl<K> Registry<K> {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .min(UNSTAMPED - 1)
     }
 }
 
@@ -180,9 +210,6 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
 
     #[inline(never)]
     fn with_new<R>(&self, key: &K, f: impl FnOnce(&Arc<Local>) -> R) -> R {
-        // Made outside the lock: `Display` is the caller's code.
-        let label: Arc<str> = Arc::from(key.to_string());
-        let (k_map, k_ring) = (key.clone(), key.clone());
         let guard = self.map.guard();
         let mut clock = self.clock.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(slot) = self.map.get(key, &guard) {
@@ -190,15 +217,27 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
             drop(clock);
             return f(&slot.local);
         }
-        let now = self.now_ms();
-        if clock.len() >= self.settings.max_keys {
-            if !self.evict_one(&mut clock, &guard, now) {
+        let seen = if clock.len() >= self.settings.max_keys {
+            if !self.evict_one(&mut clock, &guard) {
                 drop(clock);
                 self.overflowed.fetch_add(1, Ordering::Relaxed);
                 return f(&self.overflow);
             }
+            UNSTAMPED
         } else {
+            let now = self.now_ms();
             self.drop_idle(&mut clock, &guard, now);
+            now
+        };
+        // The caller's code (`Clone`, `Display`) runs before anything is changed, so a panic
+        // in it leaves the map and the ring in step.
+        let (k_map, k_ring) = (key.clone(), key.clone());
+        clock.label.clear();
+        // An error only means the label was cut.
+        let _ = fmt::write(&mut Bounded(&mut clock.label), format_args!("{key}"));
+        let label: Arc<str> = Arc::from(clock.label.as_str());
+        if clock.label.capacity() > 4 * MAX_LABEL_BYTES {
+            clock.label = String::new();
         }
         let breaker = Breaker::new(
             self.settings.name,
@@ -207,9 +246,12 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
             self.settings.events.clone(),
         );
         let slot = Slot {
+            handle: BreakerHandle {
+                breaker: breaker.clone(),
+            },
             local: Arc::new(Local::new(breaker)),
             used: AtomicBool::new(false),
-            seen_ms: AtomicU64::new(now),
+            seen_ms: AtomicU64::new(seen),
         };
         let local = slot.local.clone();
         self.map.insert(k_map, slot, &guard);
@@ -220,7 +262,7 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
 
     /// Evicts one closed breaker, looking at a bounded number of keys. `false` if none
     /// could be found.
-    fn evict_one(&self, clock: &mut Clock<K>, guard: &impl papaya::Guard, now: u64) -> bool {
+    fn evict_one(&self, clock: &mut Clock<K>, guard: &impl papaya::Guard) -> bool {
         for _ in 0..PARKED_RECHECKS {
             let Some(k) = clock.parked.pop_front() else {
                 break;
@@ -231,6 +273,7 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
                 None => {}
             }
         }
+        let mut now = None;
         let mut second_chances = 0;
         for _ in 0..EVICTION_STEPS {
             let Some(k) = clock.ring.pop_front() else {
@@ -244,6 +287,7 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
             } else if slot.used.load(Ordering::Relaxed) && second_chances < EVICTION_STEPS / 2 {
                 second_chances += 1;
                 slot.used.store(false, Ordering::Relaxed);
+                let now = *now.get_or_insert_with(|| self.now_ms());
                 slot.seen_ms.store(now, Ordering::Relaxed);
                 clock.ring.push_back(k);
             } else {
@@ -266,13 +310,14 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
                 clock.ring.pop_front();
                 continue;
             };
-            if slot.used.load(Ordering::Relaxed) {
+            let seen = slot.seen_ms.load(Ordering::Relaxed);
+            if slot.used.load(Ordering::Relaxed) || seen == UNSTAMPED {
                 slot.used.store(false, Ordering::Relaxed);
                 slot.seen_ms.store(now, Ordering::Relaxed);
                 clock.ring.rotate_left(1);
                 continue;
             }
-            if now.saturating_sub(slot.seen_ms.load(Ordering::Relaxed)) < ttl {
+            if now.saturating_sub(seen) < ttl {
                 return;
             }
             if slot.pinned() {

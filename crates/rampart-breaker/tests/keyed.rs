@@ -379,3 +379,19 @@ async fn concurrent_callers_keep_the_bound_and_the_open_key() {
     assert_eq!(handle.get(&HOT).unwrap().state(), State::Closed);
     assert_eq!(handle.overflowed(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_key_makes_a_bounded_label() {
+    use rampart_breaker::MAX_LABEL_BYTES;
+    let layer = KeyedCircuitBreakerLayer::new(consecutive(1), IoErrors, |k: &String| k.clone());
+    let handle = layer.handle();
+    let svc = layer.layer(tower::service_fn(|_: String| async {
+        Ok::<_, io::Error>(())
+    }));
+    // 'é' is two bytes: a cut at MAX_LABEL_BYTES - 1 would land inside one.
+    let key = format!("x{}", "é".repeat(100_000));
+    svc.oneshot(key.clone()).await.unwrap();
+    let label = handle.get(&key).unwrap().snapshot().key.unwrap();
+    assert!(label.len() <= MAX_LABEL_BYTES && label.len() >= MAX_LABEL_BYTES - 1);
+    assert!(key.starts_with(&*label));
+}

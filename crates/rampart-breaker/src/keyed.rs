@@ -44,9 +44,13 @@
 //! `EVICTION_STEPS / 2` marks and found nothing, it evicts the next closed breaker anyway,
 //! which keeps the work per new key bounded.
 //!
-//! Below the bound, each new key also lets the hand look at up to two keys and drop those
-//! that have gone unused for at least [`idle_ttl`](KeyedCircuitBreakerLayer::idle_ttl) (and
-//! are closed), so a registry that saw a burst of keys shrinks back as traffic moves on.
+//! Before that, each new key lets the hand look at up to two keys and drop those that have
+//! gone unused for at least [`idle_ttl`](KeyedCircuitBreakerLayer::idle_ttl) (and are
+//! closed), so idle keys go first and a registry that saw a burst of keys shrinks back as
+//! traffic moves on.
+//!
+//! A breaker's key label (in transitions, snapshots and call observers) is the key's
+//! `Display`, cut to [`MAX_LABEL_BYTES`].
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -83,9 +87,6 @@ const IDLE_CHECKS: usize = 2;
 /// The most bytes of a key's `Display` kept as its breaker's label (cut at a character
 /// boundary), so that a huge key cannot make a huge label.
 pub const MAX_LABEL_BYTES: usize = 256;
-/// `seen_ms` of a key that arrived while the registry was full (no clock was read then):
-/// the hand stamps it the first time it looks at it below the bound.
-const UNSTAMPED: u64 = u64::MAX;
 
 /// A held key's breaker and its eviction marks.
 struct Slot {
@@ -95,8 +96,8 @@ struct Slot {
     /// Set by every call, cleared by the eviction hand: the key's second chance.
     used: AtomicBool,
     /// When the key arrived or the hand last cleared `used`, in ms since the registry's
-    /// epoch (or [`UNSTAMPED`]). Written only under the clock lock; if `used` is clear, the
-    /// key has not been used since then.
+    /// epoch. Written only under the clock lock; if `used` is clear, the key has not been
+    /// used since then.
     seen_ms: AtomicU64,
 }
 
@@ -185,9 +186,7 @@ impl<K> Registry<K> {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .min(UNSTAMPED - 1)
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }
 
@@ -217,18 +216,13 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
             drop(clock);
             return f(&slot.local);
         }
-        let seen = if clock.len() >= self.settings.max_keys {
-            if !self.evict_one(&mut clock, &guard) {
-                drop(clock);
-                self.overflowed.fetch_add(1, Ordering::Relaxed);
-                return f(&self.overflow);
-            }
-            UNSTAMPED
-        } else {
-            let now = self.now_ms();
-            self.drop_idle(&mut clock, &guard, now);
-            now
-        };
+        let now = self.now_ms();
+        self.drop_idle(&mut clock, &guard, now);
+        if clock.len() >= self.settings.max_keys && !self.evict_one(&mut clock, &guard, now) {
+            drop(clock);
+            self.overflowed.fetch_add(1, Ordering::Relaxed);
+            return f(&self.overflow);
+        }
         // The caller's code (`Clone`, `Display`) runs before anything is changed, so a panic
         // in it leaves the map and the ring in step.
         let (k_map, k_ring) = (key.clone(), key.clone());
@@ -251,7 +245,7 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
             },
             local: Arc::new(Local::new(breaker)),
             used: AtomicBool::new(false),
-            seen_ms: AtomicU64::new(seen),
+            seen_ms: AtomicU64::new(now),
         };
         let local = slot.local.clone();
         self.map.insert(k_map, slot, &guard);
@@ -262,7 +256,7 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
 
     /// Evicts one closed breaker, looking at a bounded number of keys. `false` if none
     /// could be found.
-    fn evict_one(&self, clock: &mut Clock<K>, guard: &impl papaya::Guard) -> bool {
+    fn evict_one(&self, clock: &mut Clock<K>, guard: &impl papaya::Guard, now: u64) -> bool {
         for _ in 0..PARKED_RECHECKS {
             let Some(k) = clock.parked.pop_front() else {
                 break;
@@ -273,7 +267,6 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
                 None => {}
             }
         }
-        let mut now = None;
         let mut second_chances = 0;
         for _ in 0..EVICTION_STEPS {
             let Some(k) = clock.ring.pop_front() else {
@@ -287,7 +280,6 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
             } else if slot.used.load(Ordering::Relaxed) && second_chances < EVICTION_STEPS / 2 {
                 second_chances += 1;
                 slot.used.store(false, Ordering::Relaxed);
-                let now = *now.get_or_insert_with(|| self.now_ms());
                 slot.seen_ms.store(now, Ordering::Relaxed);
                 clock.ring.push_back(k);
             } else {
@@ -298,8 +290,8 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
         false
     }
 
-    /// Below the bound: lets the hand look at a few keys, dropping closed breakers whose key
-    /// has gone unused for `idle_ttl`.
+    /// Lets the hand look at a few keys, dropping closed breakers whose key has gone unused
+    /// for `idle_ttl`.
     fn drop_idle(&self, clock: &mut Clock<K>, guard: &impl papaya::Guard, now: u64) {
         let ttl = u64::try_from(self.settings.idle_ttl.as_millis()).unwrap_or(u64::MAX);
         for _ in 0..IDLE_CHECKS {
@@ -311,7 +303,7 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
                 continue;
             };
             let seen = slot.seen_ms.load(Ordering::Relaxed);
-            if slot.used.load(Ordering::Relaxed) || seen == UNSTAMPED {
+            if slot.used.load(Ordering::Relaxed) {
                 slot.used.store(false, Ordering::Relaxed);
                 slot.seen_ms.store(now, Ordering::Relaxed);
                 clock.ring.rotate_left(1);

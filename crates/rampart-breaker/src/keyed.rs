@@ -570,6 +570,31 @@ impl<K> fmt::Debug for KeyedHandle<K> {
 impl<K> KeyedHandle<K> {
     /// The breaker shared by new keys while every held breaker is open, half-open or forced
     /// (its snapshots and transitions carry the key [`OVERFLOW_KEY`]).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart_breaker::{CircuitBreakerConfig, KeyedCircuitBreakerLayer, State, OVERFLOW_KEY};
+    /// use rampart_core::classify::IoErrors;
+    /// use std::io;
+    /// use tower::{service_fn, Layer, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cfg = CircuitBreakerConfig::builder().consecutive_failures(Some(1)).build()?;
+    /// let layer = KeyedCircuitBreakerLayer::new(cfg, IoErrors, |k: &u32| *k).max_keys(1);
+    /// let handle = layer.handle();
+    /// let svc = layer.layer(service_fn(|k: u32| async move {
+    ///     if k == 0 { Err(io::Error::from(io::ErrorKind::ConnectionRefused)) } else { Ok(()) }
+    /// }));
+    /// let _ = svc.clone().oneshot(0).await; // key 0's breaker opens and fills the registry
+    /// svc.clone().oneshot(1).await?; // an open breaker is never evicted: key 1 overflows
+    /// assert_eq!(handle.get(&0).map(|h| h.state()), Some(State::Open));
+    /// assert!(handle.get(&1).is_none());
+    /// assert_eq!(handle.overflowed(), 1);
+    /// assert_eq!(handle.overflow().snapshot().key.as_deref(), Some(OVERFLOW_KEY));
+    /// # Ok(()) }
+    /// ```
     pub fn overflow(&self) -> BreakerHandle {
         BreakerHandle {
             breaker: self.registry.overflow.breaker.clone(),

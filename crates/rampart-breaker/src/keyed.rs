@@ -20,8 +20,9 @@
 //!   ring of keys behind a mutex that only a call with a key not yet held takes. Each new
 //!   key past [`max_keys`](KeyedCircuitBreakerLayer::max_keys) looks at no more than
 //!   [`EVICTION_STEPS`] keys of the ring plus two parked keys; there is no scan of the map.
-//! - **Open, half-open and forced breakers are never evicted.** Evicting one would forget
-//!   that its key is down and let the next call through a fresh, closed breaker. When the
+//! - **Open, half-open and forced breakers are never evicted,** nor breakers with a call in
+//!   flight. Evicting one would forget that its key is down (or lose the outcome of the call
+//!   that would have opened it) and let the next call through a fresh, closed breaker. When the
 //!   hand meets such a breaker it *parks* the key outside the ring, so it is not looked at
 //!   again on every eviction; parked keys are looked at again two per eviction, and go back
 //!   to the ring once their breaker has closed (or been [`reset`](BreakerHandle::reset)).
@@ -103,9 +104,11 @@ struct Slot {
 
 impl Slot {
     /// `true` if the breaker must not be evicted: it is open, half-open, or forced open or
-    /// disabled by an operator.
+    /// disabled by an operator, or a call is in flight (its outcome would be lost: a slow
+    /// upstream that fails after 30 s must still open its key's breaker, however many new
+    /// keys arrived meanwhile). Every admitted call's guard holds a clone of `local`.
     fn pinned(&self) -> bool {
-        self.handle.state() != State::Closed
+        self.handle.state() != State::Closed || Arc::strong_count(&self.local) > 1
     }
 }
 
@@ -239,11 +242,13 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
             self.settings.cfg,
             self.settings.events.clone(),
         );
+        let mut local = Local::new(breaker.clone());
+        // No reference-count-free fast path: each admitted call holds a clone of `local`, so
+        // the hand can tell a breaker with calls in flight (see `Slot::pinned`).
+        local.fast = None;
         let slot = Slot {
-            handle: BreakerHandle {
-                breaker: breaker.clone(),
-            },
-            local: Arc::new(Local::new(breaker)),
+            handle: BreakerHandle { breaker },
+            local: Arc::new(local),
             used: AtomicBool::new(false),
             seen_ms: AtomicU64::new(now),
         };

@@ -26,6 +26,8 @@ enum Do {
     Fail,
     /// Never answers (holds a half-open probe slot while the future lives).
     Hang,
+    /// Fails after this many ms.
+    FailAfter(u64),
 }
 
 type Req = (u64, Do);
@@ -53,6 +55,10 @@ impl Service<Req> for Inner {
                 Do::Ok => Ok(()),
                 Do::Fail => Err(io::Error::from(io::ErrorKind::ConnectionRefused)),
                 Do::Hang => std::future::pending().await,
+                Do::FailAfter(ms) => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    Err(io::Error::from(io::ErrorKind::TimedOut))
+                }
             }
         })
     }
@@ -394,4 +400,30 @@ async fn a_huge_key_makes_a_bounded_label() {
     let label = handle.get(&key).unwrap().snapshot().key.unwrap();
     assert!(label.len() <= MAX_LABEL_BYTES && label.len() >= MAX_LABEL_BYTES - 1);
     assert!(key.starts_with(&*label));
+}
+
+/// Regression: a call in flight on a closed breaker did not keep it from eviction, so a slow
+/// upstream's failure landed on a breaker no longer in the registry, and the key's next call
+/// went through a fresh, closed one.
+#[tokio::test(start_paused = true)]
+async fn a_breaker_with_a_call_in_flight_is_not_evicted() {
+    const SLOW: u64 = u64::MAX;
+    let (mut svc, handle, calls) = keyed(consecutive(1), |l| l.max_keys(4));
+    send(&mut svc, SLOW, Do::Ok).await.unwrap();
+    svc.ready().await.unwrap();
+    let in_flight = svc.call((SLOW, Do::FailAfter(30_000)));
+    churn(&mut svc, &handle, 0..2_000).await;
+    assert!(in_flight.await.unwrap_err().inner().is_some());
+    assert_eq!(handle.get(&SLOW).unwrap().state(), State::Open);
+    let before = calls.load(Ordering::SeqCst);
+    assert!(send(&mut svc, SLOW, Do::Ok)
+        .await
+        .unwrap_err()
+        .circuit_open()
+        .is_some());
+    assert_eq!(calls.load(Ordering::SeqCst), before);
+    // Once the call is over (and its breaker closed again), the key can go.
+    handle.get(&SLOW).unwrap().reset();
+    churn(&mut svc, &handle, 10_000..10_100).await;
+    assert!(handle.get(&SLOW).is_none());
 }

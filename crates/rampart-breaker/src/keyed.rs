@@ -9,7 +9,8 @@
 //!
 //! - **Known keys take no lock.** Breakers live in a [`papaya::HashMap`], a lock-free
 //!   concurrent map whose reads are a hash, a probe and an epoch pin: callers of known keys
-//!   never wait for each other nor for a caller with a new key. papaya was chosen over
+//!   never wait for each other nor for a caller with a new key (an admitted call does hold a
+//!   reference count on its key's breaker until it completes, see below). papaya was chosen over
 //!   `dashmap` (a read still takes a shard's `RwLock`, a write to a shared cache line on
 //!   every call) and over caches with their own eviction (`quick_cache`, `moka`): their
 //!   policies can pin an entry, but they walk past pinned entries on every eviction, so a
@@ -331,10 +332,26 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
 /// One circuit breaker per key, chosen by a closure over the request.
 ///
 /// Every service made by this layer, and every clone, shares one registry of breakers,
-/// bounded by [`max_keys`](Self::max_keys). Calls with a key already held take no lock; a
-/// call with a new key does a bounded amount of work under a short lock to make room. Open,
-/// half-open and forced breakers are never evicted; when nothing else can be, new keys share
-/// an overflow breaker. See the [module docs](self) for the eviction order.
+/// bounded by [`max_keys`](Self::max_keys).
+///
+/// # Keys chosen by clients
+///
+/// A client may send a new key on every call; the registry is built for it:
+///
+/// - A call with a key already held takes no lock (a lock-free `papaya` map). A call with a
+///   new key takes a short lock and does a bounded amount of work to make room: it looks at
+///   no more than two parked keys and [`EVICTION_STEPS`] others, never at every key.
+/// - Open, half-open, forced-open and disabled breakers, and breakers with a call in flight,
+///   are never evicted, so churn cannot re-admit traffic to a key that is down.
+/// - When every held breaker is one of those, a new key's calls go through one breaker
+///   shared by all such keys ([`KeyedHandle::overflow`], key [`OVERFLOW_KEY`]), counted by
+///   [`KeyedHandle::overflowed`]: such a call never blocks and never panics, and is only
+///   protected less precisely. A client that can make `max_keys` keys fail can fill the
+///   registry with open breakers; alert on `overflowed`, or raise `max_keys`.
+/// - Eviction order: keys unused for [`idle_ttl`](Self::idle_ttl) first, then keys not used
+///   since the eviction hand last passed them (a CLOCK approximation of least recently used:
+///   keys seen once go before keys in steady use).
+/// - A breaker's key label is the key's `Display`, cut to [`MAX_LABEL_BYTES`].
 ///
 /// # Example
 ///

@@ -427,3 +427,68 @@ async fn a_breaker_with_a_call_in_flight_is_not_evicted() {
     churn(&mut svc, &handle, 10_000..10_100).await;
     assert!(handle.get(&SLOW).is_none());
 }
+
+#[derive(Debug, Clone)]
+enum Op {
+    Call { key: u64, fail: bool },
+    Reset(u64),
+    Advance(u64),
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        6 => (0..40u64, any::<bool>()).prop_map(|(key, fail)| Op::Call { key, fail }),
+        1 => (0..40u64).prop_map(Op::Reset),
+        1 => (0..2_000u64).prop_map(Op::Advance),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Whatever the calls, resets and time: the bound holds, and a breaker that is not closed
+    /// stays held through every operation on other keys.
+    #[test]
+    fn the_bound_holds_and_pinned_breakers_stay(ops in proptest::collection::vec(op(), 1..300)) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let cfg = CircuitBreakerConfig::builder()
+                .consecutive_failures(Some(2))
+                .recovery_timeout(Duration::from_secs(1))
+                .build()
+                .unwrap();
+            let (mut svc, handle, _) = keyed(cfg, |l| l.max_keys(8));
+            for op in ops {
+                let pinned: Vec<u64> = (0..40)
+                    .filter(|k| handle.get(k).is_some_and(|h| h.state() != State::Closed))
+                    .collect();
+                let touched = match op {
+                    Op::Call { key, fail } => {
+                        let what = if fail { Do::Fail } else { Do::Ok };
+                        let _ = send(&mut svc, key, what).await;
+                        Some(key)
+                    }
+                    Op::Reset(key) => {
+                        if let Some(h) = handle.get(&key) {
+                            h.reset();
+                        }
+                        Some(key)
+                    }
+                    Op::Advance(ms) => {
+                        tokio::time::advance(Duration::from_millis(ms)).await;
+                        None
+                    }
+                };
+                assert!(handle.len() <= 8);
+                for k in pinned.into_iter().filter(|k| Some(*k) != touched) {
+                    assert!(handle.get(&k).is_some(), "key {k} was evicted while pinned");
+                }
+            }
+        });
+    }
+}

@@ -1,9 +1,63 @@
 //! One breaker per key (host, model, voice), so one bad upstream does not open the circuit
 //! for the others.
+//!
+//! # Keys may be chosen by an attacker
+//!
+//! The key usually comes from the request (a host name, a tenant, a model), so a client can
+//! send a fresh key on every call. The registry is built so that this costs every other
+//! caller nothing and cannot re-admit traffic to a dead key:
+//!
+//! - **Known keys take no lock.** Breakers live in a [`papaya::HashMap`], a lock-free
+//!   concurrent map whose reads are a hash, a probe and an epoch pin: callers of known keys
+//!   never wait for each other nor for a caller with a new key (an admitted call does hold a
+//!   reference count on its key's breaker until it completes, see below). papaya was chosen over
+//!   `dashmap` (a read still takes a shard's `RwLock`, a write to a shared cache line on
+//!   every call) and over caches with their own eviction (`quick_cache`, `moka`): their
+//!   policies can pin an entry, but they walk past pinned entries on every eviction, so a
+//!   map full of open breakers would cost `O(max_keys)` per new key again, and they let the
+//!   map grow past its bound instead of saying so. The map's default hasher (SipHash with a
+//!   random key) keeps attacker-chosen keys from colliding on purpose.
+//! - **New keys do `O(1)` work under a short lock.** Eviction is a CLOCK (second-chance)
+//!   ring of keys behind a mutex that only a call with a key not yet held takes. Each new
+//!   key past [`max_keys`](KeyedCircuitBreakerLayer::max_keys) looks at no more than
+//!   [`EVICTION_STEPS`] keys of the ring plus two parked keys; there is no scan of the map.
+//! - **Open, half-open and forced breakers are never evicted,** nor breakers with a call in
+//!   flight. Evicting one would forget that its key is down (or lose the outcome of the call
+//!   that would have opened it) and let the next call through a fresh, closed breaker. When the
+//!   hand meets such a breaker it *parks* the key outside the ring, so it is not looked at
+//!   again on every eviction; parked keys are looked at again two per eviction, and go back
+//!   to the ring once their breaker has closed (or been [`reset`](BreakerHandle::reset)).
+//! - **When every held breaker is pinned, new keys share one overflow breaker.** A call
+//!   whose key is not held and for which nothing can be evicted goes through a single breaker
+//!   shared by all such keys (its key in events and snapshots is [`OVERFLOW_KEY`]). The call
+//!   never blocks, never fails for lack of room and never panics; it is only protected less
+//!   precisely. [`KeyedHandle::overflow`] is that breaker's handle and
+//!   [`KeyedHandle::overflowed`] counts the calls routed to it: alert on it, or raise
+//!   `max_keys`. A client that can make `max_keys` keys fail can fill the registry with open
+//!   breakers; while they stay open every new key shares the overflow breaker.
+//!
+//! # Which key goes first
+//!
+//! Every call sets its key's *used* mark. At the bound, the hand evicts the first closed
+//! breaker whose key has not been used since the hand last passed it, clearing the marks of
+//! the used ones it passes (their second chance). So keys seen once — a client cycling
+//! through fresh keys — go before keys in steady use: an approximation of
+//! least-recently-used that needs no clock on the call path. If the hand has cleared
+//! `EVICTION_STEPS / 2` marks and found nothing, it evicts the next closed breaker anyway,
+//! which keeps the work per new key bounded.
+//!
+//! Before that, each new key lets the hand look at up to two keys and drop those that have
+//! gone unused for at least [`idle_ttl`](KeyedCircuitBreakerLayer::idle_ttl) (and are
+//! closed), so idle keys go first and a registry that saw a burst of keys shrinks back as
+//! traffic moves on.
+//!
+//! A breaker's key label (in transitions, snapshots and call observers) is the key's
+//! `Display`, cut to [`MAX_LABEL_BYTES`].
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::fmt;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -15,75 +69,289 @@ use tower_service::Service;
 
 use crate::breaker::{Breaker, BreakerHandle, Snapshot};
 use crate::config::CircuitBreakerConfig;
-use crate::events::{Events, Transition};
+use crate::events::{Events, State, Transition};
 use crate::future::{Guard, ResponseFuture};
 use crate::service::Local;
 
 /// Default bound on the number of keys.
 pub const DEFAULT_MAX_KEYS: usize = 1_000;
-/// Default idle time after which a key's breaker may be evicted.
+/// Default idle time after which a key's (closed) breaker may be dropped.
 pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(600);
+/// The key that the shared overflow breaker reports in transitions and snapshots.
+pub const OVERFLOW_KEY: &str = "(overflow)";
+/// The most ring keys one new key makes the eviction hand look at (parked keys aside).
+pub const EVICTION_STEPS: usize = 64;
 
-struct Entry {
+/// How many parked keys each eviction looks at again.
+const PARKED_RECHECKS: usize = 2;
+/// How many keys each new key below the bound lets the hand look at for idleness.
+const IDLE_CHECKS: usize = 2;
+/// The most bytes of a key's `Display` kept as its breaker's label (cut at a character
+/// boundary), so that a huge key cannot make a huge label.
+pub const MAX_LABEL_BYTES: usize = 256;
+
+/// A held key's breaker and its eviction marks.
+struct Slot {
     local: Arc<Local>,
-    last_used: Instant,
+    /// The same breaker, for reading its state without touching a reference count.
+    handle: BreakerHandle,
+    /// Set by every call, cleared by the eviction hand: the key's second chance.
+    used: AtomicBool,
+    /// When the key arrived or the hand last cleared `used`, in ms since the registry's
+    /// epoch. Written only under the clock lock; if `used` is clear, the key has not been
+    /// used since then.
+    seen_ms: AtomicU64,
 }
 
-struct Registry<K> {
+impl Slot {
+    /// `true` if the breaker must not be evicted: it is open, half-open, or forced open or
+    /// disabled by an operator, or a call is in flight (its outcome would be lost: a slow
+    /// upstream that fails after 30 s must still open its key's breaker, however many new
+    /// keys arrived meanwhile). Every admitted call's guard holds a clone of `local`.
+    fn pinned(&self) -> bool {
+        self.handle.state() != State::Closed || Arc::strong_count(&self.local) > 1
+    }
+}
+
+/// The eviction order: keys in the ring in hand order, and the keys parked because their
+/// breaker was pinned when the hand met it. Every held key is in exactly one of the two.
+struct Clock<K> {
+    ring: VecDeque<K>,
+    parked: VecDeque<K>,
+    /// Reused for formatting new keys' labels.
+    label: String,
+}
+
+impl<K> Clock<K> {
+    fn len(&self) -> usize {
+        self.ring.len().saturating_add(self.parked.len())
+    }
+}
+
+/// A `fmt::Write` that keeps the first [`MAX_LABEL_BYTES`] bytes (whole characters) and
+/// then stops the formatting.
+struct Bounded<'a>(&'a mut String);
+
+impl fmt::Write for Bounded<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = MAX_LABEL_BYTES.saturating_sub(self.0.len());
+        if s.len() <= room {
+            self.0.push_str(s);
+            return Ok(());
+        }
+        let mut cut = room;
+        while !s.is_char_boundary(cut) {
+            cut = cut.saturating_sub(1);
+        }
+        self.0.push_str(s.get(..cut).unwrap_or_default());
+        Err(fmt::Error)
+    }
+}
+
+/// What every service and clone made by one layer shares.
+struct Settings {
     name: Name,
     cfg: CircuitBreakerConfig,
     events: Events,
     max_keys: usize,
     idle_ttl: Duration,
-    map: Mutex<HashMap<K, Entry>>,
+}
+
+struct Registry<K> {
+    settings: Settings,
+    map: papaya::HashMap<K, Slot>,
+    /// Taken only by calls whose key is not held, and by nothing else on the call path.
+    clock: Mutex<Clock<K>>,
+    overflow: Arc<Local>,
+    overflowed: AtomicU64,
+    epoch: Instant,
+}
+
+impl<K> Registry<K> {
+    fn new(settings: Settings) -> Self {
+        let overflow = Breaker::new(
+            settings.name,
+            Some(Arc::from(OVERFLOW_KEY)),
+            settings.cfg,
+            settings.events.clone(),
+        );
+        Registry {
+            settings,
+            map: papaya::HashMap::new(),
+            clock: Mutex::new(Clock {
+                ring: VecDeque::new(),
+                parked: VecDeque::new(),
+                label: String::new(),
+            }),
+            overflow: Arc::new(Local::new(overflow)),
+            overflowed: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
-    /// The breaker for `key`, made on first use. At the bound, idle breakers are evicted
-    /// first, then the least recently used one.
-    fn get(&self, key: &K) -> Arc<Local> {
-        let now = Instant::now();
-        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(e) = map.get_mut(key) {
-            e.last_used = now;
-            return e.local.clone();
-        }
-        if map.len() >= self.max_keys {
-            let ttl = self.idle_ttl;
-            map.retain(|_, e| now.saturating_duration_since(e.last_used) < ttl);
-            if map.len() >= self.max_keys {
-                if let Some(oldest) = map
-                    .iter()
-                    .min_by_key(|(_, e)| e.last_used)
-                    .map(|(k, _)| k.clone())
-                {
-                    map.remove(&oldest);
-                }
+    /// Runs `f` on the breaker for `key`: the held one (no lock), else a new one, else the
+    /// overflow breaker.
+    #[inline]
+    fn with<R>(&self, key: &K, f: impl FnOnce(&Arc<Local>) -> R) -> R {
+        let guard = self.map.guard();
+        if let Some(slot) = self.map.get(key, &guard) {
+            // Read first: a key in steady use does not write the shared line on every call.
+            if !slot.used.load(Ordering::Relaxed) {
+                slot.used.store(true, Ordering::Relaxed);
             }
+            return f(&slot.local);
+        }
+        drop(guard);
+        self.with_new(key, f)
+    }
+
+    #[inline(never)]
+    fn with_new<R>(&self, key: &K, f: impl FnOnce(&Arc<Local>) -> R) -> R {
+        let guard = self.map.guard();
+        let mut clock = self.clock.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = self.map.get(key, &guard) {
+            // Another caller added it meanwhile.
+            drop(clock);
+            return f(&slot.local);
+        }
+        let now = self.now_ms();
+        self.drop_idle(&mut clock, &guard, now);
+        if clock.len() >= self.settings.max_keys && !self.evict_one(&mut clock, &guard, now) {
+            drop(clock);
+            self.overflowed.fetch_add(1, Ordering::Relaxed);
+            return f(&self.overflow);
+        }
+        // The caller's code (`Clone`, `Display`) runs before anything is changed, so a panic
+        // in it leaves the map and the ring in step.
+        let (k_map, k_ring) = (key.clone(), key.clone());
+        clock.label.clear();
+        // An error only means the label was cut.
+        let _ = fmt::write(&mut Bounded(&mut clock.label), format_args!("{key}"));
+        let label: Arc<str> = Arc::from(clock.label.as_str());
+        if clock.label.capacity() > 4 * MAX_LABEL_BYTES {
+            clock.label = String::new();
         }
         let breaker = Breaker::new(
-            self.name,
-            Some(Arc::from(key.to_string())),
-            self.cfg,
-            self.events.clone(),
+            self.settings.name,
+            Some(label),
+            self.settings.cfg,
+            self.settings.events.clone(),
         );
-        let local = Arc::new(Local::new(breaker));
-        map.insert(
-            key.clone(),
-            Entry {
-                local: local.clone(),
-                last_used: now,
-            },
-        );
-        local
+        let mut local = Local::new(breaker.clone());
+        // No reference-count-free fast path: each admitted call holds a clone of `local`, so
+        // the hand can tell a breaker with calls in flight (see `Slot::pinned`).
+        local.fast = None;
+        let slot = Slot {
+            handle: BreakerHandle { breaker },
+            local: Arc::new(local),
+            used: AtomicBool::new(false),
+            seen_ms: AtomicU64::new(now),
+        };
+        let local = slot.local.clone();
+        self.map.insert(k_map, slot, &guard);
+        clock.ring.push_back(k_ring);
+        drop(clock);
+        f(&local)
+    }
+
+    /// Evicts one closed breaker, looking at a bounded number of keys. `false` if none
+    /// could be found.
+    fn evict_one(&self, clock: &mut Clock<K>, guard: &impl papaya::Guard, now: u64) -> bool {
+        for _ in 0..PARKED_RECHECKS {
+            let Some(k) = clock.parked.pop_front() else {
+                break;
+            };
+            match self.map.get(&k, guard) {
+                Some(slot) if slot.pinned() => clock.parked.push_back(k),
+                Some(_) => clock.ring.push_back(k),
+                None => {}
+            }
+        }
+        let mut second_chances = 0;
+        for _ in 0..EVICTION_STEPS {
+            let Some(k) = clock.ring.pop_front() else {
+                return false;
+            };
+            let Some(slot) = self.map.get(&k, guard) else {
+                continue;
+            };
+            if slot.pinned() {
+                clock.parked.push_back(k);
+            } else if slot.used.load(Ordering::Relaxed) && second_chances < EVICTION_STEPS / 2 {
+                second_chances += 1;
+                slot.used.store(false, Ordering::Relaxed);
+                slot.seen_ms.store(now, Ordering::Relaxed);
+                clock.ring.push_back(k);
+            } else {
+                self.map.remove(&k, guard);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Lets the hand look at a few keys, dropping closed breakers whose key has gone unused
+    /// for `idle_ttl`.
+    fn drop_idle(&self, clock: &mut Clock<K>, guard: &impl papaya::Guard, now: u64) {
+        let ttl = u64::try_from(self.settings.idle_ttl.as_millis()).unwrap_or(u64::MAX);
+        for _ in 0..IDLE_CHECKS {
+            let Some(k) = clock.ring.front() else {
+                return;
+            };
+            let Some(slot) = self.map.get(k, guard) else {
+                clock.ring.pop_front();
+                continue;
+            };
+            let seen = slot.seen_ms.load(Ordering::Relaxed);
+            if slot.used.load(Ordering::Relaxed) {
+                slot.used.store(false, Ordering::Relaxed);
+                slot.seen_ms.store(now, Ordering::Relaxed);
+                clock.ring.rotate_left(1);
+                continue;
+            }
+            if now.saturating_sub(seen) < ttl {
+                return;
+            }
+            if slot.pinned() {
+                if let Some(k) = clock.ring.pop_front() {
+                    clock.parked.push_back(k);
+                }
+            } else if let Some(k) = clock.ring.pop_front() {
+                self.map.remove(&k, guard);
+            }
+        }
     }
 }
 
 /// One circuit breaker per key, chosen by a closure over the request.
 ///
 /// Every service made by this layer, and every clone, shares one registry of breakers,
-/// bounded by [`max_keys`](Self::max_keys); idle breakers are evicted first. The registry is
-/// looked up under a lock on every call, so a keyed breaker costs more than a plain one.
+/// bounded by [`max_keys`](Self::max_keys).
+///
+/// # Keys chosen by clients
+///
+/// A client may send a new key on every call; the registry is built for it:
+///
+/// - A call with a key already held takes no lock (a lock-free `papaya` map). A call with a
+///   new key takes a short lock and does a bounded amount of work to make room: it looks at
+///   no more than two parked keys and [`EVICTION_STEPS`] others, never at every key.
+/// - Open, half-open, forced-open and disabled breakers, and breakers with a call in flight,
+///   are never evicted, so churn cannot re-admit traffic to a key that is down.
+/// - When every held breaker is one of those, a new key's calls go through one breaker
+///   shared by all such keys ([`KeyedHandle::overflow`], key [`OVERFLOW_KEY`]), counted by
+///   [`KeyedHandle::overflowed`]: such a call never blocks and never panics, and is only
+///   protected less precisely. A client that can make `max_keys` keys fail can fill the
+///   registry with open breakers; alert on `overflowed`, or raise `max_keys`.
+/// - Eviction order: keys unused for [`idle_ttl`](Self::idle_ttl) first, then keys not used
+///   since the eviction hand last passed them (a CLOCK approximation of least recently used:
+///   keys seen once go before keys in steady use).
+/// - A breaker's key label is the key's `Display`, cut to [`MAX_LABEL_BYTES`].
 ///
 /// # Example
 ///
@@ -118,31 +386,30 @@ impl<C, F, K> KeyedCircuitBreakerLayer<C, F, K> {
     /// One breaker with `config` per key that `key` picks from a request.
     pub fn new(config: CircuitBreakerConfig, classifier: C, key: F) -> Self {
         KeyedCircuitBreakerLayer {
-            registry: Arc::new(Registry {
+            registry: Arc::new(Registry::new(Settings {
                 name: Name::default(),
                 cfg: config,
                 events: Events::default(),
                 max_keys: DEFAULT_MAX_KEYS,
                 idle_ttl: DEFAULT_IDLE_TTL,
-                map: Mutex::new(HashMap::new()),
-            }),
+            })),
             classifier,
             key,
         }
     }
 
-    fn with_registry(mut self, f: impl FnOnce(&mut Registry<K>)) -> Self {
-        let old = &self.registry;
-        let mut r = Registry {
+    /// Starts a new, empty registry with the current settings changed by `f`.
+    fn with_settings(mut self, f: impl FnOnce(&mut Settings)) -> Self {
+        let old = &self.registry.settings;
+        let mut s = Settings {
             name: old.name,
             cfg: old.cfg,
             events: old.events.clone(),
             max_keys: old.max_keys,
             idle_ttl: old.idle_ttl,
-            map: Mutex::new(HashMap::new()),
         };
-        f(&mut r);
-        self.registry = Arc::new(r);
+        f(&mut s);
+        self.registry = Arc::new(Registry::new(s));
         self
     }
 
@@ -151,21 +418,23 @@ impl<C, F, K> KeyedCircuitBreakerLayer<C, F, K> {
     /// Defaults to `"default"`.
     pub fn name(self, name: impl Into<Name>) -> Self {
         let name = name.into();
-        self.with_registry(|r| r.name = name)
+        self.with_settings(|s| s.name = name)
     }
 
-    /// The most keys held at once.
+    /// The most keys held at once (at least 1). Past it, a new key evicts a closed breaker,
+    /// or shares the overflow breaker if every held breaker is open, half-open or forced.
     ///
     /// Defaults to 1,000.
     pub fn max_keys(self, n: usize) -> Self {
-        self.with_registry(|r| r.max_keys = n.max(1))
+        self.with_settings(|s| s.max_keys = n.max(1))
     }
 
-    /// How long a key must go unused before its breaker may be evicted.
+    /// How long a key must go unused before its closed breaker is dropped as new keys arrive,
+    /// even below [`max_keys`](Self::max_keys).
     ///
     /// Defaults to 10 minutes.
     pub fn idle_ttl(self, ttl: Duration) -> Self {
-        self.with_registry(|r| r.idle_ttl = ttl)
+        self.with_settings(|s| s.idle_ttl = ttl)
     }
 
     /// Calls `listener` on every transition of every key's breaker.
@@ -173,7 +442,7 @@ impl<C, F, K> KeyedCircuitBreakerLayer<C, F, K> {
     /// Defaults to no listener.
     pub fn on_transition(self, listener: impl Fn(&Transition) + Send + Sync + 'static) -> Self {
         let l: crate::events::Listener = Arc::new(listener);
-        self.with_registry(|r| r.events.add(l))
+        self.with_settings(|s| s.events.add(l))
     }
 
     /// Reports every call's outcome to `observer` (for metrics).
@@ -184,7 +453,7 @@ impl<C, F, K> KeyedCircuitBreakerLayer<C, F, K> {
         observer: impl Fn(Name, Option<&str>, crate::events::CallOutcome) + Send + Sync + 'static,
     ) -> Self {
         let o: crate::events::CallObserver = Arc::new(observer);
-        self.with_registry(|r| r.events.calls = Some(o))
+        self.with_settings(|s| s.events.calls = Some(o))
     }
 
     /// The operator's handle on every key's breaker.
@@ -208,8 +477,8 @@ impl<C: Clone, F: Clone, K> Clone for KeyedCircuitBreakerLayer<C, F, K> {
 impl<C, F, K> fmt::Debug for KeyedCircuitBreakerLayer<C, F, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedCircuitBreakerLayer")
-            .field("name", &self.registry.name)
-            .field("max_keys", &self.registry.max_keys)
+            .field("name", &self.registry.settings.name)
+            .field("max_keys", &self.registry.settings.max_keys)
             .finish_non_exhaustive()
     }
 }
@@ -258,7 +527,7 @@ impl<S: fmt::Debug, C, F, K> fmt::Debug for KeyedCircuitBreaker<S, C, F, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedCircuitBreaker")
             .field("inner", &self.inner)
-            .field("name", &self.registry.name)
+            .field("name", &self.registry.settings.name)
             .finish_non_exhaustive()
     }
 }
@@ -281,18 +550,18 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let key = (self.key)(&req);
-        let local = self.registry.get(&key);
-        match local.breaker.acquire() {
+        let admitted = self.registry.with(&key, |local| {
+            local
+                .breaker
+                .acquire()
+                .map(|admit| (Guard::new(local, admit), local.needs_clock))
+        });
+        match admitted {
             Err(open) => ResponseFuture::rejected(open, self.classifier.clone()),
-            Ok(admit) => {
-                let started = local.needs_clock.then(Instant::now);
+            Ok((guard, needs_clock)) => {
+                let started = needs_clock.then(Instant::now);
                 let future = self.inner.call(req);
-                ResponseFuture::called(
-                    future,
-                    Guard::new(&local, admit),
-                    self.classifier.clone(),
-                    started,
-                )
+                ResponseFuture::called(future, guard, self.classifier.clone(), started)
             }
         }
     }
@@ -314,28 +583,73 @@ impl<K> Clone for KeyedHandle<K> {
 impl<K> fmt::Debug for KeyedHandle<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedHandle")
-            .field("name", &self.registry.name)
+            .field("name", &self.registry.settings.name)
+            .field("overflowed", &self.overflowed())
             .finish_non_exhaustive()
+    }
+}
+
+impl<K> KeyedHandle<K> {
+    /// The breaker shared by new keys while every held breaker is open, half-open or forced
+    /// (its snapshots and transitions carry the key [`OVERFLOW_KEY`]).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart_breaker::{CircuitBreakerConfig, KeyedCircuitBreakerLayer, State, OVERFLOW_KEY};
+    /// use rampart_core::classify::IoErrors;
+    /// use std::io;
+    /// use tower::{service_fn, Layer, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cfg = CircuitBreakerConfig::builder().consecutive_failures(Some(1)).build()?;
+    /// let layer = KeyedCircuitBreakerLayer::new(cfg, IoErrors, |k: &u32| *k).max_keys(1);
+    /// let handle = layer.handle();
+    /// let svc = layer.layer(service_fn(|k: u32| async move {
+    ///     if k == 0 { Err(io::Error::from(io::ErrorKind::ConnectionRefused)) } else { Ok(()) }
+    /// }));
+    /// let _ = svc.clone().oneshot(0).await; // key 0's breaker opens and fills the registry
+    /// svc.clone().oneshot(1).await?; // an open breaker is never evicted: key 1 overflows
+    /// assert_eq!(handle.get(&0).map(|h| h.state()), Some(State::Open));
+    /// assert!(handle.get(&1).is_none());
+    /// assert_eq!(handle.overflowed(), 1);
+    /// assert_eq!(handle.overflow().snapshot().key.as_deref(), Some(OVERFLOW_KEY));
+    /// # Ok(()) }
+    /// ```
+    pub fn overflow(&self) -> BreakerHandle {
+        BreakerHandle {
+            breaker: self.registry.overflow.breaker.clone(),
+        }
+    }
+
+    /// How many calls went through the [`overflow`](Self::overflow) breaker because no key
+    /// could be evicted for theirs.
+    pub fn overflowed(&self) -> u64 {
+        self.registry.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// The most keys held at once.
+    pub fn max_keys(&self) -> usize {
+        self.registry.settings.max_keys
     }
 }
 
 impl<K: Hash + Eq> KeyedHandle<K> {
     /// The handle on `key`'s breaker, if the key is held.
     pub fn get(&self, key: &K) -> Option<BreakerHandle> {
-        let map = self
-            .registry
-            .map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.get(key).map(|e| BreakerHandle {
-            breaker: e.local.breaker.clone(),
+        let map = &self.registry.map;
+        let guard = map.guard();
+        map.get(key, &guard).map(|slot| BreakerHandle {
+            breaker: slot.local.breaker.clone(),
         })
     }
 
-    /// How many keys are held.
+    /// How many keys are held (not counting the overflow breaker). Exact: it takes the lock
+    /// that calls with a new key take, briefly.
     pub fn len(&self) -> usize {
         self.registry
-            .map
+            .clock
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
@@ -346,18 +660,18 @@ impl<K: Hash + Eq> KeyedHandle<K> {
         self.len() == 0
     }
 
-    /// A snapshot of every key's breaker.
+    /// A snapshot of every held key's breaker (not the overflow breaker's: see
+    /// [`overflow`](Self::overflow)).
     pub fn snapshots(&self) -> Vec<Snapshot> {
-        let map = self
-            .registry
-            .map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.values().map(|e| e.local.breaker.snapshot()).collect()
+        let map = &self.registry.map;
+        let guard = map.guard();
+        map.values(&guard)
+            .map(|slot| slot.local.breaker.snapshot())
+            .collect()
     }
 
     /// Receives every transition of every key's breaker from now on.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Transition> {
-        self.registry.events.subscribe()
+        self.registry.settings.events.subscribe()
     }
 }

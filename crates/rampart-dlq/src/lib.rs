@@ -91,7 +91,7 @@ pub mod store;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use extract::{BodyBytes, HttpExtractor};
 pub use extract::{Extract, JsonExtractor, TtsExtractor, TtsRequest};
-pub use layer::{DeadLetterEvent, DeadLetterLayer, DeadLetterStats, Observer};
+pub use layer::{DeadLetterEvent, DeadLetterLayer, DeadLetterStats, FlushHandle, Observer};
 pub use record::{
     DeadLetterReason, DeadLetterRecord, ParseIdError, RecordId, RequestPart, Timestamp,
     RECORD_VERSION,

@@ -115,7 +115,10 @@ async fn background_queue_is_written_out_after_the_layer_and_services_are_droppe
     // Drop every layer and service: the writer keeps the queue and writes all of it.
     drop(svc);
     drop(layer);
-    flush.flush().await;
+    // 2,000 × 5 ms of (paused) store time; an hour means the writer stopped.
+    tokio::time::timeout(Duration::from_secs(3_600), flush.flush())
+        .await
+        .expect("the writer writes out the whole queue");
     assert_eq!(flush.pending(), 0);
     let stats = store.mem.stats().await.unwrap();
     assert_eq!(stats.records, 2_000, "every queued record is stored");

@@ -53,7 +53,8 @@
 //! store in [`Fallback`] to journal records locally while the primary (Redis) is down and
 //! drain them to it later; ids are stable and pushes idempotent, so nothing is written twice.
 //! [`DeadLetterLayer::background`] hands records to a bounded queue instead (documented loss
-//! window: what is queued when the process dies).
+//! window: what is queued when the process dies). The queue is not dropped with the layer:
+//! its writer stores every queued record, and a [`FlushHandle`] waits for that at shutdown.
 //!
 //! # Secrets
 //!

@@ -358,3 +358,184 @@ fn store_errors_are_send_sync_static() {
     fn check<T: Send + Sync + 'static>() {}
     check::<StoreError>();
 }
+
+/// A private PostgreSQL server (initdb + postgres as the `postgres` OS user, trust auth) on a
+/// free loopback port, which the test may stop and start again. `None` where that cannot be
+/// done (not root, or the PostgreSQL binaries are not installed).
+struct PrivateServer {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn bin(name: &str) -> std::path::PathBuf {
+    std::env::var("PG_BIN")
+        .map_or_else(
+            |_| std::path::PathBuf::from(PG_BIN),
+            std::path::PathBuf::from,
+        )
+        .join(name)
+}
+
+impl PrivateServer {
+    fn start() -> Option<PrivateServer> {
+        use std::process::{Command, Stdio};
+        if !bin("initdb").exists() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let owned = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !owned {
+            return None;
+        }
+        let data = dir.path().join("data");
+        let ok = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut s = PrivateServer {
+            dir,
+            port,
+            child: None,
+        };
+        s.spawn();
+        Some(s)
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn spawn(&mut self) {
+        use std::process::{Command, Stdio};
+        let child = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin("postgres"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-k",
+            ])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            let ready = Command::new(bin("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("private postgres on port {} did not start", self.port);
+    }
+
+    /// Immediate shutdown (SIGQUIT to the postmaster, no checkpoint): every client connection
+    /// is cut; committed work survives through the WAL.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // The postmaster's pid is the first line of its pid file (`runuser` is its parent).
+            let pidfile = self.dir.path().join("data").join("postmaster.pid");
+            if let Some(pid) = std::fs::read_to_string(pidfile)
+                .ok()
+                .and_then(|s| s.lines().next().map(str::to_owned))
+            {
+                let _ = std::process::Command::new("kill")
+                    .args(["-QUIT", &pid])
+                    .status();
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_is_survived_by_reconnecting() {
+    let Some(mut server) = tokio::task::spawn_blocking(PrivateServer::start)
+        .await
+        .unwrap()
+    else {
+        return support::skip("cannot run a private PostgreSQL server (needs root and initdb)");
+    };
+    let s = PostgresStore::connect(&server.url(), "dlq", 10_000)
+        .await
+        .unwrap();
+    let mut acked = Vec::new();
+    for n in 0..20 {
+        let r = record(n);
+        s.push(r.clone()).await.unwrap();
+        acked.push(r.id);
+    }
+    s.requeue(acked[0]).await.unwrap().unwrap();
+
+    // Cut every connection; while the server is down, operations fail (a Fallback would
+    // journal), and once it is back the same store works again without being rebuilt.
+    let mut server = tokio::task::spawn_blocking(move || {
+        server.stop();
+        server
+    })
+    .await
+    .unwrap();
+    assert!(s.push(record(100)).await.is_err());
+    assert!(s.stats().await.is_err());
+    let server = tokio::task::spawn_blocking(move || {
+        server.spawn();
+        server
+    })
+    .await
+    .unwrap();
+
+    let r = record(101);
+    assert_eq!(s.push(r.clone()).await.unwrap(), Pushed::Stored);
+    acked.push(r.id);
+    let listed: HashSet<RecordId> = s
+        .list(ListQuery::newest(100))
+        .await
+        .unwrap()
+        .records
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert!(
+        acked[1..].iter().all(|id| listed.contains(id)),
+        "every acknowledged record survived"
+    );
+    let taken = s.take_requeued(10).await.unwrap();
+    assert_eq!(taken.iter().map(|r| r.id).collect::<Vec<_>>(), [acked[0]]);
+    drop(server);
+}

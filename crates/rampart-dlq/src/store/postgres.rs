@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | `{prefix}_records` | `id uuid` primary key, `service text`, `reason text`, `created_at timestamptz`, `record json` | the records |
 //! | `{prefix}_retry_queue` | `seq bigserial` primary key, `id uuid`, `record json`, `requeued_at timestamptz`, `quarantined boolean` | requeued records, oldest first |
-//! | `{prefix}_meta` | `evictions bigint` (one row) | records evicted by the size cap |
+//! | `{prefix}_meta` | `records bigint`, `evictions bigint` (one row) | how many records the store holds (for the cap), and how many the cap evicted |
 //!
 //! Ids are UUID v7, so `ORDER BY id` is age order. The record is stored as `json`, not
 //! `jsonb` or `bytea`: operators can query it in SQL (`record->>'error'`, `record::jsonb @>
@@ -27,7 +27,12 @@
 //! waiting, inserts them with one multi-row `INSERT … ON CONFLICT (id) DO NOTHING` in one
 //! transaction that also enforces the cap (oldest first, counted in `{prefix}_meta`), and
 //! acknowledges each push only after `COMMIT`. The transaction first locks the meta row, so
-//! that writers of several processes sharing the tables keep the cap exact.
+//! that writers of several processes sharing the tables keep the cap exact; the row counts the
+//! records (every store statement that adds or removes records updates it in the same
+//! statement), so enforcing the cap never scans the table. Rows deleted by hand, outside the
+//! store, leave that count high — the store then keeps fewer than `max_size` records until
+//! `UPDATE {prefix}_meta SET records = (SELECT count(*) FROM {prefix}_records)` is run.
+//! [`stats`](DeadLetterStore::stats) always reports the true `count(*)`.
 //! [`take_requeued`](DeadLetterStore::take_requeued) runs on the same connection, with
 //! `FOR UPDATE SKIP LOCKED`: concurrent takers, in this process or others, never take the
 //! same record. A retry-queue entry that cannot be read is quarantined (kept, flagged, no
@@ -299,6 +304,7 @@ struct Writer {
 struct Prepared {
     lock: Statement,
     insert: Statement,
+    count: Statement,
     evict: Statement,
     take: Statement,
     done: Statement,
@@ -316,7 +322,7 @@ impl Writer {
             let prep = async {
                 Ok::<_, tokio_postgres::Error>(Prepared {
                     lock: c
-                        .prepare(&format!("SELECT evictions FROM {} FOR UPDATE", t.meta))
+                        .prepare(&format!("SELECT records FROM {} FOR UPDATE", t.meta))
                         .await?,
                     insert: c
                         .prepare(&format!(
@@ -328,11 +334,16 @@ impl Writer {
                             t.records
                         ))
                         .await?,
+                    count: c
+                        .prepare(&format!("UPDATE {} SET records = records + $1", t.meta))
+                        .await?,
                     evict: c
                         .prepare(&format!(
                             "WITH old AS (DELETE FROM {r} WHERE id IN \
-                               (SELECT id FROM {r} ORDER BY id DESC OFFSET $1) RETURNING 1) \
-                             UPDATE {m} SET evictions = evictions + (SELECT count(*) FROM old)",
+                               (SELECT id FROM {r} ORDER BY id LIMIT $2) RETURNING 1) \
+                             UPDATE {m} SET \
+                               records = records + $1 - (SELECT count(*) FROM old), \
+                               evictions = evictions + (SELECT count(*) FROM old)",
                             r = t.records,
                             m = t.meta
                         ))
@@ -453,7 +464,8 @@ struct Rows<'a> {
     json: &'a [&'a str],
 }
 
-/// One group commit: lock the meta row, insert, evict past the cap, commit. The ids stored.
+/// One group commit: lock the meta row (which counts the records), insert, evict the oldest
+/// past the cap, commit. The ids stored.
 async fn insert(
     client: &mut Client,
     st: &Prepared,
@@ -461,7 +473,7 @@ async fn insert(
     max_size: i64,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    tx.query(&st.lock, &[]).await?;
+    let held: i64 = tx.query_one(&st.lock, &[]).await?.try_get(0)?;
     let stored = tx
         .query(
             &st.insert,
@@ -474,8 +486,12 @@ async fn insert(
             ],
         )
         .await?;
-    if !stored.is_empty() {
-        tx.execute(&st.evict, &[&max_size]).await?;
+    let added = i64::try_from(stored.len()).unwrap_or(i64::MAX);
+    let excess = held.saturating_add(added).saturating_sub(max_size);
+    if excess > 0 {
+        tx.execute(&st.evict, &[&added, &excess]).await?;
+    } else if added > 0 {
+        tx.execute(&st.count, &[&added]).await?;
     }
     tx.commit().await?;
     stored.iter().map(|row| row.try_get::<_, Uuid>(0)).collect()
@@ -645,9 +661,10 @@ async fn create(
          );
          CREATE TABLE IF NOT EXISTS {m} (
              one boolean PRIMARY KEY DEFAULT true CHECK (one),
+             records bigint NOT NULL DEFAULT 0,
              evictions bigint NOT NULL DEFAULT 0
          );
-         INSERT INTO {m} DEFAULT VALUES ON CONFLICT DO NOTHING;
+         INSERT INTO {m} (records) SELECT count(*) FROM {r} ON CONFLICT DO NOTHING;
          COMMIT;",
         r = t.records,
         q = t.retry,
@@ -737,9 +754,16 @@ impl DeadLetterStore for PostgresStore {
     }
 
     async fn delete(&self, id: RecordId) -> Result<bool, StoreError> {
-        let sql = format!("DELETE FROM {} WHERE id = $1", self.inner.tables.records);
+        let t = &self.inner.tables;
+        let sql = format!(
+            "WITH d AS (DELETE FROM {} WHERE id = $1 RETURNING 1), \
+               m AS (UPDATE {} SET records = records - 1 WHERE EXISTS (SELECT 1 FROM d)) \
+             SELECT count(*) FROM d",
+            t.records, t.meta
+        );
         let key = uuid(id);
-        let n = on_shared!(self, "delete", |c| c.execute(&sql, &[&key]));
+        let row = on_shared!(self, "delete", |c| c.query_one(&sql, &[&key]));
+        let n: i64 = row.try_get(0).map_err(pg("delete"))?;
         Ok(n > 0)
     }
 
@@ -758,10 +782,12 @@ impl DeadLetterStore for PostgresStore {
     }
 
     async fn requeue(&self, id: RecordId) -> Result<Option<DeadLetterRecord>, StoreError> {
+        let t = &self.inner.tables;
         let sql = format!(
-            "WITH moved AS (DELETE FROM {} WHERE id = $1 RETURNING id, record) \
+            "WITH moved AS (DELETE FROM {} WHERE id = $1 RETURNING id, record), \
+               m AS (UPDATE {} SET records = records - 1 WHERE EXISTS (SELECT 1 FROM moved)) \
              INSERT INTO {} (id, record) SELECT id, record FROM moved RETURNING record::text",
-            self.inner.tables.records, self.inner.tables.retry
+            t.records, t.meta, t.retry
         );
         let key = uuid(id);
         let row = on_shared!(self, "requeue", |c| c.query_opt(&sql, &[&key]));
@@ -787,10 +813,18 @@ impl DeadLetterStore for PostgresStore {
     }
 
     async fn purge_older_than(&self, age: Duration) -> Result<usize, StoreError> {
-        let sql = format!("DELETE FROM {} WHERE id < $1", self.inner.tables.records);
+        let t = &self.inner.tables;
+        let sql = format!(
+            "WITH d AS (DELETE FROM {} WHERE id < $1 RETURNING 1), \
+               m AS (UPDATE {} SET records = records - (SELECT count(*) FROM d) \
+                     WHERE EXISTS (SELECT 1 FROM d)) \
+             SELECT count(*) FROM d",
+            t.records, t.meta
+        );
         let cut = uuid(cutoff(age));
-        let n = on_shared!(self, "purge", |c| c.execute(&sql, &[&cut]));
-        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+        let row = on_shared!(self, "purge", |c| c.query_one(&sql, &[&cut]));
+        let n: i64 = row.try_get(0).map_err(pg("purge"))?;
+        Ok(usize::try_from(n).unwrap_or(0))
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {

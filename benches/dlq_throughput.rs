@@ -161,5 +161,86 @@ fn redis(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, file, redis);
+criterion_group!(benches, file, redis, postgres);
 criterion_main!(benches);
+
+/// `PostgresStore` (group commit: one multi-row `INSERT … ON CONFLICT DO NOTHING` + cap per
+/// transaction, acknowledged after `COMMIT`) beside raw multi-row `INSERT`s of the same bytes
+/// into a bare table (64 rows per statement, autocommit, 8 connections), in the same run.
+/// Needs `--features postgres` and a server at `DATABASE_URL` (default
+/// `postgres://postgres@127.0.0.1:5432/test`).
+fn postgres(c: &mut Criterion) {
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = c;
+        eprintln!("SKIPPED: the postgres rows need --features postgres");
+    }
+    #[cfg(feature = "postgres")]
+    {
+        use rampart::dlq::PostgresStore;
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let rt = rt();
+        let schema = format!("rampart_bench_{}", std::process::id());
+        let Ok(store) = rt.block_on(PostgresStore::connect(
+            &url,
+            &format!("{schema}.dlq"),
+            10_000,
+        )) else {
+            eprintln!("SKIPPED: no PostgreSQL at {url}");
+            return;
+        };
+        let conns: Vec<Arc<tokio_postgres::Client>> = (0..8)
+            .map(|_| {
+                let (client, conn) = rt
+                    .block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls))
+                    .unwrap();
+                rt.spawn(conn);
+                Arc::new(client)
+            })
+            .collect();
+        rt.block_on(conns[0].batch_execute(&format!(
+            "CREATE TABLE {schema}.raw (seq bigserial PRIMARY KEY, record json NOT NULL)"
+        )))
+        .unwrap();
+        let json = Arc::new(String::from_utf8(record(0).to_json().unwrap()).unwrap());
+        let insert = format!("INSERT INTO {schema}.raw (record) SELECT unnest($1::text[])::json");
+        let mut g = c.benchmark_group("dlq_postgres");
+        g.throughput(Throughput::Elements(1));
+        g.sample_size(10).measurement_time(Duration::from_secs(5));
+
+        g.bench_function("raw_batched_insert_64", |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    let per = iters.div_ceil(CONCURRENCY as u64);
+                    let mut tasks = Vec::new();
+                    for t in 0..CONCURRENCY {
+                        let client = conns[t % conns.len()].clone();
+                        let json = json.clone();
+                        let insert = insert.clone();
+                        tasks.push(tokio::spawn(async move {
+                            let mut left = per;
+                            while left > 0 {
+                                let n = left.min(64);
+                                let rows: Vec<&str> = (0..n).map(|_| json.as_str()).collect();
+                                client.execute(&insert, &[&rows]).await.unwrap();
+                                left -= n;
+                            }
+                        }));
+                    }
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                    start.elapsed()
+                })
+            });
+        });
+        g.bench_function("postgres_store_64_tasks", |b| {
+            b.iter_custom(|iters| rt.block_on(push_concurrently(&store, iters)));
+        });
+        g.finish();
+        rt.block_on(conns[0].batch_execute(&format!("DROP SCHEMA {schema} CASCADE")))
+            .unwrap();
+    }
+}

@@ -29,7 +29,8 @@ use tower::{Layer, ServiceExt};
 #[derive(Parser, Debug)]
 #[command(name = "rampart", version, about, propagate_version = true)]
 struct Cli {
-    /// The dead-letter store: sqlite:PATH (or a bare path) or redis://HOST:PORT/DB (optionally #PREFIX).
+    /// The dead-letter store: sqlite:PATH (or a bare path), postgres://USER@HOST/DB or
+    /// redis://HOST:PORT/DB (the last two optionally #PREFIX).
     #[arg(
         long,
         global = true,

@@ -4,31 +4,37 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rampart_dlq::{
-    DeadLetterRecord, DeadLetterStore, ListQuery, Page, Pushed, RecordId, RedisStore, SqliteStore,
-    StoreError, StoreStats,
+    DeadLetterRecord, DeadLetterStore, ListQuery, Page, PostgresStore, Pushed, RecordId,
+    RedisStore, SqliteStore, StoreError, StoreStats,
 };
 
 /// Where the Gemini demo writes its dead letters: the default store.
 pub(crate) const DEFAULT_STORE: &str = "sqlite:target/gemini_tts/dlq.sqlite";
 
-/// A SQLite or a Redis store.
+/// A SQLite, PostgreSQL or Redis store.
 #[derive(Debug, Clone)]
 pub(crate) enum AnyStore {
     Sqlite(SqliteStore),
+    Postgres(PostgresStore),
     Redis(RedisStore),
 }
 
-/// Opens `spec`: `sqlite:PATH`, a bare path, or `redis://HOST:PORT/DB[#prefix]`.
+/// Splits `URL#PREFIX`; a `#` before the userinfo's end belongs to the password.
+fn url_and_prefix<'a>(spec: &'a str, default: &'a str) -> (&'a str, &'a str) {
+    match (spec.rfind('#'), spec.rfind('@')) {
+        (Some(hash), at) if at.is_none_or(|at| hash > at) => (
+            spec.get(..hash).unwrap_or(spec),
+            spec.get(hash + 1..).unwrap_or_default(),
+        ),
+        _ => (spec, default),
+    }
+}
+
+/// Opens `spec`: `sqlite:PATH`, a bare path, `postgres://USER@HOST/DB[#prefix]` or
+/// `redis://HOST:PORT/DB[#prefix]`.
 pub(crate) async fn open(spec: &str, create: bool) -> Result<(AnyStore, String), String> {
     if spec.starts_with("redis://") || spec.starts_with("rediss://") {
-        // `#PREFIX` follows the host: a `#` inside the password is not a prefix.
-        let (url, prefix) = match (spec.rfind('#'), spec.rfind('@')) {
-            (Some(hash), at) if at.is_none_or(|at| hash > at) => (
-                spec.get(..hash).unwrap_or(spec),
-                spec.get(hash + 1..).unwrap_or_default(),
-            ),
-            _ => (spec, rampart_dlq::store::redis::DEFAULT_PREFIX),
-        };
+        let (url, prefix) = url_and_prefix(spec, rampart_dlq::store::redis::DEFAULT_PREFIX);
         let shown = mask_url(url);
         let store = RedisStore::connect(url, prefix, 1_000_000)
             .await
@@ -41,6 +47,17 @@ pub(crate) async fn open(spec: &str, create: bool) -> Result<(AnyStore, String),
         return Ok((
             AnyStore::Redis(store),
             format!("redis store {shown} (prefix {prefix})"),
+        ));
+    }
+    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        let (url, prefix) = url_and_prefix(spec, rampart_dlq::store::postgres::DEFAULT_PREFIX);
+        let shown = mask_url(url);
+        let store = PostgresStore::connect(url, prefix, 1_000_000)
+            .await
+            .map_err(|e| format!("cannot reach PostgreSQL at {shown}: {}", chain(&e)))?;
+        return Ok((
+            AnyStore::Postgres(store),
+            format!("postgres store {shown} (tables {prefix}_*)"),
         ));
     }
     if spec.starts_with("file:") {
@@ -154,6 +171,7 @@ macro_rules! both {
     ($self:ident, $s:ident => $e:expr) => {
         match $self {
             AnyStore::Sqlite($s) => $e,
+            AnyStore::Postgres($s) => $e,
             AnyStore::Redis($s) => $e,
         }
     };

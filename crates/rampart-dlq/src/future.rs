@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
-use rampart_core::{Classify, Error, ErrorKind, IntoError, Outcome};
+use rampart_core::{Classify, Error, ErrorKind, IntoError, Name, Outcome};
 use tokio::sync::mpsc;
 
 use crate::extract::Extract;
-use crate::layer::Shared;
+use crate::layer::{Counters, DeadLetterEvent, Observer, Progress, Shared};
 use crate::record::RecordId;
 use crate::record::{DeadLetterReason, DeadLetterRecord, Timestamp, RECORD_VERSION};
 use crate::store::DeadLetterStore;
@@ -238,14 +238,17 @@ where
         let record = match shared.background {
             None => record,
             Some(capacity) => {
-                let tx = shared
-                    .queue
-                    .get_or_init(|| spawn_writer(shared.store.clone(), capacity, shared.clone()));
+                let tx = shared.queue.get_or_init(|| {
+                    spawn_writer(Sink::of(&shared), capacity, shared.progress.clone())
+                });
+                // Counted before it can be taken, so that a flush never misses it.
+                shared.progress.accepted.fetch_add(1, Ordering::SeqCst);
                 match tx.try_send(record) {
                     Ok(()) => return,
                     Err(
                         mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r),
                     ) => {
+                        shared.progress.unaccept_one();
                         shared
                             .counters
                             .queued_inline
@@ -255,62 +258,81 @@ where
                 }
             }
         };
-        push(&shared, record).await;
+        Sink::of(&shared).push(record).await;
     })
 }
 
-async fn push<St: DeadLetterStore, X, C>(shared: &Shared<St, X, C>, record: DeadLetterRecord) {
-    let id = record.id;
-    match shared.store.push(record).await {
-        Ok(_) => {
-            if shared.observer.is_some() {
-                if let Ok(stats) = shared.store.stats().await {
-                    shared.emit(&crate::layer::DeadLetterEvent::Size {
-                        queue_name: shared.queue_name,
-                        size: stats.records,
-                    });
+/// What writing a record needs: the store and what is reported about the write. The
+/// background writer owns one, so that it does not keep the layer (and the queue's sender)
+/// alive, and the layer does not have to be alive for queued records to be written.
+struct Sink<St> {
+    store: St,
+    name: Name,
+    queue_name: Name,
+    observer: Option<Observer>,
+    counters: Arc<Counters>,
+}
+
+impl<St: DeadLetterStore + Clone> Sink<St> {
+    fn of<X, C>(shared: &Shared<St, X, C>) -> Self {
+        Sink {
+            store: shared.store.clone(),
+            name: shared.name,
+            queue_name: shared.queue_name,
+            observer: shared.observer.clone(),
+            counters: shared.counters.clone(),
+        }
+    }
+
+    fn emit(&self, e: &DeadLetterEvent) {
+        if let Some(o) = &self.observer {
+            o(e);
+        }
+    }
+
+    async fn push(&self, record: DeadLetterRecord) {
+        let id = record.id;
+        match self.store.push(record).await {
+            Ok(_) => {
+                if self.observer.is_some() {
+                    if let Ok(stats) = self.store.stats().await {
+                        self.emit(&DeadLetterEvent::Size {
+                            queue_name: self.queue_name,
+                            size: stats.records,
+                        });
+                    }
                 }
             }
-        }
-        Err(e) => {
-            shared
-                .counters
-                .write_failures
-                .fetch_add(1, Ordering::Relaxed);
-            shared.emit(&crate::layer::DeadLetterEvent::WriteFailed {
-                store: shared.store.kind(),
-            });
-            tracing::error!(
-                service = %shared.name,
-                record_id = %id,
-                store = shared.store.kind(),
-                error = %e,
-                "dead letter could not be stored"
-            );
+            Err(e) => {
+                self.counters.write_failures.fetch_add(1, Ordering::Relaxed);
+                self.emit(&DeadLetterEvent::WriteFailed {
+                    store: self.store.kind(),
+                });
+                tracing::error!(
+                    service = %self.name,
+                    record_id = %id,
+                    store = self.store.kind(),
+                    error = %e,
+                    "dead letter could not be stored"
+                );
+            }
         }
     }
 }
 
-fn spawn_writer<St, X, C>(
-    store: St,
+/// Spawns the background writer. It owns the receiver and a [`Sink`], never the layer: when
+/// the layer, its services and their futures are gone, the last sender drops, the writer
+/// stores what is still queued and then ends. Nothing aborts it.
+fn spawn_writer<St: DeadLetterStore + Clone>(
+    sink: Sink<St>,
     capacity: usize,
-    shared: Arc<Shared<St, X, C>>,
-) -> mpsc::Sender<DeadLetterRecord>
-where
-    St: DeadLetterStore + Clone,
-    X: Send + Sync + 'static,
-    C: Send + Sync + 'static,
-{
+    progress: Arc<Progress>,
+) -> mpsc::Sender<DeadLetterRecord> {
     let (tx, mut rx) = mpsc::channel::<DeadLetterRecord>(capacity);
-    let weak = Arc::downgrade(&shared);
-    drop(shared);
-    drop(store);
     tokio::spawn(async move {
         while let Some(record) = rx.recv().await {
-            match weak.upgrade() {
-                Some(shared) => push(&shared, record).await,
-                None => break,
-            }
+            sink.push(record).await;
+            progress.finish_one();
         }
     });
     tx

@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use rampart_core::Name;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tower_layer::Layer;
 
 use crate::record::{DeadLetterReason, DeadLetterRecord};
@@ -36,7 +36,8 @@ pub(crate) struct Shared<St, X, C> {
     pub(crate) redactor: Redactor,
     pub(crate) background: Option<usize>,
     pub(crate) queue: OnceLock<mpsc::Sender<DeadLetterRecord>>,
-    pub(crate) counters: Counters,
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) counters: Arc<Counters>,
     pub(crate) queue_name: Name,
     pub(crate) observer: Option<Observer>,
 }
@@ -75,6 +76,96 @@ pub(crate) struct Counters {
     pub(crate) recorded: [AtomicU64; 7],
     pub(crate) write_failures: AtomicU64,
     pub(crate) queued_inline: AtomicU64,
+}
+
+/// How far the background writer is: records handed to the queue and records it finished
+/// (stored or counted as a write failure). Shared by the layer, its writer task and every
+/// [`FlushHandle`], so that it outlives the layer.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) finished: AtomicU64,
+    pub(crate) changed: Notify,
+}
+
+impl Progress {
+    pub(crate) fn finish_one(&self) {
+        self.finished.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// A record was counted as accepted but did not enter the queue.
+    pub(crate) fn unaccept_one(&self) {
+        self.accepted.fetch_sub(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    fn pending(&self) -> u64 {
+        // `finished` first: a record accepted and finished in between only lowers the result.
+        let finished = self.finished.load(Ordering::SeqCst);
+        self.accepted
+            .load(Ordering::SeqCst)
+            .saturating_sub(finished)
+    }
+}
+
+/// Waits for a [`DeadLetterLayer::background`] queue to be written out; it stays usable after
+/// the layer and every service made by it are dropped. Cloning shares it.
+///
+/// The background writer owns its queue: dropping the layer and its services does not drop
+/// queued records, the writer stores them all and then ends. Await [`flush`](Self::flush)
+/// before the runtime shuts down (the writer is a task on it) to know they are stored.
+///
+/// # Example
+///
+/// ```
+/// use rampart_core::classify::IoErrors;
+/// use rampart_dlq::{DeadLetterLayer, DeadLetterStore, JsonExtractor, MemoryStore};
+/// use std::io;
+/// use tower::{service_fn, Layer, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = MemoryStore::default();
+/// let layer = DeadLetterLayer::new(store.clone(), JsonExtractor::default(), IoErrors).background(64);
+/// let flush = layer.flush_handle();
+/// let svc = layer.layer(service_fn(|_: u64| async { Err::<(), _>(io::Error::from(io::ErrorKind::PermissionDenied)) }));
+/// let _ = svc.oneshot(7).await; // queued, not yet stored
+/// drop(layer); // the queue is not dropped with the layer
+/// flush.flush().await;
+/// assert_eq!(store.stats().await.unwrap().records, 1);
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct FlushHandle {
+    progress: Arc<Progress>,
+}
+
+impl FlushHandle {
+    /// Resolves once the background queue is empty: every record queued so far (including
+    /// those queued while waiting) is stored, or counted in
+    /// [`DeadLetterStats::write_failures`] if the store refused it. Resolves at once when
+    /// nothing is queued (or the layer is not in background mode).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future only stops waiting; the writer goes on.
+    pub async fn flush(&self) {
+        loop {
+            let changed = self.progress.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            if self.progress.pending() == 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Records queued and not yet finished by the writer (including the one being written).
+    pub fn pending(&self) -> u64 {
+        self.progress.pending()
+    }
 }
 
 /// A dead-letter layer's counters, for metrics.
@@ -142,7 +233,8 @@ impl<St, X, C> DeadLetterLayer<St, X, C> {
                 redactor: Redactor::default(),
                 background: None,
                 queue: OnceLock::new(),
-                counters: Counters::default(),
+                progress: Arc::default(),
+                counters: Arc::default(),
                 queue_name: Name::from_static("dead_letter_queue"),
                 observer: None,
             }),
@@ -202,6 +294,11 @@ impl<St, X, C> DeadLetterLayer<St, X, C> {
     /// written inline, so nothing is dropped; what can be lost is the records still queued if
     /// the process dies (at most `capacity`).
     ///
+    /// The writer task owns the queue: dropping the layer and its services does not drop
+    /// queued records — the writer stores every one of them, then ends. Wait for that with
+    /// [`flush`](Self::flush) or a [`FlushHandle`] (which outlives the layer), e.g. at
+    /// shutdown before the runtime stops.
+    ///
     /// Defaults to off (durable before the caller sees the error).
     pub fn background(self, capacity: usize) -> Self {
         self.edit(|s| s.background = Some(capacity.max(1)))
@@ -227,6 +324,20 @@ impl<St, X, C> DeadLetterLayer<St, X, C> {
     /// What the layer has done so far.
     pub fn stats(&self) -> DeadLetterStats {
         stats(&self.shared)
+    }
+
+    /// A handle that waits for the background queue to be written out, usable after the
+    /// layer and its services are dropped.
+    pub fn flush_handle(&self) -> FlushHandle {
+        FlushHandle {
+            progress: self.shared.progress.clone(),
+        }
+    }
+
+    /// Resolves once every record queued so far is stored (or counted as a write failure);
+    /// see [`FlushHandle::flush`].
+    pub async fn flush(&self) {
+        self.flush_handle().flush().await;
     }
 }
 

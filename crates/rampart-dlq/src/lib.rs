@@ -55,7 +55,8 @@
 //! the app, the `rampart` CLI and other instances. Wrap a primary store in [`Fallback`] to
 //! keep records locally while the primary (Redis) is down and drain them to it later; ids are stable and pushes idempotent, so nothing is written twice.
 //! [`DeadLetterLayer::background`] hands records to a bounded queue instead (documented loss
-//! window: what is queued when the process dies).
+//! window: what is queued when the process dies). The queue is not dropped with the layer:
+//! its writer stores every queued record, and a [`FlushHandle`] waits for that at shutdown.
 //!
 //! # Secrets
 //!
@@ -104,7 +105,7 @@ pub mod store;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use extract::{BodyBytes, HttpExtractor};
 pub use extract::{Extract, Extracted, JsonExtractor, TtsExtractor, TtsRequest};
-pub use layer::{DeadLetterEvent, DeadLetterLayer, DeadLetterStats, Observer};
+pub use layer::{DeadLetterEvent, DeadLetterLayer, DeadLetterStats, FlushHandle, Observer};
 pub use record::{
     DeadLetterReason, DeadLetterRecord, NotKeptWhole, ParseIdError, RecordId, RequestPart,
     Timestamp, DEFAULT_MAX_RECORD_BYTES, MIN_RECORD_BYTES, RECORD_VERSION,
@@ -114,6 +115,9 @@ pub use redrive::{redrive, RedriveReport, Skip, SkipReason};
 pub use service::DeadLetter;
 pub use store::fallback::Fallback;
 pub use store::memory::MemoryStore;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use store::postgres::PostgresStore;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::redis::RedisStore;

@@ -871,3 +871,59 @@ fn redaction_throughput() {
         );
     }
 }
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_keeps_no_secret() {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let prefix = format!("secrets_{}", std::process::id());
+    let store = match rampart_dlq::PostgresStore::connect(&url, &prefix, 100_000).await {
+        Ok(s) => s,
+        Err(e) => return support::skip(&format!("PostgreSQL is not reachable at {url}: {e}")),
+    };
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let n = record_all(&store).await;
+    let page = store.list(ListQuery::newest(1)).await.unwrap();
+    store.requeue(page.records[0].id).await.unwrap();
+    assert_eq!(store.stats().await.unwrap().records + 1, n);
+
+    // Every row of every table the store made, every column as the server's text.
+    let tables: Vec<String> = client
+        .query(
+            "select table_name from information_schema.tables where table_name like $1",
+            &[&format!("{prefix}\\_%")],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(tables.len() >= 2, "the store's tables: {tables:?}");
+    let mut raw = Vec::new();
+    for t in &tables {
+        for row in client
+            .query(&format!("select t::text from \"{t}\" t"), &[])
+            .await
+            .unwrap()
+        {
+            let text: String = row.get(0);
+            raw.extend_from_slice(text.as_bytes());
+        }
+    }
+    assert!(
+        raw.len() > 10_000,
+        "read the stored rows ({} bytes)",
+        raw.len()
+    );
+    assert_no_secret("postgres", &raw);
+    for t in &tables {
+        client
+            .execute(&format!("drop table if exists \"{t}\""), &[])
+            .await
+            .unwrap();
+    }
+}

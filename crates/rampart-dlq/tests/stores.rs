@@ -414,3 +414,34 @@ async fn fallback_lists_journaled_records_with_the_primary_ones() {
         "stats counts both stores"
     );
 }
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_contract() {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let Ok((admin, connection)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else {
+        return support::skip(&format!(
+            "PostgreSQL is not reachable at DATABASE_URL or {url}"
+        ));
+    };
+    tokio::spawn(connection);
+    // A schema of its own per run, dropped at the end.
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let schema = format!("rampart_contract_{}_{nanos}", std::process::id());
+    let counter = std::sync::atomic::AtomicU32::new(0);
+    contract(async |cap| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        rampart_dlq::PostgresStore::connect(&url, &format!("{schema}.t{n}"), cap)
+            .await
+            .unwrap()
+    })
+    .await;
+    admin
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}

@@ -17,6 +17,14 @@ use crate::record::{DeadLetterRecord, RecordId};
 /// Reads see both: `get` tries the primary then the journal, `list` merges them newest first,
 /// `stats().records` counts both. Cloning shares it.
 ///
+/// # Requeue
+///
+/// A record is requeued where it lives: one in the primary goes to the primary's retry queue,
+/// one still waiting in the journal goes to the journal's retry queue (so requeueing works
+/// while the primary is down, and nothing is moved between stores half-way).
+/// [`take_requeued`](DeadLetterStore::take_requeued) drains both queues, the primary's first,
+/// and `stats().requeued` counts both: a requeued record behaves the same wherever it was.
+///
 /// # Example
 ///
 /// ```
@@ -237,15 +245,38 @@ impl<P: DeadLetterStore, J: DeadLetterStore> DeadLetterStore for Fallback<P, J> 
         self.inner.primary.replace(record).await
     }
 
+    /// Requeues the record where it is: in the primary, else in the journal (see
+    /// [Requeue](Fallback#requeue)). Works while the primary is down for a journaled record;
+    /// the primary's error is returned only if the journal does not have the record either.
     async fn requeue(&self, id: RecordId) -> Result<Option<DeadLetterRecord>, StoreError> {
-        match self.inner.primary.requeue(id).await? {
-            Some(r) => Ok(Some(r)),
-            None => self.inner.journal.requeue(id).await,
+        let primary_err = match self.inner.primary.requeue(id).await {
+            Ok(Some(r)) => return Ok(Some(r)),
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
+        match (self.inner.journal.requeue(id).await?, primary_err) {
+            (Some(r), _) => Ok(Some(r)),
+            (None, Some(e)) => Err(e),
+            (None, None) => Ok(None),
         }
     }
 
+    /// The primary's retry queue first, then the journal's (records requeued while they were
+    /// still journaled). If the primary fails, the journal's queue is still drained; the
+    /// primary's error is returned only when the journal had nothing either.
     async fn take_requeued(&self, limit: usize) -> Result<Vec<DeadLetterRecord>, StoreError> {
-        self.inner.primary.take_requeued(limit).await
+        let (mut taken, primary_err) = match self.inner.primary.take_requeued(limit).await {
+            Ok(t) => (t, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        let rest = limit.saturating_sub(taken.len());
+        if rest > 0 {
+            taken.extend(self.inner.journal.take_requeued(rest).await?);
+        }
+        match primary_err {
+            Some(e) if taken.is_empty() => Err(e),
+            _ => Ok(taken),
+        }
     }
 
     async fn purge_older_than(&self, age: Duration) -> Result<usize, StoreError> {
@@ -256,7 +287,8 @@ impl<P: DeadLetterStore, J: DeadLetterStore> DeadLetterStore for Fallback<P, J> 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         let mut s = self.inner.primary.stats().await?;
         let j = self.inner.journal.stats().await?;
-        s.records += j.records;
+        s.records = s.records.saturating_add(j.records);
+        s.requeued = s.requeued.saturating_add(j.requeued);
         Ok(s)
     }
 }

@@ -7,6 +7,9 @@ use crate::record::{DeadLetterReason, DeadLetterRecord, RecordId};
 
 pub mod fallback;
 pub mod memory;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
@@ -64,6 +67,27 @@ pub enum StoreError {
         /// The cause.
         #[source]
         source: ::redis::RedisError,
+    },
+    /// PostgreSQL failed. The source is shared (an `Arc`) because one failed group commit
+    /// fails every push in it.
+    #[cfg(feature = "postgres")]
+    #[error("dead-letter postgres store: {op} failed")]
+    Postgres {
+        /// What was being done.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: std::sync::Arc<tokio_postgres::Error>,
+    },
+    /// A store setting is invalid.
+    #[error("dead-letter store setting `{field}` = {value:?} is invalid: {reason}")]
+    Config {
+        /// The setting.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        reason: &'static str,
     },
     /// A record could not be encoded.
     #[error("dead-letter record {id} could not be encoded")]

@@ -1,0 +1,186 @@
+//! The same operator session — import, list with filters, stats, requeue, delete, purge —
+//! against every store the CLI opens: SQLite, PostgreSQL and Redis, as the real binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../rampart-dlq/tests/support/mod.rs"]
+mod support;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, SystemTime};
+
+use rampart_dlq::{DeadLetterReason, DeadLetterRecord, RecordId};
+
+fn rampart(store: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env_remove("RAMPART_DLQ_STORE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn ok(store: &str, args: &[&str]) -> String {
+    let o = rampart(store, args);
+    assert!(
+        o.status.success(),
+        "{store}: rampart {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn ids(jsonl: &str) -> Vec<RecordId> {
+    jsonl
+        .lines()
+        .map(|l| DeadLetterRecord::from_json(l.as_bytes()).unwrap().id)
+        .collect()
+}
+
+/// One session; `store` must be empty.
+fn session(store: &str, dir: &std::path::Path) {
+    let mut records = Vec::new();
+    let mut old = DeadLetterRecord::new("database", DeadLetterReason::Permanent);
+    old.id = RecordId::lower_bound(SystemTime::now() - Duration::from_secs(40 * 86_400));
+    records.push(old);
+    for n in 0..6 {
+        let reason = if n < 4 {
+            DeadLetterReason::RetriesExhausted
+        } else {
+            DeadLetterReason::CircuitOpen
+        };
+        records.push(DeadLetterRecord::new("gemini_api", reason).error(format!("503 ({n})")));
+    }
+    let file = dir.join("in.jsonl");
+    let lines: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8(r.to_json().unwrap()).unwrap())
+        .collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+
+    let out = ok(store, &["dlq", "import", file.to_str().unwrap()]);
+    assert!(
+        out.contains("imported 7 new record(s), 0 already present"),
+        "{store}: {out}"
+    );
+    let out = ok(store, &["dlq", "import", file.to_str().unwrap()]);
+    assert!(
+        out.contains("imported 0 new record(s), 7 already present"),
+        "{store}: {out}"
+    );
+
+    let newest_first: Vec<RecordId> = records[1..].iter().rev().map(|r| r.id).collect();
+    let listed = ids(&ok(
+        store,
+        &[
+            "dlq",
+            "list",
+            "--service",
+            "gemini_api",
+            "--format",
+            "jsonl",
+        ],
+    ));
+    assert_eq!(
+        listed, newest_first,
+        "{store}: service filter, newest first"
+    );
+    let listed = ids(&ok(
+        store,
+        &[
+            "dlq",
+            "list",
+            "--reason",
+            "circuit_open",
+            "--limit",
+            "1",
+            "--format",
+            "jsonl",
+        ],
+    ));
+    assert_eq!(listed, [records[6].id], "{store}: reason filter and limit");
+    let listed = ids(&ok(
+        store,
+        &["dlq", "list", "--since", "1d", "--format", "jsonl"],
+    ));
+    assert_eq!(
+        listed.len(),
+        6,
+        "{store}: since filter leaves out the 40-day-old record"
+    );
+
+    ok(
+        store,
+        &["dlq", "requeue", &records[1].id.to_string(), "--yes"],
+    );
+    ok(
+        store,
+        &["dlq", "delete", &records[2].id.to_string(), "--yes"],
+    );
+    let out = ok(store, &["dlq", "purge", "--older-than", "30d", "--yes"]);
+    assert!(out.contains("purged 1 record(s)"), "{store}: {out}");
+    let left = ids(&ok(store, &["dlq", "list", "--format", "jsonl"]));
+    assert_eq!(
+        left.len(),
+        4,
+        "{store}: 7 imported − requeued − deleted − purged"
+    );
+    let stats = ok(store, &["dlq", "stats"]);
+    assert!(stats.contains("requeued"), "{store}: {stats}");
+}
+
+#[test]
+fn sqlite_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!("sqlite:{}", dir.path().join("dlq.sqlite").display());
+    session(&spec, dir.path());
+}
+
+#[test]
+fn postgres_session() {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let prefix = format!("cli_session_{}", std::process::id());
+    let spec = format!("{url}#{prefix}");
+    let probe = rampart(&spec, &["dlq", "stats"]);
+    if !probe.status.success() {
+        return support::skip(&format!(
+            "PostgreSQL is not reachable at {url}: {}",
+            String::from_utf8_lossy(&probe.stderr)
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    session(&spec, dir.path());
+    let _ = Command::new("psql")
+        .args([&url, "-qc"])
+        .arg(format!(
+            "drop table if exists {prefix}_records, {prefix}_retry_queue, {prefix}_meta"
+        ))
+        .output();
+}
+
+#[test]
+fn redis_session() {
+    let spec = format!(
+        "redis://127.0.0.1:6379/0#cli-session-{}",
+        std::process::id()
+    );
+    let probe = rampart(&spec, &["dlq", "stats"]);
+    if !probe.status.success() {
+        return support::skip(&format!(
+            "Redis is not reachable: {}",
+            String::from_utf8_lossy(&probe.stderr)
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    session(&spec, dir.path());
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "redis-cli -h 127.0.0.1 -p 6379 --scan --pattern '*cli-session-{}*' | xargs -r redis-cli -h 127.0.0.1 -p 6379 del",
+            std::process::id()
+        ))
+        .output();
+}

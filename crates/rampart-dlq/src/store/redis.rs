@@ -344,7 +344,9 @@ impl Writer {
             }
             Err(e) => {
                 for job in batch {
-                    let _ = job.ack.send(Err(script_error(&PUSH, &keys, "push", e.clone())));
+                    let _ = job
+                        .ack
+                        .send(Err(script_error(&PUSH, &keys, "push", e.clone())));
                 }
             }
         }

@@ -30,14 +30,14 @@
 //! own [`Pushed::Stored`] or [`Pushed::Duplicate`]. The writer stops when the last clone of the
 //! store is dropped.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{
     cutoff, DeadLetterStore, ListQuery, Page, Pushed, StoreError, StoreStats, Unreadable,
@@ -54,6 +54,8 @@ const MAX_BATCH: usize = 512;
 /// At most this many bytes of records per push script call (a single larger record still goes,
 /// alone).
 const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Push batches at the server at once.
+const IN_FLIGHT: usize = 4;
 /// Pushes waiting for the writer before `push` waits for room.
 const QUEUE: usize = 4 * MAX_BATCH;
 /// How often `take_requeued` re-reads a retry list that changed under it before giving up.
@@ -110,8 +112,8 @@ end
     }
 }
 
-/// KEYS: records, index, evictions. ARGV: cap, then (id, json) pairs. Returns 1 (stored) or
-/// 0 (duplicate) per pair.
+/// KEYS: records, index, evictions. ARGV: cap, then (id, json) pairs. Returns one character
+/// per pair: `1` stored, `0` duplicate.
 static PUSH: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         &[RECORDS, INDEX, COUNTER],
@@ -122,20 +124,22 @@ local ids = {}
 for i = 1, n do ids[i] = ARGV[2 * i] end
 local existing = redis.call('HMGET', KEYS[1], unpack(ids))
 local out, hset, zadd, seen = {}, {}, {}, {}
+local h = 0
 for i = 1, n do
   local id = ids[i]
   if existing[i] or seen[id] then
-    out[i] = 0
+    out[i] = '0'
   else
     seen[id] = true
-    out[i] = 1
-    hset[#hset + 1] = id
-    hset[#hset + 1] = ARGV[2 * i + 1]
-    zadd[#zadd + 1] = 0
-    zadd[#zadd + 1] = id
+    out[i] = '1'
+    hset[h + 1] = id
+    hset[h + 2] = ARGV[2 * i + 1]
+    zadd[h + 1] = '0'
+    zadd[h + 2] = id
+    h = h + 2
   end
 end
-if #hset > 0 then
+if h > 0 then
   redis.call('HSET', KEYS[1], unpack(hset))
   redis.call('ZADD', KEYS[2], unpack(zadd))
 end
@@ -148,7 +152,7 @@ if size > cap then
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, size - cap - 1)
   redis.call('INCRBY', KEYS[3], #old)
 end
-return out
+return table.concat(out)
 ",
     )
 });
@@ -286,27 +290,45 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+    /// Takes the queued pushes in batches until every sender is gone. Up to [`IN_FLIGHT`]
+    /// batches are at the server at once, so the next batch is gathered (and its writers
+    /// encode their records) while the previous one runs.
+    async fn run(self, mut rx: mpsc::Receiver<Job>) {
+        let this = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
         let mut jobs = Vec::with_capacity(MAX_BATCH);
         while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
             let mut batch = Vec::with_capacity(jobs.len());
             let mut bytes = 0usize;
             for job in jobs.drain(..) {
                 if !batch.is_empty() && bytes.saturating_add(job.json.len()) > MAX_BATCH_BYTES {
-                    self.write(std::mem::take(&mut batch)).await;
+                    this.spawn_write(&slots, std::mem::take(&mut batch)).await;
                     bytes = 0;
                 }
                 bytes = bytes.saturating_add(job.json.len());
                 batch.push(job);
             }
             if !batch.is_empty() {
-                self.write(batch).await;
+                this.spawn_write(&slots, batch).await;
             }
         }
     }
 
+    /// Waits for a free slot, then writes `batch` in a task of its own.
+    async fn spawn_write(self: &Arc<Self>, slots: &Arc<Semaphore>, batch: Vec<Job>) {
+        // The semaphore is never closed, so this always gets a permit.
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.write(batch).await;
+            drop(permit);
+        });
+    }
+
     /// Stores `batch` with one script call and answers each push.
-    async fn write(&mut self, batch: Vec<Job>) {
+    async fn write(&self, batch: Vec<Job>) {
         let mut inv = PUSH.script.prepare_invoke();
         inv.key(&self.records)
             .key(&self.index)
@@ -315,7 +337,8 @@ impl Writer {
         for job in &batch {
             inv.arg(&job.id).arg(&job.json);
         }
-        let result: Result<Vec<i64>, RedisError> = inv.invoke_async(&mut self.con).await;
+        let mut con = self.con.clone();
+        let result: Result<Vec<u8>, RedisError> = inv.invoke_async(&mut con).await;
         let keys = [
             self.records.as_str(),
             self.index.as_str(),
@@ -324,7 +347,7 @@ impl Writer {
         match result {
             Ok(flags) if flags.len() == batch.len() => {
                 for (job, flag) in batch.into_iter().zip(flags) {
-                    let pushed = if flag == 1 {
+                    let pushed = if flag == b'1' {
                         Pushed::Stored
                     } else {
                         Pushed::Duplicate

@@ -134,7 +134,7 @@ async fn every_script_refuses_wrong_typed_keys_before_any_write() {
         .unwrap();
     assert_eq!(
         store.list(ListQuery::newest(5)).await.unwrap().records,
-        [r.clone()]
+        std::slice::from_ref(&r)
     );
 
     // delete and purge: a wrong-typed index must not leave the hash half-cleaned.

@@ -691,7 +691,8 @@ impl RedisStore {
             }
         }
         let n = items.len().to_string();
-        let mut args: Vec<&[u8]> = Vec::with_capacity(items.len() + bad.len() + 1);
+        let mut args: Vec<&[u8]> =
+            Vec::with_capacity(items.len().saturating_add(bad.len()).saturating_add(1));
         args.push(n.as_bytes());
         args.extend(items.iter().map(Vec::as_slice));
         args.extend(bad.iter().map(String::as_bytes));
@@ -853,7 +854,7 @@ impl DeadLetterStore for RedisStore {
     /// quarantine ([`RedisStore::quarantined`]) in the same atomic step, never dropped.
     async fn take_requeued(&self, limit: usize) -> Result<Vec<DeadLetterRecord>, StoreError> {
         let mut taken = Vec::new();
-        let mut attempts = 0;
+        let mut attempts = 0usize;
         while taken.len() < limit {
             let want = limit.saturating_sub(taken.len()).min(TAKE_CHUNK);
             match self.take_chunk(want).await? {
@@ -862,7 +863,7 @@ impl DeadLetterStore for RedisStore {
                 // Some entries may have been unreadable (quarantined): look again.
                 Some((chunk, _)) => taken.extend(chunk),
                 None => {
-                    attempts += 1;
+                    attempts = attempts.saturating_add(1);
                     if attempts >= TAKE_ATTEMPTS {
                         if taken.is_empty() {
                             return Err(err("take requeued")(RedisError::from((

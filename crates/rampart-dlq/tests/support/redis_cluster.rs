@@ -21,6 +21,30 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A free port whose cluster bus port (port + 10000, for servers older than 7.0, which have no
+/// `--cluster-port`) is free too.
+fn free_port_with_bus() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 55_000 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// `redis-server --version` is 7 or newer.
+fn has_cluster_port() -> bool {
+    let out = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("v=")
+        .nth(1)
+        .and_then(|v| v.split('.').next()?.parse::<u32>().ok())
+        .is_some_and(|major| major >= 7)
+}
+
 fn installed(tool: &str) -> bool {
     Command::new(tool)
         .arg("--version")
@@ -54,19 +78,22 @@ impl RedisCluster {
             ports: Vec::new(),
             _dir: dir,
         };
+        let bus_option = has_cluster_port();
         for _ in 0..masters {
-            let port = free_port();
-            let bus = free_port();
+            let port = if bus_option {
+                free_port()
+            } else {
+                free_port_with_bus()
+            };
             let node_dir = root.join(port.to_string());
             std::fs::create_dir(&node_dir).unwrap();
-            let child = Command::new("redis-server")
-                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                .args([
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-port",
-                    &bus.to_string(),
-                ])
+            let mut cmd = Command::new("redis-server");
+            cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--cluster-enabled", "yes"]);
+            if bus_option {
+                cmd.args(["--cluster-port", &free_port().to_string()]);
+            }
+            let child = cmd
                 .args(["--cluster-config-file", "nodes.conf"])
                 .args(["--save", "", "--appendonly", "no", "--dir"])
                 .arg(&node_dir)

@@ -348,12 +348,19 @@ async fn concurrent_pushes_go_in_batches_each_acked_with_its_own_answer() {
     store.push(first.clone()).await.unwrap(); // loads the script
     let before = script_calls(&mut con).await;
 
-    // 512 tasks: 500 distinct records, and one record pushed by 12 tasks at once.
+    // 512 tasks: 500 distinct records, and one record pushed by 12 tasks at once. The twin is
+    // made last, so it is the newest and the cap never evicts it (an evicted record pushed
+    // again is stored again).
+    let others: Vec<DeadLetterRecord> = (12..512).map(record).collect();
     let twin = record(1);
     let mut tasks = Vec::new();
-    for n in 0..512u64 {
+    for n in 0..512usize {
         let store = store.clone();
-        let r = if n < 12 { twin.clone() } else { record(n) };
+        let r = if n < 12 {
+            twin.clone()
+        } else {
+            others[n - 12].clone()
+        };
         tasks.push(tokio::spawn(
             async move { (r.id, store.push(r).await.unwrap()) },
         ));

@@ -276,6 +276,21 @@ async fn unreadable_requeued_entries_move_to_the_quarantine_never_dropped() {
         "kept byte for byte, in order"
     );
     assert!(q.iter().all(|q| !q.reason.is_empty()));
+
+    // A wrong-typed quarantine: the take is refused and the entry stays in the retry list.
+    spoil(&mut con, store.quarantine_key(), false).await;
+    let _: () = redis::cmd("RPUSH")
+        .arg(store.retry_key())
+        .arg("garbage")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_refused(
+        store.take_requeued(10).await.unwrap_err(),
+        store.quarantine_key(),
+        "string",
+    );
+    assert_eq!(store.stats().await.unwrap().requeued, 1, "not dropped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

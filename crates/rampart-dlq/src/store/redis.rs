@@ -378,6 +378,10 @@ impl Writer {
 
 /// Dead letters in Redis or a Redis Cluster. Cloning shares the connection and the writer.
 ///
+/// Pushes are batched by a writer task spawned on the Tokio runtime the store was connected
+/// on (see the [module docs](self)); if that runtime shuts down, pushes fail with
+/// [`StoreError::Closed`].
+///
 /// # Example
 ///
 /// ```no_run

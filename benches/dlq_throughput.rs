@@ -161,7 +161,165 @@ fn redis(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, file, redis, postgres);
+/// Raw pipelined `LPUSH` of `bytes` from `CONCURRENCY` tasks sharing `con`, 64 commands per
+/// round trip per task; `n` records in all. Returns the elapsed time.
+async fn raw_lpush(
+    con: &redis::aio::MultiplexedConnection,
+    key: &str,
+    bytes: &Arc<Vec<u8>>,
+    n: u64,
+) -> Duration {
+    let start = Instant::now();
+    let per = n.div_ceil(CONCURRENCY as u64);
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let mut con = con.clone();
+        let bytes = bytes.clone();
+        let key = key.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut left = per;
+            while left > 0 {
+                let k = left.min(64);
+                let mut p = redis::pipe();
+                for _ in 0..k {
+                    p.cmd("LPUSH").arg(&key).arg(bytes.as_slice()).ignore();
+                }
+                let _: () = p.query_async(&mut con).await.unwrap();
+                left -= k;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    start.elapsed()
+}
+
+/// The batched `RedisStore` push against the raw floor, in the same run: 64 writers each, the
+/// same record bytes. Besides criterion's rows it prints an interleaved head-to-head (raw and
+/// store alternating, 7 rounds of 50,000 records each, medians), which a busy shared machine
+/// skews least.
+/// This process's CPU time (user + system), from `/proc/self/stat` (Linux; `None` elsewhere).
+fn process_cpu() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// The Redis server's CPU time (user + system), from `INFO cpu`.
+async fn server_cpu(con: &mut redis::aio::MultiplexedConnection) -> Option<f64> {
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(con).await.ok()?;
+    info.lines()
+        .filter(|l| l.starts_with("used_cpu_user:") || l.starts_with("used_cpu_sys:"))
+        .map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// Runs `f`, returning its records/s and the client's and server's CPU µs per record.
+fn measured(
+    rt: &tokio::runtime::Runtime,
+    con: &mut redis::aio::MultiplexedConnection,
+    n: u64,
+    f: impl std::future::Future<Output = Duration>,
+) -> (f64, f64, f64) {
+    let (c0, s0) = (process_cpu(), rt.block_on(server_cpu(con)));
+    let t = rt.block_on(f);
+    let (c1, s1) = (process_cpu(), rt.block_on(server_cpu(con)));
+    let per = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => (b - a) / n as f64 * 1e6,
+        _ => f64::NAN,
+    };
+    (n as f64 / t.as_secs_f64(), per(c0, c1), per(s0, s1))
+}
+
+fn redis_batched(c: &mut Criterion) {
+    const ROUND: u64 = 50_000;
+    const ROUNDS: usize = 7;
+    const RAW: &str = "rampart_bench_batched_raw";
+    let url =
+        std::env::var("RAMPART_BENCH_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+    let rt = rt();
+    let Ok(store) = rt.block_on(RedisStore::connect(
+        &url,
+        "rampart_bench_batched",
+        100_000_000,
+    )) else {
+        eprintln!("SKIPPED: no Redis at {url}");
+        return;
+    };
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut con = rt
+        .block_on(client.get_multiplexed_async_connection())
+        .unwrap();
+    let bytes = Arc::new(record(0).to_json().unwrap());
+    let clear = |con: &mut redis::aio::MultiplexedConnection| {
+        let _: () = rt
+            .block_on(
+                redis::cmd("UNLINK")
+                    .arg(RAW)
+                    .arg(store.records_key())
+                    .arg(store.index_key())
+                    .query_async(con),
+            )
+            .unwrap();
+    };
+
+    let (mut raw, mut batched) = (Vec::new(), Vec::new());
+    let mut probe = con.clone();
+    clear(&mut con);
+    for _ in 0..ROUNDS {
+        raw.push(measured(
+            &rt,
+            &mut probe,
+            ROUND,
+            raw_lpush(&con, RAW, &bytes, ROUND),
+        ));
+        batched.push(measured(
+            &rt,
+            &mut probe,
+            ROUND,
+            push_concurrently(&store, ROUND),
+        ));
+        clear(&mut con);
+    }
+    // Medians of each column.
+    let median = |v: &[(f64, f64, f64)], pick: fn(&(f64, f64, f64)) -> f64| {
+        let mut xs: Vec<f64> = v.iter().map(pick).collect();
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    let row = |v: &[(f64, f64, f64)]| (median(v, |x| x.0), median(v, |x| x.1), median(v, |x| x.2));
+    let (r, b) = (row(&raw), row(&batched));
+    eprintln!(
+        "dlq_redis_batched head-to-head, {CONCURRENCY} writers, {} B records, medians of {ROUNDS} \
+         interleaved rounds of {ROUND}:\n  raw pipelined LPUSH:       {:>8.0}/s  client {:.1} µs/record, \
+         server {:.1} µs/record\n  RedisStore batched push:   {:>8.0}/s  client {:.1} µs/record, \
+         server {:.1} µs/record\n  ratio {:.2}",
+        bytes.len(),
+        r.0,
+        r.1,
+        r.2,
+        b.0,
+        b.1,
+        b.2,
+        b.0 / r.0
+    );
+
+    let mut g = c.benchmark_group("dlq_redis_batched");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    g.bench_function("raw_lpush_pipelined_64_writers", |b| {
+        b.iter_custom(|iters| rt.block_on(raw_lpush(&con, RAW, &bytes, iters)));
+    });
+    g.bench_function("redis_store_batched_64_writers", |b| {
+        b.iter_custom(|iters| rt.block_on(push_concurrently(&store, iters)));
+    });
+    g.finish();
+    clear(&mut con);
+}
+
+criterion_group!(benches, file, redis, redis_batched, postgres);
 criterion_main!(benches);
 
 /// `PostgresStore` (group commit: one multi-row `INSERT … ON CONFLICT DO NOTHING` + cap per

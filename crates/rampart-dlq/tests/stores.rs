@@ -2,6 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[cfg(feature = "redis")]
+#[path = "support/redis_cluster.rs"]
+mod redis_cluster;
 mod support;
 
 use std::collections::HashSet;
@@ -373,6 +376,50 @@ async fn redis_store_contract() {
             .unwrap()
     })
     .await;
+}
+
+/// The contract through redis-rs's cluster client, on a private 3-master cluster: each
+/// store's keys share one hash tag (one slot, one node), so its scripts run there.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_store_contract() {
+    let Some(cluster) = redis_cluster::RedisCluster::start(3) else {
+        return support::skip("redis-server or redis-cli is not installed");
+    };
+    let urls = cluster.urls();
+    let nodes: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let counter = std::sync::atomic::AtomicU32::new(0);
+    contract(async |cap| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        rampart_dlq::RedisStore::connect_cluster(&nodes, &format!("test{n}"), cap)
+            .await
+            .unwrap()
+    })
+    .await;
+
+    // An empty prefix gets the default tag, not `{}`: all its keys are in one slot, and the
+    // store works.
+    let store = rampart_dlq::RedisStore::connect_cluster(&nodes, "", 10)
+        .await
+        .unwrap();
+    let keys = [
+        store.records_key(),
+        store.index_key(),
+        store.evictions_key(),
+        store.retry_key(),
+        store.quarantine_key(),
+    ];
+    let slots: HashSet<u16> = keys.iter().map(|k| cluster.slot(k)).collect();
+    assert_eq!(slots.len(), 1, "{keys:?} share one slot");
+    assert_ne!(
+        cluster.slot("{}:records"),
+        cluster.slot("{}:index"),
+        "the empty tag would have split them"
+    );
+    let r = record(1);
+    assert_eq!(store.push(r.clone()).await.unwrap(), Pushed::Stored);
+    assert!(store.requeue(r.id).await.unwrap().is_some());
+    assert_eq!(store.take_requeued(5).await.unwrap(), vec![r]);
 }
 
 #[tokio::test]

@@ -89,6 +89,27 @@ pub enum StoreError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A Redis key the store uses holds a value of another type (or a counter that is not a
+    /// number); the operation was refused before anything was written.
+    #[cfg(feature = "redis")]
+    #[error("dead-letter redis store: key {key} holds a {found}, expected a {expected}; nothing was written")]
+    RedisKeyType {
+        /// The key.
+        key: String,
+        /// What it holds (Redis `TYPE`, or `non-integer string` for a counter).
+        found: String,
+        /// What the store needs there.
+        expected: &'static str,
+    },
+    /// A Redis key prefix the store cannot use.
+    #[cfg(feature = "redis")]
+    #[error("dead-letter redis store: key prefix {prefix:?} {reason}")]
+    RedisPrefix {
+        /// The prefix given.
+        prefix: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A record could not be encoded.
     #[error("dead-letter record {id} could not be encoded")]
     Encode {

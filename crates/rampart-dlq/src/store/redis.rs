@@ -1,8 +1,10 @@
-//! The Redis store (cargo feature `redis`).
+//! The Redis store (cargo feature `redis`), on one server or a Redis Cluster.
 //!
 //! # Keys
 //!
-//! All keys share one hash tag, `{prefix}`, so that every script touches one cluster slot:
+//! All keys share one hash tag, `{prefix}`, so that every script touches one cluster slot. An
+//! empty prefix means [`DEFAULT_PREFIX`] (an empty tag `{}` would hash every key by its whole
+//! name and scatter them over the cluster); a prefix with `{` or `}` is refused.
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -10,14 +12,32 @@
 //! | `{prefix}:index` | sorted set, all scores 0 | record ids; UUID v7 text sorts by time, so lexical order is age order |
 //! | `{prefix}:evictions` | string (integer) | records evicted by the size cap |
 //! | the retry list (default `{prefix}:retry_queue`) | list | requeued records' JSON |
+//! | `{prefix}:quarantine` | list | retry-list entries that could not be read, byte for byte ([`RedisStore::quarantined`]) |
 //!
-//! Every mutation that touches more than one key is one Lua script, so it is atomic.
+//! # Atomicity
+//!
+//! Every mutation is one Lua script, and every script first checks the `TYPE` of each key it
+//! touches: if one holds another type (say something else wrote a string under the index), the
+//! script refuses before any write with [`StoreError::RedisKeyType`] naming the key. So a push is
+//! all or nothing, and a [`Fallback`](super::fallback::Fallback) over this store journals the
+//! record instead of being told it is a duplicate.
+//!
+//! # Batching
+//!
+//! Pushes go to a writer task that owns a connection: it takes every push queued while the
+//! previous batch was in flight (up to 512 records or 8 MiB) and stores them with one script
+//! call, which also applies the size cap once for the batch; each push is then answered with its
+//! own [`Pushed::Stored`] or [`Pushed::Duplicate`]. The writer stops when the last clone of the
+//! store is dropped.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Script, Value};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, Value};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{
     cutoff, DeadLetterStore, ListQuery, Page, Pushed, StoreError, StoreStats, Unreadable,
@@ -25,29 +45,121 @@ use super::{
 };
 use crate::record::{DeadLetterRecord, RecordId};
 
-/// The reference design's list name, used as the default key prefix.
+/// The reference design's list name, used as the default key prefix (and as the hash tag when
+/// the prefix given is empty).
 pub const DEFAULT_PREFIX: &str = "dead_letter_queue";
 
-static PUSH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+/// At most this many records per push script call.
+const MAX_BATCH: usize = 512;
+/// At most this many bytes of records per push script call (a single larger record still goes,
+/// alone).
+const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Push batches at the server at once.
+const IN_FLIGHT: usize = 4;
+/// Pushes waiting for the writer before `push` waits for room.
+const QUEUE: usize = 4 * MAX_BATCH;
+/// How often `take_requeued` re-reads a retry list that changed under it before giving up.
+const TAKE_ATTEMPTS: usize = 64;
+/// Retry-list entries read per `take_requeued` round.
+const TAKE_CHUNK: usize = 256;
+
+/// The error code a script answers with when a key holds the wrong type.
+const KEYTYPE: &str = "RAMPART_KEYTYPE";
+
+/// A Lua script whose keys are type-checked before anything else runs.
+struct Lua {
+    script: Script,
+    /// Per key: the type the script checks for (`TYPE` name, or `counter`) and how an error
+    /// message names it.
+    wants: &'static [(&'static str, &'static str)],
+}
+
+const RECORDS: (&str, &str) = ("hash", "hash");
+const INDEX: (&str, &str) = ("zset", "sorted set");
+const COUNTER: (&str, &str) = ("counter", "integer string");
+const LIST: (&str, &str) = ("list", "list");
+
+impl Lua {
+    fn new(wants: &'static [(&'static str, &'static str)], body: &str) -> Lua {
+        let list = wants
+            .iter()
+            .map(|(t, _)| format!("'{t}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let src = format!(
+            r"
+local want = {{{list}}}
+for i = 1, #want do
+  local t = redis.call('TYPE', KEYS[i]).ok
+  if want[i] == 'counter' then
+    if t == 'string' then
+      if not tonumber(redis.call('GET', KEYS[i])) then
+        return redis.error_reply('{KEYTYPE} ' .. i .. ' non-integer string')
+      end
+    elseif t ~= 'none' then
+      return redis.error_reply('{KEYTYPE} ' .. i .. ' ' .. t)
+    end
+  elseif t ~= 'none' and t ~= want[i] then
+    return redis.error_reply('{KEYTYPE} ' .. i .. ' ' .. t)
+  end
+end
+{body}"
+        );
+        Lua {
+            script: Script::new(&src),
+            wants,
+        }
+    }
+}
+
+/// KEYS: records, index, evictions. ARGV: cap, then (id, json) pairs. Returns one character
+/// per pair: `1` stored, `0` duplicate.
+static PUSH: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        &[RECORDS, INDEX, COUNTER],
         r"
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-local n = redis.call('ZCARD', KEYS[2])
-local cap = tonumber(ARGV[3])
-if n > cap then
-  local old = redis.call('ZRANGE', KEYS[2], 0, n - cap - 1)
-  for _, id in ipairs(old) do redis.call('HDEL', KEYS[1], id) end
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, n - cap - 1)
+local cap = tonumber(ARGV[1])
+local n = (#ARGV - 1) / 2
+local ids = {}
+for i = 1, n do ids[i] = ARGV[2 * i] end
+local existing = redis.call('HMGET', KEYS[1], unpack(ids))
+local out, hset, zadd, seen = {}, {}, {}, {}
+local h = 0
+for i = 1, n do
+  local id = ids[i]
+  if existing[i] or seen[id] then
+    out[i] = '0'
+  else
+    seen[id] = true
+    out[i] = '1'
+    hset[h + 1] = id
+    hset[h + 2] = ARGV[2 * i + 1]
+    zadd[h + 1] = '0'
+    zadd[h + 2] = id
+    h = h + 2
+  end
+end
+if h > 0 then
+  redis.call('HSET', KEYS[1], unpack(hset))
+  redis.call('ZADD', KEYS[2], unpack(zadd))
+end
+local size = redis.call('ZCARD', KEYS[2])
+if size > cap then
+  local old = redis.call('ZRANGE', KEYS[2], 0, size - cap - 1)
+  for i = 1, #old, 1000 do
+    redis.call('HDEL', KEYS[1], unpack(old, i, math.min(i + 999, #old)))
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, size - cap - 1)
   redis.call('INCRBY', KEYS[3], #old)
 end
-return 1
+return table.concat(out)
 ",
     )
 });
 
-static DELETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static DELETE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        &[RECORDS, INDEX],
         r"
 redis.call('ZREM', KEYS[2], ARGV[1])
 return redis.call('HDEL', KEYS[1], ARGV[1])
@@ -55,8 +167,9 @@ return redis.call('HDEL', KEYS[1], ARGV[1])
     )
 });
 
-static REPLACE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static REPLACE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        &[RECORDS],
         r"
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -65,8 +178,9 @@ return 1
     )
 });
 
-static REQUEUE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static REQUEUE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        &[RECORDS, INDEX, LIST],
         r"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v then return false end
@@ -78,19 +192,195 @@ return v
     )
 });
 
-static PURGE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static PURGE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        &[RECORDS, INDEX],
         r"
 local old = redis.call('ZRANGEBYLEX', KEYS[2], '-', '(' .. ARGV[1])
-for _, id in ipairs(old) do redis.call('HDEL', KEYS[1], id) end
+for i = 1, #old, 1000 do
+  redis.call('HDEL', KEYS[1], unpack(old, i, math.min(i + 999, #old)))
+end
 redis.call('ZREMRANGEBYLEX', KEYS[2], '-', '(' .. ARGV[1])
 return #old
 ",
     )
 });
 
-/// Dead letters in Redis, via redis-rs's reconnecting [`ConnectionManager`]. Cloning shares
-/// the connection.
+/// KEYS: retry list, quarantine. ARGV: n, the n entries expected at the head of the retry
+/// list, then the 1-based positions of the unreadable ones. If the head still holds exactly
+/// those entries, removes them, appends the unreadable ones to the quarantine and returns 1;
+/// otherwise (another taker was faster) changes nothing and returns 0.
+static TAKE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        &[LIST, LIST],
+        r"
+local n = tonumber(ARGV[1])
+local cur = redis.call('LRANGE', KEYS[1], 0, n - 1)
+if #cur ~= n then return 0 end
+for i = 1, n do
+  if cur[i] ~= ARGV[i + 1] then return 0 end
+end
+redis.call('LTRIM', KEYS[1], n, -1)
+for j = n + 2, #ARGV do
+  redis.call('RPUSH', KEYS[2], cur[tonumber(ARGV[j])])
+end
+return 1
+",
+    )
+});
+
+/// The connection a store talks through: one server (reconnecting) or a cluster.
+#[derive(Clone)]
+enum Con {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Con {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Con::Single(c) => c.req_packed_command(cmd),
+            Con::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Con::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Con::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Con::Single(c) => c.get_db(),
+            Con::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A retry-list entry that could not be read, kept in the quarantine list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The entry, byte for byte as it was in the retry list.
+    pub bytes: Vec<u8>,
+    /// Why it cannot be read as a record.
+    pub reason: String,
+}
+
+/// One push waiting for the writer.
+struct Job {
+    id: String,
+    json: Vec<u8>,
+    ack: oneshot::Sender<Result<Pushed, StoreError>>,
+}
+
+/// What the writer task needs: its connection and the keys a push touches.
+struct Writer {
+    con: Con,
+    records: String,
+    index: String,
+    evictions: String,
+    cap: String,
+}
+
+impl Writer {
+    /// Takes the queued pushes in batches until every sender is gone. Up to [`IN_FLIGHT`]
+    /// batches are at the server at once, so the next batch is gathered (and its writers
+    /// encode their records) while the previous one runs.
+    async fn run(self, mut rx: mpsc::Receiver<Job>) {
+        let this = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        let mut jobs = Vec::with_capacity(MAX_BATCH);
+        while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+            let mut batch = Vec::with_capacity(jobs.len());
+            let mut bytes = 0usize;
+            for job in jobs.drain(..) {
+                if !batch.is_empty() && bytes.saturating_add(job.json.len()) > MAX_BATCH_BYTES {
+                    this.spawn_write(&slots, std::mem::take(&mut batch)).await;
+                    bytes = 0;
+                }
+                bytes = bytes.saturating_add(job.json.len());
+                batch.push(job);
+            }
+            if !batch.is_empty() {
+                this.spawn_write(&slots, batch).await;
+            }
+        }
+    }
+
+    /// Waits for a free slot, then writes `batch` in a task of its own.
+    async fn spawn_write(self: &Arc<Self>, slots: &Arc<Semaphore>, batch: Vec<Job>) {
+        // The semaphore is never closed, so this always gets a permit.
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.write(batch).await;
+            drop(permit);
+        });
+    }
+
+    /// Stores `batch` with one script call and answers each push.
+    async fn write(&self, batch: Vec<Job>) {
+        let mut inv = PUSH.script.prepare_invoke();
+        inv.key(&self.records)
+            .key(&self.index)
+            .key(&self.evictions)
+            .arg(&self.cap);
+        for job in &batch {
+            inv.arg(&job.id).arg(&job.json);
+        }
+        let mut con = self.con.clone();
+        let result: Result<Vec<u8>, RedisError> = inv.invoke_async(&mut con).await;
+        let keys = [
+            self.records.as_str(),
+            self.index.as_str(),
+            self.evictions.as_str(),
+        ];
+        match result {
+            Ok(flags) if flags.len() == batch.len() => {
+                for (job, flag) in batch.into_iter().zip(flags) {
+                    let pushed = if flag == b'1' {
+                        Pushed::Stored
+                    } else {
+                        Pushed::Duplicate
+                    };
+                    let _ = job.ack.send(Ok(pushed));
+                }
+            }
+            Ok(flags) => {
+                let e = RedisError::from((
+                    ErrorKind::Client,
+                    "the push script answered a different number of flags than records sent",
+                    format!("{} flags for {} records", flags.len(), batch.len()),
+                ));
+                for job in batch {
+                    let _ = job.ack.send(Err(err("push")(e.clone())));
+                }
+            }
+            Err(e) => {
+                for job in batch {
+                    let _ = job
+                        .ack
+                        .send(Err(script_error(&PUSH, &keys, "push", e.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Dead letters in Redis or a Redis Cluster. Cloning shares the connection and the writer.
+///
+/// Pushes are batched by a writer task spawned on the Tokio runtime the store was connected
+/// on (see the [module docs](self)); if that runtime shuts down, pushes fail with
+/// [`StoreError::Closed`].
 ///
 /// # Example
 ///
@@ -108,11 +398,13 @@ return #old
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    con: ConnectionManager,
+    con: Con,
+    writer: mpsc::Sender<Job>,
     records: String,
     index: String,
     evictions: String,
     retry: String,
+    quarantine: String,
     max_size: usize,
 }
 
@@ -120,6 +412,7 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("records", &self.records)
+            .field("cluster", &matches!(self.con, Con::Cluster(_)))
             .field("max_size", &self.max_size)
             .finish_non_exhaustive()
     }
@@ -129,17 +422,54 @@ fn err(op: &'static str) -> impl FnOnce(RedisError) -> StoreError {
     move |source| StoreError::Redis { op, source }
 }
 
+/// A script's error: the typed wrong-type refusal, naming the key, or the Redis error.
+fn script_error(lua: &Lua, keys: &[&str], op: &'static str, e: RedisError) -> StoreError {
+    if e.code() == Some(KEYTYPE) {
+        let refusal = e.detail().and_then(|d| {
+            let (i, found) = d.trim().split_once(' ')?;
+            let i = i.parse::<usize>().ok()?.checked_sub(1)?;
+            Some(StoreError::RedisKeyType {
+                key: (*keys.get(i)?).to_owned(),
+                found: found.to_owned(),
+                expected: lua.wants.get(i)?.1,
+            })
+        });
+        if let Some(refusal) = refusal {
+            return refusal;
+        }
+    }
+    StoreError::Redis { op, source: e }
+}
+
+/// The hash tag for `prefix`: `{prefix}`, or `{DEFAULT_PREFIX}` for an empty prefix.
+fn hash_tag(prefix: &str) -> Result<String, StoreError> {
+    if prefix.contains(['{', '}']) {
+        return Err(StoreError::RedisPrefix {
+            prefix: prefix.to_owned(),
+            reason: "must not contain `{` or `}` (the store wraps it in its hash tag)",
+        });
+    }
+    let prefix = if prefix.is_empty() {
+        DEFAULT_PREFIX
+    } else {
+        prefix
+    };
+    Ok(format!("{{{prefix}}}"))
+}
+
 impl RedisStore {
     /// Connects to `url` (`redis://host:port/db`), keeping at most `max_size` records under
-    /// keys tagged `{prefix}`. Operations time out after 2 s, so that a [`Fallback`] takes
-    /// over quickly when Redis is down; the connection is re-established in the background.
+    /// keys tagged `{prefix}` (an empty prefix means [`DEFAULT_PREFIX`]). Operations time out
+    /// after 2 s, so that a [`Fallback`] takes over quickly when Redis is down; the connection
+    /// is re-established in the background.
     ///
     /// # Errors
     ///
-    /// If the URL is invalid or Redis cannot be reached.
+    /// If the URL or the prefix is invalid, or Redis cannot be reached.
     ///
     /// [`Fallback`]: super::fallback::Fallback
     pub async fn connect(url: &str, prefix: &str, max_size: usize) -> Result<Self, StoreError> {
+        let tag = hash_tag(prefix)?;
         let client = redis::Client::open(url).map_err(err("parse the URL"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
@@ -149,15 +479,49 @@ impl RedisStore {
         let con = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(err("connect"))?;
-        let tag = format!("{{{prefix}}}");
-        Ok(RedisStore {
-            con,
-            records: format!("{tag}:records"),
-            index: format!("{tag}:index"),
-            evictions: format!("{tag}:evictions"),
-            retry: format!("{tag}:retry_queue"),
-            max_size: max_size.max(1),
-        })
+        Ok(RedisStore::start(Con::Single(con), &tag, max_size))
+    }
+
+    /// Connects to the Redis Cluster that `nodes` (`redis://host:port` each, one is enough)
+    /// belong to; otherwise as [`connect`](Self::connect). All keys share the `{prefix}` hash
+    /// tag, so every script runs on the one node that owns its slot.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use rampart_dlq::RedisStore;
+    ///
+    /// # async fn f() -> Result<(), rampart_dlq::StoreError> {
+    /// let store = RedisStore::connect_cluster(
+    ///     &["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"],
+    ///     "dead_letter_queue",
+    ///     1_000,
+    /// )
+    /// .await?;
+    /// assert_eq!(store.records_key(), "{dead_letter_queue}:records");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// If a URL or the prefix is invalid, or the cluster cannot be reached.
+    pub async fn connect_cluster(
+        nodes: &[&str],
+        prefix: &str,
+        max_size: usize,
+    ) -> Result<Self, StoreError> {
+        let tag = hash_tag(prefix)?;
+        let client = ClusterClient::builder(nodes.iter().copied())
+            .connection_timeout(Duration::from_secs(1))
+            .response_timeout(Duration::from_secs(2))
+            .retries(1)
+            .build()
+            .map_err(err("parse the cluster URLs"))?;
+        let con = client
+            .get_async_connection()
+            .await
+            .map_err(err("connect to the cluster"))?;
+        Ok(RedisStore::start(Con::Cluster(con), &tag, max_size))
     }
 
     /// Connects with the reference design's key prefix and cap.
@@ -169,8 +533,34 @@ impl RedisStore {
         RedisStore::connect(url, DEFAULT_PREFIX, DEFAULT_MAX_SIZE).await
     }
 
+    /// The store over `con`, with its writer task spawned (we are inside tokio: the
+    /// connection was just made there).
+    fn start(con: Con, tag: &str, max_size: usize) -> Self {
+        let max_size = max_size.max(1);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let store = RedisStore {
+            con,
+            writer: tx,
+            records: format!("{tag}:records"),
+            index: format!("{tag}:index"),
+            evictions: format!("{tag}:evictions"),
+            retry: format!("{tag}:retry_queue"),
+            quarantine: format!("{tag}:quarantine"),
+            max_size,
+        };
+        let writer = Writer {
+            con: store.con.clone(),
+            records: store.records.clone(),
+            index: store.index.clone(),
+            evictions: store.evictions.clone(),
+            cap: max_size.to_string(),
+        };
+        tokio::spawn(writer.run(rx));
+        store
+    }
+
     /// Requeued records go to list `key` instead (keep the `{prefix}` hash tag in it on a
-    /// cluster).
+    /// cluster, or Redis refuses the scripts with `CROSSSLOT`).
     #[must_use]
     pub fn retry_list(mut self, key: impl Into<String>) -> Self {
         self.retry = key.into();
@@ -192,14 +582,68 @@ impl RedisStore {
         &self.index
     }
 
+    /// The evictions counter's key.
+    pub fn evictions_key(&self) -> &str {
+        &self.evictions
+    }
+
+    /// The quarantine list's key: retry-list entries that could not be read are moved there
+    /// by [`take_requeued`](DeadLetterStore::take_requeued), never dropped.
+    pub fn quarantine_key(&self) -> &str {
+        &self.quarantine
+    }
+
+    /// How many entries are in the quarantine.
+    ///
+    /// # Errors
+    ///
+    /// If Redis fails.
+    pub async fn quarantine_len(&self) -> Result<usize, StoreError> {
+        let mut con = self.con.clone();
+        redis::cmd("LLEN")
+            .arg(&self.quarantine)
+            .query_async(&mut con)
+            .await
+            .map_err(err("count the quarantine"))
+    }
+
+    /// The oldest `limit` quarantined entries, each with why it cannot be read.
+    ///
+    /// # Errors
+    ///
+    /// If Redis fails.
+    pub async fn quarantined(&self, limit: usize) -> Result<Vec<Quarantined>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut con = self.con.clone();
+        let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(&self.quarantine)
+            .arg(0)
+            .arg(limit.saturating_sub(1))
+            .query_async(&mut con)
+            .await
+            .map_err(err("list the quarantine"))?;
+        Ok(items
+            .into_iter()
+            .map(|bytes| {
+                let reason = match DeadLetterRecord::from_json(&bytes) {
+                    Ok(_) => "readable now (quarantined by an older version?)".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                Quarantined { bytes, reason }
+            })
+            .collect())
+    }
+
     async fn script<T: redis::FromRedisValue>(
         &self,
-        script: &Script,
+        lua: &Lua,
         keys: &[&str],
         args: &[&[u8]],
         op: &'static str,
     ) -> Result<T, StoreError> {
-        let mut inv = script.prepare_invoke();
+        let mut inv = lua.script.prepare_invoke();
         for k in keys {
             inv.key(*k);
         }
@@ -207,7 +651,9 @@ impl RedisStore {
             inv.arg(*a);
         }
         let mut con = self.con.clone();
-        inv.invoke_async(&mut con).await.map_err(err(op))
+        inv.invoke_async(&mut con)
+            .await
+            .map_err(|e| script_error(lua, keys, op, e))
     }
 
     fn parse(key: &str, bytes: &[u8]) -> Result<DeadLetterRecord, Unreadable> {
@@ -215,6 +661,57 @@ impl RedisStore {
             key: key.to_owned(),
             reason: e.to_string(),
         })
+    }
+
+    /// Takes up to `limit` entries off the head of the retry list in one atomic step: the
+    /// readable ones are returned with how many entries were taken in all, the unreadable ones
+    /// moved to the quarantine. `None` if the list changed between reading and taking (retry).
+    async fn take_chunk(
+        &self,
+        limit: usize,
+    ) -> Result<Option<(Vec<DeadLetterRecord>, usize)>, StoreError> {
+        let mut con = self.con.clone();
+        let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(&self.retry)
+            .arg(0)
+            .arg(limit.saturating_sub(1))
+            .query_async(&mut con)
+            .await
+            .map_err(err("take requeued"))?;
+        if items.is_empty() {
+            return Ok(Some((Vec::new(), 0)));
+        }
+        let mut records = Vec::with_capacity(items.len());
+        let mut bad = Vec::new();
+        for (i, bytes) in items.iter().enumerate() {
+            match RedisStore::parse(&self.retry, bytes) {
+                Ok(r) => records.push(r),
+                Err(u) => {
+                    tracing::warn!(
+                        key = %u.key,
+                        quarantine = %self.quarantine,
+                        reason = %u.reason,
+                        "unreadable requeued record moved to the quarantine"
+                    );
+                    bad.push(i.saturating_add(1).to_string());
+                }
+            }
+        }
+        let n = items.len().to_string();
+        let mut args: Vec<&[u8]> =
+            Vec::with_capacity(items.len().saturating_add(bad.len()).saturating_add(1));
+        args.push(n.as_bytes());
+        args.extend(items.iter().map(Vec::as_slice));
+        args.extend(bad.iter().map(String::as_bytes));
+        let taken: i64 = self
+            .script(
+                &TAKE,
+                &[&self.retry, &self.quarantine],
+                &args,
+                "take requeued",
+            )
+            .await?;
+        Ok((taken == 1).then_some((records, items.len())))
     }
 }
 
@@ -224,22 +721,16 @@ impl DeadLetterStore for RedisStore {
     }
 
     async fn push(&self, record: DeadLetterRecord) -> Result<Pushed, StoreError> {
-        let id = record.id.to_string();
         let json = super::encode(&record)?;
-        let cap = self.max_size.to_string();
-        let stored: i64 = self
-            .script(
-                &PUSH,
-                &[&self.records, &self.index, &self.evictions],
-                &[id.as_bytes(), &json, cap.as_bytes()],
-                "push",
-            )
-            .await?;
-        Ok(if stored == 1 {
-            Pushed::Stored
-        } else {
-            Pushed::Duplicate
-        })
+        let (ack, answer) = oneshot::channel();
+        let job = Job {
+            id: record.id.to_string(),
+            json,
+            ack,
+        };
+        let closed = || StoreError::Closed { store: "redis" };
+        self.writer.send(job).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
     }
 
     async fn get(&self, id: RecordId) -> Result<Option<DeadLetterRecord>, StoreError> {
@@ -366,32 +857,33 @@ impl DeadLetterStore for RedisStore {
         }
     }
 
+    /// Takes records off the retry list; entries that cannot be read are moved to the
+    /// quarantine ([`RedisStore::quarantined`]) in the same atomic step, never dropped.
     async fn take_requeued(&self, limit: usize) -> Result<Vec<DeadLetterRecord>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut con = self.con.clone();
-        let v: Value = redis::cmd("LPOP")
-            .arg(&self.retry)
-            .arg(limit)
-            .query_async(&mut con)
-            .await
-            .map_err(err("take requeued"))?;
-        let items: Vec<Vec<u8>> = match v {
-            Value::Nil => Vec::new(),
-            other => redis::from_redis_value(other)
-                .map_err(|e| err("take requeued")(RedisError::from(e)))?,
-        };
-        Ok(items
-            .iter()
-            .filter_map(|b| match RedisStore::parse(&self.retry, b) {
-                Ok(r) => Some(r),
-                Err(u) => {
-                    tracing::warn!(key = %u.key, reason = %u.reason, "unreadable requeued record skipped");
-                    None
+        let mut taken = Vec::new();
+        let mut attempts = 0usize;
+        while taken.len() < limit {
+            let want = limit.saturating_sub(taken.len()).min(TAKE_CHUNK);
+            match self.take_chunk(want).await? {
+                // The list is empty.
+                Some((_, 0)) => break,
+                // Some entries may have been unreadable (quarantined): look again.
+                Some((chunk, _)) => taken.extend(chunk),
+                None => {
+                    attempts = attempts.saturating_add(1);
+                    if attempts >= TAKE_ATTEMPTS {
+                        if taken.is_empty() {
+                            return Err(err("take requeued")(RedisError::from((
+                                ErrorKind::Client,
+                                "the retry list kept changing under every attempt",
+                            ))));
+                        }
+                        break;
+                    }
                 }
-            })
-            .collect())
+            }
+        }
+        Ok(taken)
     }
 
     async fn purge_older_than(&self, age: Duration) -> Result<usize, StoreError> {

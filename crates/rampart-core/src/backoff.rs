@@ -290,6 +290,7 @@ impl BackoffBuilder {
     /// # Errors
     ///
     /// A [`ConfigError`] naming the field if `factor` is NaN, infinite or below 1,
+    /// `base_delay` or `max_delay` exceeds [`MAX_DURATION`](crate::MAX_DURATION) (365 days),
     /// `max_delay < base_delay`, or a `Proportional` jitter fraction is outside `[0, 1]`.
     pub fn build(self) -> Result<Backoff, ConfigError> {
         let b = self.inner;
@@ -300,6 +301,8 @@ impl BackoffBuilder {
                 "must be a finite number >= 1",
             ));
         }
+        crate::time::check_duration("base_delay", b.base)?;
+        crate::time::check_duration("max_delay", b.max)?;
         if b.max < b.base {
             return Err(ConfigError::new(
                 "max_delay",
@@ -457,6 +460,28 @@ mod tests {
         }
 
         #[test]
+        fn arbitrary_delays_build_within_bounds_or_name_the_field(
+            base in (any::<u64>(), 0u32..1_000_000_000),
+            max in (any::<u64>(), 0u32..1_000_000_000),
+            n in any::<u32>(),
+        ) {
+            let (base, max) = (Duration::new(base.0, base.1), Duration::new(max.0, max.1));
+            match Backoff::builder().base_delay(base).max_delay(max).build() {
+                Ok(b) => {
+                    prop_assert!(b.max_delay() <= crate::MAX_DURATION);
+                    prop_assert!(b.nominal_delay(n) <= b.max_delay());
+                    for d in b.schedule(0) {
+                        prop_assert!(d <= crate::MAX_DURATION);
+                    }
+                }
+                Err(e) => prop_assert!(
+                    e.field() == "base_delay" || e.field() == "max_delay",
+                    "unexpected field {}", e.field()
+                ),
+            }
+        }
+
+        #[test]
         fn invalid_proportion_is_rejected(p in prop_oneof![Just(f64::NAN), -5.0f64..-0.001, 1.001f64..5.0]) {
             let e = Backoff::builder().jitter(Jitter::Proportional(p)).build().unwrap_err();
             prop_assert_eq!(e.field(), "jitter");
@@ -500,6 +525,30 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(b.nominal_delay(u32::MAX), b.max_delay());
         assert_eq!(b.nominal_delay(400), b.max_delay());
+    }
+
+    #[test]
+    fn absurd_delays_are_refused_at_build() {
+        // Issue 11: `base_delay = max_delay = 1e19 s` built fine and the first retry
+        // panicked with "overflow when adding duration to instant".
+        let huge = Duration::from_secs(10_000_000_000_000_000_000);
+        let e = Backoff::builder()
+            .base_delay(huge)
+            .max_delay(huge)
+            .build()
+            .unwrap_err();
+        assert_eq!(e.field(), "base_delay");
+        assert_eq!(
+            e.to_string(),
+            "invalid base_delay = 10000000000000000000s: must be at most 365 days (31536000s)"
+        );
+        let e = Backoff::builder().max_delay(huge).build().unwrap_err();
+        assert_eq!(e.field(), "max_delay");
+        assert!(Backoff::builder()
+            .base_delay(crate::MAX_DURATION)
+            .max_delay(crate::MAX_DURATION)
+            .build()
+            .is_ok());
     }
 
     #[test]

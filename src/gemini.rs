@@ -443,7 +443,8 @@ fn judge(
     }
     let m = state.mix;
     if let Some((from, len)) = m.outage {
-        if since_start >= from && since_start < from + len {
+        // `from + len` may not fit in a `Duration` (`--outage 1s+500000000000years`).
+        if since_start.checked_sub(from).is_some_and(|into| into < len) {
             return Verdict::Error(503, "UNAVAILABLE", OVERLOADED, None);
         }
     }

@@ -182,9 +182,14 @@ mod config {
         #[test]
         fn any_duration_in_a_file_loads_within_bounds_or_names_its_key(
             key in prop::sample::select(vec!["deadline", "attempt_timeout", "base_delay", "max_delay"]),
-            secs in prop_oneof![any::<f64>(), 0.0f64..1e9, 1e6f64..1e20],
+            value in prop_oneof![
+                prop_oneof![any::<f64>(), 0.0f64..1e9, 1e6f64..1e20].prop_map(|secs| {
+                    if secs.is_finite() { format!("{secs:?}") } else { format!("{:?}", secs.to_string()) }
+                }),
+                // Any text as a TOML string (a JSON string literal is a valid TOML basic string).
+                duration_text().prop_map(|t| serde_json::to_string(&t).unwrap()),
+            ],
         ) {
-            let value = if secs.is_finite() { format!("{secs:?}") } else { format!("{:?}", secs.to_string()) };
             let (_dir, path) = file(&format!("[services.redis]\n{key} = {value}\n"));
             match Loader::new().file(&path).env(env(&[])).load() {
                 Ok(p) => {

@@ -93,8 +93,8 @@ enum Dlq {
         /// At most this many requests a second, e.g. 50/s (1 to 1000000).
         #[arg(long, value_parser = parse_rate)]
         rate: Option<u32>,
-        /// Retries per record.
-        #[arg(long, default_value_t = 2)]
+        /// Retries per record (0 to 100).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=MAX_RETRIES))]
         retries: u32,
         #[command(flatten)]
         filter: Filter,
@@ -178,6 +178,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. 30d, 2h, 90s"))
 }
+
+/// The most `--retries` accepted: retrying one record more often than this is a mistake, and
+/// `u32::MAX` retries would never end.
+const MAX_RETRIES: i64 = 100;
 
 /// The highest `--rate` accepted, in requests a second. Faster than this, pacing means
 /// nothing (one request a microsecond); and above 10⁹ a second the period between requests

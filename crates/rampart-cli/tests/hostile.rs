@@ -68,6 +68,29 @@ async fn a_rate_of_two_billion_a_second_is_a_usage_error_not_a_panic() {
 }
 
 #[tokio::test]
+async fn endless_retries_are_a_usage_error() {
+    // `--retries 4294967295` against a dead target retried one record for ever (the retry
+    // budget's floor of 10 retries a second never runs out).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dlq.journal");
+    seed(&path, 0).await;
+    let store = format!("file:{}", path.display());
+    let (_, err, code) = text(&rampart(
+        &store,
+        &[
+            "dlq",
+            "redrive",
+            "--target",
+            "http://127.0.0.1:9",
+            "--retries",
+            "4294967295",
+        ],
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--retries"), "{err}");
+}
+
+#[tokio::test]
 async fn limit_zero_is_a_usage_error_and_requeues_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dlq.journal");

@@ -85,6 +85,17 @@ mod config {
     }
 
     #[test]
+    fn endless_retries_from_the_environment_are_refused() {
+        let err = Loader::new()
+            .env(env(&[("TTS_MAX_RETRIES", "4294967295")]))
+            .load()
+            .unwrap_err();
+        assert_eq!(err.field(), "services.tts.max_retries", "{err}");
+        assert_eq!(err.origin(), Some("environment variable TTS_MAX_RETRIES"));
+        assert!(err.to_string().contains("at most 1000"), "{err}");
+    }
+
+    #[test]
     fn absurd_durations_in_the_file_are_refused_with_their_line() {
         let cases = [
             ("deadline = \"500000000000 years\"", "services.tts.deadline"),

@@ -60,6 +60,9 @@ pub const DEFAULT_BASE_DELAY: Duration = Duration::from_secs(1);
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(60);
 /// The reference design's `backoff_factor`.
 pub const DEFAULT_FACTOR: f64 = 2.0;
+/// The most retries a backoff accepts: more is a retry loop that never ends in practice
+/// (and `u32::MAX` retries would overflow the attempt count).
+pub const RETRIES_LIMIT: u32 = 1_000;
 
 /// A validated backoff policy: how many retries, and how long to wait before each.
 ///
@@ -289,7 +292,8 @@ impl BackoffBuilder {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the field if `factor` is NaN, infinite or below 1,
+    /// A [`ConfigError`] naming the field if `max_retries` exceeds [`RETRIES_LIMIT`] (1000),
+    /// `factor` is NaN, infinite or below 1,
     /// `base_delay` or `max_delay` exceeds [`MAX_DURATION`](crate::MAX_DURATION) (365 days),
     /// `max_delay < base_delay`, or a `Proportional` jitter fraction is outside `[0, 1]`.
     pub fn build(self) -> Result<Backoff, ConfigError> {
@@ -299,6 +303,13 @@ impl BackoffBuilder {
                 "backoff_factor",
                 b.factor,
                 "must be a finite number >= 1",
+            ));
+        }
+        if b.max_retries > RETRIES_LIMIT {
+            return Err(ConfigError::new(
+                "max_retries",
+                b.max_retries,
+                format!("must be at most {RETRIES_LIMIT}"),
             ));
         }
         crate::time::check_duration("base_delay", b.base)?;
@@ -520,11 +531,29 @@ mod tests {
     fn huge_exponents_saturate_at_max() {
         let b = Backoff::builder()
             .factor(10.0)
-            .max_retries(u32::MAX)
+            .max_retries(RETRIES_LIMIT)
             .build()
-            .unwrap_or_default();
+            .unwrap();
         assert_eq!(b.nominal_delay(u32::MAX), b.max_delay());
         assert_eq!(b.nominal_delay(400), b.max_delay());
+    }
+
+    #[test]
+    fn endless_retries_are_refused_at_build() {
+        // `max_retries = 4294967295` built, and a call against a dead service never ended
+        // (and the attempt count overflowed after u32::MAX attempts).
+        let e = Backoff::builder()
+            .max_retries(u32::MAX)
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid max_retries = 4294967295: must be at most 1000"
+        );
+        assert!(Backoff::builder()
+            .max_retries(RETRIES_LIMIT)
+            .build()
+            .is_ok());
     }
 
     #[test]

@@ -136,7 +136,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             CircuitBreakerConfig::builder()
                 .consecutive_failures(Some(5))
                 .recovery_timeout(args.recovery_timeout)
-                .max_recovery_timeout(args.recovery_timeout * 4)
+                .max_recovery_timeout(args.recovery_timeout.saturating_mul(4))
                 .build()?,
         ))
         .build()?;

@@ -15,7 +15,8 @@
 //!    Variables that match no service and field are ignored.
 //!
 //! Durations are humantime strings (`"500ms"`, `"30s"`, `"30d"`) or numbers of seconds
-//! (`1.5`; the reference design's `TTS_BASE_DELAY=1.0`). Unknown keys are errors, and every
+//! (`1.5`; the reference design's `TTS_BASE_DELAY=1.0`), at most 365 days
+//! ([`MAX_DURATION`](rampart_core::MAX_DURATION)). Unknown keys are errors, and every
 //! error names the key, the bad value and where it came from — the file and line, or the
 //! variable.
 //!
@@ -237,6 +238,17 @@ mod dur {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<Duration>, D::Error> {
+        let parsed = parse(d)?;
+        match parsed {
+            Some(d) if d > rampart_core::MAX_DURATION => Err(de::Error::custom(format!(
+                "{d:?} is longer than the maximum of 365 days ({}s)",
+                rampart_core::MAX_DURATION.as_secs()
+            ))),
+            other => Ok(other),
+        }
+    }
+
+    fn parse<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         match Option::<Raw>::deserialize(d)? {
             None => Ok(None),
             Some(Raw::Secs(s)) => Duration::try_from_secs_f64(s).map(Some).map_err(|_| {

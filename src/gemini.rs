@@ -174,13 +174,13 @@ pub fn wav(pcm: &[u8], rate: u32) -> Vec<u8> {
     let len = u32::try_from(pcm.len()).unwrap_or(u32::MAX);
     let mut out = Vec::with_capacity(pcm.len() + 44);
     out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + len).to_le_bytes());
+    out.extend_from_slice(&len.saturating_add(36).to_le_bytes());
     out.extend_from_slice(b"WAVEfmt ");
     out.extend_from_slice(&16u32.to_le_bytes());
     out.extend_from_slice(&1u16.to_le_bytes()); // PCM
     out.extend_from_slice(&1u16.to_le_bytes()); // mono
     out.extend_from_slice(&rate.to_le_bytes());
-    out.extend_from_slice(&(rate * 2).to_le_bytes());
+    out.extend_from_slice(&rate.saturating_mul(2).to_le_bytes());
     out.extend_from_slice(&2u16.to_le_bytes());
     out.extend_from_slice(&16u16.to_le_bytes());
     out.extend_from_slice(b"data");
@@ -191,8 +191,9 @@ pub fn wav(pcm: &[u8], rate: u32) -> Vec<u8> {
 
 /// A short tone as 16-bit PCM: the embedded server's "speech".
 pub fn tone(ms: u32, hz: f64) -> Vec<u8> {
-    let n = SAMPLE_RATE * ms / 1000;
-    let mut pcm = Vec::with_capacity(n as usize * 2);
+    // In u64: `SAMPLE_RATE * ms` overflows a u32 from about three minutes on.
+    let n = u32::try_from(u64::from(SAMPLE_RATE) * u64::from(ms) / 1000).unwrap_or(u32::MAX);
+    let mut pcm = Vec::with_capacity(usize::try_from(n).unwrap_or(0).saturating_mul(2));
     for i in 0..n {
         let t = f64::from(i) / f64::from(SAMPLE_RATE);
         #[allow(clippy::cast_possible_truncation)]
@@ -443,7 +444,8 @@ fn judge(
     }
     let m = state.mix;
     if let Some((from, len)) = m.outage {
-        if since_start >= from && since_start < from + len {
+        // `from + len` may not fit in a `Duration` (`--outage 1s+500000000000years`).
+        if since_start.checked_sub(from).is_some_and(|into| into < len) {
             return Verdict::Error(503, "UNAVAILABLE", OVERLOADED, None);
         }
     }

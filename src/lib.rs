@@ -74,8 +74,9 @@ pub use policy::{
 };
 
 pub use rampart_core::{
-    backoff, classify, leaf_error, Backoff, BackoffBuilder, BoxError, CircuitOpen, Classify,
+    backoff, classify, leaf_error, time, Backoff, BackoffBuilder, BoxError, CircuitOpen, Classify,
     ConfigError, Error, ErrorKind, IntoError, Jitter, Name, NotReplayable, Outcome, Timeout,
+    MAX_DURATION,
 };
 
 /// The retry layer: [`RetryLayer`], its budget and its observation seam.

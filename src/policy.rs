@@ -319,8 +319,9 @@ impl PolicyBuilder {
     /// # Errors
     ///
     /// A [`ConfigError`] whose field is `<service>.<field>`: invalid backoff values, an
-    /// invalid budget, a zero timeout or deadline, or a deadline shorter than the
-    /// per-attempt timeout.
+    /// invalid budget, a zero timeout or deadline, a deadline shorter than the per-attempt
+    /// timeout, or a duration (delay, deadline, timeout, retention) longer than
+    /// [`MAX_DURATION`](rampart_core::MAX_DURATION), 365 days.
     pub fn build(self) -> Result<Policy, ConfigError> {
         let svc = self.name.as_str();
         let at = |e: ConfigError| {
@@ -356,6 +357,16 @@ impl PolicyBuilder {
                     "must be positive",
                 ));
             }
+        }
+        for (field, d) in [
+            ("deadline", self.deadline),
+            ("attempt_timeout", self.attempt_timeout),
+            (
+                "dead_letter.retention",
+                self.dead_letter.map(|d| d.retention),
+            ),
+        ] {
+            rampart_core::time::check_duration_opt(format!("{svc}.{field}"), d)?;
         }
         if let (Some(deadline), Some(timeout)) = (self.deadline, self.attempt_timeout) {
             if deadline < timeout {

@@ -355,7 +355,9 @@ impl CircuitBreakerConfigBuilder {
     ///
     /// A [`ConfigError`] naming the field if a count is zero, a rate is outside (0, 1], a
     /// slow-call rule has no window, no trip condition is on, the recovery timeout is zero or
-    /// its maximum is below it, or more than 65,535 probes or successes are asked for.
+    /// its maximum is below it, a duration exceeds
+    /// [`MAX_DURATION`](rampart_core::MAX_DURATION) (365 days), or more than 65,535 probes or
+    /// successes are asked for.
     pub fn build(self) -> Result<CircuitBreakerConfig, ConfigError> {
         let c = self.inner;
         if c.consecutive_failures == Some(0) {
@@ -414,6 +416,9 @@ impl CircuitBreakerConfigBuilder {
                 "needs a window to measure the slow-call rate over",
             ));
         }
+        rampart_core::time::check_duration("recovery_timeout", c.recovery_timeout)?;
+        rampart_core::time::check_duration("max_recovery_timeout", c.max_recovery_timeout)?;
+        rampart_core::time::check_duration_opt("slow_call_duration", c.slow_call_duration)?;
         if c.recovery_timeout.is_zero() {
             return Err(ConfigError::new(
                 "recovery_timeout",
@@ -491,5 +496,28 @@ mod tests {
             let e = builder.build().unwrap_err();
             assert_eq!(e.field(), field, "{e}");
         }
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_at_build() {
+        // Issue 11: a recovery timeout of 1e19 s built, and a retry layer above the open
+        // breaker overflowed `Instant` adding the breaker's `retry_in`.
+        let huge = Duration::from_secs(10_000_000_000_000_000_000);
+        let b = CircuitBreakerConfig::builder;
+        let cases: Vec<(CircuitBreakerConfigBuilder, &str)> = vec![
+            (b().recovery_timeout(huge), "recovery_timeout"),
+            (b().max_recovery_timeout(huge), "max_recovery_timeout"),
+            (
+                b().window(Some(Window::Count(10))).slow_call(huge, 0.5),
+                "slow_call_duration",
+            ),
+        ];
+        for (builder, field) in cases {
+            let e = builder.build().unwrap_err();
+            assert_eq!(e.field(), field, "{e}");
+            assert!(e.reason().contains("365 days"), "{e}");
+        }
+        let max = rampart_core::MAX_DURATION;
+        assert!(b().recovery_timeout(max).build().is_ok());
     }
 }

@@ -12,7 +12,7 @@
 mod store;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -97,11 +97,11 @@ enum Dlq {
         /// The base URL to replay against (scheme, host and port replace the recorded ones).
         #[arg(long)]
         target: String,
-        /// At most this many requests a second, e.g. 50/s.
+        /// At most this many requests a second, e.g. 50/s (1 to 1000000).
         #[arg(long, value_parser = parse_rate)]
         rate: Option<u32>,
-        /// Retries per record.
-        #[arg(long, default_value_t = 2)]
+        /// Retries per record (0 to 100).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=MAX_RETRIES))]
         retries: u32,
         #[command(flatten)]
         filter: Filter,
@@ -138,7 +138,8 @@ enum Dlq {
         #[command(flatten)]
         filter: Filter,
     },
-    /// Read JSON lines written by `export`; records already present are left alone.
+    /// Read JSON lines written by `export`; records already present are left alone. A line
+    /// longer than 2 MiB is refused (by its line number) without being read into memory.
     ///
     /// Example: rampart --store redis://127.0.0.1:6379/0 dlq import dlq.jsonl
     Import {
@@ -149,8 +150,8 @@ enum Dlq {
 
 #[derive(Args, Debug, Clone, Default)]
 struct Filter {
-    /// At most this many records.
-    #[arg(long)]
+    /// At most this many records (at least 1).
+    #[arg(long, value_parser = parse_limit)]
     limit: Option<usize>,
     /// Only this service.
     #[arg(long)]
@@ -185,12 +186,84 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. 30d, 2h, 90s"))
 }
 
+/// The most `--retries` accepted: retrying one record more often than this is a mistake, and
+/// `u32::MAX` retries would never end.
+const MAX_RETRIES: i64 = 100;
+
+/// The highest `--rate` accepted, in requests a second. Faster than this, pacing means
+/// nothing (one request a microsecond); and above 10⁹ a second the period between requests
+/// would round to zero, which `tokio::time::interval` refuses with a panic.
+const MAX_RATE: u32 = 1_000_000;
+
 fn parse_rate(s: &str) -> Result<u32, String> {
     let n = s.strip_suffix("/s").unwrap_or(s);
-    n.parse::<u32>()
+    let n = n
+        .parse::<u32>()
         .ok()
         .filter(|n| *n > 0)
-        .ok_or_else(|| format!("{s:?} is not a rate; write e.g. 50/s"))
+        .ok_or_else(|| format!("{s:?} is not a rate; write e.g. 50/s"))?;
+    if n > MAX_RATE {
+        return Err(format!("{s:?} is too fast; at most {MAX_RATE}/s"));
+    }
+    Ok(n)
+}
+
+/// The time between two requests at `per_second` requests a second; never zero.
+fn pace_period(per_second: u32) -> Duration {
+    Duration::from_secs(1)
+        .checked_div(per_second)
+        .unwrap_or(Duration::from_secs(1))
+        .max(Duration::from_nanos(1))
+}
+
+/// `--limit 0` is a usage error rather than "no limit" or "nothing": listing, exporting or
+/// requeueing zero records is never what an operator meant.
+fn parse_limit(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("--limit must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{s:?} is not a number of records ({e})")),
+    }
+}
+
+/// The longest line `import` accepts, in bytes: 2 MiB, twice the largest record a store
+/// accepts. A longer line is refused before more of it is read, so `import` holds at most
+/// this much of its input in memory.
+const MAX_IMPORT_LINE: usize = 2 * 1024 * 1024;
+
+/// Why a line could not be read.
+#[derive(Debug)]
+enum LineError {
+    /// Longer than the cap.
+    TooLong,
+    /// The input failed.
+    Io(std::io::Error),
+}
+
+/// Reads the next line (without its line ending) into `buf`, reading at most `max + 1`
+/// bytes of it; `Ok(false)` at the end of the input.
+fn read_line_bounded<R: BufRead>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<bool, LineError> {
+    buf.clear();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    let n = Read::take(&mut *r, limit)
+        .read_until(b'\n', buf)
+        .map_err(LineError::Io)?;
+    if n == 0 {
+        return Ok(false);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+    } else if buf.len() > max {
+        return Err(LineError::TooLong);
+    }
+    Ok(true)
 }
 
 /// A failed command: the message and the exit code.
@@ -228,6 +301,9 @@ impl Filter {
     async fn collect(&self, store: &AnyStore) -> Result<(Vec<DeadLetterRecord>, usize), Fail> {
         let limit = self.limit.unwrap_or(usize::MAX);
         let mut out = Vec::new();
+        if limit == 0 {
+            return Ok((out, 0));
+        }
         let mut unreadable = 0;
         let mut q = self.query();
         loop {
@@ -503,7 +579,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             }
         }
         Dlq::Import { file } => {
-            let reader: Box<dyn BufRead> = if file == "-" {
+            let mut reader: Box<dyn BufRead> = if file == "-" {
                 Box::new(std::io::BufReader::new(std::io::stdin()))
             } else {
                 Box::new(std::io::BufReader::new(
@@ -512,15 +588,24 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 ))
             };
             let (mut new, mut present) = (0, 0);
-            for (i, line) in reader.lines().enumerate() {
-                let line = line.map_err(|e| op(format!("{file} line {}: {e}", i + 1)))?;
-                if line.trim().is_empty() {
+            let mut line = Vec::new();
+            for number in 1u64.. {
+                match read_line_bounded(&mut reader, &mut line, MAX_IMPORT_LINE) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(LineError::Io(e)) => return Err(op(format!("{file} line {number}: {e}"))),
+                    Err(LineError::TooLong) => {
+                        return Err(op(format!(
+                            "{file} line {number}: longer than {MAX_IMPORT_LINE} bytes (2 MiB), the most import reads; not a record written by export"
+                        )))
+                    }
+                }
+                if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let r = DeadLetterRecord::from_json(line.as_bytes()).map_err(|e| {
+                let r = DeadLetterRecord::from_json(&line).map_err(|e| {
                     op(format!(
-                        "{file} line {}: not a dead-letter record ({e})",
-                        i + 1
+                        "{file} line {number}: not a dead-letter record ({e})"
                     ))
                 })?;
                 match store.push(r).await.map_err(|e| store_err(&e))? {
@@ -664,7 +749,7 @@ async fn redrive(
     {
         bar.set_style(style);
     }
-    let mut pace = rate.map(|n| tokio::time::interval(Duration::from_secs(1) / n));
+    let mut pace = rate.map(|n| tokio::time::interval(pace_period(n)));
     let (mut ok, mut again) = (0, 0);
     let mut skipped: Vec<(rampart_dlq::RecordId, String)> = Vec::new();
     for r in records {
@@ -827,5 +912,120 @@ mod request_of_tests {
         assert_eq!(out.body().as_ref(), [0xff, 0x00, 0xfe]);
         old.request.payload["body"] = serde_json::json!({ "hex": "f" });
         assert!(request_of(&old, &target()).is_err());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_rate_above_the_bound_is_refused_not_panicked_on() {
+        // Issue 11: `--rate 2000000000/s` parsed, and `interval(1s / 2e9 = 0)` panicked.
+        let e = parse_rate("2000000000/s").unwrap_err();
+        assert!(e.contains("at most 1000000/s"), "{e}");
+        assert_eq!(parse_rate("1000000/s"), Ok(MAX_RATE));
+        assert_eq!(parse_rate("50/s"), Ok(50));
+        assert!(parse_rate("0/s").is_err());
+        assert_eq!(pace_period(u32::MAX), Duration::from_nanos(1));
+        assert_eq!(pace_period(0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_zero_limit_is_a_usage_error() {
+        assert_eq!(parse_limit("0").unwrap_err(), "--limit must be at least 1");
+        assert_eq!(parse_limit("3"), Ok(3));
+        assert!(parse_limit("-1").unwrap_err().contains("not a number"));
+    }
+
+    #[test]
+    fn lines_are_read_up_to_the_cap_and_no_further() {
+        let mut input = Vec::new();
+        input.extend_from_slice(b"short\r\n");
+        input.extend_from_slice(&[b'x'; 10]);
+        input.push(b'\n');
+        input.extend_from_slice(&[b'y'; 11]);
+        input.extend_from_slice(b"\nlast");
+        let mut r = std::io::Cursor::new(input);
+        let mut buf = Vec::new();
+        assert!(read_line_bounded(&mut r, &mut buf, 10).unwrap());
+        assert_eq!(buf, b"short");
+        assert!(read_line_bounded(&mut r, &mut buf, 10).unwrap());
+        assert_eq!(buf, [b'x'; 10]);
+        assert!(matches!(
+            read_line_bounded(&mut r, &mut buf, 10),
+            Err(LineError::TooLong)
+        ));
+        assert_eq!(buf.len(), 11, "read one byte past the cap, no more");
+        assert_eq!(
+            r.position(),
+            10 + 1 + 7 + 11,
+            "the rest of the line stays unread"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_rate_text_parses_to_a_bounded_rate_or_an_error(s in "\\PC{0,16}") {
+            if let Ok(n) = parse_rate(&s) {
+                prop_assert!((1..=MAX_RATE).contains(&n));
+                prop_assert!(!pace_period(n).is_zero());
+            }
+        }
+
+        #[test]
+        fn any_number_of_requests_a_second(n in any::<u32>()) {
+            let got = parse_rate(&format!("{n}/s"));
+            prop_assert_eq!(got.is_ok(), (1..=MAX_RATE).contains(&n));
+            prop_assert!(!pace_period(n).is_zero());
+        }
+
+        #[test]
+        fn any_limit_text(s in "\\PC{0,24}") {
+            if let Ok(n) = parse_limit(&s) {
+                prop_assert!(n >= 1);
+            }
+        }
+
+        #[test]
+        fn any_duration_text(s in prop_oneof![
+            "\\PC{0,24}",
+            (any::<u64>(), prop::sample::select(vec!["ns", "s", "d", "y", "years"])).prop_map(|(n, u)| format!("{n}{u}")),
+        ]) {
+            if let Ok(d) = parse_duration(&s) {
+                // Every command turns an age into a cutoff without overflowing.
+                let _ = RecordId::lower_bound(
+                    SystemTime::now().checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH),
+                );
+            }
+        }
+
+        #[test]
+        fn any_input_splits_into_bounded_lines(
+            input in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'\r'), any::<u8>()], 0..200),
+            max in 0usize..40,
+        ) {
+            let mut r = std::io::Cursor::new(&input);
+            let mut buf = Vec::new();
+            let mut lines = 0;
+            loop {
+                match read_line_bounded(&mut r, &mut buf, max) {
+                    Ok(true) => {
+                        prop_assert!(buf.len() <= max);
+                        lines += 1;
+                    }
+                    Ok(false) => break,
+                    Err(LineError::TooLong) => {
+                        prop_assert_eq!(buf.len(), max + 1);
+                        break;
+                    }
+                    Err(LineError::Io(e)) => prop_assert!(false, "{}", e),
+                }
+            }
+            prop_assert!(lines <= input.len());
+        }
     }
 }

@@ -60,6 +60,9 @@ pub const DEFAULT_BASE_DELAY: Duration = Duration::from_secs(1);
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(60);
 /// The reference design's `backoff_factor`.
 pub const DEFAULT_FACTOR: f64 = 2.0;
+/// The most retries a backoff accepts: more is a retry loop that never ends in practice
+/// (and `u32::MAX` retries would overflow the attempt count).
+pub const RETRIES_LIMIT: u32 = 1_000;
 
 /// A validated backoff policy: how many retries, and how long to wait before each.
 ///
@@ -289,7 +292,9 @@ impl BackoffBuilder {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the field if `factor` is NaN, infinite or below 1,
+    /// A [`ConfigError`] naming the field if `max_retries` exceeds [`RETRIES_LIMIT`] (1000),
+    /// `factor` is NaN, infinite or below 1,
+    /// `base_delay` or `max_delay` exceeds [`MAX_DURATION`](crate::MAX_DURATION) (365 days),
     /// `max_delay < base_delay`, or a `Proportional` jitter fraction is outside `[0, 1]`.
     pub fn build(self) -> Result<Backoff, ConfigError> {
         let b = self.inner;
@@ -300,6 +305,15 @@ impl BackoffBuilder {
                 "must be a finite number >= 1",
             ));
         }
+        if b.max_retries > RETRIES_LIMIT {
+            return Err(ConfigError::new(
+                "max_retries",
+                b.max_retries,
+                format!("must be at most {RETRIES_LIMIT}"),
+            ));
+        }
+        crate::time::check_duration("base_delay", b.base)?;
+        crate::time::check_duration("max_delay", b.max)?;
         if b.max < b.base {
             return Err(ConfigError::new(
                 "max_delay",
@@ -457,6 +471,28 @@ mod tests {
         }
 
         #[test]
+        fn arbitrary_delays_build_within_bounds_or_name_the_field(
+            base in (any::<u64>(), 0u32..1_000_000_000),
+            max in (any::<u64>(), 0u32..1_000_000_000),
+            n in any::<u32>(),
+        ) {
+            let (base, max) = (Duration::new(base.0, base.1), Duration::new(max.0, max.1));
+            match Backoff::builder().base_delay(base).max_delay(max).build() {
+                Ok(b) => {
+                    prop_assert!(b.max_delay() <= crate::MAX_DURATION);
+                    prop_assert!(b.nominal_delay(n) <= b.max_delay());
+                    for d in b.schedule(0) {
+                        prop_assert!(d <= crate::MAX_DURATION);
+                    }
+                }
+                Err(e) => prop_assert!(
+                    e.field() == "base_delay" || e.field() == "max_delay",
+                    "unexpected field {}", e.field()
+                ),
+            }
+        }
+
+        #[test]
         fn invalid_proportion_is_rejected(p in prop_oneof![Just(f64::NAN), -5.0f64..-0.001, 1.001f64..5.0]) {
             let e = Backoff::builder().jitter(Jitter::Proportional(p)).build().unwrap_err();
             prop_assert_eq!(e.field(), "jitter");
@@ -495,11 +531,53 @@ mod tests {
     fn huge_exponents_saturate_at_max() {
         let b = Backoff::builder()
             .factor(10.0)
-            .max_retries(u32::MAX)
+            .max_retries(RETRIES_LIMIT)
             .build()
-            .unwrap_or_default();
+            .unwrap();
         assert_eq!(b.nominal_delay(u32::MAX), b.max_delay());
         assert_eq!(b.nominal_delay(400), b.max_delay());
+    }
+
+    #[test]
+    fn endless_retries_are_refused_at_build() {
+        // `max_retries = 4294967295` built, and a call against a dead service never ended
+        // (and the attempt count overflowed after u32::MAX attempts).
+        let e = Backoff::builder()
+            .max_retries(u32::MAX)
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid max_retries = 4294967295: must be at most 1000"
+        );
+        assert!(Backoff::builder()
+            .max_retries(RETRIES_LIMIT)
+            .build()
+            .is_ok());
+    }
+
+    #[test]
+    fn absurd_delays_are_refused_at_build() {
+        // Issue 11: `base_delay = max_delay = 1e19 s` built fine and the first retry
+        // panicked with "overflow when adding duration to instant".
+        let huge = Duration::from_secs(10_000_000_000_000_000_000);
+        let e = Backoff::builder()
+            .base_delay(huge)
+            .max_delay(huge)
+            .build()
+            .unwrap_err();
+        assert_eq!(e.field(), "base_delay");
+        assert_eq!(
+            e.to_string(),
+            "invalid base_delay = 10000000000000000000s: must be at most 365 days (31536000s)"
+        );
+        let e = Backoff::builder().max_delay(huge).build().unwrap_err();
+        assert_eq!(e.field(), "max_delay");
+        assert!(Backoff::builder()
+            .base_delay(crate::MAX_DURATION)
+            .max_delay(crate::MAX_DURATION)
+            .build()
+            .is_ok());
     }
 
     #[test]

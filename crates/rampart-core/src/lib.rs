@@ -41,6 +41,7 @@ pub mod classify;
 mod error;
 mod name;
 mod outcome;
+pub mod time;
 
 pub use backoff::{Backoff, BackoffBuilder, Jitter, Schedule};
 pub use classify::Classify;
@@ -48,6 +49,7 @@ pub use error::{
     BoxError, CircuitOpen, ConfigError, Error, ErrorKind, IntoError, NotReplayable, Timeout,
 };
 pub use name::Name;
+pub use time::{instant_after, MAX_DURATION};
 
 /// Defines `get_ref`, `get_mut` and `into_inner` for a middleware service whose inner
 /// service is the field `inner` of type `$inner` (tower-http's `define_inner_service_accessors!`).

@@ -100,6 +100,7 @@ where
     let mut report = RedriveReport::default();
     let mut pace = per_second
         .filter(|n| *n > 0)
+        // Above 10⁹ a second the period rounds to zero, which `interval` panics on.
         .map(|n| tokio::time::interval((Duration::from_secs(1) / n).max(Duration::from_nanos(1))));
     for id in ids {
         let Some(record) = store.get(*id).await? else {
@@ -133,4 +134,39 @@ where
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::{DeadLetterReason, MemoryStore, RequestPart};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_whose_period_rounds_to_zero_does_not_panic() {
+        // Issue 11: `per_second = 2_000_000_000` made `interval(1 s / n)` = `interval(0)`,
+        // which panics with "`period` must be non-zero".
+        let store = MemoryStore::default();
+        let r = DeadLetterRecord::new("orders", DeadLetterReason::RetriesExhausted).request(
+            RequestPart {
+                summary: "order 7".into(),
+                payload: serde_json::json!(7),
+            },
+        );
+        store.push(r.clone()).await.unwrap();
+        let ok = tower::service_fn(|_: u64| async { Ok::<_, std::io::Error>(()) });
+        for rate in [2_000_000_000, u32::MAX] {
+            let report = redrive(
+                &store,
+                &[r.id],
+                ok,
+                |r| r.request.payload.as_u64(),
+                Some(rate),
+            )
+            .await
+            .unwrap();
+            assert_eq!(report.redriven + report.skipped, 1);
+        }
+    }
 }

@@ -7,6 +7,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
+use rampart_core::instant_after;
 use rampart_core::{Classify, Error, ErrorKind, IntoError, NotReplayable, Outcome, Schedule};
 use tokio::time::{sleep_until, Instant, Sleep};
 use tower_service::Service;
@@ -91,8 +92,8 @@ impl Cold {
     /// deadline, whichever comes first. Disarms it if neither is configured.
     fn arm_attempt_timer(mut self: Pin<&mut Self>, config: &Config, now: Instant) {
         let started = *self.as_mut().project().started.get_or_insert(now);
-        let by_timeout = config.attempt_timeout.map(|t| now + t);
-        let by_deadline = config.deadline.map(|d| started + d);
+        let by_timeout = config.attempt_timeout.map(|t| instant_after(now, t));
+        let by_deadline = config.deadline.map(|d| instant_after(started, d));
         match (by_timeout, by_deadline) {
             (Some(t), Some(d)) if d <= t => self.set_timer(d, TimerRole::Deadline),
             (Some(t), _) => self.set_timer(t, TimerRole::AttemptTimeout),
@@ -375,7 +376,7 @@ where
                         this.state.set(State::Readying);
                     } else {
                         cold.as_mut()
-                            .set_timer(Instant::now() + delay, TimerRole::Backoff);
+                            .set_timer(instant_after(Instant::now(), delay), TimerRole::Backoff);
                         this.state.set(State::Waiting);
                     }
                 }
@@ -468,7 +469,7 @@ fn plan_retry(
     }
     let now = Instant::now();
     let started = *cold.started.get_or_insert(now);
-    let deadline_at = config.deadline.map(|d| started + d);
+    let deadline_at = config.deadline.map(|d| instant_after(started, d));
     let schedule = cold
         .schedule
         .get_or_insert_with(|| backoff.schedule(stream));
@@ -476,7 +477,7 @@ fn plan_retry(
     let (delay, hinted) = if let Some(retry_in) = open_in {
         // Wait for the breaker only if its probe window opens before the deadline.
         match deadline_at {
-            Some(at) if now + retry_in < at => {
+            Some(at) if instant_after(now, retry_in) < at => {
                 schedule.skip_with(retry_in);
                 (retry_in, true)
             }
@@ -493,7 +494,7 @@ fn plan_retry(
         }
     };
     if let Some(at) = deadline_at {
-        if now + delay >= at {
+        if instant_after(now, delay) >= at {
             return Err(GiveUp::DeadlineExceeded);
         }
     }

@@ -260,6 +260,7 @@ pub trait DeadLetterStore: Send + Sync + 'static {
 }
 
 /// A record's JSON, or the error that names it.
+#[cfg_attr(not(any(feature = "sqlite", feature = "redis")), allow(dead_code))]
 pub(crate) fn encode(r: &DeadLetterRecord) -> Result<Vec<u8>, StoreError> {
     r.to_json()
         .map_err(|source| StoreError::Encode { id: r.id, source })

@@ -1,10 +1,14 @@
-//! Dead-letter throughput (records/s), side by side with the floors: raw `append` + `fsync`
-//! of the same bytes (one fsync per record, and one per batch of 64 — what group commit can
-//! at best reach), and raw redis-rs pipelined `LPUSH` of the same bytes against the
-//! `RedisStore`'s Lua-scripted, idempotent, capped push.
+//! Dead-letter throughput (records/s), side by side with the floors, all in one run:
 //!
-//! Run with `cargo bench --bench dlq_throughput` (Redis on 127.0.0.1:6379 for the Redis rows;
-//! override with `RAMPART_BENCH_REDIS`).
+//! - SQLite: the `SqliteStore` (group commit, 64 concurrent writers) against raw rusqlite
+//!   batched inserts of the same bytes (same pragmas: WAL, `synchronous = FULL`; 64 rows per
+//!   `BEGIN IMMEDIATE` transaction, one writer, no cap, no idempotency check) and against raw
+//!   `append` + `fsync` of the same bytes (one fsync per record, and one per batch of 64);
+//! - Redis: raw redis-rs pipelined `LPUSH` of the same bytes against the `RedisStore`'s
+//!   scripted, idempotent, capped push.
+//!
+//! Run with `cargo bench --features redis,sqlite,postgres --bench dlq_throughput` (Redis on
+//! 127.0.0.1:6379 for the Redis rows; override with `RAMPART_BENCH_REDIS`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -13,7 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use rampart::dlq::{DeadLetterReason, DeadLetterRecord, DeadLetterStore, FileStore, RedisStore};
+use rampart::dlq::{
+    DeadLetterReason, DeadLetterRecord, DeadLetterStore, RecordId, RedisStore, SqliteStore,
+};
 
 const CONCURRENCY: usize = 64;
 
@@ -50,13 +56,15 @@ async fn push_concurrently<S: DeadLetterStore + Clone>(store: &S, n: u64) -> Dur
     start.elapsed()
 }
 
-fn file(c: &mut Criterion) {
+fn sqlite(c: &mut Criterion) {
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
     let bytes = record(0).to_json().unwrap();
-    let mut g = c.benchmark_group("dlq_file");
+    let mut g = c.benchmark_group("dlq_sqlite");
     g.throughput(Throughput::Elements(1));
-    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
 
     g.bench_function("raw_append_fsync_each", |b| {
         let mut f = std::fs::OpenOptions::new()
@@ -91,8 +99,46 @@ fn file(c: &mut Criterion) {
             start.elapsed()
         });
     });
-    let store = FileStore::open(dir.path().join("store.journal"), 10_000_000).unwrap();
-    g.bench_function("file_store_64_tasks", |b| {
+    let conn = rusqlite::Connection::open(dir.path().join("raw.sqlite")).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.execute_batch(
+        "CREATE TABLE records (id BLOB PRIMARY KEY NOT NULL, service TEXT NOT NULL,
+                               reason TEXT NOT NULL, body BLOB NOT NULL)",
+    )
+    .unwrap();
+    g.bench_function("raw_rusqlite_batch64", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(64);
+                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                let mut insert = conn
+                    .prepare_cached(
+                        "INSERT INTO records (id, service, reason, body) VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .unwrap();
+                for _ in 0..n {
+                    let id = RecordId::new();
+                    insert
+                        .execute(rusqlite::params![
+                            &id.as_bytes()[..],
+                            "bench",
+                            "retries_exhausted",
+                            bytes.as_slice()
+                        ])
+                        .unwrap();
+                }
+                drop(insert);
+                conn.execute_batch("COMMIT").unwrap();
+                left -= n;
+            }
+            start.elapsed()
+        });
+    });
+    let store = SqliteStore::open(dir.path().join("store.sqlite"), 100_000_000).unwrap();
+    g.bench_function("sqlite_store_64_tasks", |b| {
         b.iter_custom(|iters| rt.block_on(push_concurrently(&store, iters)));
     });
     g.finish();
@@ -319,7 +365,7 @@ fn redis_batched(c: &mut Criterion) {
     clear(&mut con);
 }
 
-criterion_group!(benches, file, redis, redis_batched, postgres);
+criterion_group!(benches, sqlite, redis, redis_batched, postgres);
 criterion_main!(benches);
 
 /// `PostgresStore` (group commit: one multi-row `INSERT … ON CONFLICT DO NOTHING` + cap per

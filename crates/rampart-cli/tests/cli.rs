@@ -146,7 +146,8 @@ async fn every_command_on_a_sqlite_store() {
     // stats
     let (out, _, code) = text(&rampart(&store, &["dlq", "stats"]));
     assert_eq!(code, 0);
-    assert!(out.contains("records      10 of 1000000"), "{out}");
+    // The cap is the store's (set by the app that opened it with 1,000), not the CLI's.
+    assert!(out.contains("records      10 of 1000 (cap)"), "{out}");
     assert!(
         has_row(&out, &["gemini_api", "retries_exhausted", "4"]),
         "{out}"

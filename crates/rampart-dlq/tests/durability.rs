@@ -21,6 +21,8 @@ use rampart_dlq::{
 
 /// The store's path, for the child process.
 const CHILD_ENV: &str = "RAMPART_DLQ_CRASH_CHILD";
+/// Set: the child takes requeued records instead of pushing.
+const TAKER_ENV: &str = "RAMPART_DLQ_TAKER_CHILD";
 /// Optional: the child stops after this many acknowledged pushes (else it runs until killed).
 const CHILD_LIMIT_ENV: &str = "RAMPART_DLQ_CHILD_LIMIT";
 
@@ -41,6 +43,23 @@ fn crash_child() {
         .enable_all()
         .build()
         .unwrap();
+    if std::env::var(TAKER_ENV).is_ok() {
+        // The taker: takes requeued records, a few at a time, until the queue is empty.
+        return rt.block_on(async move {
+            let store = SqliteStore::open_existing(&path).unwrap();
+            let mut out = std::io::stdout().lock();
+            loop {
+                let batch = store.take_requeued(5).await.unwrap();
+                if batch.is_empty() {
+                    return;
+                }
+                for r in batch {
+                    writeln!(out, "{}", r.id).unwrap();
+                }
+                out.flush().unwrap();
+            }
+        });
+    }
     rt.block_on(async move {
         let store = SqliteStore::open(&path, 1_000_000).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<RecordId>();
@@ -250,6 +269,54 @@ fn a_process_opening_and_listing_the_store_never_loses_the_writers_records() {
         assert_eq!(seen.len() as u64, total);
     });
     eprintln!("the reader opened the store {opens} times while the writer wrote");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_taking_requeued_records_never_take_the_same_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.sqlite");
+    let store = SqliteStore::open(&path, 100_000).unwrap();
+    let mut ids = HashSet::new();
+    for n in 0..600 {
+        let r = DeadLetterRecord::new("q", DeadLetterReason::Permanent).error(format!("r{n}"));
+        ids.insert(r.id);
+        store.push(r.clone()).await.unwrap();
+        store.requeue(r.id).await.unwrap().unwrap();
+    }
+    let takers: Vec<Child> = (0..2)
+        .map(|_| {
+            Command::new(std::env::current_exe().unwrap())
+                .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+                .env(CHILD_ENV, &path)
+                .env(TAKER_ENV, "1")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut taken = Vec::new();
+    let mut per_process = Vec::new();
+    for child in takers {
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        assert!(out.status.success());
+        let mine: Vec<RecordId> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| ack(l).ok())
+            .collect();
+        per_process.push(mine.len());
+        taken.extend(mine);
+    }
+    assert_eq!(
+        taken.len(),
+        600,
+        "each record taken exactly once ({per_process:?})"
+    );
+    assert_eq!(taken.into_iter().collect::<HashSet<_>>(), ids);
+    assert_eq!(store.stats().await.unwrap().requeued, 0);
+    eprintln!("two taker processes took {per_process:?} records");
 }
 
 /// Inserts a row straight into the table, bypassing the store.

@@ -306,6 +306,10 @@ pub trait DeadLetterStore: Send + Sync + 'static {
 
 /// A record's JSON, cut to [`DEFAULT_MAX_RECORD_BYTES`](crate::DEFAULT_MAX_RECORD_BYTES)
 /// if it is larger, or the error that names it.
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "redis", feature = "postgres")),
+    allow(dead_code)
+)]
 pub(crate) fn encode(r: &DeadLetterRecord) -> Result<Vec<u8>, StoreError> {
     encode_capped(r, crate::record::DEFAULT_MAX_RECORD_BYTES)
 }

@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
@@ -59,6 +59,10 @@ pub const SCHEMA_VERSION: i64 = 1;
 pub const MAX_BATCH: usize = 1024;
 /// How long a write waits for another process's write lock before failing.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// While writers are concurrent, the writer thread waits for the next write this long…
+const GATHER_GAP: Duration = Duration::from_micros(200);
+/// …and gathers one batch for at most this long.
+const GATHER_MAX: Duration = Duration::from_millis(2);
 /// Reader connections kept open for reuse.
 const READERS_KEPT: usize = 4;
 
@@ -81,6 +85,13 @@ CREATE TRIGGER retry_added AFTER INSERT ON retry
 CREATE TRIGGER retry_removed AFTER DELETE ON retry
   BEGIN UPDATE meta SET value = value - 1 WHERE key = 'requeued'; END;
 ";
+
+/// How many statements a write runs (one is atomic by itself; more need a savepoint).
+#[derive(Clone, Copy)]
+enum Statements {
+    One,
+    Many,
+}
 
 /// What a write job hands back once it ran: called with the batch's commit outcome.
 type Completion = Box<dyn FnOnce(Result<(), &rusqlite::Error>) + Send>;
@@ -110,6 +121,12 @@ type Job = Box<dyn FnOnce(Result<&Connection, &rusqlite::Error>) -> Completion +
 /// assert_eq!(cli.stats().await?.max_size, 1_000); // the cap is the store's, not the handle's
 /// # Ok(()) }
 /// ```
+///
+/// # Cancel safety
+///
+/// A write is queued to the writer thread when its future is first polled; dropping the
+/// future after that does not cancel it (it commits, unacknowledged). Dropping the last
+/// handle waits for the writer to commit everything queued.
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
@@ -357,13 +374,19 @@ impl SqliteStore {
     async fn write<T: Send + 'static>(
         &self,
         op: &'static str,
+        statements: Statements,
         f: impl FnOnce(&Connection, &str) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (ack, rx) = oneshot::channel::<Result<T, StoreError>>();
         let label = self.inner.label.clone();
         let job: Job = Box::new(move |conn| {
             let res = match conn {
-                Ok(c) => in_savepoint(c, &label, op, f),
+                // One statement is atomic on its own (SQLite undoes a failed statement, with
+                // its triggers); several get a savepoint.
+                Ok(c) => match statements {
+                    Statements::One => f(c, &label),
+                    Statements::Many => in_savepoint(c, &label, op, f),
+                },
                 Err(e) => Err(sql_err(&label, "begin a transaction")(dup(e))),
             };
             Box::new(move |commit| {
@@ -505,11 +528,13 @@ fn in_savepoint<T>(
     op: &'static str,
     f: impl FnOnce(&Connection, &str) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT job")
+    conn.prepare_cached("SAVEPOINT job")
+        .and_then(|mut s| s.execute([]))
         .map_err(sql_err(label, op))?;
     match f(conn, label) {
         Ok(v) => {
-            conn.execute_batch("RELEASE job")
+            conn.prepare_cached("RELEASE job")
+                .and_then(|mut s| s.execute([]))
                 .map_err(sql_err(label, op))?;
             Ok(v)
         }
@@ -524,19 +549,43 @@ fn in_savepoint<T>(
 /// The writer thread: one transaction per batch of queued writes; acknowledges each write
 /// after COMMIT returned. Ends (after finishing what is queued) when every handle is gone.
 fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
+    let mut concurrent = false;
     while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
+        let begun = conn
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]).map(|_| ()));
+        let run = |j: Job| match &begun {
+            Ok(()) => j(Ok(&conn)),
+            Err(e) => j(Err(e)),
+        };
+        let mut completions: Vec<Completion> = vec![run(first)];
+        // Run every write queued behind the first (up to MAX_BATCH). When the last batch had
+        // company (concurrent writers), also wait for writes that keep arriving less than
+        // GATHER_GAP apart, for at most GATHER_MAX: the writers just acknowledged are about
+        // to send their next write, and one fsync for all of them beats one for each half.
+        // Each write runs as it arrives, so waiting costs no extra time. A lone writer never
+        // waits.
+        let start = Instant::now();
+        while completions.len() < MAX_BATCH {
+            let next = match rx.try_recv() {
+                Ok(j) => Some(j),
+                Err(mpsc::TryRecvError::Disconnected) => None,
+                Err(mpsc::TryRecvError::Empty) if !concurrent || begun.is_err() => None,
+                Err(mpsc::TryRecvError::Empty) => {
+                    let left = GATHER_MAX.saturating_sub(start.elapsed());
+                    if left.is_zero() {
+                        None
+                    } else {
+                        rx.recv_timeout(GATHER_GAP.min(left)).ok()
+                    }
+                }
+            };
+            match next {
+                Some(j) => completions.push(run(j)),
+                None => break,
             }
         }
-        let begun = conn.execute_batch("BEGIN IMMEDIATE");
-        let completions: Vec<Completion> = match &begun {
-            Ok(()) => jobs.into_iter().map(|j| j(Ok(&conn))).collect(),
-            Err(e) => jobs.into_iter().map(|j| j(Err(e))).collect(),
-        };
+        concurrent = completions.len() > 1;
         if begun.is_err() {
             // Each write already carries the error; nothing to commit.
             for c in completions {
@@ -550,7 +599,10 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
                 Some("the batch's transaction was rolled back".into()),
             ))
         } else {
-            enforce_cap(&conn).and_then(|()| conn.execute_batch("COMMIT"))
+            enforce_cap(&conn).and_then(|()| {
+                conn.prepare_cached("COMMIT")
+                    .and_then(|mut s| s.execute([]).map(|_| ()))
+            })
         };
         if committed.is_err() && !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
@@ -591,7 +643,7 @@ impl DeadLetterStore for SqliteStore {
         let id = *record.id.as_bytes();
         let service = record.service;
         let reason = record.reason.as_str();
-        self.write("push", move |c, label| {
+        self.write("push", Statements::One, move |c, label| {
             push_job(c, id, &service, reason, &body).map_err(sql_err(label, "push"))
         })
         .await
@@ -616,7 +668,7 @@ impl DeadLetterStore for SqliteStore {
     }
 
     async fn delete(&self, id: RecordId) -> Result<bool, StoreError> {
-        self.write("delete", move |c, label| {
+        self.write("delete", Statements::One, move |c, label| {
             c.prepare_cached("DELETE FROM records WHERE id = ?1")
                 .and_then(|mut s| s.execute([&id.as_bytes()[..]]))
                 .map(|n| n > 0)
@@ -630,7 +682,7 @@ impl DeadLetterStore for SqliteStore {
         let id = *record.id.as_bytes();
         let service = record.service;
         let reason = record.reason.as_str();
-        self.write("replace", move |c, label| {
+        self.write("replace", Statements::One, move |c, label| {
             c.prepare_cached(
                 "UPDATE records SET service = ?2, reason = ?3, body = ?4 WHERE id = ?1",
             )
@@ -642,7 +694,7 @@ impl DeadLetterStore for SqliteStore {
     }
 
     async fn requeue(&self, id: RecordId) -> Result<Option<DeadLetterRecord>, StoreError> {
-        self.write("requeue", move |c, label| {
+        self.write("requeue", Statements::Many, move |c, label| {
             let key = &id.as_bytes()[..];
             let row: Option<(String, String, Vec<u8>)> = c
                 .prepare_cached("DELETE FROM records WHERE id = ?1 RETURNING service, reason, body")
@@ -670,55 +722,60 @@ impl DeadLetterStore for SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        self.write("take requeued records", move |c, label| {
-            let mut taken = Vec::new();
-            let mut seqs = Vec::new();
-            {
-                let mut s = c
-                    .prepare_cached("SELECT seq, id, body FROM retry ORDER BY seq")
-                    .map_err(sql_err(label, "take requeued records"))?;
-                let mut rows = s
-                    .query([])
-                    .map_err(sql_err(label, "take requeued records"))?;
-                while taken.len() < limit {
-                    let Some(row) = rows
-                        .next()
-                        .map_err(sql_err(label, "take requeued records"))?
-                    else {
-                        break;
-                    };
-                    let (seq, id, body): (i64, Vec<u8>, Vec<u8>) =
-                        (|| Ok::<_, rusqlite::Error>((row.get(0)?, row.get(1)?, row.get(2)?)))()
+        self.write(
+            "take requeued records",
+            Statements::Many,
+            move |c, label| {
+                let mut taken = Vec::new();
+                let mut seqs = Vec::new();
+                {
+                    let mut s = c
+                        .prepare_cached("SELECT seq, id, body FROM retry ORDER BY seq")
+                        .map_err(sql_err(label, "take requeued records"))?;
+                    let mut rows = s
+                        .query([])
+                        .map_err(sql_err(label, "take requeued records"))?;
+                    while taken.len() < limit {
+                        let Some(row) = rows
+                            .next()
+                            .map_err(sql_err(label, "take requeued records"))?
+                        else {
+                            break;
+                        };
+                        let (seq, id, body): (i64, Vec<u8>, Vec<u8>) =
+                            (|| Ok::<_, rusqlite::Error>((row.get(0)?, row.get(1)?, row.get(2)?)))(
+                            )
                             .map_err(sql_err(label, "take requeued records"))?;
-                    match DeadLetterRecord::from_json(&body) {
-                        Ok(r) => {
-                            taken.push(r);
-                            seqs.push(seq);
+                        match DeadLetterRecord::from_json(&body) {
+                            Ok(r) => {
+                                taken.push(r);
+                                seqs.push(seq);
+                            }
+                            Err(e) => tracing::warn!(
+                                store = %label,
+                                record_id = %key_of(&id),
+                                error = %e,
+                                "unreadable record in the retry queue; left in place"
+                            ),
                         }
-                        Err(e) => tracing::warn!(
-                            store = %label,
-                            record_id = %key_of(&id),
-                            error = %e,
-                            "unreadable record in the retry queue; left in place"
-                        ),
                     }
                 }
-            }
-            let mut del = c
-                .prepare_cached("DELETE FROM retry WHERE seq = ?1")
-                .map_err(sql_err(label, "take requeued records"))?;
-            for seq in seqs {
-                del.execute([seq])
+                let mut del = c
+                    .prepare_cached("DELETE FROM retry WHERE seq = ?1")
                     .map_err(sql_err(label, "take requeued records"))?;
-            }
-            Ok(taken)
-        })
+                for seq in seqs {
+                    del.execute([seq])
+                        .map_err(sql_err(label, "take requeued records"))?;
+                }
+                Ok(taken)
+            },
+        )
         .await
     }
 
     async fn purge_older_than(&self, age: Duration) -> Result<usize, StoreError> {
         let cut = *cutoff(age).as_bytes();
-        self.write("purge", move |c, label| {
+        self.write("purge", Statements::One, move |c, label| {
             c.prepare_cached("DELETE FROM records WHERE id < ?1")
                 .and_then(|mut s| s.execute([&cut[..]]))
                 .map_err(sql_err(label, "purge"))

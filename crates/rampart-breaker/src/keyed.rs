@@ -62,7 +62,7 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
             }
         }
         let breaker = Breaker::new(
-            self.name,
+            self.name.clone(),
             Some(Arc::from(key.to_string())),
             self.cfg,
             self.events.clone(),
@@ -134,7 +134,7 @@ impl<C, F, K> KeyedCircuitBreakerLayer<C, F, K> {
     fn with_registry(mut self, f: impl FnOnce(&mut Registry<K>)) -> Self {
         let old = &self.registry;
         let mut r = Registry {
-            name: old.name,
+            name: old.name.clone(),
             cfg: old.cfg,
             events: old.events.clone(),
             max_keys: old.max_keys,
@@ -181,7 +181,7 @@ impl<C, F, K> KeyedCircuitBreakerLayer<C, F, K> {
     /// Defaults to none.
     pub fn observe_calls(
         self,
-        observer: impl Fn(Name, Option<&str>, crate::events::CallOutcome) + Send + Sync + 'static,
+        observer: impl Fn(&Name, Option<&str>, crate::events::CallOutcome) + Send + Sync + 'static,
     ) -> Self {
         let o: crate::events::CallObserver = Arc::new(observer);
         self.with_registry(|r| r.events.calls = Some(o))

@@ -53,20 +53,20 @@ impl<C> CircuitBreakerLayer<C> {
     /// Defaults to no listener.
     pub fn on_transition(mut self, listener: impl Fn(&Transition) + Send + Sync + 'static) -> Self {
         self.events.add(Arc::new(listener));
-        let name = self.breaker.name;
+        let name = self.breaker.name.clone();
         self.rebuild(name)
     }
 
     /// Reports every call's outcome to `observer` (for metrics). This moves calls off the
-    /// reference-count-free fast path.
+    /// read-only fast path.
     ///
     /// Defaults to none.
     pub fn observe_calls(
         mut self,
-        observer: impl Fn(Name, Option<&str>, crate::events::CallOutcome) + Send + Sync + 'static,
+        observer: impl Fn(&Name, Option<&str>, crate::events::CallOutcome) + Send + Sync + 'static,
     ) -> Self {
         self.events.calls = Some(Arc::new(observer));
-        let name = self.breaker.name;
+        let name = self.breaker.name.clone();
         self.rebuild(name)
     }
 

@@ -9,50 +9,27 @@ use tokio::time::{sleep, Instant, Sleep};
 use tower_service::Service;
 
 use crate::breaker::{Breaker, BreakerHandle};
-use crate::cell::Cell;
-use crate::config::FailureKinds;
 use crate::future::{Guard, ResponseFuture};
-use crate::window::CountWindow;
 use crate::word::Admit;
 
-/// The per-service-instance link to the shared breaker. Response futures hold a clone of it,
-/// so the reference count they touch on every call lives in memory that only this instance's
-/// calls write, not in the breaker that every instance shares.
+/// One service instance's link to the shared breaker, made once per service by the layer
+/// and shared by that service's clones (so cloning a service does not allocate). Response
+/// futures hold a clone of it, which keeps the breaker alive while they run; the reference
+/// count they touch on every call lives here, in memory that only this instance's calls
+/// write, not in the breaker that every instance shares.
 pub(crate) struct Local {
     pub(crate) breaker: Arc<Breaker>,
     pub(crate) needs_clock: bool,
-    /// For a breaker whose closed-state successes need no clock: what they touch, reachable
-    /// without a reference count.
-    pub(crate) fast: Option<Fast>,
-}
-
-/// What a closed-state success touches: the failure streak in the breaker's cell and, with a
-/// count window, the pooled window; each with the generation it belongs to.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Fast {
-    pub(crate) cell: &'static Cell,
-    pub(crate) cell_gen: u64,
-    pub(crate) kinds: FailureKinds,
-    pub(crate) window: Option<(&'static CountWindow, u64)>,
+    /// This instance's stripe of a count window.
+    pub(crate) stripe: usize,
 }
 
 impl Local {
     pub(crate) fn new(breaker: Arc<Breaker>) -> Self {
-        let needs_clock = breaker.needs_clock();
-        let window = breaker.count_window();
-        let fast = (!needs_clock
-            && !breaker.observes_calls()
-            && (breaker.cfg.window.is_none() || window.is_some()))
-        .then_some(Fast {
-            cell: breaker.cell,
-            cell_gen: breaker.cell_gen,
-            kinds: breaker.cfg.failure_kinds,
-            window,
-        });
         Local {
+            needs_clock: breaker.needs_clock(),
+            stripe: breaker.assign_stripe(),
             breaker,
-            needs_clock,
-            fast,
         }
     }
 }
@@ -97,11 +74,15 @@ pub struct CircuitBreaker<S, C> {
 
 impl<S, C> CircuitBreaker<S, C> {
     pub(crate) fn from_parts(inner: S, classifier: C, breaker: Arc<Breaker>) -> Self {
+        Self::with_local(inner, classifier, Arc::new(Local::new(breaker)))
+    }
+
+    pub(crate) fn with_local(inner: S, classifier: C, local: Arc<Local>) -> Self {
         CircuitBreaker {
             inner,
             classifier,
             slot: Slot {
-                local: Arc::new(Local::new(breaker)),
+                local,
                 admission: None,
                 wake: None,
             },
@@ -120,10 +101,11 @@ impl<S, C> CircuitBreaker<S, C> {
 
 impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
     fn clone(&self) -> Self {
-        CircuitBreaker::from_parts(
+        // Shares this instance's link: no allocation.
+        CircuitBreaker::with_local(
             self.inner.clone(),
             self.classifier.clone(),
-            self.slot.local.breaker.clone(),
+            self.slot.local.clone(),
         )
     }
 }

@@ -263,7 +263,7 @@ async fn push<St: DeadLetterStore, X, C>(shared: &Shared<St, X, C>, record: Dead
             if shared.observer.is_some() {
                 if let Ok(stats) = shared.store.stats().await {
                     shared.emit(&crate::layer::DeadLetterEvent::Size {
-                        queue_name: shared.queue_name,
+                        queue_name: shared.queue_name.clone(),
                         size: stats.records,
                     });
                 }

@@ -113,7 +113,13 @@ fn a_hundred_thousand_distinct_layers_leave_the_heap_as_it_was() {
     let stats = region.change();
     // (stats_alloc books a realloc's growth or shrinkage in these two as well.)
     let net = stats.bytes_allocated as i128 - stats.bytes_deallocated as i128;
-    assert!(stats.allocations >= 100_000, "the rounds did allocate: {stats:?}");
-    assert_eq!(net, 0, "bytes still held after every layer was dropped: {stats:?}");
+    assert!(
+        stats.allocations >= 100_000,
+        "the rounds did allocate: {stats:?}"
+    );
+    assert_eq!(
+        net, 0,
+        "bytes still held after every layer was dropped: {stats:?}"
+    );
     assert_eq!(stats.allocations, stats.deallocations, "{stats:?}");
 }

@@ -126,9 +126,7 @@ impl CountWindow {
 
     fn with_stripes(size: u32, stripes: usize) -> Self {
         CountWindow {
-            stripes: (0..stripes.max(1))
-                .map(|_| Stripe::new(size))
-                .collect(),
+            stripes: (0..stripes.max(1)).map(|_| Stripe::new(size)).collect(),
             next: AtomicUsize::new(0),
         }
     }
@@ -518,7 +516,10 @@ mod loom_tests {
             let s = &w.stripes[0];
             let v = s.slots[0].load(Ordering::SeqCst);
             assert_eq!(s.calls.load(Ordering::SeqCst), i64::from(v & OCCUPIED != 0));
-            assert_eq!(s.failures.load(Ordering::SeqCst), i64::from(v & FAILED != 0));
+            assert_eq!(
+                s.failures.load(Ordering::SeqCst),
+                i64::from(v & FAILED != 0)
+            );
             assert_eq!(s.slow.load(Ordering::SeqCst), i64::from(v & SLOW != 0));
         });
     }

@@ -352,7 +352,10 @@ mod tests {
         b.deposit(0);
         assert_eq!(b.balance(), c.balance());
         drop((b, c));
-        assert!(weak.upgrade().is_none(), "nothing keeps a dropped budget alive");
+        assert!(
+            weak.upgrade().is_none(),
+            "nothing keeps a dropped budget alive"
+        );
     }
 
     #[test]

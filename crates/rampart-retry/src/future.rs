@@ -412,7 +412,8 @@ where
                     let future = this.service.call(request);
                     *this.attempts += 1;
                     let cold = this.cold.get_or_insert_with(Cold::new);
-                    cold.as_mut().arm_attempt_timer(&this.shared.config, Instant::now());
+                    cold.as_mut()
+                        .arm_attempt_timer(&this.shared.config, Instant::now());
                     *cold.as_mut().project().span = Some(tracing::debug_span!(
                         "retry_attempt",
                         service = %this.shared.config.name,

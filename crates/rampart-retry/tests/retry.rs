@@ -589,7 +589,10 @@ async fn in_flight_calls_of_a_dropped_service_stay_budgeted() {
         .backoff(exact(3, 10))
         .budget(budget())
         .layer_ok(svc.clone());
-    let err = retry.oneshot("x").await.expect_err("the budget refuses the retry");
+    let err = retry
+        .oneshot("x")
+        .await
+        .expect_err("the budget refuses the retry");
     assert!(err.is_budget_exhausted(), "{err:?}");
     assert_eq!(svc.calls(), 1, "no unbudgeted retry");
 
@@ -601,7 +604,10 @@ async fn in_flight_calls_of_a_dropped_service_stay_budgeted() {
         .backoff(exact(3, 10))
         .budget(b.clone())
         .layer_ok(svc.clone());
-    let call = ServiceExt::<&str>::ready(&mut retry).await.expect("ready").call("y");
+    let call = ServiceExt::<&str>::ready(&mut retry)
+        .await
+        .expect("ready")
+        .call("y");
     drop((retry, b));
     let err = call.await.expect_err("still budgeted");
     assert!(err.is_budget_exhausted(), "{err:?}");

@@ -73,6 +73,15 @@ impl Breaker {
             .map_or(0, CountWindow::assign)
     }
 
+    /// How many stripes the count window has: the number of links a breaker hands its
+    /// services (at most 8, and at most the machine's parallelism).
+    pub(crate) fn stripes(&self) -> usize {
+        self.window
+            .as_ref()
+            .and_then(Outcomes::count_window)
+            .map_or_else(crate::window::stripes_for_machine, CountWindow::stripes)
+    }
+
     /// `true` if recording an outcome needs the time: slow-call detection or a time window.
     pub(crate) fn needs_clock(&self) -> bool {
         self.cfg.slow_call_duration.is_some()

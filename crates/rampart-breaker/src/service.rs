@@ -1,5 +1,6 @@
 use std::fmt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -12,23 +13,30 @@ use crate::breaker::{Breaker, BreakerHandle};
 use crate::future::{Guard, ResponseFuture};
 use crate::word::Admit;
 
-/// One service instance's link to the shared breaker, made once per service by the layer
-/// and shared by that service's clones (so cloning a service does not allocate). Response
-/// futures hold a clone of it, which keeps the breaker alive while they run; the reference
-/// count they touch on every call lives here, in memory that only this instance's calls
-/// write, not in the breaker that every instance shares.
+/// A link to the shared breaker: what a response future holds, keeping the breaker alive
+/// while the call runs. Each breaker has a few of them (its [`Lanes`]), handed to service
+/// instances and clones in turn, so that clones on different threads take and drop their
+/// per-call reference counts in different cache lines (the type's alignment keeps each link
+/// on lines of its own), never in the breaker that every clone shares.
+#[repr(align(128))]
 pub(crate) struct Local {
     pub(crate) breaker: Arc<Breaker>,
     pub(crate) needs_clock: bool,
-    /// This instance's stripe of a count window.
+    /// This link's stripe of a count window.
     pub(crate) stripe: usize,
 }
 
 impl Local {
+    /// A link with the next count-window stripe (a keyed breaker's one link).
     pub(crate) fn new(breaker: Arc<Breaker>) -> Self {
+        let stripe = breaker.assign_stripe();
+        Local::with_stripe(breaker, stripe)
+    }
+
+    fn with_stripe(breaker: Arc<Breaker>, stripe: usize) -> Self {
         Local {
             needs_clock: breaker.needs_clock(),
-            stripe: breaker.assign_stripe(),
+            stripe,
             breaker,
         }
     }
@@ -39,6 +47,51 @@ impl fmt::Debug for Local {
         f.debug_struct("Local")
             .field("breaker", &self.breaker)
             .finish_non_exhaustive()
+    }
+}
+
+/// A breaker's links ([`Local`]), one per count-window stripe: made once with the breaker,
+/// owned by its layer and services, and handed out in turn to each service the layer makes
+/// and each clone of one (cloning takes a reference, never allocates).
+pub(crate) struct Lanes {
+    breaker: Arc<Breaker>,
+    locals: Box<[Arc<Local>]>,
+    next: AtomicUsize,
+}
+
+impl Lanes {
+    pub(crate) fn new(breaker: Arc<Breaker>) -> Arc<Self> {
+        let locals = (0..breaker.stripes())
+            .map(|i| Arc::new(Local::with_stripe(breaker.clone(), i)))
+            .collect();
+        Arc::new(Lanes {
+            breaker,
+            locals,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    pub(crate) fn breaker(&self) -> &Arc<Breaker> {
+        &self.breaker
+    }
+
+    /// The link for a new service instance or clone.
+    fn next(&self) -> Arc<Local> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.locals.len().max(1);
+        match self.locals.get(i) {
+            Some(local) => local.clone(),
+            // There is always at least one link; should there not be, make one.
+            None => Arc::new(Local::with_stripe(self.breaker.clone(), 0)),
+        }
+    }
+}
+
+impl fmt::Debug for Lanes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lanes")
+            .field("breaker", &self.breaker)
+            .field("lanes", &self.locals.len())
+            .finish()
     }
 }
 
@@ -69,23 +122,22 @@ impl Drop for Slot {
 pub struct CircuitBreaker<S, C> {
     inner: S,
     classifier: C,
+    /// The breaker's links, one of which each clone takes.
+    lanes: Arc<Lanes>,
     slot: Slot,
 }
 
 impl<S, C> CircuitBreaker<S, C> {
-    pub(crate) fn from_parts(inner: S, classifier: C, breaker: Arc<Breaker>) -> Self {
-        Self::with_local(inner, classifier, Arc::new(Local::new(breaker)))
-    }
-
-    pub(crate) fn with_local(inner: S, classifier: C, local: Arc<Local>) -> Self {
+    pub(crate) fn from_parts(inner: S, classifier: C, lanes: Arc<Lanes>) -> Self {
         CircuitBreaker {
             inner,
             classifier,
             slot: Slot {
-                local,
+                local: lanes.next(),
                 admission: None,
                 wake: None,
             },
+            lanes,
         }
     }
 
@@ -101,11 +153,11 @@ impl<S, C> CircuitBreaker<S, C> {
 
 impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
     fn clone(&self) -> Self {
-        // Shares this instance's link: no allocation.
-        CircuitBreaker::with_local(
+        // Takes the breaker's next link: no allocation.
+        CircuitBreaker::from_parts(
             self.inner.clone(),
             self.classifier.clone(),
-            self.slot.local.clone(),
+            self.lanes.clone(),
         )
     }
 }

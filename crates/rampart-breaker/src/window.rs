@@ -83,14 +83,22 @@ const SLOW: u8 = 0b010;
 /// The most stripes a count window is split into.
 const MAX_STRIPES: usize = 8;
 
+/// How many stripes a count window gets here: the machine's parallelism, at most 8.
+pub(crate) fn stripes_for_machine() -> usize {
+    std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1)
+        .clamp(1, MAX_STRIPES)
+}
+
 /// The last `size` calls, as rings of outcome bytes plus running totals, split into stripes.
 ///
-/// Each service instance made by the layer records into its own stripe (instances are
-/// handed stripes in turn; clones of an instance share its stripe), so that instances on
-/// different threads do not write the same cache lines; the window's totals are the sum
-/// over the stripes. With one instance (or one stripe) this is exactly "the last `size`
-/// calls"; with `k` instances it covers the last `size` calls of each stripe, up to
-/// `k · size` calls (`k` ≤ 8, and ≤ the machine's parallelism).
+/// Each service instance made by the layer, and each clone of one, records into a stripe of
+/// its own (they are handed stripes in turn), so that clones on different threads do not
+/// write the same cache lines; the window's totals are the sum over the stripes. With one
+/// service (or one stripe) this is exactly "the last `size` calls"; with `k` stripes in use
+/// it covers the last `size` calls of each, up to `k · size` calls (`k` ≤ 8, and ≤ the
+/// machine's parallelism).
 ///
 /// Any number of threads may record into one stripe at once: a slot changes only by an
 /// atomic swap, and the running totals move by exactly the difference between the outcome
@@ -117,11 +125,12 @@ struct Stripe {
 
 impl CountWindow {
     pub(crate) fn new(size: u32) -> Self {
-        let n = std::thread::available_parallelism()
-            .map(usize::from)
-            .unwrap_or(1)
-            .clamp(1, MAX_STRIPES);
-        Self::with_stripes(size, n)
+        Self::with_stripes(size, stripes_for_machine())
+    }
+
+    /// How many stripes this window has.
+    pub(crate) fn stripes(&self) -> usize {
+        self.stripes.len()
     }
 
     fn with_stripes(size: u32, stripes: usize) -> Self {

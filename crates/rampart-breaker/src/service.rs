@@ -240,3 +240,38 @@ where
 }
 
 use std::future::Future as _;
+
+#[cfg(all(test, not(rampart_loom)))]
+mod tests {
+    use super::*;
+    use crate::config::CircuitBreakerConfig;
+    use crate::events::Events;
+    use rampart_core::Name;
+    use std::collections::HashSet;
+
+    #[test]
+    fn clones_take_the_links_in_turn_and_the_last_one_frees_the_breaker() {
+        let breaker = Breaker::new(
+            Name::from_static("db"),
+            None,
+            CircuitBreakerConfig::default(),
+            Events::default(),
+        );
+        let weak = Arc::downgrade(&breaker);
+        let n = breaker.stripes();
+        let svc = CircuitBreaker::from_parts((), (), Lanes::new(breaker));
+        let clones: Vec<_> = (0..2 * n).map(|_| svc.clone()).collect();
+        let links: HashSet<*const Local> =
+            clones.iter().map(|c| Arc::as_ptr(&c.slot.local)).collect();
+        assert_eq!(links.len(), n, "every link is used, none is made anew");
+        // Consecutive clones (one per thread, say) never share a link when there are two.
+        if n > 1 {
+            assert!(!Arc::ptr_eq(&clones[0].slot.local, &clones[1].slot.local));
+        }
+        let handle = svc.handle();
+        drop((svc, clones));
+        assert!(weak.upgrade().is_some(), "the handle keeps the breaker");
+        drop(handle);
+        assert!(weak.upgrade().is_none(), "nothing else does");
+    }
+}

@@ -28,13 +28,21 @@ mod imp {
     use rampart_dlq::{DeadLetterEvent, DeadLetterLayer};
     use rampart_retry::observe::{AttemptEvent, FinishEvent, GiveUp, RetryEvent, RetryObserver};
 
+    /// A service name as a metric label, without copying the string.
+    fn label(name: &Name) -> metrics::SharedString {
+        match name.as_static() {
+            Some(s) => metrics::SharedString::const_str(s),
+            None => metrics::SharedString::from(name.to_arc()),
+        }
+    }
+
     /// Reports a retry layer's events as `retry_*` series.
     #[derive(Debug, Clone, Copy, Default)]
     pub struct MetricsObserver;
 
     impl RetryObserver for MetricsObserver {
         fn on_retry(&self, e: &RetryEvent) {
-            metrics::histogram!("retry_delay_seconds", "service" => e.service.as_str())
+            metrics::histogram!("retry_delay_seconds", "service" => label(&e.service))
                 .record(e.delay.as_secs_f64());
         }
         fn on_attempt(&self, e: &AttemptEvent) {
@@ -43,21 +51,21 @@ mod imp {
             } else {
                 "failed"
             };
-            metrics::counter!("retry_attempts_total", "service" => e.service.as_str(), "status" => status).increment(1);
+            metrics::counter!("retry_attempts_total", "service" => label(&e.service), "status" => status).increment(1);
         }
         fn on_finish(&self, e: &FinishEvent) {
             if e.gave_up == Some(GiveUp::BudgetExhausted) {
-                metrics::counter!("retry_budget_exhausted_total", "service" => e.service.as_str())
+                metrics::counter!("retry_budget_exhausted_total", "service" => label(&e.service))
                     .increment(1);
             }
         }
     }
 
     /// Sets `circuit_breaker_state{service,state}` to 1 for `current` and 0 for the others.
-    pub fn set_state(service: Name, current: State) {
+    pub fn set_state(service: &Name, current: State) {
         for s in State::ALL {
             let v = if s == current { 1.0 } else { 0.0 };
-            metrics::gauge!("circuit_breaker_state", "service" => service.as_str(), "state" => s.as_str()).set(v);
+            metrics::gauge!("circuit_breaker_state", "service" => label(service), "state" => s.as_str()).set(v);
         }
     }
 
@@ -68,19 +76,19 @@ mod imp {
             .on_transition(|t: &Transition| {
                 metrics::counter!(
                     "circuit_breaker_transitions_total",
-                    "service" => t.service.as_str(),
+                    "service" => label(&t.service),
                     "from" => t.from.as_str(),
                     "to" => t.to.as_str()
                 )
                 .increment(1);
-                set_state(t.service, t.to);
+                set_state(&t.service, t.to);
             })
-            .observe_calls(|service: Name, _key: Option<&str>, o: CallOutcome| {
-                metrics::counter!("circuit_breaker_calls_total", "service" => service.as_str(), "outcome" => o.as_str())
+            .observe_calls(|service: &Name, _key: Option<&str>, o: CallOutcome| {
+                metrics::counter!("circuit_breaker_calls_total", "service" => label(service), "outcome" => o.as_str())
                     .increment(1);
             });
         let h = layer.handle();
-        set_state(h.snapshot().service, h.state());
+        set_state(&h.snapshot().service, h.state());
         layer
     }
 
@@ -89,14 +97,14 @@ mod imp {
     pub fn dead_letter<St, X, C>(layer: DeadLetterLayer<St, X, C>) -> DeadLetterLayer<St, X, C> {
         layer.observe(|e: &DeadLetterEvent| match e {
             DeadLetterEvent::Recorded { service, reason } => {
-                metrics::counter!("dead_letters_total", "service" => service.as_str(), "reason" => reason.as_str()).increment(1);
+                metrics::counter!("dead_letters_total", "service" => label(service), "reason" => reason.as_str()).increment(1);
             }
             DeadLetterEvent::WriteFailed { store } => {
                 metrics::counter!("dead_letter_write_failures_total", "store" => *store).increment(1);
             }
             DeadLetterEvent::Size { queue_name, size } => {
                 #[allow(clippy::cast_precision_loss)]
-                metrics::gauge!("dead_letter_queue_size", "queue_name" => queue_name.as_str()).set(*size as f64);
+                metrics::gauge!("dead_letter_queue_size", "queue_name" => label(queue_name)).set(*size as f64);
             }
             _ => {}
         })

@@ -159,7 +159,7 @@ impl Policy {
 
     /// The service's name.
     pub fn name(&self) -> Name {
-        self.name
+        self.name.clone()
     }
     /// The backoff (and so `max_retries`).
     pub fn backoff(&self) -> &Backoff {
@@ -203,7 +203,7 @@ impl Policy {
         C: Clone,
     {
         let mut retry = RetryLayer::new(classifier.clone())
-            .name(self.name)
+            .name(self.name.clone())
             .deadline_opt(self.deadline);
         retry = if self.retry {
             retry.backoff(self.backoff)
@@ -227,14 +227,14 @@ impl Policy {
 
         let breaker_cfg = self.breaker.unwrap_or_default();
         let breaker = crate::observe::breaker(
-            CircuitBreakerLayer::new(breaker_cfg, classifier.clone()).name(self.name),
+            CircuitBreakerLayer::new(breaker_cfg, classifier.clone()).name(self.name.clone()),
         );
         if self.breaker.is_none() {
             breaker.handle().disable();
         }
 
         let mut dlq = DeadLetterLayer::new(store, extractor, classifier)
-            .name(self.name)
+            .name(self.name.clone())
             .max_attempts(self.backoff.max_retries().saturating_add(1));
         if self.dead_letter.is_none() {
             for r in DeadLetterReason::ALL {

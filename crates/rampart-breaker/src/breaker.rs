@@ -3,8 +3,6 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
-
-use crate::cell::{self, Cell};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,18 +12,18 @@ use tokio::time::Instant;
 
 use crate::config::CircuitBreakerConfig;
 use crate::events::{CallOutcome, Events, Reason, State, Transition};
-use crate::window::{Outcomes, Totals};
+use crate::window::{CountWindow, Outcomes, Totals};
 use crate::word::{Admit, Control, Deny};
 
-/// The state shared by every clone of one breaker.
+/// The state shared by every clone of one breaker: owned by the layer, its services, their
+/// handles and their in-flight calls (each through an `Arc`), and freed with the last of them.
 pub(crate) struct Breaker {
     pub(crate) name: Name,
     pub(crate) key: Option<Arc<str>>,
     pub(crate) cfg: CircuitBreakerConfig,
     control: Control,
-    /// The success path's atomics (the failure streak), reachable without a refcount.
-    pub(crate) cell: &'static Cell,
-    pub(crate) cell_gen: u64,
+    /// Failures in a row. A success only reads it, unless it must reset a streak.
+    consecutive: AtomicU32,
     trips: AtomicU32,
     window: Option<Outcomes>,
     epoch: Instant,
@@ -39,32 +37,17 @@ impl Breaker {
         cfg: CircuitBreakerConfig,
         events: Events,
     ) -> Arc<Self> {
-        Arc::new_cyclic(|me| {
-            let (cell, cell_gen) = cell::take(me.clone());
-            Breaker::with_cell(name, key, cfg, events, cell, cell_gen)
-        })
-    }
-
-    fn with_cell(
-        name: Name,
-        key: Option<Arc<str>>,
-        cfg: CircuitBreakerConfig,
-        events: Events,
-        cell: &'static Cell,
-        cell_gen: u64,
-    ) -> Self {
-        Breaker {
+        Arc::new(Breaker {
             name,
             key,
             cfg,
             control: Control::new(),
-            cell,
-            cell_gen,
+            consecutive: AtomicU32::new(0),
             trips: AtomicU32::new(0),
             window: cfg.window.map(Outcomes::new),
             epoch: Instant::now(),
             events,
-        }
+        })
     }
 
     fn now_ms(&self) -> u64 {
@@ -82,14 +65,21 @@ impl Breaker {
         Duration::from_millis(until_ms).saturating_sub(self.epoch.elapsed())
     }
 
-    /// The pooled count window, if the breaker has one.
-    pub(crate) fn count_window(&self) -> Option<(&'static crate::window::CountWindow, u64)> {
-        self.window.as_ref().and_then(Outcomes::count_window)
+    /// The count-window stripe a new service instance records into (0 without one).
+    pub(crate) fn assign_stripe(&self) -> usize {
+        self.window
+            .as_ref()
+            .and_then(Outcomes::count_window)
+            .map_or(0, CountWindow::assign)
     }
 
-    /// `true` if every call's outcome must reach the breaker (a call observer is set).
-    pub(crate) fn observes_calls(&self) -> bool {
-        self.events.calls.is_some()
+    /// How many stripes the count window has: the number of links a breaker hands its
+    /// services (at most 8, and at most the machine's parallelism).
+    pub(crate) fn stripes(&self) -> usize {
+        self.window
+            .as_ref()
+            .and_then(Outcomes::count_window)
+            .map_or_else(crate::window::stripes_for_machine, CountWindow::stripes)
     }
 
     /// `true` if recording an outcome needs the time: slow-call detection or a time window.
@@ -120,10 +110,10 @@ impl Breaker {
             }
             Err(deny) => {
                 if let Some(calls) = &self.events.calls {
-                    calls(self.name, self.key.as_deref(), CallOutcome::Rejected);
+                    calls(&self.name, self.key.as_deref(), CallOutcome::Rejected);
                 }
                 Err(CircuitOpen::new(
-                    self.name,
+                    self.name.clone(),
                     match deny {
                         Deny::Open(until) => self.retry_in(until),
                         Deny::ProbesBusy => Duration::ZERO,
@@ -135,26 +125,49 @@ impl Breaker {
     }
 
     /// Records the outcome of an admitted call. `elapsed` is known only when
-    /// [`needs_clock`](Self::needs_clock) said so.
+    /// [`needs_clock`](Self::needs_clock) said so; `stripe` is the recording service
+    /// instance's count-window stripe.
     #[inline(always)]
-    pub(crate) fn record(&self, admit: Admit, failure: bool, elapsed: Option<Duration>) {
-        // The hot path: a closed-state success with no window to feed only reads.
+    pub(crate) fn record(
+        &self,
+        admit: Admit,
+        failure: bool,
+        elapsed: Option<Duration>,
+        stripe: usize,
+    ) {
+        // The hot path: a closed-state success that needs no clock and no observer. It only
+        // reads the streak (writing it only to end one) and feeds a count window.
         if !failure
             && elapsed.is_none()
-            && self.window.is_none()
             && self.events.calls.is_none()
             && matches!(admit, Admit::Normal(_))
         {
-            if self.cell.consecutive.load(Ordering::Relaxed) != 0 {
-                self.cell.consecutive.store(0, Ordering::Release);
+            match &self.window {
+                None => {
+                    self.end_streak();
+                    return;
+                }
+                Some(Outcomes::Count(w)) => {
+                    self.end_streak();
+                    w.record(stripe, false, false);
+                    return;
+                }
+                Some(Outcomes::Time(_)) => {}
             }
-            return;
         }
-        self.record_slow(admit, failure, elapsed);
+        self.record_slow(admit, failure, elapsed, stripe);
+    }
+
+    /// A success ends the failure streak; the steady success path only reads it.
+    #[inline(always)]
+    fn end_streak(&self) {
+        if self.consecutive.load(Ordering::Relaxed) != 0 {
+            self.consecutive.store(0, Ordering::Release);
+        }
     }
 
     #[inline(never)]
-    pub(crate) fn record_slow(&self, admit: Admit, failure: bool, elapsed: Option<Duration>) {
+    fn record_slow(&self, admit: Admit, failure: bool, elapsed: Option<Duration>, stripe: usize) {
         let slow = match (self.cfg.slow_call_duration, elapsed) {
             (Some(limit), Some(took)) => took > limit,
             _ => false,
@@ -165,16 +178,16 @@ impl Breaker {
                 (false, true) => CallOutcome::Slow,
                 (false, false) => CallOutcome::Success,
             };
-            calls(self.name, self.key.as_deref(), outcome);
+            calls(&self.name, self.key.as_deref(), outcome);
         }
         match admit {
             Admit::Normal(gen) => {
-                self.count(failure, slow);
+                self.count(failure, slow, stripe);
                 if (failure || slow) && self.control.is_closed(gen) {
                     self.maybe_trip(gen);
                 }
             }
-            Admit::Bypass => self.count(failure, slow),
+            Admit::Bypass => self.count(failure, slow, stripe),
             Admit::Probe(gen) => {
                 let failed = failure || (slow && self.window.is_some());
                 #[allow(clippy::cast_possible_truncation)]
@@ -213,12 +226,11 @@ impl Breaker {
     }
 
     #[inline]
-    fn count(&self, failure: bool, slow: bool) {
+    fn count(&self, failure: bool, slow: bool, stripe: usize) {
         if failure {
-            self.cell.consecutive.fetch_add(1, Ordering::AcqRel);
-        } else if self.cell.consecutive.load(Ordering::Relaxed) != 0 {
-            // Only a success that follows failures writes: the steady success path only reads.
-            self.cell.consecutive.store(0, Ordering::Release);
+            self.consecutive.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.end_streak();
         }
         if let Some(w) = &self.window {
             let now_s = if w.needs_clock() {
@@ -226,7 +238,7 @@ impl Breaker {
             } else {
                 0
             };
-            w.record(failure, slow, now_s);
+            w.record(stripe, failure, slow, now_s);
         }
     }
 
@@ -244,7 +256,7 @@ impl Breaker {
         let until = self.until_ms(self.cfg.open_duration(trip));
         if self.control.trip(gen, until) {
             self.trips.fetch_add(1, Ordering::AcqRel);
-            self.cell.consecutive.store(0, Ordering::Release);
+            self.consecutive.store(0, Ordering::Release);
             self.emit(State::Closed, State::Open, reason);
         }
     }
@@ -252,7 +264,7 @@ impl Breaker {
     fn trip_reason(&self) -> Option<Reason> {
         let cfg = &self.cfg;
         if let Some(threshold) = cfg.consecutive_failures {
-            let count = self.cell.consecutive.load(Ordering::Acquire);
+            let count = self.consecutive.load(Ordering::Acquire);
             if count >= threshold {
                 return Some(Reason::ConsecutiveFailures { count, threshold });
             }
@@ -282,7 +294,7 @@ impl Breaker {
     }
 
     fn reset_counts(&self) {
-        self.cell.consecutive.store(0, Ordering::Release);
+        self.consecutive.store(0, Ordering::Release);
         if let Some(w) = &self.window {
             w.reset();
         }
@@ -290,7 +302,7 @@ impl Breaker {
 
     fn emit(&self, from: State, to: State, reason: Reason) {
         self.events.emit(Transition {
-            service: self.name,
+            service: self.name.clone(),
             key: self.key.clone(),
             from,
             to,
@@ -315,13 +327,13 @@ impl Breaker {
         let t = self.totals();
         let (probes_in_flight, probe_successes) = self.control.half_open_counts();
         Snapshot {
-            service: self.name,
+            service: self.name.clone(),
             key: self.key.clone(),
             state,
             failure_rate: self.window.as_ref().and(t.failure_rate()),
             slow_call_rate: self.cfg.slow_call_duration.and(t.slow_rate()),
             calls_in_window: t.calls,
-            consecutive_failures: self.cell.consecutive.load(Ordering::Acquire),
+            consecutive_failures: self.consecutive.load(Ordering::Acquire),
             half_open_in: (state == State::Open).then(|| self.retry_in(until)),
             probes_in_flight,
             probe_successes,
@@ -330,12 +342,6 @@ impl Breaker {
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Transition> {
         self.events.subscribe()
-    }
-}
-
-impl Drop for Breaker {
-    fn drop(&mut self) {
-        cell::give_back(self.cell);
     }
 }
 

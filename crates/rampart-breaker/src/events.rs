@@ -183,10 +183,10 @@ impl CallOutcome {
     }
 }
 
-/// Hears every call's outcome. Setting one moves the breaker's calls off the
-/// reference-count-free fast path (each call then holds a per-clone `Arc`), so it is for
+/// Hears every call's outcome: the service's name, the key of a keyed breaker, and the
+/// outcome. Setting one moves the breaker's calls off the read-only fast path, so it is for
 /// metrics, not for free.
-pub type CallObserver = Arc<dyn Fn(rampart_core::Name, Option<&str>, CallOutcome) + Send + Sync>;
+pub type CallObserver = Arc<dyn Fn(&rampart_core::Name, Option<&str>, CallOutcome) + Send + Sync>;
 
 /// Where transitions go: tracing, callbacks and a broadcast channel; and who hears calls.
 #[derive(Clone)]

@@ -10,61 +10,33 @@ use pin_project_lite::pin_project;
 use rampart_core::{CircuitOpen, Classify, Error, ErrorKind, IntoError, Outcome};
 use tokio::time::Instant;
 
-use std::sync::atomic::Ordering;
-
-use crate::service::{Fast, Local};
+use crate::service::Local;
 use crate::word::Admit;
 
 /// An admitted call's claim on the breaker: it records the outcome, or gives a probe slot
-/// back if the call is dropped before it completes.
-pub(crate) enum Guard {
-    /// A closed-state call of a breaker with no window and no slow-call rule: it holds no
-    /// reference count. A success only reads the failure streak through the breaker's
-    /// process-lived cell (and resets it if non-zero); a failure finds the breaker through
-    /// the cell's weak owner.
-    Fast { fast: Fast, admit_gen: u16 },
-    /// Everything else: probes, windows, slow-call timing.
-    Full {
-        local: Arc<Local>,
-        admit: Option<Admit>,
-    },
+/// back if the call is dropped before it completes. It holds the service instance's link to
+/// the breaker, so the breaker outlives every call in flight.
+pub(crate) struct Guard {
+    local: Arc<Local>,
+    admit: Option<Admit>,
 }
 
 impl Guard {
     #[inline(always)]
     pub(crate) fn new(local: &Arc<Local>, admit: Admit) -> Self {
-        match (local.fast, admit) {
-            (Some(fast), Admit::Normal(admit_gen)) => Guard::Fast { fast, admit_gen },
-            _ => Guard::Full {
-                local: local.clone(),
-                admit: Some(admit),
-            },
+        Guard {
+            local: local.clone(),
+            admit: Some(admit),
         }
     }
 
     #[inline(always)]
     fn record(&mut self, outcome: Outcome, started: Option<Instant>) {
-        match self {
-            Guard::Fast { fast, admit_gen } => {
-                let cell = fast.cell;
-                if !fast.kinds.counts(outcome) {
-                    if cell.consecutive.load(Ordering::Relaxed) != 0 && cell.is(fast.cell_gen) {
-                        cell.consecutive.store(0, Ordering::Release);
-                    }
-                    if let Some((window, gen)) = fast.window {
-                        window.record_success(gen);
-                    }
-                } else if let Some(breaker) = cell.owner(fast.cell_gen) {
-                    breaker.record_slow(Admit::Normal(*admit_gen), true, None);
-                }
-            }
-            Guard::Full { local, admit } => {
-                if let Some(admit) = admit.take() {
-                    let breaker = &local.breaker;
-                    let failure = breaker.cfg.failure_kinds.counts(outcome);
-                    breaker.record(admit, failure, started.map(|s| s.elapsed()));
-                }
-            }
+        if let Some(admit) = self.admit.take() {
+            let local = &*self.local;
+            let breaker = &local.breaker;
+            let failure = breaker.cfg.failure_kinds.counts(outcome);
+            breaker.record(admit, failure, started.map(|s| s.elapsed()), local.stripe);
         }
     }
 }
@@ -72,10 +44,8 @@ impl Guard {
 impl Drop for Guard {
     #[inline(always)]
     fn drop(&mut self) {
-        if let Guard::Full { local, admit } = self {
-            if let Some(admit) = admit.take() {
-                local.breaker.release(admit);
-            }
+        if let Some(admit) = self.admit.take() {
+            self.local.breaker.release(admit);
         }
     }
 }

@@ -170,7 +170,7 @@ struct Registry<K> {
 impl<K> Registry<K> {
     fn new(settings: Settings) -> Self {
         let overflow = Breaker::new(
-            settings.name,
+            settings.name.clone(),
             Some(Arc::from(OVERFLOW_KEY)),
             settings.cfg,
             settings.events.clone(),
@@ -238,15 +238,14 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
             clock.label = String::new();
         }
         let breaker = Breaker::new(
-            self.settings.name,
+            self.settings.name.clone(),
             Some(label),
             self.settings.cfg,
             self.settings.events.clone(),
         );
-        let mut local = Local::new(breaker.clone());
-        // No reference-count-free fast path: each admitted call holds a clone of `local`, so
-        // the hand can tell a breaker with calls in flight (see `Slot::pinned`).
-        local.fast = None;
+        // Each admitted call holds a clone of `local`, so the hand can tell a breaker with
+        // calls in flight (see `Slot::pinned`).
+        let local = Local::new(breaker.clone());
         let slot = Slot {
             handle: BreakerHandle { breaker },
             local: Arc::new(local),
@@ -402,7 +401,7 @@ impl<C, F, K> KeyedCircuitBreakerLayer<C, F, K> {
     fn with_settings(mut self, f: impl FnOnce(&mut Settings)) -> Self {
         let old = &self.registry.settings;
         let mut s = Settings {
-            name: old.name,
+            name: old.name.clone(),
             cfg: old.cfg,
             events: old.events.clone(),
             max_keys: old.max_keys,
@@ -450,7 +449,7 @@ impl<C, F, K> KeyedCircuitBreakerLayer<C, F, K> {
     /// Defaults to none.
     pub fn observe_calls(
         self,
-        observer: impl Fn(Name, Option<&str>, crate::events::CallOutcome) + Send + Sync + 'static,
+        observer: impl Fn(&Name, Option<&str>, crate::events::CallOutcome) + Send + Sync + 'static,
     ) -> Self {
         let o: crate::events::CallObserver = Arc::new(observer);
         self.with_settings(|s| s.events.calls = Some(o))

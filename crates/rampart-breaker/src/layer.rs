@@ -7,7 +7,7 @@ use tower_layer::Layer;
 use crate::breaker::{Breaker, BreakerHandle};
 use crate::config::CircuitBreakerConfig;
 use crate::events::{Events, Transition};
-use crate::service::CircuitBreaker;
+use crate::service::{CircuitBreaker, Lanes};
 
 /// Fails calls fast while the wrapped service is unhealthy, and probes it back.
 ///
@@ -20,7 +20,7 @@ use crate::service::CircuitBreaker;
 /// taking a [`handle`](Self::handle) or making services: each setter starts a fresh breaker.
 #[must_use]
 pub struct CircuitBreakerLayer<C> {
-    breaker: Arc<Breaker>,
+    breaker: Arc<Lanes>,
     events: Events,
     classifier: C,
 }
@@ -30,14 +30,15 @@ impl<C> CircuitBreakerLayer<C> {
     pub fn new(config: CircuitBreakerConfig, classifier: C) -> Self {
         let events = Events::default();
         CircuitBreakerLayer {
-            breaker: Breaker::new(Name::default(), None, config, events.clone()),
+            breaker: Lanes::new(Breaker::new(Name::default(), None, config, events.clone())),
             events,
             classifier,
         }
     }
 
     fn rebuild(mut self, name: Name) -> Self {
-        self.breaker = Breaker::new(name, None, self.breaker.cfg, self.events.clone());
+        let cfg = self.breaker.breaker().cfg;
+        self.breaker = Lanes::new(Breaker::new(name, None, cfg, self.events.clone()));
         self
     }
 
@@ -53,27 +54,27 @@ impl<C> CircuitBreakerLayer<C> {
     /// Defaults to no listener.
     pub fn on_transition(mut self, listener: impl Fn(&Transition) + Send + Sync + 'static) -> Self {
         self.events.add(Arc::new(listener));
-        let name = self.breaker.name;
+        let name = self.breaker.breaker().name.clone();
         self.rebuild(name)
     }
 
     /// Reports every call's outcome to `observer` (for metrics). This moves calls off the
-    /// reference-count-free fast path.
+    /// read-only fast path.
     ///
     /// Defaults to none.
     pub fn observe_calls(
         mut self,
-        observer: impl Fn(Name, Option<&str>, crate::events::CallOutcome) + Send + Sync + 'static,
+        observer: impl Fn(&Name, Option<&str>, crate::events::CallOutcome) + Send + Sync + 'static,
     ) -> Self {
         self.events.calls = Some(Arc::new(observer));
-        let name = self.breaker.name;
+        let name = self.breaker.breaker().name.clone();
         self.rebuild(name)
     }
 
     /// The operator's handle on this layer's breaker.
     pub fn handle(&self) -> BreakerHandle {
         BreakerHandle {
-            breaker: self.breaker.clone(),
+            breaker: self.breaker.breaker().clone(),
         }
     }
 }

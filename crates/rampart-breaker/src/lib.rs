@@ -65,12 +65,17 @@
 //!
 //! # Clone
 //!
-//! Clones share the breaker. A closed-state call of a breaker without slow-call timing or a
-//! time window holds no reference count: its future reaches the failure streak (and the
-//! count window) through process-lived, recycled memory tagged with a generation, so a
-//! healthy service's success path writes no memory that other threads write. Other calls
-//! (probes, time windows, slow-call timing) hold a reference to a small per-clone link, not
-//! to the shared breaker. A clone starts without an admission.
+//! The layer owns the breaker's state (its state word, counters and window) behind an `Arc`:
+//! every service it makes, every clone of those, every [`BreakerHandle`] and every call in
+//! flight shares it, and it is freed with the last of them. Nothing lives in process-wide
+//! memory. The breaker has a few small links to itself (one per count-window stripe: as many
+//! as the machine has cores, at most 8), made with it; each service the layer makes and each
+//! clone of one takes the next link in turn, so cloning a service does not allocate. A call
+//! in flight holds its service's link: one reference count per call, in cache lines that
+//! only the clones sharing that link write, so clones on different threads do not contend.
+//! A closed breaker's success path otherwise only reads shared memory: the failure streak is
+//! written only to end a streak, and a count window is split into stripes, one per link.
+//! A clone starts without an admission.
 //!
 //! # Cancel safety
 //!
@@ -84,7 +89,6 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod breaker;
-mod cell;
 pub mod config;
 mod events;
 pub mod future;

@@ -1,5 +1,6 @@
 use std::fmt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -9,50 +10,34 @@ use tokio::time::{sleep, Instant, Sleep};
 use tower_service::Service;
 
 use crate::breaker::{Breaker, BreakerHandle};
-use crate::cell::Cell;
-use crate::config::FailureKinds;
 use crate::future::{Guard, ResponseFuture};
-use crate::window::CountWindow;
 use crate::word::Admit;
 
-/// The per-service-instance link to the shared breaker. Response futures hold a clone of it,
-/// so the reference count they touch on every call lives in memory that only this instance's
-/// calls write, not in the breaker that every instance shares.
+/// A link to the shared breaker: what a response future holds, keeping the breaker alive
+/// while the call runs. Each breaker has a few of them (its [`Lanes`]), handed to service
+/// instances and clones in turn, so that clones on different threads take and drop their
+/// per-call reference counts in different cache lines (the type's alignment keeps each link
+/// on lines of its own), never in the breaker that every clone shares.
+#[repr(align(128))]
 pub(crate) struct Local {
     pub(crate) breaker: Arc<Breaker>,
     pub(crate) needs_clock: bool,
-    /// For a breaker whose closed-state successes need no clock: what they touch, reachable
-    /// without a reference count.
-    pub(crate) fast: Option<Fast>,
-}
-
-/// What a closed-state success touches: the failure streak in the breaker's cell and, with a
-/// count window, the pooled window; each with the generation it belongs to.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Fast {
-    pub(crate) cell: &'static Cell,
-    pub(crate) cell_gen: u64,
-    pub(crate) kinds: FailureKinds,
-    pub(crate) window: Option<(&'static CountWindow, u64)>,
+    /// This link's stripe of a count window.
+    pub(crate) stripe: usize,
 }
 
 impl Local {
+    /// A link with the next count-window stripe (a keyed breaker's one link).
     pub(crate) fn new(breaker: Arc<Breaker>) -> Self {
-        let needs_clock = breaker.needs_clock();
-        let window = breaker.count_window();
-        let fast = (!needs_clock
-            && !breaker.observes_calls()
-            && (breaker.cfg.window.is_none() || window.is_some()))
-        .then_some(Fast {
-            cell: breaker.cell,
-            cell_gen: breaker.cell_gen,
-            kinds: breaker.cfg.failure_kinds,
-            window,
-        });
+        let stripe = breaker.assign_stripe();
+        Local::with_stripe(breaker, stripe)
+    }
+
+    fn with_stripe(breaker: Arc<Breaker>, stripe: usize) -> Self {
         Local {
+            needs_clock: breaker.needs_clock(),
+            stripe,
             breaker,
-            needs_clock,
-            fast,
         }
     }
 }
@@ -62,6 +47,51 @@ impl fmt::Debug for Local {
         f.debug_struct("Local")
             .field("breaker", &self.breaker)
             .finish_non_exhaustive()
+    }
+}
+
+/// A breaker's links ([`Local`]), one per count-window stripe: made once with the breaker,
+/// owned by its layer and services, and handed out in turn to each service the layer makes
+/// and each clone of one (cloning takes a reference, never allocates).
+pub(crate) struct Lanes {
+    breaker: Arc<Breaker>,
+    locals: Box<[Arc<Local>]>,
+    next: AtomicUsize,
+}
+
+impl Lanes {
+    pub(crate) fn new(breaker: Arc<Breaker>) -> Arc<Self> {
+        let locals = (0..breaker.stripes())
+            .map(|i| Arc::new(Local::with_stripe(breaker.clone(), i)))
+            .collect();
+        Arc::new(Lanes {
+            breaker,
+            locals,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    pub(crate) fn breaker(&self) -> &Arc<Breaker> {
+        &self.breaker
+    }
+
+    /// The link for a new service instance or clone.
+    fn next(&self) -> Arc<Local> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.locals.len().max(1);
+        match self.locals.get(i) {
+            Some(local) => local.clone(),
+            // There is always at least one link; should there not be, make one.
+            None => Arc::new(Local::with_stripe(self.breaker.clone(), 0)),
+        }
+    }
+}
+
+impl fmt::Debug for Lanes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lanes")
+            .field("breaker", &self.breaker)
+            .field("lanes", &self.locals.len())
+            .finish()
     }
 }
 
@@ -92,19 +122,22 @@ impl Drop for Slot {
 pub struct CircuitBreaker<S, C> {
     inner: S,
     classifier: C,
+    /// The breaker's links, one of which each clone takes.
+    lanes: Arc<Lanes>,
     slot: Slot,
 }
 
 impl<S, C> CircuitBreaker<S, C> {
-    pub(crate) fn from_parts(inner: S, classifier: C, breaker: Arc<Breaker>) -> Self {
+    pub(crate) fn from_parts(inner: S, classifier: C, lanes: Arc<Lanes>) -> Self {
         CircuitBreaker {
             inner,
             classifier,
             slot: Slot {
-                local: Arc::new(Local::new(breaker)),
+                local: lanes.next(),
                 admission: None,
                 wake: None,
             },
+            lanes,
         }
     }
 
@@ -120,10 +153,11 @@ impl<S, C> CircuitBreaker<S, C> {
 
 impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
     fn clone(&self) -> Self {
+        // Takes the breaker's next link: no allocation.
         CircuitBreaker::from_parts(
             self.inner.clone(),
             self.classifier.clone(),
-            self.slot.local.breaker.clone(),
+            self.lanes.clone(),
         )
     }
 }
@@ -206,3 +240,38 @@ where
 }
 
 use std::future::Future as _;
+
+#[cfg(all(test, not(rampart_loom)))]
+mod tests {
+    use super::*;
+    use crate::config::CircuitBreakerConfig;
+    use crate::events::Events;
+    use rampart_core::Name;
+    use std::collections::HashSet;
+
+    #[test]
+    fn clones_take_the_links_in_turn_and_the_last_one_frees_the_breaker() {
+        let breaker = Breaker::new(
+            Name::from_static("db"),
+            None,
+            CircuitBreakerConfig::default(),
+            Events::default(),
+        );
+        let weak = Arc::downgrade(&breaker);
+        let n = breaker.stripes();
+        let svc = CircuitBreaker::from_parts((), (), Lanes::new(breaker));
+        let clones: Vec<_> = (0..2 * n).map(|_| svc.clone()).collect();
+        let links: HashSet<*const Local> =
+            clones.iter().map(|c| Arc::as_ptr(&c.slot.local)).collect();
+        assert_eq!(links.len(), n, "every link is used, none is made anew");
+        // Consecutive clones (one per thread, say) never share a link when there are two.
+        if n > 1 {
+            assert!(!Arc::ptr_eq(&clones[0].slot.local, &clones[1].slot.local));
+        }
+        let handle = svc.handle();
+        drop((svc, clones));
+        assert!(weak.upgrade().is_some(), "the handle keeps the breaker");
+        drop(handle);
+        assert!(weak.upgrade().is_none(), "nothing else does");
+    }
+}

@@ -1,6 +1,9 @@
 //! Sliding windows of call outcomes: the last N calls, or the last N seconds.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+#[cfg(rampart_loom)]
+use loom::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+#[cfg(not(rampart_loom))]
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use crate::config::Window;
 
@@ -21,36 +24,25 @@ impl Totals {
     }
 }
 
+/// The outcomes a breaker with a window keeps: owned by the breaker, freed with it.
 #[derive(Debug)]
 pub(crate) enum Outcomes {
-    /// A pooled count window and the generation this breaker holds it under.
-    Count(&'static CountWindow, u64),
+    Count(CountWindow),
     Time(TimeWindow),
-}
-
-impl Drop for Outcomes {
-    fn drop(&mut self) {
-        if let Outcomes::Count(w, _) = self {
-            w.give_back();
-        }
-    }
 }
 
 impl Outcomes {
     pub(crate) fn new(w: Window) -> Self {
         match w {
-            Window::Count(n) => {
-                let (w, gen) = CountWindow::take(n);
-                Outcomes::Count(w, gen)
-            }
+            Window::Count(n) => Outcomes::Count(CountWindow::new(n)),
             Window::Time(secs) => Outcomes::Time(TimeWindow::new(secs)),
         }
     }
 
-    /// The pooled count window, for response futures that record without a refcount.
-    pub(crate) fn count_window(&self) -> Option<(&'static CountWindow, u64)> {
+    /// The count window, if this is one.
+    pub(crate) fn count_window(&self) -> Option<&CountWindow> {
         match self {
-            Outcomes::Count(w, gen) => Some((*w, *gen)),
+            Outcomes::Count(w) => Some(w),
             Outcomes::Time(_) => None,
         }
     }
@@ -60,24 +52,25 @@ impl Outcomes {
         matches!(self, Outcomes::Time(_))
     }
 
+    /// Records one call; `stripe` picks a count window's stripe (see [`CountWindow`]).
     #[inline]
-    pub(crate) fn record(&self, failure: bool, slow: bool, now_s: u64) {
+    pub(crate) fn record(&self, stripe: usize, failure: bool, slow: bool, now_s: u64) {
         match self {
-            Outcomes::Count(w, _) => w.record(failure, slow),
+            Outcomes::Count(w) => w.record(stripe, failure, slow),
             Outcomes::Time(w) => w.record(failure, slow, now_s),
         }
     }
 
     pub(crate) fn totals(&self, now_s: u64) -> Totals {
         match self {
-            Outcomes::Count(w, _) => w.totals(),
+            Outcomes::Count(w) => w.totals(),
             Outcomes::Time(w) => w.totals(now_s),
         }
     }
 
     pub(crate) fn reset(&self) {
         match self {
-            Outcomes::Count(w, _) => w.reset(),
+            Outcomes::Count(w) => w.reset(),
             Outcomes::Time(w) => w.reset(),
         }
     }
@@ -90,126 +83,75 @@ const SLOW: u8 = 0b010;
 /// The most stripes a count window is split into.
 const MAX_STRIPES: usize = 8;
 
-/// The stripe of the calling thread: threads are numbered as they first record.
-fn stripe_of_thread(stripes: usize) -> usize {
-    use std::cell::Cell;
-    use std::sync::atomic::AtomicUsize;
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static ID: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    ID.with(|id| {
-        let mut v = id.get();
-        if v == usize::MAX {
-            v = NEXT.fetch_add(1, Ordering::Relaxed);
-            id.set(v);
-        }
-        v % stripes
-    })
+/// How many stripes a count window gets here: the machine's parallelism, at most 8.
+pub(crate) fn stripes_for_machine() -> usize {
+    std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1)
+        .clamp(1, MAX_STRIPES)
 }
 
-/// The last `size` calls, as a ring of outcome bytes plus running totals, striped by thread.
+/// The last `size` calls, as rings of outcome bytes plus running totals, split into stripes.
 ///
-/// Each thread records into its own stripe, a ring of the last `size` calls *it* completed,
-/// so threads never write the same cache line; the window's totals are the sum over the
-/// stripes. With one thread driving the breaker (or with a current-thread runtime) this is
-/// exactly "the last `size` calls"; with `k` threads it covers the last `size` calls of each,
-/// up to `k · size` calls (`k` ≤ 8, and ≤ the machine's parallelism).
+/// Each service instance made by the layer, and each clone of one, records into a stripe of
+/// its own (they are handed stripes in turn), so that clones on different threads do not
+/// write the same cache lines; the window's totals are the sum over the stripes. With one
+/// service (or one stripe) this is exactly "the last `size` calls"; with `k` stripes in use
+/// it covers the last `size` calls of each, up to `k · size` calls (`k` ≤ 8, and ≤ the
+/// machine's parallelism).
 ///
-/// Count windows live for the whole process and are pooled by size: a breaker takes one when
-/// it is made and gives it back when it is dropped (bumping its generation), so that response
-/// futures can record into it without holding a reference count. A future that outlives its
-/// breaker records nothing once the generation has moved on; one that races the window's
-/// reuse between its generation check and its store may add one call to the new owner's
-/// window.
+/// Any number of threads may record into one stripe at once: a slot changes only by an
+/// atomic swap, and the running totals move by exactly the difference between the outcome
+/// swapped in and the one swapped out, so they always add up to what the slots hold once
+/// the writers are done — they cannot drift. (Two writers handed the same slot one lap
+/// apart keep only one of their two outcomes; the totals stay consistent.)
 #[derive(Debug)]
 pub(crate) struct CountWindow {
-    gen: AtomicU64,
-    size: u32,
     stripes: Box<[Stripe]>,
+    /// The stripe the next service instance records into.
+    next: AtomicUsize,
 }
 
-type Pool = std::sync::Mutex<std::collections::HashMap<u32, Vec<&'static CountWindow>>>;
-
-fn pool() -> &'static Pool {
-    static POOL: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
-    POOL.get_or_init(Default::default)
-}
-
-/// One thread's ring, padded to its own cache lines.
+/// One stripe's ring, padded to its own cache lines.
 #[derive(Debug)]
 #[repr(align(128))]
 struct Stripe {
     slots: Box<[AtomicU8]>,
     head: AtomicU64,
+    calls: AtomicI64,
     failures: AtomicI64,
     slow: AtomicI64,
 }
 
 impl CountWindow {
-    /// A cleared window of `size` calls from the pool, and its generation.
-    pub(crate) fn take(size: u32) -> (&'static CountWindow, u64) {
-        let reused = pool()
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_mut(&size)
-            .and_then(Vec::pop);
-        let w: &'static CountWindow = match reused {
-            Some(w) => {
-                w.reset();
-                w
-            }
-            None => Box::leak(Box::new(CountWindow::new(size))),
-        };
-        (w, w.gen.load(Ordering::Acquire))
+    pub(crate) fn new(size: u32) -> Self {
+        Self::with_stripes(size, stripes_for_machine())
     }
 
-    fn give_back(&'static self) {
-        self.gen.fetch_add(1, Ordering::AcqRel);
-        pool()
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(self.size)
-            .or_default()
-            .push(self);
+    /// How many stripes this window has.
+    pub(crate) fn stripes(&self) -> usize {
+        self.stripes.len()
     }
 
-    /// Records a success for a future admitted under generation `gen`, if the window still
-    /// belongs to that breaker.
-    #[inline(always)]
-    pub(crate) fn record_success(&self, gen: u64) {
-        if self.gen.load(Ordering::Acquire) == gen {
-            self.record(false, false);
-        }
-    }
-
-    fn new(size: u32) -> Self {
-        let n = std::thread::available_parallelism()
-            .map(usize::from)
-            .unwrap_or(1)
-            .clamp(1, MAX_STRIPES);
+    fn with_stripes(size: u32, stripes: usize) -> Self {
         CountWindow {
-            gen: AtomicU64::new(0),
-            size,
-            stripes: (0..n)
-                .map(|_| Stripe {
-                    slots: (0..size.max(1)).map(|_| AtomicU8::new(0)).collect(),
-                    head: AtomicU64::new(0),
-                    failures: AtomicI64::new(0),
-                    slow: AtomicI64::new(0),
-                })
-                .collect(),
+            stripes: (0..stripes.max(1)).map(|_| Stripe::new(size)).collect(),
+            next: AtomicUsize::new(0),
         }
+    }
+
+    /// The stripe a new service instance records into.
+    pub(crate) fn assign(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.stripes.len()
     }
 
     #[inline]
-    fn record(&self, failure: bool, slow: bool) {
-        let stripe = if self.stripes.len() == 1 {
-            &self.stripes[0]
-        } else {
-            &self.stripes[stripe_of_thread(self.stripes.len())]
-        };
-        stripe.record(failure, slow);
+    pub(crate) fn record(&self, stripe: usize, failure: bool, slow: bool) {
+        // `stripe` comes from `assign`, so it is in range; fall back to the first rather
+        // than index out of bounds.
+        if let Some(s) = self.stripes.get(stripe).or_else(|| self.stripes.first()) {
+            s.record(failure, slow);
+        }
     }
 
     fn totals(&self) -> Totals {
@@ -231,46 +173,68 @@ impl CountWindow {
 }
 
 impl Stripe {
+    fn new(size: u32) -> Self {
+        Stripe {
+            slots: (0..size.max(1)).map(|_| AtomicU8::new(0)).collect(),
+            head: AtomicU64::new(0),
+            calls: AtomicI64::new(0),
+            failures: AtomicI64::new(0),
+            slow: AtomicI64::new(0),
+        }
+    }
+
     #[inline]
     fn record(&self, failure: bool, slow: bool) {
         let bits = OCCUPIED | (u8::from(failure) * FAILED) | (u8::from(slow) * SLOW);
         let len = self.slots.len() as u64;
         #[allow(clippy::cast_possible_truncation)]
-        let i = (self.head.fetch_add(1, Ordering::AcqRel) % len) as usize;
-        // Each slot index is handed out once per lap of the ring, so a plain load and store
-        // suffice; in the steady state (a success replacing a success) nothing is written.
-        let old = self.slots[i].load(Ordering::Acquire);
-        if old == bits {
+        let i = (self.head.fetch_add(1, Ordering::Relaxed) % len) as usize;
+        let Some(slot) = self.slots.get(i) else {
+            return;
+        };
+        // The steady state (a success replacing a success) writes nothing.
+        if slot.load(Ordering::Relaxed) == bits {
             return;
         }
-        self.slots[i].store(bits, Ordering::Release);
-        let df = i64::from(bits & FAILED) - i64::from(old & FAILED);
-        if df != 0 {
-            self.failures.fetch_add(df, Ordering::AcqRel);
-        }
-        let ds = i64::from((bits & SLOW) >> 1) - i64::from((old & SLOW) >> 1);
-        if ds != 0 {
-            self.slow.fetch_add(ds, Ordering::AcqRel);
+        let old = slot.swap(bits, Ordering::AcqRel);
+        self.moved(old, bits);
+    }
+
+    /// Moves the totals by the difference between the outcome `new` that replaced `old`.
+    #[inline]
+    fn moved(&self, old: u8, new: u8) {
+        let delta = |mask: u8| i64::from(new & mask != 0) - i64::from(old & mask != 0);
+        for (total, mask) in [
+            (&self.calls, OCCUPIED),
+            (&self.failures, FAILED),
+            (&self.slow, SLOW),
+        ] {
+            let d = delta(mask);
+            if d != 0 {
+                total.fetch_add(d, Ordering::AcqRel);
+            }
         }
     }
 
     fn totals(&self) -> Totals {
-        let len = self.slots.len() as u64;
+        // A reader racing writers may catch a total between a slot's swap and its update:
+        // clamp into range rather than report a negative count.
         let clamp = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
+        let calls = clamp(self.calls.load(Ordering::Acquire));
         Totals {
-            calls: u32::try_from(self.head.load(Ordering::Acquire).min(len)).unwrap_or(u32::MAX),
-            failures: clamp(self.failures.load(Ordering::Acquire)),
-            slow: clamp(self.slow.load(Ordering::Acquire)),
+            calls,
+            failures: clamp(self.failures.load(Ordering::Acquire)).min(calls),
+            slow: clamp(self.slow.load(Ordering::Acquire)).min(calls),
         }
     }
 
+    /// Empties every slot, moving the totals with each swap, so that a reset racing
+    /// writers leaves them consistent too.
     fn reset(&self) {
-        for s in self.slots.iter() {
-            s.store(0, Ordering::Release);
+        for slot in self.slots.iter() {
+            let old = slot.swap(0, Ordering::AcqRel);
+            self.moved(old, 0);
         }
-        self.failures.store(0, Ordering::Release);
-        self.slow.store(0, Ordering::Release);
-        self.head.store(0, Ordering::Release);
     }
 }
 
@@ -359,15 +323,39 @@ impl TimeWindow {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(rampart_loom)))]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    impl Stripe {
+        /// The running totals as stored, unclamped.
+        fn raw(&self) -> (i64, i64, i64) {
+            (
+                self.calls.load(Ordering::SeqCst),
+                self.failures.load(Ordering::SeqCst),
+                self.slow.load(Ordering::SeqCst),
+            )
+        }
+
+        /// The totals recounted from the slots.
+        fn recount(&self) -> (i64, i64, i64) {
+            let mut t = (0, 0, 0);
+            for s in self.slots.iter() {
+                let v = s.load(Ordering::SeqCst);
+                t.0 += i64::from(v & OCCUPIED != 0);
+                t.1 += i64::from(v & FAILED != 0);
+                t.2 += i64::from(v & SLOW != 0);
+            }
+            t
+        }
+    }
 
     #[test]
     fn count_window_keeps_the_last_n() {
-        let w = CountWindow::new(4);
+        let w = CountWindow::with_stripes(4, 1);
         for f in [true, true, false, false] {
-            w.record(f, false);
+            w.record(0, f, false);
         }
         assert_eq!(
             w.totals(),
@@ -377,8 +365,8 @@ mod tests {
                 slow: 0
             }
         );
-        w.record(false, true);
-        w.record(false, true);
+        w.record(0, false, true);
+        w.record(0, false, true);
         assert_eq!(
             w.totals(),
             Totals {
@@ -389,6 +377,90 @@ mod tests {
         );
         w.reset();
         assert_eq!(w.totals(), Totals::default());
+    }
+
+    #[test]
+    fn instances_get_stripes_in_turn_and_totals_add_up() {
+        let w = CountWindow::with_stripes(2, 3);
+        let stripes: Vec<usize> = (0..4).map(|_| w.assign()).collect();
+        assert_eq!(stripes, [0, 1, 2, 0]);
+        w.record(0, true, false);
+        w.record(1, true, false);
+        w.record(2, false, false);
+        // An out-of-range stripe (never handed out) lands in the first one, never panics.
+        w.record(7, false, true);
+        assert_eq!(
+            w.totals(),
+            Totals {
+                calls: 4,
+                failures: 2,
+                slow: 1
+            }
+        );
+    }
+
+    /// Regression: stripes used a plain load and store per slot, assuming one writer per
+    /// stripe. Threads sharing a stripe (tokio workers polling clones of one service) raced
+    /// on a slot and moved `failures` twice for one change, so the totals drifted from the
+    /// slots for good. With swaps they always add up once the writers are done.
+    #[test]
+    fn threads_sharing_a_stripe_never_make_the_totals_drift() {
+        for size in [1u32, 2, 3] {
+            let w = std::sync::Arc::new(CountWindow::with_stripes(size, 1));
+            std::thread::scope(|s| {
+                for t in 0..4u32 {
+                    let w = &w;
+                    s.spawn(move || {
+                        for i in 0..20_000u32 {
+                            let x = i.wrapping_mul(2_654_435_761).wrapping_add(t * 97);
+                            w.record(0, x % 3 == 0, x % 5 == 0);
+                            if i % 4_999 == 0 {
+                                w.reset();
+                            }
+                        }
+                    });
+                }
+            });
+            let stripe = &w.stripes[0];
+            assert_eq!(stripe.raw(), stripe.recount(), "size {size}");
+        }
+    }
+
+    proptest! {
+        /// One writer: the window is exactly the last `size` outcomes.
+        #[test]
+        fn one_writer_sees_exactly_the_last_n(
+            size in 1u32..8,
+            calls in proptest::collection::vec((any::<bool>(), any::<bool>()), 0..40),
+            reset_at in proptest::option::of(0usize..40),
+        ) {
+            let w = CountWindow::with_stripes(size, 1);
+            let mut model: Vec<(bool, bool)> = Vec::new();
+            for (i, &(failure, slow)) in calls.iter().enumerate() {
+                if reset_at == Some(i) {
+                    w.reset();
+                    model.clear();
+                }
+                w.record(0, failure, slow);
+                model.push((failure, slow));
+            }
+            // After a reset the ring goes on from where it was: the model keeps the calls
+            // since the reset, of which the window holds the last `size`.
+            let n = size as usize;
+            let last = &model[model.len().saturating_sub(n)..];
+            let count = |f: fn(&(bool, bool)) -> bool| {
+                u32::try_from(last.iter().filter(|c| f(c)).count()).unwrap()
+            };
+            prop_assert_eq!(
+                w.totals(),
+                Totals {
+                    calls: u32::try_from(last.len()).unwrap(),
+                    failures: count(|c| c.0),
+                    slow: count(|c| c.1),
+                }
+            );
+            prop_assert_eq!(w.stripes[0].raw(), w.stripes[0].recount());
+        }
     }
 
     #[test]
@@ -423,5 +495,41 @@ mod tests {
             }
         );
         assert_eq!(w.totals(20), Totals::default());
+    }
+}
+
+#[cfg(all(test, rampart_loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// Two writers share a one-slot stripe while a third resets it: whatever the
+    /// interleaving, the running totals equal what the slot holds afterwards.
+    #[test]
+    fn concurrent_writers_and_a_reset_keep_totals_consistent() {
+        loom::model(|| {
+            let w = Arc::new(CountWindow::with_stripes(1, 1));
+            w.record(0, false, false);
+            let writers: Vec<_> = [(true, false), (false, true)]
+                .into_iter()
+                .map(|(failure, slow)| {
+                    let w = w.clone();
+                    thread::spawn(move || w.record(0, failure, slow))
+                })
+                .collect();
+            w.reset();
+            for h in writers {
+                h.join().unwrap();
+            }
+            let s = &w.stripes[0];
+            let v = s.slots[0].load(Ordering::SeqCst);
+            assert_eq!(s.calls.load(Ordering::SeqCst), i64::from(v & OCCUPIED != 0));
+            assert_eq!(
+                s.failures.load(Ordering::SeqCst),
+                i64::from(v & FAILED != 0)
+            );
+            assert_eq!(s.slow.load(Ordering::SeqCst), i64::from(v & SLOW != 0));
+        });
     }
 }

@@ -1,4 +1,5 @@
-//! A closed breaker's success path allocates nothing, in consecutive and count-window mode.
+//! A closed breaker's success path allocates nothing, in consecutive and count-window mode,
+//! and neither does cloning a breaker service.
 //! (One test per binary: the allocation counter is process-wide.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -48,6 +49,11 @@ fn success_path_allocates_nothing() {
     calls(&mut windowed, 64);
     let region = Region::new(GLOBAL);
     let sum = calls(&mut consecutive, 10_000) + calls(&mut windowed, 10_000);
+    // Clones share their service's link to the breaker (they used to allocate a new one,
+    // which made `Retry` over a breaker allocate on every call).
+    let mut clone = windowed.clone();
+    let sum = sum + calls(&mut clone, 100);
+    drop(clone);
     let stats = region.change();
     assert!(sum > 0);
     assert_eq!(stats.allocations, 0, "{stats:?}");

@@ -591,8 +591,9 @@ async fn retry_over_breaker_does_not_hammer_an_open_circuit() {
 
 #[tokio::test(start_paused = true)]
 async fn a_future_that_outlives_its_breaker_does_not_touch_the_next_one() {
-    // Breakers lend their success-path counters from a recycled pool; a call still in flight
-    // when its breaker is dropped must not count against a breaker made afterwards.
+    // A call still in flight when its layer and service are dropped must not count against a
+    // breaker made afterwards. (Breakers once lent their success-path counters from a
+    // recycled, process-lived pool; now each owns its counters and the call keeps them.)
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let rx = Arc::new(Mutex::new(Some(rx)));
     let inner = tower::service_fn(move |_: ()| {
@@ -611,7 +612,7 @@ async fn a_future_that_outlives_its_breaker_does_not_touch_the_next_one() {
     tokio::task::yield_now().await;
     drop(old);
     drop(layer);
-    // New breakers take the recycled memory (one of them gets the old breaker's cell).
+    // New breakers made while the old call is in flight.
     let handles: Vec<_> = (0..4)
         .map(|_| CircuitBreakerLayer::new(cfg, classify as Classifier).handle())
         .collect();

@@ -78,7 +78,7 @@ pub enum ErrorKind<E> {
 /// let e = CircuitOpen::new(Name::new("gemini_api"), Duration::from_secs(30));
 /// assert_eq!(e.to_string(), "circuit breaker is open for gemini_api (half-open in 30s)");
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CircuitOpen {
     /// The downstream service whose breaker is open.
     pub service: Name,
@@ -636,7 +636,7 @@ mod tests {
     fn circuit_open_is_visible_through_wrappers() {
         let open = CircuitOpen::new(Name::new("db"), Duration::from_secs(5));
         let err: Error<std::io::Error> = Error::new(ErrorKind::DeadlineExceeded(Some(Box::new(
-            ErrorKind::CircuitOpen(open),
+            ErrorKind::CircuitOpen(open.clone()),
         ))));
         assert_eq!(err.circuit_open(), Some(&open));
         assert!(err.inner().is_none());

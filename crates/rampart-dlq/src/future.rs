@@ -277,8 +277,8 @@ impl<St: DeadLetterStore + Clone> Sink<St> {
     fn of<X, C>(shared: &Shared<St, X, C>) -> Self {
         Sink {
             store: shared.store.clone(),
-            name: shared.name,
-            queue_name: shared.queue_name,
+            name: shared.name.clone(),
+            queue_name: shared.queue_name.clone(),
             observer: shared.observer.clone(),
             counters: shared.counters.clone(),
         }
@@ -297,7 +297,7 @@ impl<St: DeadLetterStore + Clone> Sink<St> {
                 if self.observer.is_some() {
                     if let Ok(stats) = self.store.stats().await {
                         self.emit(&DeadLetterEvent::Size {
-                            queue_name: self.queue_name,
+                            queue_name: self.queue_name.clone(),
                             size: stats.records,
                         });
                     }

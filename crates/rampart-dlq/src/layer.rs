@@ -43,7 +43,7 @@ pub(crate) struct Shared<St, X, C> {
 }
 
 /// What a dead-letter layer reports to its observer (for metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DeadLetterEvent {
     /// A call was dead-lettered for `reason` (`dead_letters_total{service,reason}`).
@@ -197,10 +197,12 @@ impl<St, X, C> Shared<St, X, C> {
         if let Some(i) = DeadLetterReason::ALL.iter().position(|x| *x == r) {
             self.counters.recorded[i].fetch_add(1, Ordering::Relaxed);
         }
-        self.emit(&DeadLetterEvent::Recorded {
-            service: self.name,
-            reason: r,
-        });
+        if self.observer.is_some() {
+            self.emit(&DeadLetterEvent::Recorded {
+                service: self.name.clone(),
+                reason: r,
+            });
+        }
     }
 
     pub(crate) fn emit(&self, e: &DeadLetterEvent) {

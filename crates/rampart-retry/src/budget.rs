@@ -24,15 +24,18 @@
 //! success path only *reads* the budget's balance: no cache line is written on every success,
 //! and clones on different threads do not contend. Only while the budget is below its cap
 //! (retries are eating into it) does each request add its fraction with one atomic add.
-//! The response future carries only the budget's numeric id. Withdrawals happen only on the failure path, where the future looks the
-//! budget up in a process-wide registry of live budgets. If every handle to the budget has
-//! been dropped while a call is in flight, that call's remaining retries are not budgeted.
+//!
+//! # Ownership
+//!
+//! The budget is one `Arc`, shared by its clones: the layer, every service the layer makes
+//! and every call in flight (through its service instance's shared settings) hold it, so a
+//! call's retries are budgeted even when every other handle is gone (as with `oneshot`), and
+//! the budget is freed with the last of them. Nothing is registered anywhere else.
 
 use rampart_core::ConfigError;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
+use std::sync::Arc;
 use tokio::time::Instant;
 
 /// Milli-tokens per token: balances are kept in integers.
@@ -71,7 +74,6 @@ pub struct RetryBudget {
 }
 
 struct BudgetInner {
-    id: u64,
     deposit_milli: i64,
     cap_milli: i64,
     min_per_sec: u32,
@@ -79,34 +81,6 @@ struct BudgetInner {
     last_refill_nanos: AtomicU64,
     balance: AtomicI64,
     ratio: f64,
-}
-
-/// The numeric handle a response future carries instead of an `Arc`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct BudgetRef(u64);
-
-type Registry = RwLock<HashMap<u64, Weak<BudgetInner>>>;
-
-fn registry() -> &'static Registry {
-    static REGISTRY: OnceLock<Registry> = OnceLock::new();
-    REGISTRY.get_or_init(|| RwLock::new(HashMap::new()))
-}
-
-impl BudgetRef {
-    /// The live budget behind this handle, if any handle to it is still alive.
-    pub(crate) fn get(self) -> Option<RetryBudget> {
-        let map = registry().read().unwrap_or_else(PoisonError::into_inner);
-        map.get(&self.0)
-            .and_then(Weak::upgrade)
-            .map(|inner| RetryBudget { inner })
-    }
-}
-
-impl Drop for BudgetInner {
-    fn drop(&mut self) {
-        let mut map = registry().write().unwrap_or_else(PoisonError::into_inner);
-        map.remove(&self.id);
-    }
 }
 
 impl Default for RetryBudget {
@@ -127,14 +101,11 @@ impl RetryBudget {
     }
 
     fn from_parts(ratio: f64, min_per_sec: u32, max_tokens: u32) -> Self {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let cap_milli = i64::from(max_tokens) * MILLI;
         // `ratio` is validated to [0, 1000], so this fits comfortably.
         #[allow(clippy::cast_possible_truncation)]
         let deposit_milli = (ratio * MILLI as f64).round() as i64;
         let inner = Arc::new(BudgetInner {
-            id,
             deposit_milli,
             cap_milli,
             min_per_sec,
@@ -143,15 +114,7 @@ impl RetryBudget {
             balance: AtomicI64::new((i64::from(min_per_sec) * MILLI).min(cap_milli)),
             ratio,
         });
-        registry()
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, Arc::downgrade(&inner));
         RetryBudget { inner }
-    }
-
-    pub(crate) fn handle(&self) -> BudgetRef {
-        BudgetRef(self.inner.id)
     }
 
     /// The share of requests that may be retries.
@@ -376,12 +339,23 @@ mod tests {
     }
 
     #[test]
-    fn registry_forgets_dropped_budgets() {
-        let b = RetryBudget::default();
-        let h = b.handle();
-        assert!(h.get().is_some());
-        drop(b);
-        assert!(h.get().is_none());
+    fn clones_share_one_budget_freed_with_the_last() {
+        let b = RetryBudget::builder()
+            .ratio(0.0)
+            .min_per_sec(0)
+            .max_tokens(5)
+            .build()
+            .unwrap_or_default();
+        let weak = Arc::downgrade(&b.inner);
+        let c = b.clone();
+        c.deposit(1);
+        b.deposit(0);
+        assert_eq!(b.balance(), c.balance());
+        drop((b, c));
+        assert!(
+            weak.upgrade().is_none(),
+            "nothing keeps a dropped budget alive"
+        );
     }
 
     #[test]

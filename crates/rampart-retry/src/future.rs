@@ -12,10 +12,12 @@ use rampart_core::{Classify, Error, ErrorKind, IntoError, NotReplayable, Outcome
 use tokio::time::{sleep_until, Instant, Sleep};
 use tower_service::Service;
 
-use crate::budget::BudgetRef;
+use std::sync::Arc;
+
+use crate::budget::RetryBudget;
 use crate::observe::{AttemptEvent, FinishEvent, GiveUp, RetryEvent, RetryObserver};
 use crate::replay::Replay;
-use crate::service::Config;
+use crate::service::{Config, Shared};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TimerRole {
@@ -44,8 +46,8 @@ pin_project! {
         classifier: C,
         replay: R,
         observer: O,
-        config: &'static Config,
-        budget: Option<BudgetRef>,
+        // The settings and the budget, kept alive by this call.
+        shared: Arc<Shared>,
         stream: u64,
         attempts: u32,
         cold: Option<Pin<Box<Cold>>>,
@@ -138,15 +140,14 @@ where
         classifier: C,
         replay: R,
         observer: O,
-        config: &'static Config,
+        shared: Arc<Shared>,
         timed: bool,
-        budget: Option<BudgetRef>,
         stream: u64,
     ) -> Self {
         let (request, cold) = match request {
             Some(Ok(request)) if !timed => (Some(request), None),
             None if !timed => (None, None),
-            other => Self::cold_start(other, config, timed),
+            other => Self::cold_start(other, &shared.config, timed),
         };
         ResponseFuture {
             state: State::Called { future },
@@ -155,8 +156,7 @@ where
             classifier,
             replay,
             observer,
-            config,
-            budget,
+            shared,
             stream,
             attempts: 1,
             cold,
@@ -269,18 +269,18 @@ where
                             // The attempt ran out of time: cancel it.
                             this.state.set(State::Done);
                             if cold.timer_role == TimerRole::AttemptTimeout {
-                                let after = this.config.attempt_timeout.unwrap_or_default();
+                                let after = this.shared.config.attempt_timeout.unwrap_or_default();
                                 Err(ErrorKind::Timeout(rampart_core::Timeout::new(after)))
                             } else {
                                 let attempts = *this.attempts;
                                 notify_finish(
                                     this.observer,
-                                    this.config,
+                                    &this.shared.config,
                                     attempts,
                                     Some(GiveUp::DeadlineExceeded),
                                 );
                                 tracing::debug!(
-                                    service = %this.config.name,
+                                    service = %this.shared.config.name,
                                     attempts,
                                     "deadline exceeded during an attempt; giving up"
                                 );
@@ -306,14 +306,14 @@ where
                     };
                     if attempts > 1 {
                         this.observer.on_attempt(&AttemptEvent {
-                            service: this.config.name,
+                            service: this.shared.config.name.clone(),
                             attempt: attempts,
                             outcome,
                         });
                     }
                     if outcome.is_success() {
                         if attempts > 1 {
-                            notify_finish(this.observer, this.config, attempts, None);
+                            notify_finish(this.observer, &this.shared.config, attempts, None);
                         }
                         return Poll::Ready(result.map_err(|kind| {
                             let elapsed =
@@ -330,8 +330,8 @@ where
                         Err(GiveUp::NotRetryable)
                     } else {
                         plan_retry(
-                            this.config,
-                            *this.budget,
+                            &this.shared.config,
+                            this.shared.budget.as_ref(),
                             *this.stream,
                             attempts,
                             cold.as_mut(),
@@ -344,13 +344,13 @@ where
                         Ok(r) => r,
                         Err(why) => {
                             tracing::debug!(
-                                service = %this.config.name,
+                                service = %this.shared.config.name,
                                 attempts,
                                 outcome = %outcome,
                                 reason = why.as_str(),
                                 "giving up"
                             );
-                            notify_finish(this.observer, this.config, attempts, Some(why));
+                            notify_finish(this.observer, &this.shared.config, attempts, Some(why));
                             let elapsed = cold.elapsed();
                             let reason = cold.as_mut().project().not_replayable.take();
                             return Poll::Ready(give_up(result, why, attempts, elapsed, reason));
@@ -358,7 +358,7 @@ where
                     };
 
                     tracing::debug!(
-                        service = %this.config.name,
+                        service = %this.shared.config.name,
                         attempt = attempts,
                         outcome = %outcome,
                         delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
@@ -366,7 +366,7 @@ where
                         "attempt failed; retrying"
                     );
                     this.observer.on_retry(&RetryEvent {
-                        service: this.config.name,
+                        service: this.shared.config.name.clone(),
                         attempt: attempts,
                         outcome,
                         delay,
@@ -400,7 +400,7 @@ where
                         // plan_retry() schedules a retry only with a request in hand.
                         unreachable!("retry scheduled without a replayable request");
                     };
-                    if *this.attempts < this.config.backoff.max_retries() {
+                    if *this.attempts < this.shared.config.backoff.max_retries() {
                         match this.replay.replay(&request) {
                             Ok(copy) => *this.request = Some(copy),
                             Err(reason) => {
@@ -413,10 +413,11 @@ where
                     let future = this.service.call(request);
                     *this.attempts += 1;
                     let cold = this.cold.get_or_insert_with(Cold::new);
-                    cold.as_mut().arm_attempt_timer(this.config, Instant::now());
+                    cold.as_mut()
+                        .arm_attempt_timer(&this.shared.config, Instant::now());
                     *cold.as_mut().project().span = Some(tracing::debug_span!(
                         "retry_attempt",
-                        service = %this.config.name,
+                        service = %this.shared.config.name,
                         attempt = *this.attempts,
                     ));
                     this.state.set(State::Called { future });
@@ -437,7 +438,7 @@ fn notify_finish<O: RetryObserver>(
     gave_up: Option<GiveUp>,
 ) {
     observer.on_finish(&FinishEvent {
-        service: config.name,
+        service: config.name.clone(),
         attempts,
         gave_up,
     });
@@ -447,7 +448,7 @@ fn notify_finish<O: RetryObserver>(
 #[allow(clippy::too_many_arguments)]
 fn plan_retry(
     config: &Config,
-    budget: Option<BudgetRef>,
+    budget: Option<&RetryBudget>,
     stream: u64,
     attempts: u32,
     cold: Pin<&mut Cold>,
@@ -498,7 +499,7 @@ fn plan_retry(
             return Err(GiveUp::DeadlineExceeded);
         }
     }
-    if let Some(budget) = budget.and_then(BudgetRef::get) {
+    if let Some(budget) = budget {
         if !budget.try_withdraw() {
             return Err(GiveUp::BudgetExhausted);
         }
@@ -543,7 +544,7 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("service", &self.config.name)
+            .field("service", &self.shared.config.name)
             .field("attempts", &self.attempts)
             .finish_non_exhaustive()
     }

@@ -7,7 +7,7 @@ use tower_layer::Layer;
 
 use crate::budget::RetryBudget;
 use crate::replay::CloneReplay;
-use crate::service::{Config, Retry};
+use crate::service::{Config, Retry, Shared};
 
 /// Retries failed calls of the wrapped service: only what the classifier calls transient or
 /// throttled, with exponential backoff and jitter, a shared retry budget, server hints
@@ -20,6 +20,10 @@ use crate::service::{Config, Retry};
 /// The layer owns the [`RetryBudget`]: every service it makes with [`Layer::layer`], and
 /// every clone of those services, draws on that one budget. Cloning the layer shares it too;
 /// give a layer its own budget with [`budget`](RetryLayer::budget).
+///
+/// Everything the layer holds is owned: [`Layer::layer`] copies the settings into one small
+/// allocation per service made (shared by that service's clones and its calls in flight),
+/// and all of it is freed when the last layer, service and call using it is dropped.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RetryLayer<C, R = CloneReplay, O = ()> {
@@ -163,8 +167,10 @@ where
             self.classifier.clone(),
             self.replay.clone(),
             self.observer.clone(),
-            self.config.intern(),
-            self.budget.clone(),
+            Arc::new(Shared {
+                config: self.config.clone(),
+                budget: self.budget.clone(),
+            }),
             self.clones.clone(),
         )
     }

@@ -61,10 +61,17 @@
 //!
 //! # Clone
 //!
-//! [`Retry`] is `Clone` when the inner service is. Clones share the [`RetryBudget`]; a healthy
-//! service's success path only reads it, so no memory shared between clones is written on the
-//! success path. A response future owns a clone of the inner service, which it polls
-//! for readiness again before every retry.
+//! [`Retry`] is `Clone` when the inner service is. Clones share the [`RetryBudget`] and the
+//! settings, and cloning does not allocate. The layer owns everything it holds: each service
+//! it makes gets one small allocation with the settings and the budget, shared by the
+//! service's clones; each call in flight holds a reference to it, so a call stays budgeted
+//! even after its service is dropped (as with `oneshot`), and everything is freed with the
+//! last service and call using it. Nothing is interned or registered process-wide.
+//!
+//! A healthy service's success path only reads the budget (a full budget takes no deposits);
+//! the one shared write per call is that reference count, in memory shared only by one
+//! service instance and its clones. A response future owns a clone of the inner service, which it
+//! polls for readiness again before every retry.
 //!
 //! # Cancel safety
 //!

@@ -40,7 +40,7 @@ impl GiveUp {
 }
 
 /// A retry was scheduled.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct RetryEvent {
     /// The downstream service.
@@ -57,7 +57,7 @@ pub struct RetryEvent {
 }
 
 /// A retry attempt (attempt 2 or later) finished.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct AttemptEvent {
     /// The downstream service.
@@ -69,7 +69,7 @@ pub struct AttemptEvent {
 }
 
 /// A logical call that was retried, or that failed, has finished.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct FinishEvent {
     /// The downstream service.

@@ -1,25 +1,20 @@
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::sync::{Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rampart_core::{Backoff, Classify, Error, IntoError, Jitter, Name};
+use rampart_core::{Backoff, Classify, Error, IntoError, Name};
 use tower_service::Service;
 
-use crate::budget::{BudgetRef, RetryBudget};
+use crate::budget::RetryBudget;
 use crate::future::ResponseFuture;
 use crate::layer::RetryLayer;
 use crate::observe::RetryObserver;
 use crate::replay::{CloneReplay, Replay};
 
-/// A layer's settings. Services and response futures refer to them as an interned
-/// `&'static Config`, so that the success path copies one pointer instead of the settings
-/// and touches no reference count.
-#[derive(Debug, Clone, Copy)]
+/// A layer's settings.
+#[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) name: Name,
     pub(crate) backoff: Backoff,
@@ -27,54 +22,15 @@ pub(crate) struct Config {
     pub(crate) attempt_timeout: Option<Duration>,
 }
 
-impl Config {
-    /// Everything that makes two configurations differ, as hashable bits.
-    fn key(&self) -> impl Hash + Eq {
-        let b = &self.backoff;
-        let jitter = match b.jitter() {
-            Jitter::None => (0u8, 0u64),
-            Jitter::Proportional(p) => (1, p.to_bits()),
-            Jitter::Full => (2, 0),
-            Jitter::Equal => (3, 0),
-            Jitter::Decorrelated => (4, 0),
-            _ => (5, 0),
-        };
-        (
-            self.name,
-            (
-                b.max_retries(),
-                b.base_delay(),
-                b.max_delay(),
-                b.factor().to_bits(),
-                jitter,
-                b.seed(),
-            ),
-            self.deadline,
-            self.attempt_timeout,
-        )
-    }
-
-    /// The process-wide copy of these settings: one per distinct value, kept for the life of
-    /// the process (like service [`Name`]s), so configurations are meant to be few.
-    pub(crate) fn intern(self) -> &'static Config {
-        type Interned = Mutex<HashMap<u64, Vec<&'static Config>>>;
-        static CONFIGS: OnceLock<Interned> = OnceLock::new();
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.key().hash(&mut hasher);
-        let hash = hasher.finish();
-        let mut map = CONFIGS
-            .get_or_init(|| Mutex::new(HashMap::new()))
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let bucket = map.entry(hash).or_default();
-        let key = self.key();
-        if let Some(found) = bucket.iter().find(|c| c.key() == key) {
-            return found;
-        }
-        let leaked: &'static Config = Box::leak(Box::new(self));
-        bucket.push(leaked);
-        leaked
-    }
+/// What one service instance's calls share: the settings and the budget. The layer makes one
+/// per service; the service's clones share it, and every response future holds a clone of
+/// the `Arc`, so the settings and the budget live exactly as long as a service or a call in
+/// flight uses them (a `oneshot` call is budgeted to the end). The reference count a call
+/// touches lives in memory only this service instance's calls write.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) budget: Option<RetryBudget>,
 }
 
 /// Retries failed calls of the inner service. Made by [`RetryLayer`]; see the
@@ -82,19 +38,21 @@ impl Config {
 ///
 /// # Clone
 ///
-/// Clones share the retry budget. A healthy service's success path only reads the budget (a
-/// full budget takes no deposits), so clones on different threads do not contend.
+/// Clones share the retry budget and the settings (cloning does not allocate). A healthy
+/// service's success path only reads the budget (a full budget takes no deposits); each call
+/// takes one reference count on the settings this service instance shares with its clones.
 pub struct Retry<S, C, R = CloneReplay, O = ()> {
     inner: S,
     classifier: C,
     replay: R,
     observer: O,
-    config: &'static Config,
+    shared: Arc<Shared>,
+    /// `shared.budget`, held directly so that a deposit is one pointer away.
+    budget: Option<RetryBudget>,
     /// `config.backoff.max_retries() > 0`, cached off the hot path's pointer chase.
     retries: bool,
     /// A deadline or an attempt timeout is set, cached likewise.
     timed: bool,
-    deposits: Deposits,
     streams: Streams,
 }
 
@@ -125,27 +83,6 @@ impl Streams {
     }
 }
 
-/// The budget a service deposits into, with its handle precomputed so that `call` need not
-/// look inside the `Arc`.
-struct Deposits {
-    budget: Option<RetryBudget>,
-    handle: Option<BudgetRef>,
-}
-
-impl Deposits {
-    fn new(budget: Option<RetryBudget>) -> Self {
-        let handle = budget.as_ref().map(RetryBudget::handle);
-        Deposits { budget, handle }
-    }
-
-    #[inline]
-    fn record(&self) {
-        if let Some(budget) = &self.budget {
-            budget.deposit_one();
-        }
-    }
-}
-
 impl<S, C> Retry<S, C> {
     /// Wraps `inner` with [`RetryLayer::new(classifier)`](RetryLayer::new)'s defaults.
     pub fn new(inner: S, classifier: C) -> Self
@@ -162,31 +99,31 @@ impl<S, C, R, O> Retry<S, C, R, O> {
         classifier: C,
         replay: R,
         observer: O,
-        config: &'static Config,
-        budget: Option<RetryBudget>,
+        shared: Arc<Shared>,
         clones: Arc<AtomicU32>,
     ) -> Self {
+        let config = &shared.config;
         Retry {
             inner,
             classifier,
             replay,
             observer,
-            config,
             retries: config.backoff.max_retries() > 0,
             timed: config.deadline.is_some() || config.attempt_timeout.is_some(),
-            deposits: Deposits::new(budget),
+            budget: shared.budget.clone(),
+            shared,
             streams: Streams::new(clones),
         }
     }
 
     /// The downstream service's name.
-    pub fn name(&self) -> Name {
-        self.config.name
+    pub fn name(&self) -> &Name {
+        &self.shared.config.name
     }
 
     /// The budget this service draws on, if any.
     pub fn budget(&self) -> Option<&RetryBudget> {
-        self.deposits.budget.as_ref()
+        self.budget.as_ref()
     }
 
     rampart_core::inner_service_accessors!(S);
@@ -199,10 +136,10 @@ impl<S: Clone, C: Clone, R: Clone, O: Clone> Clone for Retry<S, C, R, O> {
             classifier: self.classifier.clone(),
             replay: self.replay.clone(),
             observer: self.observer.clone(),
-            config: self.config,
+            shared: self.shared.clone(),
+            budget: self.budget.clone(),
             retries: self.retries,
             timed: self.timed,
-            deposits: Deposits::new(self.deposits.budget.clone()),
             streams: Streams::new(self.streams.clones.clone()),
         }
     }
@@ -212,11 +149,11 @@ impl<S: fmt::Debug, C, R, O> fmt::Debug for Retry<S, C, R, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Retry")
             .field("inner", &self.inner)
-            .field("name", &self.config.name)
-            .field("backoff", &self.config.backoff)
-            .field("deadline", &self.config.deadline)
-            .field("attempt_timeout", &self.config.attempt_timeout)
-            .field("budget", &self.deposits.budget)
+            .field("name", &self.shared.config.name)
+            .field("backoff", &self.shared.config.backoff)
+            .field("deadline", &self.shared.config.deadline)
+            .field("attempt_timeout", &self.shared.config.attempt_timeout)
+            .field("budget", &self.budget)
             .finish()
     }
 }
@@ -240,7 +177,9 @@ where
 
     #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
-        self.deposits.record();
+        if let Some(budget) = &self.budget {
+            budget.deposit_one();
+        }
         let copy = self.retries.then(|| self.replay.replay(&req));
         let future = self.inner.call(req);
         ResponseFuture::new(
@@ -250,9 +189,8 @@ where
             self.classifier.clone(),
             self.replay.clone(),
             self.observer.clone(),
-            self.config,
+            self.shared.clone(),
             self.timed,
-            self.deposits.handle,
             self.streams.next(),
         )
     }

@@ -569,23 +569,47 @@ fn the_response_future_stays_small() {
     );
 }
 
+/// Regression: a response future used to find its budget through a process-wide registry
+/// of live budgets, so a call whose service (the budget's last handle) was dropped while it
+/// ran — plain `oneshot` on a temporary stack — retried unbudgeted. The future now holds the
+/// budget, which governs the call to its end.
 #[tokio::test(start_paused = true)]
-async fn in_flight_calls_of_a_dropped_budget_retry_unbudgeted() {
-    // The documented edge: a response future finds its budget through a registry of live
-    // budgets. `oneshot` drops the service (the last handle) as soon as it has called it, so
-    // the call's retries are no longer budgeted, but they still happen.
-    let budget = RetryBudget::builder()
-        .ratio(0.0)
-        .min_per_sec(0)
-        .max_tokens(1)
-        .build()
-        .expect("valid");
+async fn in_flight_calls_of_a_dropped_service_stay_budgeted() {
+    let budget = || {
+        RetryBudget::builder()
+            .ratio(0.0)
+            .min_per_sec(0)
+            .max_tokens(1)
+            .build()
+            .expect("valid")
+    };
+    // An empty budget, owned by nothing but the temporary stack: the retry is refused.
     let svc = Scripted::new([Step::Io(io::ErrorKind::ConnectionReset), Step::Status(200)]);
     let retry = layer()
         .backoff(exact(3, 10))
-        .budget(budget)
+        .budget(budget())
         .layer_ok(svc.clone());
-    let resp = retry.oneshot("x").await.expect("retried");
-    assert_eq!(resp.status, 200);
-    assert_eq!(svc.calls(), 2);
+    let err = retry
+        .oneshot("x")
+        .await
+        .expect_err("the budget refuses the retry");
+    assert!(err.is_budget_exhausted(), "{err:?}");
+    assert_eq!(svc.calls(), 1, "no unbudgeted retry");
+
+    // The same, with the service and every other handle on the budget dropped before the
+    // call is first polled: the future alone keeps the budget, and the budget still says no.
+    let b = budget();
+    let svc = Scripted::new([Step::Io(io::ErrorKind::ConnectionReset), Step::Status(200)]);
+    let mut retry = layer()
+        .backoff(exact(3, 10))
+        .budget(b.clone())
+        .layer_ok(svc.clone());
+    let call = ServiceExt::<&str>::ready(&mut retry)
+        .await
+        .expect("ready")
+        .call("y");
+    drop((retry, b));
+    let err = call.await.expect_err("still budgeted");
+    assert!(err.is_budget_exhausted(), "{err:?}");
+    assert_eq!(svc.calls(), 1);
 }

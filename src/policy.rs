@@ -1,5 +1,5 @@
 //! One policy per downstream service: retry, circuit breaker, per-attempt timeout, overall
-//! deadline and dead-lettering, built into one layer in the order of ARCHITECTURE.md.
+//! deadline and dead-lettering, built into one layer in the order of the repository's docs/architecture.md.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -31,7 +31,7 @@
 //!
 //! # What is recorded
 //!
-//! The layer sits outermost (ARCHITECTURE.md's stack) and sees each call's final outcome
+//! The layer sits outermost (the stack of the repository's docs/architecture.md) and sees each call's final outcome
 //! once. It records, by default:
 //!
 //! | final outcome | reason |

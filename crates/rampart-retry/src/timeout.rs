@@ -1,6 +1,6 @@
 //! A per-attempt timeout that returns rampart's typed [`Timeout`](rampart_core::Timeout).
 //!
-//! In the stack of ARCHITECTURE.md it sits innermost, under the circuit breaker, so that a
+//! In the stack of the repository's docs/architecture.md it sits innermost, under the circuit breaker, so that a
 //! timed-out attempt counts against the dependency's health.
 
 use std::fmt;

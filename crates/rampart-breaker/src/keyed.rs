@@ -17,9 +17,11 @@
 //!   map full of open breakers would cost `O(max_keys)` per new key again, and they let the
 //!   map grow past its bound instead of saying so. The map's default hasher (SipHash with a
 //!   random key) keeps attacker-chosen keys from colliding on purpose.
+//! - **A key's first call does no work beyond a filter slot** (see below): no lock, no
+//!   breaker, no eviction.
 //! - **New keys do `O(1)` work under a short lock.** Eviction is a CLOCK (second-chance)
-//!   ring of keys behind a mutex that only a call with a key not yet held takes. Each new
-//!   key past [`max_keys`](KeyedCircuitBreakerLayer::max_keys) looks at no more than
+//!   ring of keys behind a mutex that only a call with a key not yet held, but seen before,
+//!   takes. Each new key past [`max_keys`](KeyedCircuitBreakerLayer::max_keys) looks at no more than
 //!   [`EVICTION_STEPS`] keys of the ring plus two parked keys; there is no scan of the map.
 //! - **Open, half-open and forced breakers are never evicted,** nor breakers with a call in
 //!   flight. Evicting one would forget that its key is down (or lose the outcome of the call
@@ -88,9 +90,10 @@
 //!
 //! Every call sets its key's *used* mark. At the bound, the hand evicts the first closed
 //! breaker whose key has not been used since the hand last passed it, clearing the marks of
-//! the used ones it passes (their second chance). So keys seen once — a client cycling
-//! through fresh keys — go before keys in steady use: an approximation of
-//! least-recently-used that needs no clock on the call path. If the hand has cleared
+//! the used ones it passes (their second chance). So keys not used again after getting their
+//! breaker — a client cycling through keys it sends twice — go before keys in steady use: an
+//! approximation of least-recently-used that needs no clock on the call path. (A key seen
+//! only once never gets this far: it has no breaker.) If the hand has cleared
 //! `EVICTION_STEPS / 2` marks and found nothing, it evicts the next closed breaker anyway,
 //! which keeps the work per new key bounded.
 //!
@@ -477,7 +480,7 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
 ///   registry with open breakers; alert on `overflowed`, or raise `max_keys`.
 /// - Eviction order: keys unused for [`idle_ttl`](Self::idle_ttl) first, then keys not used
 ///   since the eviction hand last passed them (a CLOCK approximation of least recently used:
-///   keys seen once go before keys in steady use).
+///   keys not used since they got their breaker go before keys in steady use).
 /// - A breaker's key label is the key's `Display`, cut to [`MAX_LABEL_BYTES`].
 ///
 /// # Example

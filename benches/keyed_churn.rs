@@ -10,8 +10,12 @@
 //! - `hot_key`: every call has the same held key.
 //! - `known_keys`: calls cycle through all N held keys (at 1M, most lookups miss the CPU
 //!   caches).
-//! - `fresh_keys`: every call has a new key, so every call evicts one key and makes one
-//!   breaker.
+//! - `fresh_keys`: every call has a key never seen before. Such a call makes no breaker
+//!   (a key gets its own breaker on its second call): it writes the key's fingerprint into
+//!   the registry's first-call filter and is admitted by the overflow breaker's state.
+//! - `fresh_key_twice`: one iteration = two calls with the same new key, the first (as in
+//!   `fresh_keys`) and the second, which makes the key's breaker and evicts another: what a
+//!   client that repeats each made-up key once costs, per pair of calls.
 //! - `hot_key_while_churning` (group `keyed_contended_N`): `hot_key` on one thread while a
 //!   second thread makes `fresh_keys` calls on a clone of the same service as fast as it
 //!   can: what a fresh-key client costs everybody else.
@@ -40,7 +44,8 @@ fn key_of(x: &u64) -> u64 {
     *x
 }
 
-/// A keyed breaker holding keys `0..n`, at its bound of `n` keys.
+/// A keyed breaker holding keys `0..n`, at its bound of `n` keys (each key called twice: a
+/// key gets its own breaker on its second call).
 fn filled(n: u64) -> Keyed {
     let layer = KeyedCircuitBreakerLayer::new(
         CircuitBreakerConfig::default(),
@@ -51,6 +56,7 @@ fn filled(n: u64) -> Keyed {
     let bare: Bare = service_fn(|x: u64| ready(Ok(x)));
     let mut svc = layer.layer(bare);
     for k in 0..n {
+        one_call_ready(&mut svc, k);
         one_call_ready(&mut svc, k);
     }
     svc
@@ -82,6 +88,16 @@ fn churn(c: &mut Criterion) {
             b.iter(|| {
                 next += 1;
                 one_call_ready(svc, black_box(next))
+            })
+        });
+        // Keys from 2^42 up, each called twice.
+        let mut next2 = 1u64 << 42;
+        g.bench_function("fresh_key_twice", |b| {
+            let svc = svc.get_or_insert_with(|| filled(n));
+            b.iter(|| {
+                next2 += 1;
+                one_call_ready(svc, black_box(next2));
+                one_call_ready(svc, black_box(next2))
             })
         });
         g.finish();

@@ -124,6 +124,23 @@ impl Breaker {
         }
     }
 
+    /// Whether a call that will record no outcome may go through, without taking a probe
+    /// slot nor moving the state: refused only while the breaker is open (before its recovery
+    /// timeout) or forced open. Used for a keyed breaker's first call of a key (see the
+    /// `keyed` module).
+    pub(crate) fn peek(&self) -> Result<(), CircuitOpen> {
+        let (state, until) = self.control.state();
+        let retry_in = match state {
+            State::Open if self.now_ms() < until => self.retry_in(until),
+            State::ForcedOpen => Duration::MAX,
+            _ => return Ok(()),
+        };
+        if let Some(calls) = &self.events.calls {
+            calls(&self.name, self.key.as_deref(), CallOutcome::Rejected);
+        }
+        Err(CircuitOpen::new(self.name.clone(), retry_in))
+    }
+
     /// Records the outcome of an admitted call. `elapsed` is known only when
     /// [`needs_clock`](Self::needs_clock) said so; `stripe` is the recording service
     /// instance's count-window stripe.

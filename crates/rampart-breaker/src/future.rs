@@ -81,6 +81,17 @@ impl<F, C> ResponseFuture<F, C> {
         }
     }
 
+    /// A call let through with no breaker to record its outcome in.
+    #[inline]
+    pub(crate) fn unguarded(future: F, classifier: C) -> Self {
+        ResponseFuture {
+            kind: Kind::Called { future },
+            guard: None,
+            classifier,
+            started: None,
+        }
+    }
+
     pub(crate) fn rejected(open: CircuitOpen, classifier: C) -> Self {
         ResponseFuture {
             kind: Kind::Rejected { open: Some(open) },

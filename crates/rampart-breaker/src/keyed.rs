@@ -17,9 +17,11 @@
 //!   map full of open breakers would cost `O(max_keys)` per new key again, and they let the
 //!   map grow past its bound instead of saying so. The map's default hasher (SipHash with a
 //!   random key) keeps attacker-chosen keys from colliding on purpose.
+//! - **A key's first call does no work beyond a filter slot** (see below): no lock, no
+//!   breaker, no eviction.
 //! - **New keys do `O(1)` work under a short lock.** Eviction is a CLOCK (second-chance)
-//!   ring of keys behind a mutex that only a call with a key not yet held takes. Each new
-//!   key past [`max_keys`](KeyedCircuitBreakerLayer::max_keys) looks at no more than
+//!   ring of keys behind a mutex that only a call with a key not yet held, but seen before,
+//!   takes. Each new key past [`max_keys`](KeyedCircuitBreakerLayer::max_keys) looks at no more than
 //!   [`EVICTION_STEPS`] keys of the ring plus two parked keys; there is no scan of the map.
 //! - **Open, half-open and forced breakers are never evicted,** nor breakers with a call in
 //!   flight. Evicting one would forget that its key is down (or lose the outcome of the call
@@ -36,13 +38,62 @@
 //!   `max_keys`. A client that can make `max_keys` keys fail can fill the registry with open
 //!   breakers; while they stay open every new key shares the overflow breaker.
 //!
+//! # A key's first call gets no breaker of its own
+//!
+//! Most fresh keys a client makes up are never seen again, and building a breaker for each
+//! (an allocation, a label, a map insertion and an eviction) is what made a fresh-key call
+//! cost tens of times a known key's. So a key is given its own breaker only on its
+//! **second** call (the "doorkeeper" of TinyLFU):
+//!
+//! - The registry keeps a fixed-size, lock-free filter of key fingerprints (a boxed slice
+//!   of `AtomicU64`, two slots per `max_keys` rounded up to a power of two, at least 64 and
+//!   at most [`MAX_FILTER_SLOTS`], allocated once with the registry). A fingerprint is a
+//!   64-bit SipHash of the key under a random key drawn per registry, so a client cannot
+//!   aim two keys at one slot. Each slot holds the last fingerprint that landed in it.
+//! - A call whose key is not held and whose fingerprint is not in the filter writes the
+//!   fingerprint and goes through **without a breaker of its own**: it is admitted by the
+//!   shared overflow breaker's state — refused like an overflow call while that breaker is
+//!   open (before its recovery timeout) or forced open, let through otherwise (closed,
+//!   disabled, half-open, or open past its timeout) — and **its outcome is recorded
+//!   nowhere**: it takes no probe slot and moves no state. [`KeyedHandle::first_calls`]
+//!   counts these calls.
+//! - A call whose key is not held but whose fingerprint is found is admitted into the map
+//!   as described below (its own breaker, or the overflow breaker when nothing can go).
+//!
+//! What this means:
+//!
+//! - A fresh-key flood creates no breaker, evicts nothing and takes no lock: each call is
+//!   two hashes, one filter slot read and written, and a read of the overflow breaker's
+//!   state. Since its outcomes are recorded nowhere, it cannot open any breaker, the overflow
+//!   breaker included, so it cannot turn away traffic of legitimate keys.
+//! - A key's first failure does not count towards its own breaker: with
+//!   `consecutive_failures(n)`, a key that fails on every call is refused after `n + 1` calls,
+//!   not `n`. One unprotected call per key is the price; a key that is down is protected from
+//!   its second call on.
+//! - Why the overflow breaker's state rather than letting first calls through
+//!   unconditionally: when the registry is full of pinned breakers and keys that overflow
+//!   keep failing, the overflow breaker opens, and a client that never repeats a key would
+//!   otherwise bypass it entirely. The cost: while the overflow breaker is open, the first
+//!   call of every new key is refused, as its second would be. Only overflow calls (second
+//!   and later calls of keys that found no room) can open the overflow breaker, so a client
+//!   that wants to do this must first fill the registry with open breakers, as before.
+//! - The filter is lossy. A fingerprint is overwritten by another key landing in the same
+//!   slot, and then the key's next call is a first call again (recorded nowhere): a flood of
+//!   `F` fresh keys between two calls of a legitimate new key overwrites its sighting with
+//!   probability about `1 - e^(-F / slots)`, which delays (never prevents: the flood must
+//!   keep pace with every call) its getting a breaker of its own. A false positive (two keys
+//!   with the same 64-bit fingerprint, or a key whose sighting predates its eviction from the
+//!   map) only admits a key on its first call, as every call was before this filter: no
+//!   breaker is ever lost or replaced by it. Keys held in the map never consult the filter.
+//!
 //! # Which key goes first
 //!
 //! Every call sets its key's *used* mark. At the bound, the hand evicts the first closed
 //! breaker whose key has not been used since the hand last passed it, clearing the marks of
-//! the used ones it passes (their second chance). So keys seen once — a client cycling
-//! through fresh keys — go before keys in steady use: an approximation of
-//! least-recently-used that needs no clock on the call path. If the hand has cleared
+//! the used ones it passes (their second chance). So keys not used again after getting their
+//! breaker — a client cycling through keys it sends twice — go before keys in steady use: an
+//! approximation of least-recently-used that needs no clock on the call path. (A key seen
+//! only once never gets this far: it has no breaker.) If the hand has cleared
 //! `EVICTION_STEPS / 2` marks and found nothing, it evicts the next closed breaker anyway,
 //! which keeps the work per new key bounded.
 //!
@@ -54,9 +105,10 @@
 //! A breaker's key label (in transitions, snapshots and call observers) is the key's
 //! `Display`, cut to [`MAX_LABEL_BYTES`].
 
+use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -81,6 +133,8 @@ pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(600);
 pub const OVERFLOW_KEY: &str = "(overflow)";
 /// The most ring keys one new key makes the eviction hand look at (parked keys aside).
 pub const EVICTION_STEPS: usize = 64;
+/// The most slots (8 bytes each) of the first-call filter: 32 MiB.
+pub const MAX_FILTER_SLOTS: usize = 1 << 22;
 
 /// How many parked keys each eviction looks at again.
 const PARKED_RECHECKS: usize = 2;
@@ -148,6 +202,61 @@ impl fmt::Write for Bounded<'_> {
     }
 }
 
+/// The doorkeeper: the fingerprints of keys seen recently, one per slot, 0 for none.
+struct Filter {
+    slots: Box<[AtomicU64]>,
+    mask: usize,
+    hasher: RandomState,
+}
+
+impl Filter {
+    fn new(max_keys: usize) -> Self {
+        let n = max_keys
+            .saturating_mul(2)
+            .clamp(64, MAX_FILTER_SLOTS)
+            .next_power_of_two();
+        Filter {
+            slots: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            mask: n - 1,
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// The key's slot and fingerprint (never 0).
+    #[inline]
+    fn locate<K: Hash>(&self, key: &K) -> (&AtomicU64, u64) {
+        let hash = self.hasher.hash_one(key);
+        // The slot from the high half, so that a fingerprint that differs only in bit 0 (set
+        // below) still had to land in the same slot by a 64-bit match.
+        let i = usize::try_from(hash >> 32).unwrap_or_default() & self.mask;
+        let slot = self
+            .slots
+            .get(i)
+            .unwrap_or_else(|| unreachable!("masked index"));
+        (slot, hash | 1)
+    }
+
+    /// `true` if `key` was seen before (its fingerprint is in its slot); otherwise records
+    /// it, overwriting whatever its slot held.
+    #[inline]
+    fn seen<K: Hash>(&self, key: &K) -> bool {
+        let (slot, fp) = self.locate(key);
+        if slot.load(Ordering::Relaxed) == fp {
+            return true;
+        }
+        slot.store(fp, Ordering::Relaxed);
+        false
+    }
+}
+
+/// Which breaker a call goes through.
+enum Route<'a> {
+    /// The key's own breaker, or the overflow breaker: admission and outcome both counted.
+    Breaker(&'a Arc<Local>),
+    /// A key's first call: admitted by the overflow breaker's state, outcome recorded nowhere.
+    First(&'a Arc<Local>),
+}
+
 /// What every service and clone made by one layer shares.
 struct Settings {
     name: Name,
@@ -164,6 +273,9 @@ struct Registry<K> {
     clock: Mutex<Clock<K>>,
     overflow: Arc<Local>,
     overflowed: AtomicU64,
+    /// Keys whose first call has been seen.
+    filter: Filter,
+    first_calls: AtomicU64,
     epoch: Instant,
 }
 
@@ -175,6 +287,7 @@ impl<K> Registry<K> {
             settings.cfg,
             settings.events.clone(),
         );
+        let filter = Filter::new(settings.max_keys);
         Registry {
             settings,
             map: papaya::HashMap::new(),
@@ -185,6 +298,8 @@ impl<K> Registry<K> {
             }),
             overflow: Arc::new(Local::new(overflow)),
             overflowed: AtomicU64::new(0),
+            filter,
+            first_calls: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -195,37 +310,42 @@ impl<K> Registry<K> {
 }
 
 impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
-    /// Runs `f` on the breaker for `key`: the held one (no lock), else a new one, else the
-    /// overflow breaker.
+    /// Runs `f` on the route for `key`: the held breaker (no lock); else, for a key not seen
+    /// before, a first call (no lock, no breaker made); else a new breaker, else the overflow
+    /// breaker.
     #[inline]
-    fn with<R>(&self, key: &K, f: impl FnOnce(&Arc<Local>) -> R) -> R {
+    fn with<R>(&self, key: &K, f: impl FnOnce(Route<'_>) -> R) -> R {
         let guard = self.map.guard();
         if let Some(slot) = self.map.get(key, &guard) {
             // Read first: a key in steady use does not write the shared line on every call.
             if !slot.used.load(Ordering::Relaxed) {
                 slot.used.store(true, Ordering::Relaxed);
             }
-            return f(&slot.local);
+            return f(Route::Breaker(&slot.local));
         }
         drop(guard);
+        if !self.filter.seen(key) {
+            self.first_calls.fetch_add(1, Ordering::Relaxed);
+            return f(Route::First(&self.overflow));
+        }
         self.with_new(key, f)
     }
 
     #[inline(never)]
-    fn with_new<R>(&self, key: &K, f: impl FnOnce(&Arc<Local>) -> R) -> R {
+    fn with_new<R>(&self, key: &K, f: impl FnOnce(Route<'_>) -> R) -> R {
         let guard = self.map.guard();
         let mut clock = self.clock.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(slot) = self.map.get(key, &guard) {
             // Another caller added it meanwhile.
             drop(clock);
-            return f(&slot.local);
+            return f(Route::Breaker(&slot.local));
         }
         let now = self.now_ms();
         self.drop_idle(&mut clock, &guard, now);
         if clock.len() >= self.settings.max_keys && !self.evict_one(&mut clock, &guard, now) {
             drop(clock);
             self.overflowed.fetch_add(1, Ordering::Relaxed);
-            return f(&self.overflow);
+            return f(Route::Breaker(&self.overflow));
         }
         // The caller's code (`Clone`, `Display`) runs before anything is changed, so a panic
         // in it leaves the map and the ring in step.
@@ -256,7 +376,7 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
         self.map.insert(k_map, slot, &guard);
         clock.ring.push_back(k_ring);
         drop(clock);
-        f(&local)
+        f(Route::Breaker(&local))
     }
 
     /// Evicts one closed breaker, looking at a bounded number of keys. `false` if none
@@ -337,6 +457,17 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
 ///
 /// A client may send a new key on every call; the registry is built for it:
 ///
+/// - **A key's first call gets no breaker of its own.** A key neither held nor seen before
+///   only has its fingerprint written into a fixed-size filter (per-registry random SipHash,
+///   two slots per `max_keys`, at most [`MAX_FILTER_SLOTS`]); the call is admitted by the
+///   shared [overflow breaker](KeyedHandle::overflow)'s state (refused while it is open or
+///   forced open, let through otherwise) and **its outcome is recorded nowhere**, so a flood
+///   of fresh keys makes no breaker, evicts nothing, takes no lock and can open nothing.
+///   The key's second call gives it its own breaker. So a key's first failure does not count
+///   towards its breaker (with `consecutive_failures(n)` a key failing every call is refused
+///   from call `n + 2` on). First calls are counted by [`KeyedHandle::first_calls`]. The
+///   filter is lossy: a flood can overwrite a key's sighting, which delays its getting a
+///   breaker; a false positive only gives a key its breaker on its first call.
 /// - A call with a key already held takes no lock (a lock-free `papaya` map). A call with a
 ///   new key takes a short lock and does a bounded amount of work to make room: it looks at
 ///   no more than two parked keys and [`EVICTION_STEPS`] others, never at every key.
@@ -349,7 +480,7 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
 ///   registry with open breakers; alert on `overflowed`, or raise `max_keys`.
 /// - Eviction order: keys unused for [`idle_ttl`](Self::idle_ttl) first, then keys not used
 ///   since the eviction hand last passed them (a CLOCK approximation of least recently used:
-///   keys seen once go before keys in steady use).
+///   keys not used since they got their breaker go before keys in steady use).
 /// - A breaker's key label is the key's `Display`, cut to [`MAX_LABEL_BYTES`].
 ///
 /// # Example
@@ -368,7 +499,13 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
 /// let svc = layer.layer(service_fn(|host: &'static str| async move {
 ///     if host == "bad.example" { Err(io::Error::from(io::ErrorKind::ConnectionRefused)) } else { Ok(()) }
 /// }));
+/// // A key's first call makes no breaker and its outcome is recorded nowhere.
 /// let _ = svc.clone().oneshot("bad.example").await;
+/// assert!(handle.get(&"bad.example".to_string()).is_none());
+/// assert_eq!(handle.first_calls(), 1);
+/// // Its second call gets the key its own breaker, which this failure opens.
+/// let _ = svc.clone().oneshot("bad.example").await;
+/// svc.clone().oneshot("good.example").await?;
 /// svc.clone().oneshot("good.example").await?;
 /// assert_eq!(handle.get(&"bad.example".to_string()).map(|h| h.state()), Some(State::Open));
 /// assert_eq!(handle.get(&"good.example".to_string()).map(|h| h.state()), Some(State::Closed));
@@ -549,15 +686,17 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let key = (self.key)(&req);
-        let admitted = self.registry.with(&key, |local| {
-            local
+        let admitted = self.registry.with(&key, |route| match route {
+            Route::Breaker(local) => local
                 .breaker
                 .acquire()
-                .map(|admit| (Guard::new(local, admit), local.needs_clock))
+                .map(|admit| Some((Guard::new(local, admit), local.needs_clock))),
+            Route::First(overflow) => overflow.breaker.peek().map(|()| None),
         });
         match admitted {
             Err(open) => ResponseFuture::rejected(open, self.classifier.clone()),
-            Ok((guard, needs_clock)) => {
+            Ok(None) => ResponseFuture::unguarded(self.inner.call(req), self.classifier.clone()),
+            Ok(Some((guard, needs_clock))) => {
                 let started = needs_clock.then(Instant::now);
                 let future = self.inner.call(req);
                 ResponseFuture::called(future, guard, self.classifier.clone(), started)
@@ -608,6 +747,8 @@ impl<K> KeyedHandle<K> {
     /// let svc = layer.layer(service_fn(|k: u32| async move {
     ///     if k == 0 { Err(io::Error::from(io::ErrorKind::ConnectionRefused)) } else { Ok(()) }
     /// }));
+    /// svc.clone().oneshot(1).await?; // a first call: no breaker made
+    /// let _ = svc.clone().oneshot(0).await; // a first call too
     /// let _ = svc.clone().oneshot(0).await; // key 0's breaker opens and fills the registry
     /// svc.clone().oneshot(1).await?; // an open breaker is never evicted: key 1 overflows
     /// assert_eq!(handle.get(&0).map(|h| h.state()), Some(State::Open));
@@ -626,6 +767,14 @@ impl<K> KeyedHandle<K> {
     /// could be evicted for theirs.
     pub fn overflowed(&self) -> u64 {
         self.registry.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// How many calls went through without a breaker of their own because their key was
+    /// neither held nor seen before (a key's first call, see
+    /// [`KeyedCircuitBreakerLayer`]): admitted by the [`overflow`](Self::overflow) breaker's
+    /// state, outcome recorded nowhere. A steep rise means a client is sending fresh keys.
+    pub fn first_calls(&self) -> u64 {
+        self.registry.first_calls.load(Ordering::Relaxed)
     }
 
     /// The most keys held at once.
@@ -672,5 +821,116 @@ impl<K: Hash + Eq> KeyedHandle<K> {
     /// Receives every transition of every key's breaker from now on.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Transition> {
         self.registry.settings.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use rampart_core::classify::IoErrors;
+    use std::io;
+    use tower::{service_fn, ServiceExt};
+
+    fn cfg() -> CircuitBreakerConfig {
+        CircuitBreakerConfig::builder()
+            .consecutive_failures(Some(1))
+            .recovery_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap()
+    }
+
+    type Svc = KeyedCircuitBreaker<
+        tower::util::ServiceFn<fn(u64) -> std::future::Ready<Result<(), io::Error>>>,
+        IoErrors,
+        fn(&u64) -> u64,
+        u64,
+    >;
+
+    fn fails_on_odd(k: u64) -> std::future::Ready<Result<(), io::Error>> {
+        std::future::ready(if k % 2 == 1 {
+            Err(io::Error::from(io::ErrorKind::ConnectionRefused))
+        } else {
+            Ok(())
+        })
+    }
+
+    fn keyed(max_keys: usize) -> (Svc, KeyedHandle<u64>) {
+        let layer =
+            KeyedCircuitBreakerLayer::new(cfg(), IoErrors, (|k: &u64| *k) as fn(&u64) -> u64)
+                .max_keys(max_keys);
+        let handle = layer.handle();
+        let inner = service_fn(fails_on_odd as fn(u64) -> _);
+        (layer.layer(inner), handle)
+    }
+
+    #[test]
+    fn the_filter_is_sized_from_max_keys_and_bounded() {
+        assert_eq!(Filter::new(1).slots.len(), 64);
+        assert_eq!(Filter::new(1_000).slots.len(), 2_048);
+        assert_eq!(Filter::new(1_000_000).slots.len(), 1 << 21);
+        assert_eq!(Filter::new(usize::MAX).slots.len(), MAX_FILTER_SLOTS);
+        // Two registries hash the same key differently.
+        let (a, b) = (Filter::new(64), Filter::new(64));
+        assert_ne!(a.hasher.hash_one(7u64), b.hasher.hash_one(7u64));
+    }
+
+    /// A false positive (the key's fingerprint already in its slot, as after a 64-bit
+    /// collision) only gives the key its breaker on its first call.
+    #[tokio::test(start_paused = true)]
+    async fn a_false_positive_only_admits_early() {
+        let (svc, handle) = keyed(8);
+        assert!(!handle.registry.filter.seen(&3u64), "not seen yet");
+        // Key 3 (fails) has never been called, but its slot now holds its fingerprint.
+        assert!(svc.clone().oneshot(3).await.unwrap_err().inner().is_some());
+        assert_eq!(handle.first_calls(), 0);
+        assert_eq!(handle.get(&3).unwrap().state(), State::Open);
+        assert!(svc
+            .clone()
+            .oneshot(3)
+            .await
+            .unwrap_err()
+            .circuit_open()
+            .is_some());
+    }
+
+    /// A lost sighting (another key overwrote the slot) only delays a key's breaker; a held
+    /// key's breaker does not depend on the filter at all.
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_sighting_delays_and_a_wiped_filter_loses_no_breaker() {
+        let (svc, handle) = keyed(8);
+        // Key 1 fails: its breaker opens on its second call.
+        let _ = svc.clone().oneshot(1).await;
+        let _ = svc.clone().oneshot(1).await;
+        assert_eq!(handle.get(&1).unwrap().state(), State::Open);
+        // Key 2: seen once, then its slot is overwritten.
+        svc.clone().oneshot(2).await.unwrap();
+        let (slot, _) = handle.registry.filter.locate(&2u64);
+        slot.store(12_345, Ordering::Relaxed);
+        svc.clone().oneshot(2).await.unwrap();
+        assert!(
+            handle.get(&2).is_none(),
+            "the sighting was lost: a first call again"
+        );
+        assert_eq!(handle.first_calls(), 3);
+        svc.clone().oneshot(2).await.unwrap();
+        assert!(handle.get(&2).is_some());
+        // Wipe the filter, then fill it with garbage: held breakers are untouched.
+        for value in [0, u64::MAX] {
+            for slot in handle.registry.filter.slots.iter() {
+                slot.store(value, Ordering::Relaxed);
+            }
+            assert!(svc
+                .clone()
+                .oneshot(1)
+                .await
+                .unwrap_err()
+                .circuit_open()
+                .is_some());
+            assert_eq!(handle.get(&1).unwrap().state(), State::Open);
+            svc.clone().oneshot(2).await.unwrap();
+            assert_eq!(handle.len(), 2);
+        }
+        assert_eq!(handle.first_calls(), 3);
     }
 }

@@ -536,8 +536,11 @@ async fn keyed_breakers_isolate_keys_and_stay_bounded() {
         d.call(a)
     });
     let svc = layer.layer(inner);
-    let _ = svc.clone().oneshot(("bad", Answer::Fail)).await;
-    svc.clone().oneshot(("good", Answer::Ok)).await.unwrap();
+    // A key's first call makes no breaker (its outcome is recorded nowhere); its second does.
+    for _ in 0..2 {
+        let _ = svc.clone().oneshot(("bad", Answer::Fail)).await;
+        svc.clone().oneshot(("good", Answer::Ok)).await.unwrap();
+    }
     tokio::time::advance(Duration::from_secs(1)).await;
     let err = svc.clone().oneshot(("bad", Answer::Ok)).await.unwrap_err();
     assert!(err.circuit_open().is_some());
@@ -549,6 +552,8 @@ async fn keyed_breakers_isolate_keys_and_stay_bounded() {
     );
     // A third key evicts the least recently used one ("bad" was used last, so "good" goes).
     tokio::time::advance(Duration::from_secs(1)).await;
+    svc.clone().oneshot(("third", Answer::Ok)).await.unwrap();
+    assert!(handle.get(&"third").is_none());
     svc.clone().oneshot(("third", Answer::Ok)).await.unwrap();
     assert_eq!(handle.len(), 2);
     assert!(handle.get(&"good").is_none());

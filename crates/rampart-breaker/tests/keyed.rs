@@ -1,5 +1,10 @@
-//! The keyed breaker under attacker-chosen keys: the bound, pinned (open, half-open, forced)
-//! breakers, the overflow breaker, eviction order and concurrent callers.
+//! The keyed breaker under attacker-chosen keys: the first-call filter, the bound, pinned
+//! (open, half-open, forced) breakers, the overflow breaker, eviction order and concurrent
+//! callers.
+//!
+//! A key gets its own breaker on its second call (its first is admitted by the overflow
+//! breaker's state and recorded nowhere), so tests that need a key's breaker call it once
+//! with `Do::Ok` first ([`admit`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -100,20 +105,113 @@ async fn send(svc: &mut Keyed, key: u64, what: Do) -> Result<(), Error<io::Error
     svc.ready().await?.call((key, what)).await
 }
 
-/// Calls a fresh key per call and asserts the bound after each.
+/// A key's first call: no breaker is made, the key is only remembered.
+async fn admit(svc: &mut Keyed, key: u64) {
+    send(svc, key, Do::Ok).await.unwrap();
+}
+
+/// Calls each key twice (so each gets a breaker, evicting another at the bound) and asserts
+/// the bound after each.
 async fn churn(svc: &mut Keyed, handle: &KeyedHandle<u64>, keys: std::ops::Range<u64>) {
     for k in keys {
+        send(svc, k, Do::Ok).await.unwrap();
         send(svc, k, Do::Ok).await.unwrap();
         assert!(handle.len() <= handle.max_keys(), "bound broken at key {k}");
     }
 }
 
+/// Calls each key once: keys never seen before make no breaker.
+async fn flood(svc: &mut Keyed, keys: std::ops::Range<u64>, what: Do) {
+    for k in keys {
+        let _ = send(svc, k, what).await;
+    }
+}
+
+fn held(handle: &KeyedHandle<u64>) -> Vec<String> {
+    let mut keys: Vec<String> = handle
+        .snapshots()
+        .into_iter()
+        .filter_map(|s| s.key.map(|k| k.to_string()))
+        .collect();
+    keys.sort();
+    keys
+}
+
 #[tokio::test(start_paused = true)]
-async fn the_bound_holds_under_fresh_key_churn() {
+async fn a_fresh_key_flood_creates_no_breakers_and_evicts_nothing() {
+    const DEAD: u64 = u64::MAX;
+    let (mut svc, handle, calls) = keyed(consecutive(1), |l| l.max_keys(8));
+    admit(&mut svc, DEAD).await;
+    assert!(send(&mut svc, DEAD, Do::Fail).await.is_err());
+    assert_eq!(handle.get(&DEAD).unwrap().state(), State::Open);
+    churn(&mut svc, &handle, 0..7).await;
+    let before = held(&handle);
+    assert_eq!(before.len(), 8);
+    let first = handle.first_calls();
+    let reached = calls.load(Ordering::SeqCst);
+
+    flood(&mut svc, 1 << 40..(1 << 40) + 100_000, Do::Ok).await;
+
+    assert_eq!(held(&handle), before, "a breaker was made or evicted");
+    assert_eq!(handle.first_calls(), first + 100_000);
+    assert_eq!(handle.overflowed(), 0);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        reached + 100_000,
+        "first calls go through while the overflow breaker is closed"
+    );
+    let err = send(&mut svc, DEAD, Do::Ok).await.unwrap_err();
+    assert!(err.circuit_open().is_some(), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), reached + 100_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_failing_fresh_keys_opens_nothing() {
+    let (mut svc, handle, _) = keyed(consecutive(1), |l| l.max_keys(8));
+    flood(&mut svc, 0..10_000, Do::Fail).await;
+    assert!(handle.is_empty());
+    assert_eq!(handle.overflow().state(), State::Closed);
+    assert_eq!(handle.first_calls(), 10_000);
+    // A legitimate new key is let through and gets its own breaker on its second call.
+    admit(&mut svc, 1 << 40).await;
+    admit(&mut svc, 1 << 40).await;
+    assert_eq!(handle.get(&(1 << 40)).unwrap().state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_seen_twice_gets_its_own_breaker_and_its_first_failure_counts_nowhere() {
+    let (mut svc, handle, calls) = keyed(consecutive(1), |l| l.max_keys(8));
+    assert!(send(&mut svc, 7, Do::Fail)
+        .await
+        .unwrap_err()
+        .inner()
+        .is_some());
+    assert!(handle.get(&7).is_none(), "a first call made a breaker");
+    assert_eq!(handle.first_calls(), 1);
+    assert_eq!(handle.overflow().state(), State::Closed);
+    assert!(send(&mut svc, 7, Do::Fail)
+        .await
+        .unwrap_err()
+        .inner()
+        .is_some());
+    let snap = handle.get(&7).unwrap().snapshot();
+    assert_eq!((snap.state, snap.key.as_deref()), (State::Open, Some("7")));
+    assert!(send(&mut svc, 7, Do::Ok)
+        .await
+        .unwrap_err()
+        .circuit_open()
+        .is_some());
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(handle.first_calls(), 1);
+    assert_eq!(handle.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_bound_holds_under_churn_of_keys_seen_twice() {
     let (mut svc, handle, calls) = keyed(consecutive(5), |l| l.max_keys(64));
     churn(&mut svc, &handle, 0..20_000).await;
     assert_eq!(handle.len(), 64);
-    assert_eq!(calls.load(Ordering::SeqCst), 20_000);
+    assert_eq!(calls.load(Ordering::SeqCst), 40_000);
     assert_eq!(
         handle.overflowed(),
         0,
@@ -132,6 +230,7 @@ async fn the_bound_holds_under_fresh_key_churn() {
 async fn an_open_breaker_survives_any_amount_of_churn_and_still_rejects() {
     const DEAD: u64 = u64::MAX;
     let (mut svc, handle, calls) = keyed(consecutive(1), |l| l.max_keys(8));
+    admit(&mut svc, DEAD).await;
     assert!(send(&mut svc, DEAD, Do::Fail).await.is_err());
     assert_eq!(handle.get(&DEAD).unwrap().state(), State::Open);
     for round in 0..10u64 {
@@ -167,14 +266,17 @@ async fn half_open_and_forced_breakers_are_never_evicted() {
         .unwrap();
     let (mut svc, handle, _) = keyed(cfg, |l| l.max_keys(6));
     // HALF: open, then half-open with its one probe hanging.
+    admit(&mut svc, HALF).await;
     assert!(send(&mut svc, HALF, Do::Fail).await.is_err());
     tokio::time::advance(Duration::from_secs(1)).await;
     svc.ready().await.unwrap();
     let probe = svc.call((HALF, Do::Hang));
     assert_eq!(handle.get(&HALF).unwrap().state(), State::HalfOpen);
     // FORCED and DISABLED: set by an operator.
+    admit(&mut svc, FORCED).await;
     send(&mut svc, FORCED, Do::Ok).await.unwrap();
     handle.get(&FORCED).unwrap().force_open();
+    admit(&mut svc, DISABLED).await;
     send(&mut svc, DISABLED, Do::Ok).await.unwrap();
     handle.get(&DISABLED).unwrap().disable();
 
@@ -210,10 +312,14 @@ async fn half_open_and_forced_breakers_are_never_evicted() {
 async fn a_registry_full_of_pinned_breakers_sends_new_keys_to_the_overflow_breaker() {
     let (mut svc, handle, calls) = keyed(consecutive(1), |l| l.max_keys(4));
     for k in 0..4 {
+        admit(&mut svc, k).await;
         assert!(send(&mut svc, k, Do::Fail).await.is_err());
     }
     assert_eq!(handle.overflowed(), 0);
-    // A new key: nothing can be evicted, so it goes through the overflow breaker.
+    // A new key's first call makes nothing and is not an overflow call.
+    send(&mut svc, 100, Do::Ok).await.unwrap();
+    assert_eq!(handle.overflowed(), 0);
+    // Its second: nothing can be evicted, so it goes through the overflow breaker.
     send(&mut svc, 100, Do::Ok).await.unwrap();
     assert_eq!(handle.overflowed(), 1);
     assert!(handle.get(&100).is_none());
@@ -221,7 +327,14 @@ async fn a_registry_full_of_pinned_breakers_sends_new_keys_to_the_overflow_break
     let overflow = handle.overflow();
     assert_eq!(overflow.snapshot().key.as_deref(), Some(OVERFLOW_KEY));
     assert_eq!(overflow.state(), State::Closed);
-    // A failing new key opens the shared overflow breaker; other new keys are then refused.
+    // A first call's failure is recorded nowhere; a second call's opens the shared overflow
+    // breaker; new keys are then refused, first calls included.
+    assert!(send(&mut svc, 101, Do::Fail)
+        .await
+        .unwrap_err()
+        .inner()
+        .is_some());
+    assert_eq!(overflow.state(), State::Closed);
     assert!(send(&mut svc, 101, Do::Fail)
         .await
         .unwrap_err()
@@ -229,12 +342,16 @@ async fn a_registry_full_of_pinned_breakers_sends_new_keys_to_the_overflow_break
         .is_some());
     assert_eq!(overflow.state(), State::Open);
     let before = calls.load(Ordering::SeqCst);
+    let first = handle.first_calls();
     for k in 102..1_000 {
-        let err = send(&mut svc, k, Do::Ok).await.unwrap_err();
-        assert!(err.circuit_open().is_some());
+        for _ in 0..2 {
+            let err = send(&mut svc, k, Do::Ok).await.unwrap_err();
+            assert!(err.circuit_open().is_some());
+        }
     }
     assert_eq!(calls.load(Ordering::SeqCst), before);
-    assert_eq!(handle.overflowed(), 1_000 - 100);
+    assert_eq!(handle.first_calls(), first + 898);
+    assert_eq!(handle.overflowed(), 2 + 898);
     // The held keys are still open and still refuse.
     for k in 0..4 {
         assert_eq!(handle.get(&k).unwrap().state(), State::Open);
@@ -252,6 +369,7 @@ async fn a_registry_full_of_pinned_breakers_sends_new_keys_to_the_overflow_break
     let mut own = None;
     for k in 2_000..2_004 {
         let _ = send(&mut svc, k, Do::Ok).await;
+        let _ = send(&mut svc, k, Do::Ok).await;
         if handle.get(&k).is_some() {
             own = Some(k);
             break;
@@ -266,20 +384,18 @@ async fn a_registry_full_of_pinned_breakers_sends_new_keys_to_the_overflow_break
 #[tokio::test(start_paused = true)]
 async fn keys_seen_once_go_before_keys_in_use() {
     let (mut svc, handle, _) = keyed(consecutive(5), |l| l.max_keys(3));
-    for k in [1, 2, 3] {
-        send(&mut svc, k, Do::Ok).await.unwrap();
-    }
+    churn(&mut svc, &handle, 1..4).await;
     send(&mut svc, 1, Do::Ok).await.unwrap();
     send(&mut svc, 2, Do::Ok).await.unwrap();
-    send(&mut svc, 4, Do::Ok).await.unwrap();
+    churn(&mut svc, &handle, 4..5).await;
     assert!(handle.get(&3).is_none(), "3 was never used again");
     for k in [1, 2, 4] {
         assert!(handle.get(&k).is_some(), "{k} was evicted");
     }
-    // A flood of keys seen once does not push out a key in steady use.
+    // A flood of keys seen twice does not push out a key in steady use.
     for k in 1_000..1_200 {
         send(&mut svc, 1, Do::Ok).await.unwrap();
-        send(&mut svc, k, Do::Ok).await.unwrap();
+        churn(&mut svc, &handle, k..k + 1).await;
     }
     assert!(handle.get(&1).is_some());
 }
@@ -289,13 +405,12 @@ async fn idle_keys_are_dropped_below_the_bound_and_used_ones_kept() {
     let (mut svc, handle, _) = keyed(consecutive(5), |l| {
         l.max_keys(100).idle_ttl(Duration::from_secs(60))
     });
-    send(&mut svc, 1, Do::Ok).await.unwrap();
-    send(&mut svc, 2, Do::Ok).await.unwrap();
+    churn(&mut svc, &handle, 1..3).await;
     tokio::time::advance(Duration::from_secs(30)).await;
     send(&mut svc, 1, Do::Ok).await.unwrap();
     tokio::time::advance(Duration::from_secs(31)).await;
     // 2 has been idle for 61 s: the next new key drops it. 1 was used 31 s ago: kept.
-    send(&mut svc, 3, Do::Ok).await.unwrap();
+    churn(&mut svc, &handle, 3..4).await;
     assert!(handle.get(&2).is_none());
     assert!(handle.get(&1).is_some());
     assert_eq!(handle.len(), 2);
@@ -303,11 +418,10 @@ async fn idle_keys_are_dropped_below_the_bound_and_used_ones_kept() {
     let (mut svc, handle, _) = keyed(consecutive(1), |l| {
         l.max_keys(100).idle_ttl(Duration::from_secs(1))
     });
+    admit(&mut svc, 1).await;
     assert!(send(&mut svc, 1, Do::Fail).await.is_err());
     tokio::time::advance(Duration::from_secs(10)).await;
-    for k in 2..10 {
-        send(&mut svc, k, Do::Ok).await.unwrap();
-    }
+    churn(&mut svc, &handle, 2..10).await;
     assert_eq!(handle.get(&1).unwrap().state(), State::Open);
 }
 
@@ -319,12 +433,14 @@ async fn work_per_new_key_is_bounded_when_most_keys_are_pinned() {
     let n = 10_000u64;
     let (mut svc, handle, _) = keyed(consecutive(1), |l| l.max_keys(n as usize + 1));
     for k in 0..n {
+        admit(&mut svc, k).await;
         assert!(send(&mut svc, k, Do::Fail).await.is_err());
     }
-    send(&mut svc, n, Do::Ok).await.unwrap();
+    churn(&mut svc, &handle, n..n + 1).await;
     let tries = n as usize / EVICTION_STEPS + 2;
     let mut own = None;
     for t in 0..tries as u64 {
+        admit(&mut svc, 1_000_000 + t).await;
         send(&mut svc, 1_000_000 + t, Do::Ok).await.unwrap();
         if handle.get(&(1_000_000 + t)).is_some() {
             own = Some(t);
@@ -340,6 +456,7 @@ async fn work_per_new_key_is_bounded_when_most_keys_are_pinned() {
     assert!(handle.get(&n).is_none());
     // From now on the open keys are parked: every new key evicts the last new one at once.
     for k in 2_000_000..2_000_100 {
+        admit(&mut svc, k).await;
         send(&mut svc, k, Do::Ok).await.unwrap();
         assert!(handle.get(&k).is_some());
     }
@@ -352,6 +469,7 @@ async fn concurrent_callers_keep_the_bound_and_the_open_key() {
     const DEAD: u64 = u64::MAX;
     const HOT: u64 = u64::MAX - 1;
     let (mut svc, handle, _) = keyed(consecutive(1), |l| l.max_keys(32));
+    admit(&mut svc, DEAD).await;
     assert!(send(&mut svc, DEAD, Do::Fail).await.is_err());
     let work = async {
         let tasks: Vec<_> = (0..4u64)
@@ -361,6 +479,7 @@ async fn concurrent_callers_keep_the_bound_and_the_open_key() {
                 tokio::spawn(async move {
                     for i in 0..5_000u64 {
                         let fresh = (t << 32) | i;
+                        send(&mut svc, fresh, Do::Ok).await.unwrap();
                         send(&mut svc, fresh, Do::Ok).await.unwrap();
                         send(&mut svc, HOT, Do::Ok).await.unwrap();
                         let err = send(&mut svc, DEAD, Do::Ok).await.unwrap_err();
@@ -386,6 +505,61 @@ async fn concurrent_callers_keep_the_bound_and_the_open_key() {
     assert_eq!(handle.overflowed(), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_fresh_key_floods_make_no_breakers_and_shared_keys_get_one() {
+    const DEAD: u64 = u64::MAX;
+    const SHARED: u64 = 2_000;
+    let (mut svc, handle, calls) = keyed(consecutive(1), |l| l.max_keys(1 << 16));
+    admit(&mut svc, DEAD).await;
+    assert!(send(&mut svc, DEAD, Do::Fail).await.is_err());
+    let first = handle.first_calls();
+    let work = async {
+        let tasks: Vec<_> = (0..4u64)
+            .map(|t| {
+                let mut svc = svc.clone();
+                tokio::spawn(async move {
+                    for i in 0..10_000u64 {
+                        // A fresh key per call, never repeated by any task.
+                        send(&mut svc, ((t + 1) << 40) | i, Do::Ok).await.unwrap();
+                        // The same keys in every task: each is seen four times.
+                        if i < SHARED {
+                            send(&mut svc, i, Do::Ok).await.unwrap();
+                        }
+                        let err = send(&mut svc, DEAD, Do::Ok).await.unwrap_err();
+                        assert!(err.circuit_open().is_some());
+                        if i % 64 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), work)
+        .await
+        .expect("no caller blocked");
+    // No fresh key got a breaker; every call but the dead key's went through.
+    assert!(handle.snapshots().iter().all(|s| s
+        .key
+        .as_deref()
+        .and_then(|k| k.parse::<u64>().ok())
+        < Some(SHARED)
+        || s.key.as_deref() == Some("18446744073709551615")));
+    assert_eq!(calls.load(Ordering::SeqCst), 2 + 4 * (10_000 + 2_000));
+    assert!(handle.first_calls() >= first + 40_000 + 2_000);
+    // Every shared key was seen by four callers; at most two at once (two worker threads)
+    // can both take it for new. A filter slot overwritten in between (another key landing
+    // in it) only delays a key, so allow a few.
+    let shared = (0..SHARED).filter(|k| handle.get(k).is_some()).count();
+    assert!(shared >= 1_900, "only {shared} shared keys got a breaker");
+    assert_eq!(handle.len(), shared + 1);
+    assert_eq!(handle.get(&DEAD).unwrap().state(), State::Open);
+    assert_eq!(handle.overflowed(), 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_huge_key_makes_a_bounded_label() {
     use rampart_breaker::MAX_LABEL_BYTES;
@@ -396,6 +570,8 @@ async fn a_huge_key_makes_a_bounded_label() {
     }));
     // 'é' is two bytes: a cut at MAX_LABEL_BYTES - 1 would land inside one.
     let key = format!("x{}", "é".repeat(100_000));
+    svc.clone().oneshot(key.clone()).await.unwrap();
+    assert!(handle.get(&key).is_none(), "a first call made a breaker");
     svc.oneshot(key.clone()).await.unwrap();
     let label = handle.get(&key).unwrap().snapshot().key.unwrap();
     assert!(label.len() <= MAX_LABEL_BYTES && label.len() >= MAX_LABEL_BYTES - 1);
@@ -409,6 +585,7 @@ async fn a_huge_key_makes_a_bounded_label() {
 async fn a_breaker_with_a_call_in_flight_is_not_evicted() {
     const SLOW: u64 = u64::MAX;
     let (mut svc, handle, calls) = keyed(consecutive(1), |l| l.max_keys(4));
+    admit(&mut svc, SLOW).await;
     send(&mut svc, SLOW, Do::Ok).await.unwrap();
     svc.ready().await.unwrap();
     let in_flight = svc.call((SLOW, Do::FailAfter(30_000)));

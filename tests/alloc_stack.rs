@@ -52,9 +52,18 @@ fn retry_over_a_breaker_allocates_nothing_per_call() {
     let mut windowed = retry.layer(CircuitBreakerLayer::new(windowed, IoErrors).layer(inner));
     calls(&mut consecutive, 64);
     calls(&mut windowed, 64);
-    let region = Region::new(GLOBAL);
-    let sum = calls(&mut consecutive, 10_000) + calls(&mut windowed, 10_000);
-    let stats = region.change();
+    // The counting allocator sees every thread of the test binary, the harness's included, so
+    // a stray allocation elsewhere can land in one window; an allocation per call lands in
+    // every window (thousands of them). The quietest of three windows must be empty.
+    let mut sum = 0;
+    let stats = (0..3)
+        .map(|_| {
+            let region = Region::new(GLOBAL);
+            sum += calls(&mut consecutive, 10_000) + calls(&mut windowed, 10_000);
+            region.change()
+        })
+        .min_by_key(|s| s.allocations + s.reallocations)
+        .unwrap();
     assert!(sum > 0);
     assert_eq!(stats.allocations, 0, "{stats:?}");
     assert_eq!(stats.reallocations, 0, "{stats:?}");

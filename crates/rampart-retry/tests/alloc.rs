@@ -48,12 +48,20 @@ fn success_path_allocates_nothing() {
     for id in 0..64 {
         call(&mut svc, id);
     }
-    let region = Region::new(GLOBAL);
+    // The counting allocator sees every thread of the test binary, the harness's included, so
+    // a stray allocation elsewhere can land in one window; an allocation per call lands in
+    // every window (thousands of them). The quietest of three windows must be empty.
     let mut sum = 0;
-    for id in 0..10_000 {
-        sum += call(&mut svc, id);
-    }
-    let stats = region.change();
+    let stats = (0..3)
+        .map(|_| {
+            let region = Region::new(GLOBAL);
+            for id in 0..10_000 {
+                sum += call(&mut svc, id);
+            }
+            region.change()
+        })
+        .min_by_key(|s| s.allocations + s.reallocations)
+        .unwrap();
     assert!(sum > 0);
     assert_eq!(stats.allocations, 0, "{stats:?}");
     assert_eq!(stats.reallocations, 0, "{stats:?}");

@@ -3,36 +3,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cli_support;
+use cli_support::{rampart, text};
+
 #[path = "../../rampart-dlq/tests/support/mod.rs"]
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, SystemTime};
 
 use rampart_dlq::{
     DeadLetterReason, DeadLetterRecord, DeadLetterStore, ListQuery, RecordId, RequestPart,
     SqliteStore,
 };
-
-fn rampart(store: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rampart"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .env_remove("RAMPART_DLQ_STORE")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> (String, String, i32) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-        o.status.code().unwrap_or(-1),
-    )
-}
 
 fn record(service: &str, reason: DeadLetterReason, n: u32) -> DeadLetterRecord {
     DeadLetterRecord::new(service, reason)

@@ -3,34 +3,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cli_support;
+use cli_support::{rampart, rampart_ok as ok};
+
 #[path = "../../rampart-dlq/tests/support/mod.rs"]
 mod support;
 
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use rampart_dlq::{DeadLetterReason, DeadLetterRecord, RecordId};
-
-fn rampart(store: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rampart"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .env_remove("RAMPART_DLQ_STORE")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn ok(store: &str, args: &[&str]) -> String {
-    let o = rampart(store, args);
-    assert!(
-        o.status.success(),
-        "{store}: rampart {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 fn ids(jsonl: &str) -> Vec<RecordId> {
     jsonl

@@ -10,10 +10,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cli_support;
+use cli_support::rampart_ok as rampart;
+
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -114,6 +117,19 @@ fn start_app(path: &Path, stop: &Path, base: u64, acked: &Arc<Mutex<HashSet<u64>
     App { child, reader }
 }
 
+/// Waits until the app acknowledged `n` records in all (so the store exists and the app is
+/// writing before the CLI starts on it).
+fn wait_for_acks(acked: &Arc<Mutex<HashSet<u64>>>, n: usize) {
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < n {
+        assert!(
+            Instant::now() < give_up,
+            "the app acknowledged nothing in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 impl App {
     fn kill(mut self) {
         self.child.kill().unwrap();
@@ -128,24 +144,6 @@ impl App {
         std::fs::remove_file(stop).unwrap();
         assert!(status.success(), "the app failed: {status}");
     }
-}
-
-fn rampart(store: &str, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .env_remove("RAMPART_DLQ_STORE")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "rampart {args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn seq_of(r: &DeadLetterRecord) -> Option<u64> {
@@ -176,7 +174,7 @@ fn cli_round(store: &str, round: usize, dir: &Path, log: &mut CliLog) {
             "jsonl",
         ],
     );
-    let listed: Vec<DeadLetterRecord> = String::from_utf8_lossy(&out.stdout)
+    let listed: Vec<DeadLetterRecord> = out
         .lines()
         .map(|l| DeadLetterRecord::from_json(l.as_bytes()).unwrap())
         .collect();
@@ -226,7 +224,7 @@ fn cli_round(store: &str, round: usize, dir: &Path, log: &mut CliLog) {
                 &["dlq", "export", "--service", "soak", "--limit", "50"],
             );
             let file = dir.join(format!("export-{round}.jsonl"));
-            std::fs::write(&file, &out.stdout).unwrap();
+            std::fs::write(&file, &out).unwrap();
             rampart(store, &["dlq", "import", file.to_str().unwrap()]);
             log.commands += 2;
         }
@@ -321,6 +319,7 @@ fn app_and_cli_share_one_sqlite_store() {
     let spec = format!("sqlite:{}", path.display());
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let app = start_app(&path, &stop, 0, &acked);
+    wait_for_acks(&acked, 1);
     let mut log = CliLog::default();
     let end = Instant::now() + secs(30);
     let mut round = 0;
@@ -355,7 +354,9 @@ fn app_killed_at_random_points_while_the_cli_works() {
     let mut round = 0;
     let mut seed = std::process::id() as u64;
     for life in 0..4u64 {
+        let before = acked.lock().unwrap().len();
         let app = start_app(&path, &stop, life * 1_000_000_000, &acked);
+        wait_for_acks(&acked, before + 1);
         // SIGKILL after a random share of this life's time; the CLI works meanwhile.
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
         let kill_at = Instant::now()

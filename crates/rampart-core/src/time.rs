@@ -42,8 +42,10 @@ use crate::ConfigError;
 /// added to any clock reading stays far from overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
-/// How far in the future [`instant_after`] puts a timer whose duration cannot be added to
-/// the clock: about 30 years (what tokio uses for a sleep that never fires).
+/// The longest [`instant_after`] adds: about 30 years (what tokio uses for a sleep that never
+/// fires). Longer durations — even ones an `Instant` could hold — are cut to it, because a
+/// tokio timer that far out makes the timer wheel turn once per ~2.2 years to reach it
+/// (a 10¹⁸-second timeout spun a paused-clock runtime for good).
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// Checks that `value`, the setting `field`, is at most [`MAX_DURATION`].
@@ -115,9 +117,9 @@ pub fn duration_from_secs_f64(
     }
 }
 
-/// `now + d`, or a point about 30 years after `now` if that sum does not fit in an
-/// [`Instant`]: a timer set there never fires in practice, which is what an unbounded
-/// duration means. Never panics.
+/// `now + d`, with `d` cut to about 30 years: a timer set there never fires in practice,
+/// which is what an unbounded duration means, and the sum always fits in an [`Instant`] and
+/// in tokio's timer wheel. Never panics.
 ///
 /// Use it for every deadline and timer computed from a duration: `Instant + Duration`
 /// panics on overflow.
@@ -134,8 +136,7 @@ pub fn duration_from_secs_f64(
 /// assert!(instant_after(now, Duration::from_secs(u64::MAX)) > now + Duration::from_secs(86_400));
 /// ```
 pub fn instant_after(now: Instant, d: Duration) -> Instant {
-    now.checked_add(d)
-        .or_else(|| now.checked_add(FAR_FUTURE))
+    now.checked_add(d.min(FAR_FUTURE))
         // Unreachable on every supported platform (an `Instant` holds far more than 30
         // years); staying at `now` is the only value left that needs no arithmetic.
         .unwrap_or(now)
@@ -159,7 +160,10 @@ mod tests {
     #[test]
     fn instant_after_saturates() {
         let now = Instant::now();
-        assert!(instant_after(now, Duration::MAX) >= now + FAR_FUTURE);
+        assert_eq!(instant_after(now, Duration::MAX), now + FAR_FUTURE);
+        // Representable, but a timer there would spin tokio's wheel for good.
+        let huge = Duration::from_secs(7_215_731_246_554_196_323);
+        assert_eq!(instant_after(now, huge), now + FAR_FUTURE);
         assert_eq!(instant_after(now, Duration::ZERO), now);
     }
 

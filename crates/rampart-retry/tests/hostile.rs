@@ -70,6 +70,31 @@ async fn a_hanging_call_under_a_huge_deadline_ends_at_the_far_future() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_hanging_call_under_a_huge_but_representable_attempt_timeout_ends() {
+    // 7.2e18 s fits in an `Instant`, so it used to be armed as is: tokio's timer wheel then
+    // turned once per ~2.2 virtual years to reach it, for ever (found by the property test
+    // below after the layers were merged).
+    let svc = Scripted::new([Step::Hang, Step::Hang]);
+    let retry = layer()
+        .backoff(
+            rampart_core::Backoff::builder()
+                .max_retries(1)
+                .base_delay(Duration::ZERO)
+                .build()
+                .unwrap(),
+        )
+        .no_budget()
+        .attempt_timeout(Duration::new(7_215_731_246_554_196_323, 906_617_669))
+        .layer(svc.clone());
+    let err = retry
+        .oneshot("x")
+        .await
+        .expect_err("both attempts time out");
+    assert_eq!(err.attempts(), 2, "{err}");
+    assert_eq!(svc.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_forced_open_breaker_under_a_deadline_does_not_panic() {
     // A forced-open breaker reports `retry_in = Duration::MAX`; with a deadline the retry
     // layer compared `now + retry_in` against it.

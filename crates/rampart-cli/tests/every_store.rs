@@ -122,8 +122,7 @@ fn sqlite_session() {
 
 #[test]
 fn postgres_session() {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let url = support::postgres_url();
     let prefix = format!("cli_session_{}", std::process::id());
     let spec = format!("{url}#{prefix}");
     let probe = rampart(&spec, &["dlq", "stats"]);

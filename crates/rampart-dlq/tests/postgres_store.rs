@@ -18,8 +18,7 @@ use rampart_dlq::{
 use tokio_postgres::{Client, NoTls};
 
 fn url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    support::postgres_url()
 }
 
 /// A plain client for setup and inspection, and a fresh schema dropped when the test ends;
@@ -111,24 +110,7 @@ async fn two_stores_on_one_table_see_each_other_and_never_take_a_record_twice() 
 
     // 8 concurrent takers, 4 on each store (each store's takes run on its own connection,
     // so the two stores' transactions really overlap): every record taken exactly once.
-    let mut takers = Vec::new();
-    for t in 0..8 {
-        let s = if t % 2 == 0 { a.clone() } else { b.clone() };
-        takers.push(tokio::spawn(async move {
-            let mut got = Vec::new();
-            loop {
-                let batch = s.take_requeued(7).await.unwrap();
-                if batch.is_empty() {
-                    return got;
-                }
-                got.extend(batch.into_iter().map(|r| r.id));
-            }
-        }));
-    }
-    let mut taken = Vec::new();
-    for t in takers {
-        taken.extend(t.await.unwrap());
-    }
+    let taken = support::take_all_concurrently(&[a.clone(), b.clone()], 8).await;
     let unique: HashSet<RecordId> = taken.iter().copied().collect();
     assert_eq!(taken.len(), unique.len(), "no record taken twice");
     assert_eq!(unique, all, "every requeued record taken");

@@ -875,8 +875,7 @@ fn redaction_throughput() {
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_store_keeps_no_secret() {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let url = support::postgres_url();
     let prefix = format!("secrets_{}", std::process::id());
     let store = match rampart_dlq::PostgresStore::connect(&url, &prefix, 100_000).await {
         Ok(s) => s,

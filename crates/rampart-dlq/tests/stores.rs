@@ -339,24 +339,7 @@ async fn two_sqlite_handles_never_take_the_same_requeued_record() {
         a.push(r.clone()).await.unwrap();
         a.requeue(r.id).await.unwrap().unwrap();
     }
-    let mut tasks = Vec::new();
-    for t in 0..8 {
-        let s = if t % 2 == 0 { a.clone() } else { b.clone() };
-        tasks.push(tokio::spawn(async move {
-            let mut got = Vec::new();
-            loop {
-                let batch = s.take_requeued(7).await.unwrap();
-                if batch.is_empty() {
-                    return got;
-                }
-                got.extend(batch.into_iter().map(|r| r.id));
-            }
-        }));
-    }
-    let mut taken = Vec::new();
-    for t in tasks {
-        taken.extend(t.await.unwrap());
-    }
+    let taken = support::take_all_concurrently(&[a.clone(), b.clone()], 8).await;
     assert_eq!(taken.len(), 400, "each record taken exactly once");
     assert_eq!(taken.into_iter().collect::<HashSet<_>>(), ids);
 }
@@ -465,8 +448,7 @@ async fn fallback_lists_journaled_records_with_the_primary_ones() {
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_store_contract() {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let url = support::postgres_url();
     let Ok((admin, connection)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else {
         return support::skip(&format!(
             "PostgreSQL is not reachable at DATABASE_URL or {url}"

@@ -4,6 +4,8 @@ use std::io;
 
 use crate::{BoxError, Outcome};
 
+pub use crate::downcast::{classify_error, Downcast};
+
 /// Decides what a finished call means: success, or which kind of failure.
 ///
 /// One classifier serves every layer. It sees the inner service's own result — `Ok` with the
@@ -12,6 +14,10 @@ use crate::{BoxError, Outcome};
 /// (a per-attempt timeout is transient, an open circuit is handled by the retry layer).
 ///
 /// Closures `Fn(Result<&Res, &E>) -> Outcome` are classifiers.
+///
+/// Under a type-erasing layer (`Buffer`, tower's `Timeout`, `BoxService`) the error a
+/// rampart layer sees is [`BoxedError`](crate::BoxedError): wrap a typed classifier in
+/// [`Downcast`] to classify it.
 ///
 /// # Example
 ///
@@ -28,6 +34,12 @@ use crate::{BoxError, Outcome};
 /// assert_eq!(by_status.classify(Ok(&503)), Outcome::TRANSIENT);
 /// assert_eq!(by_status.classify(Ok(&404)), Outcome::Rejected);
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot classify calls that return `Result<{Res}, {E}>`",
+    label = "this classifier does not implement `Classify<{Res}, {E}>`",
+    note = "a classifier sees the inner service's own response and error; under a `Buffer`, tower `Timeout` or `BoxService` the error is `rampart::BoxedError`: wrap a typed classifier in `rampart::classify::Downcast::<_, TypedError>::new(classifier)` or use `rampart::classify::TowerErrors`",
+    note = "a closure `|r: Result<&{Res}, &{E}>| -> rampart::Outcome` is a classifier"
+)]
 pub trait Classify<Res, E> {
     /// Classifies one finished call.
     fn classify(&self, result: Result<&Res, &E>) -> Outcome;

@@ -436,10 +436,16 @@ impl<E: StdError + 'static> StdError for ErrorKind<E> {
 /// a layer over a plain service wraps the service's error as [`ErrorKind::Inner`].
 ///
 /// Implemented for `Error<E>` (identity) and for the error types tower services commonly
-/// return: [`std::io::Error`], [`tower::BoxError`](BoxError), [`Infallible`], `String`,
-/// `&'static str` and tower's [`Elapsed`](tower::timeout::error::Elapsed). Implement it for
-/// your own error type with [`leaf_error!`](crate::leaf_error), or map a service's error with
-/// `.map_err(Error::from_inner)`.
+/// return: [`std::io::Error`], [`Infallible`], tower's
+/// [`Elapsed`](tower::timeout::error::Elapsed), and — as
+/// [`BoxedError`](crate::BoxedError), so that the result is still a `std::error::Error` —
+/// [`tower::BoxError`](BoxError), `String` and `&'static str`.
+///
+/// **A foreign error type** (`reqwest::Error`, `sqlx::Error`, `tonic::Status`,
+/// `ParseIntError`, …) needs no impl and no macro: put [`LeafLayer`](crate::LeafLayer)
+/// directly over the service (`ServiceBuilder::new().layer(policy).layer(LeafLayer).service(svc)`),
+/// which turns its errors into `Error<ThatError>`. For your own error type you may instead
+/// use [`leaf_error!`](crate::leaf_error) in the crate that defines it.
 ///
 /// # Example
 ///
@@ -455,6 +461,11 @@ impl<E: StdError + 'static> StdError for ErrorKind<E> {
 /// let again: Error<MyError> = e.into_error(); // identity
 /// assert_eq!(again.attempts(), 1);
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a rampart error: rampart layers cannot wrap it",
+    label = "the service's error type must implement `rampart::IntoError`",
+    note = "put `rampart::LeafLayer` directly over the service (`ServiceBuilder::new().layer(policy).layer(rampart::LeafLayer).service(svc)`) or map its error with `.map_err(rampart::Error::from_inner)`; for your own error type, `rampart::leaf_error!(YourError)` also works"
+)]
 pub trait IntoError {
     /// The inner service's own error type.
     type Inner;
@@ -496,14 +507,33 @@ macro_rules! leaf_error {
     )+};
 }
 
-leaf_error!(
-    std::io::Error,
-    BoxError,
-    Infallible,
-    String,
-    &'static str,
-    tower::timeout::error::Elapsed,
-);
+leaf_error!(std::io::Error, Infallible, tower::timeout::error::Elapsed);
+
+/// Boxed errors become [`BoxedError`](crate::BoxedError), which (unlike `BoxError`) is a
+/// `std::error::Error`, so `Error<BoxedError>` converts back into a `BoxError`.
+impl IntoError for BoxError {
+    type Inner = crate::BoxedError;
+    #[inline]
+    fn into_error(self) -> Error<crate::BoxedError> {
+        Error::from_inner(crate::BoxedError::from(self))
+    }
+}
+
+/// A message becomes a [`BoxedError`](crate::BoxedError) with that text.
+impl IntoError for String {
+    type Inner = crate::BoxedError;
+    fn into_error(self) -> Error<crate::BoxedError> {
+        Error::from_inner(crate::BoxedError::new(self))
+    }
+}
+
+/// A message becomes a [`BoxedError`](crate::BoxedError) with that text.
+impl IntoError for &'static str {
+    type Inner = crate::BoxedError;
+    fn into_error(self) -> Error<crate::BoxedError> {
+        Error::from_inner(crate::BoxedError::new(self))
+    }
+}
 
 // ===== ConfigError =====
 

@@ -37,14 +37,19 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backoff;
+mod boxed;
 pub mod classify;
+mod downcast;
 mod error;
+mod leaf;
 mod name;
 mod outcome;
 pub mod time;
 
 pub use backoff::{Backoff, BackoffBuilder, Jitter, Schedule};
+pub use boxed::{error_chain_find, BoxedError};
 pub use classify::Classify;
+pub use leaf::{Leaf, LeafFuture, LeafLayer};
 pub use error::{
     BoxError, CircuitOpen, ConfigError, Error, ErrorKind, IntoError, NotReplayable, Timeout,
 };

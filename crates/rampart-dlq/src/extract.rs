@@ -22,6 +22,11 @@ use crate::redact::{truncate, Redactor};
 /// }
 /// assert_eq!(Sku.extract(&7).summary, "sku 7");
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot describe a `{Req}` for a dead-letter record",
+    label = "this extractor does not implement `Extract<{Req}>`",
+    note = "`JsonExtractor` needs `{Req}: serde::Serialize`; for `http::Request`s use `rampart::dlq::HttpExtractor`, (feature `http`), a closure `|req: &{Req}| -> RequestPart`, or `impl Extract<{Req}> for YourExtractor`"
+)]
 pub trait Extract<Req> {
     /// Describes `req`.
     fn extract(&self, req: &Req) -> RequestPart;

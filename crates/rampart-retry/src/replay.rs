@@ -22,6 +22,11 @@ use rampart_core::NotReplayable;
 /// let copy = CloneReplay.replay(&String::from("hello")).expect("strings clone");
 /// assert_eq!(copy, "hello");
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot replay a `{Req}` for a retry",
+    label = "this replayer does not implement `Replay<{Req}>`",
+    note = "`CloneReplay` needs `{Req}: Clone`; for `http::Request`s with a streaming body, put `BufferBodyLayer` above the retry layer and replay with `HttpReplay` (feature `http`)"
+)]
 pub trait Replay<Req> {
     /// A copy of `req` to send on the next attempt.
     ///

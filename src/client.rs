@@ -1,6 +1,27 @@
 //! An HTTP client as a tower service, with typed errors that say whether the request reached
 //! the server, and the HTTP classifier: status codes, both forms of `Retry-After`, and the
 //! method-safety rule.
+//!
+//! # Method safety
+//!
+//! A request that is not idempotent (POST, PATCH, CONNECT, or any method other than GET,
+//! HEAD, OPTIONS, PUT, DELETE, TRACE) and carries no `Idempotency-Key` header may have been
+//! processed when it failed, so [`HttpClassifier`] retries it only where the server said it
+//! did not process it:
+//!
+//! | failure | idempotent | not idempotent |
+//! |---|---|---|
+//! | connect error (refused, DNS, TLS) | retried | retried (never reached the server) |
+//! | reset / closed after sending | retried | **not retried** |
+//! | 429 | retried (throttled) | retried (throttled) |
+//! | 503 with `Retry-After` | retried | retried |
+//! | 408, 500, 502, 503 without `Retry-After`, 504, … | retried | **not retried** (permanent) |
+//!
+//! The classifier learns the method from a [`RequestMethod`] in the response's extensions:
+//! [`HttpClient`] puts it there, and [`MethodSafetyLayer`] does it for any other HTTP service
+//! (a tower-http stack, your own hyper client). A response without it is classified by status
+//! alone. Change the rule with [`HttpClassifier::retry_non_idempotent`] (retry every
+//! failure) or [`HttpClassifier::not_processed`] (which responses mean "not processed").
 
 use std::fmt;
 use std::future::Future;
@@ -97,6 +118,135 @@ impl std::error::Error for HttpError {
 
 rampart_core::leaf_error!(HttpError);
 
+/// The method of the request a response answers, and whether repeating it is safe; put into
+/// the response's extensions by [`HttpClient`] and [`MethodSafetyLayer`], read by
+/// [`HttpClassifier`] (see [Method safety](self#method-safety)).
+///
+/// # Example
+///
+/// ```
+/// use rampart::client::RequestMethod;
+///
+/// let req = http::Request::post("http://api.test/orders").header("idempotency-key", "k1").body(()).unwrap();
+/// let m = RequestMethod::of(&req);
+/// assert_eq!(m.method(), http::Method::POST);
+/// assert!(m.idempotent());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestMethod {
+    method: Method,
+    idempotent: bool,
+}
+
+impl RequestMethod {
+    /// The method of `req`, idempotent by method or by an `Idempotency-Key` header.
+    pub fn of<B>(req: &Request<B>) -> Self {
+        RequestMethod {
+            method: req.method().clone(),
+            idempotent: is_idempotent(req.method(), req.headers()),
+        }
+    }
+
+    /// The request's method.
+    pub fn method(&self) -> Method {
+        self.method.clone()
+    }
+
+    /// Whether repeating the request is safe.
+    pub fn idempotent(&self) -> bool {
+        self.idempotent
+    }
+}
+
+/// Puts a [`RequestMethod`] into every response's extensions, so that [`HttpClassifier`]
+/// applies the method-safety rule to responses of any HTTP service (the [`HttpClient`] does
+/// it itself).
+///
+/// # Example
+///
+/// ```
+/// use rampart::client::{MethodSafetyLayer, RequestMethod};
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let svc = ServiceBuilder::new()
+///     .layer(MethodSafetyLayer)
+///     .service(service_fn(|_req: http::Request<()>| async {
+///         Ok::<_, std::convert::Infallible>(http::Response::new(()))
+///     }));
+/// let res = svc.oneshot(http::Request::post("/orders").body(()).unwrap()).await.unwrap();
+/// assert_eq!(res.extensions().get::<RequestMethod>().map(RequestMethod::idempotent), Some(false));
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MethodSafetyLayer;
+
+impl<S> tower_layer::Layer<S> for MethodSafetyLayer {
+    type Service = MethodSafety<S>;
+
+    fn layer(&self, inner: S) -> MethodSafety<S> {
+        MethodSafety { inner }
+    }
+}
+
+/// Puts a [`RequestMethod`] into every response's extensions. Made by [`MethodSafetyLayer`].
+#[derive(Debug, Clone, Copy)]
+pub struct MethodSafety<S> {
+    inner: S,
+}
+
+impl<S> MethodSafety<S> {
+    rampart_core::inner_service_accessors!(S);
+}
+
+impl<S, B, R> Service<Request<B>> for MethodSafety<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = MethodSafetyFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let method = Some(RequestMethod::of(&req));
+        MethodSafetyFuture {
+            inner: self.inner.call(req),
+            method,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`MethodSafety`].
+    #[derive(Debug)]
+    pub struct MethodSafetyFuture<F> {
+        #[pin]
+        inner: F,
+        method: Option<RequestMethod>,
+    }
+}
+
+impl<F, R, E> Future for MethodSafetyFuture<F>
+where
+    F: Future<Output = Result<Response<R>, E>>,
+{
+    type Output = Result<Response<R>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = std::task::ready!(this.inner.poll(cx))?;
+        if let Some(m) = this.method.take() {
+            res.extensions_mut().insert(m);
+        }
+        Poll::Ready(Ok(res))
+    }
+}
+
 /// `true` for methods that may be repeated, or a request carrying an `Idempotency-Key`.
 pub fn is_idempotent(method: &Method, headers: &HeaderMap) -> bool {
     matches!(
@@ -167,8 +317,9 @@ impl Service<Request<Bytes>> for HttpClient {
     }
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        let stamp = RequestMethod::of(&req);
         let method = req.method().clone();
-        let idempotent = is_idempotent(&method, req.headers());
+        let idempotent = stamp.idempotent;
         let (parts, body) = req.into_parts();
         let fut = self
             .inner
@@ -182,7 +333,8 @@ impl Service<Request<Bytes>> for HttpClient {
                 };
                 HttpError::new(kind, method.clone(), idempotent, e)
             })?;
-            let (parts, body) = res.into_parts();
+            let (mut parts, body) = res.into_parts();
+            parts.extensions.insert(stamp);
             let bytes = body
                 .collect()
                 .await
@@ -237,10 +389,15 @@ pub fn status_outcome(status: StatusCode, hint: Option<Duration>) -> Outcome {
     }
 }
 
-/// Classifies HTTP responses by status and `Retry-After`, and [`HttpError`]s by the
-/// method-safety rule: a request that never reached the server (connect errors) is always
-/// retryable; one that may have reached it only if it is idempotent (method or
-/// `Idempotency-Key`) or the classifier was told that retrying it is safe.
+/// Classifies HTTP responses by status and `Retry-After`, and both responses and
+/// [`HttpError`]s by the [method-safety rule](self#method-safety): a request that never
+/// reached the server (connect errors), or that the server said it did not process (429, 503
+/// with `Retry-After`), is retryable; any other failure only if the request is idempotent
+/// (method or `Idempotency-Key`) or the classifier was told that retrying it is safe.
+///
+/// It also classifies [`BoxedError`](crate::BoxedError)s (an `HttpClient` under a `Buffer`,
+/// tower `Timeout` or `BoxCloneService`) by downcasting them to [`HttpError`] (see
+/// [`Downcast`](crate::classify::Downcast)).
 ///
 /// # Example
 ///
@@ -256,20 +413,111 @@ pub fn status_outcome(status: StatusCode, hint: Option<Duration>) -> Outcome {
 ///     Outcome::Transient { retry_after: Some(std::time::Duration::from_secs(2)) }
 /// );
 /// ```
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct HttpClassifier {
     retry_non_idempotent: bool,
+    not_processed: fn(StatusCode, &HeaderMap) -> bool,
+}
+
+impl Default for HttpClassifier {
+    fn default() -> Self {
+        HttpClassifier {
+            retry_non_idempotent: false,
+            not_processed: server_did_not_process,
+        }
+    }
+}
+
+impl fmt::Debug for HttpClassifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpClassifier")
+            .field("retry_non_idempotent", &self.retry_non_idempotent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default answer to "did the server say it did not process the request?": 429, and 503
+/// with a `Retry-After` header (RFC 9110 §15.6.4: the server is temporarily unable to handle
+/// the request).
+///
+/// # Example
+///
+/// ```
+/// use rampart::client::server_did_not_process;
+/// use http::{HeaderMap, StatusCode};
+///
+/// let mut h = HeaderMap::new();
+/// assert!(server_did_not_process(StatusCode::TOO_MANY_REQUESTS, &h));
+/// assert!(!server_did_not_process(StatusCode::SERVICE_UNAVAILABLE, &h));
+/// h.insert("retry-after", "3".parse().unwrap());
+/// assert!(server_did_not_process(StatusCode::SERVICE_UNAVAILABLE, &h));
+/// assert!(!server_did_not_process(StatusCode::BAD_GATEWAY, &h));
+/// ```
+pub fn server_did_not_process(status: StatusCode, headers: &HeaderMap) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS
+        || (status == StatusCode::SERVICE_UNAVAILABLE
+            && headers.contains_key(http::header::RETRY_AFTER))
 }
 
 impl HttpClassifier {
-    /// Also retries non-idempotent requests (POST, PATCH) after errors where they may have
-    /// reached the server. Only for endpoints where a repeat is harmless.
+    /// Also retries non-idempotent requests (POST, PATCH) after failures where they may have
+    /// been processed: transport errors after sending, and 5xx/408 responses. Only for
+    /// endpoints where a repeat is harmless.
     ///
     /// Defaults to `false`.
     #[must_use]
     pub fn retry_non_idempotent(mut self, yes: bool) -> Self {
         self.retry_non_idempotent = yes;
         self
+    }
+
+    /// Which retryable responses mean the server did not process the request, so that a
+    /// non-idempotent request may be retried after them. Defaults to
+    /// [`server_did_not_process`] (429, 503 with `Retry-After`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart::client::{server_did_not_process, HttpClassifier};
+    ///
+    /// // This API also promises that a 502 from its gateway was never forwarded.
+    /// let c = HttpClassifier::default()
+    ///     .not_processed(|status, headers| status == 502 || server_did_not_process(status, headers));
+    /// # let _ = c;
+    /// ```
+    #[must_use]
+    pub fn not_processed(mut self, rule: fn(StatusCode, &HeaderMap) -> bool) -> Self {
+        self.not_processed = rule;
+        self
+    }
+
+    /// The outcome of a response: its [`status_outcome`], made permanent if the request was
+    /// not idempotent and the server did not say it left it unprocessed (see
+    /// [Method safety](self#method-safety)).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart::client::{HttpClassifier, RequestMethod};
+    /// use rampart::Outcome;
+    ///
+    /// let post = http::Request::post("/orders").body(()).unwrap();
+    /// let mut res = http::Response::builder().status(502).body(()).unwrap();
+    /// res.extensions_mut().insert(RequestMethod::of(&post));
+    /// assert_eq!(HttpClassifier::default().response_outcome(&res), Outcome::Permanent);
+    /// ```
+    pub fn response_outcome<B>(&self, res: &Response<B>) -> Outcome {
+        let outcome = status_outcome(res.status(), retry_after(res.headers()));
+        if !outcome.is_retryable() || self.retry_non_idempotent {
+            return outcome;
+        }
+        match res.extensions().get::<RequestMethod>() {
+            Some(m) if !m.idempotent && !(self.not_processed)(res.status(), res.headers()) => {
+                // It may have been processed: repeating it could do it twice.
+                Outcome::Permanent
+            }
+            _ => outcome,
+        }
     }
 
     /// The outcome of a transport error.
@@ -283,11 +531,19 @@ impl HttpClassifier {
     }
 }
 
-impl Classify<Response<Bytes>, HttpError> for HttpClassifier {
-    fn classify(&self, result: Result<&Response<Bytes>, &HttpError>) -> Outcome {
+impl<B> Classify<Response<B>, HttpError> for HttpClassifier {
+    fn classify(&self, result: Result<&Response<B>, &HttpError>) -> Outcome {
         match result {
-            Ok(res) => status_outcome(res.status(), retry_after(res.headers())),
+            Ok(res) => self.response_outcome(res),
             Err(e) => self.error_outcome(e),
         }
+    }
+}
+
+/// An HTTP service under a `Buffer`, tower `Timeout` or `BoxCloneService`: its [`HttpError`]s
+/// are found by downcasting (see [`Downcast`](crate::classify::Downcast)).
+impl<B> Classify<Response<B>, crate::BoxedError> for HttpClassifier {
+    fn classify(&self, result: Result<&Response<B>, &crate::BoxedError>) -> Outcome {
+        crate::classify::Downcast::<_, HttpError>::new(*self).classify(result)
     }
 }

@@ -78,6 +78,7 @@ pub use rampart_core::{
     ConfigError, Error, ErrorKind, IntoError, Jitter, Name, NotReplayable, Outcome, Timeout,
     MAX_DURATION,
 };
+pub use rampart_core::{error_chain_find, BoxedError, Leaf, LeafLayer};
 
 /// The retry layer: [`RetryLayer`], its budget and its observation seam.
 #[cfg(feature = "retry")]

@@ -112,3 +112,7 @@ pub mod dlq {
 #[cfg(feature = "dlq")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dlq")))]
 pub use rampart_dlq::{DeadLetter, DeadLetterLayer, DeadLetterRecord, DeadLetterStore};
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -49,6 +49,45 @@ pub enum HttpErrorKind {
     Request,
     /// The response body could not be read.
     Body,
+    /// The response body was larger than the client's limit
+    /// ([`HttpClientBuilder::max_response_bytes`]); the source is a [`ResponseTooLarge`].
+    TooLarge,
+    /// The whole call (connect, send, read the response) took longer than
+    /// [`HttpClientBuilder::request_timeout`].
+    Timeout,
+}
+
+/// A response body was larger than the client's limit.
+///
+/// # Example
+///
+/// ```
+/// use rampart::client::ResponseTooLarge;
+///
+/// assert_eq!(ResponseTooLarge { limit: 1024 }.to_string(), "response body exceeds the limit of 1024 bytes");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("response body exceeds the limit of {limit} bytes")]
+pub struct ResponseTooLarge {
+    /// The limit, in bytes.
+    pub limit: usize,
+}
+
+/// The whole HTTP call ran past the client's request timeout.
+///
+/// # Example
+///
+/// ```
+/// use rampart::client::RequestTimedOut;
+/// use std::time::Duration;
+///
+/// assert_eq!(RequestTimedOut { after: Duration::from_secs(2) }.to_string(), "no complete response within 2s");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no complete response within {after:?}")]
+pub struct RequestTimedOut {
+    /// The timeout.
+    pub after: Duration,
 }
 
 /// An HTTP call failed.
@@ -105,6 +144,8 @@ impl fmt::Display for HttpError {
             HttpErrorKind::Connect => "could not connect",
             HttpErrorKind::Request => "request failed",
             HttpErrorKind::Body => "reading the response body failed",
+            HttpErrorKind::TooLarge => "response body too large",
+            HttpErrorKind::Timeout => "timed out",
         };
         write!(f, "{} {what}", self.method)
     }
@@ -257,9 +298,9 @@ pub fn is_idempotent(method: &Method, headers: &HeaderMap) -> bool {
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
-/// An HTTP/1.1 client over hyper-util with rustls (webpki roots) for `https`, as a tower
-/// service from `Request<Bytes>` to `Response<Bytes>` (the body read whole). Cloning shares
-/// the connection pool.
+/// An HTTP/1.1 client over hyper-util with rustls (webpki roots, or yours) for `https`, as a
+/// tower service from `Request<Bytes>` to `Response<Bytes>` (the body read whole, up to a
+/// limit). Cloning shares the connection pool. Configure it with [`HttpClient::builder`].
 ///
 /// # Example
 ///
@@ -276,6 +317,138 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Client<Connector, Full<Bytes>>,
+    max_response_bytes: usize,
+    request_timeout: Option<Duration>,
+}
+
+/// The default response size limit of [`HttpClient`]: 32 MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 32 << 20;
+
+/// Builds an [`HttpClient`].
+///
+/// # Example
+///
+/// ```
+/// use rampart::client::HttpClient;
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let client = HttpClient::builder()
+///     .connect_timeout(Duration::from_secs(2))
+///     .request_timeout(Some(Duration::from_secs(10)))
+///     .pool_idle_timeout(Duration::from_secs(30))
+///     .pool_max_idle_per_host(16)
+///     .max_response_bytes(4 << 20)
+///     .build();
+/// # let _ = client;
+/// # }
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct HttpClientBuilder {
+    connect_timeout: Option<Duration>,
+    request_timeout: Option<Duration>,
+    pool_idle_timeout: Option<Duration>,
+    pool_max_idle_per_host: usize,
+    max_response_bytes: usize,
+    tls: Option<rustls::ClientConfig>,
+}
+
+impl fmt::Debug for HttpClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpClientBuilder")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
+            .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field("custom_tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Default for HttpClientBuilder {
+    fn default() -> Self {
+        HttpClientBuilder {
+            connect_timeout: Some(Duration::from_secs(5)),
+            request_timeout: None,
+            pool_idle_timeout: Some(Duration::from_secs(90)),
+            pool_max_idle_per_host: usize::MAX,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            tls: None,
+        }
+    }
+}
+
+impl HttpClientBuilder {
+    /// How long connecting (TCP) may take; `None` for no limit. Defaults to 5 s. A connect
+    /// that times out is an [`HttpErrorKind::Connect`] error: the request never left.
+    pub fn connect_timeout(mut self, d: impl Into<Option<Duration>>) -> Self {
+        self.connect_timeout = d.into();
+        self
+    }
+
+    /// How long the whole call — connect, send, read the response body — may take; `None`
+    /// for no limit (the default; a policy's per-attempt timeout usually bounds it). A call
+    /// that runs past it fails with [`HttpErrorKind::Timeout`].
+    pub fn request_timeout(mut self, d: Option<Duration>) -> Self {
+        self.request_timeout = d;
+        self
+    }
+
+    /// How long an idle pooled connection is kept. Defaults to 90 s.
+    pub fn pool_idle_timeout(mut self, d: impl Into<Option<Duration>>) -> Self {
+        self.pool_idle_timeout = d.into();
+        self
+    }
+
+    /// At most this many idle connections per host. Defaults to no limit.
+    pub fn pool_max_idle_per_host(mut self, n: usize) -> Self {
+        self.pool_max_idle_per_host = n;
+        self
+    }
+
+    /// The largest response body read, in bytes; a larger one fails with
+    /// [`HttpErrorKind::TooLarge`] (source: [`ResponseTooLarge`]) without being read whole.
+    /// Defaults to [`DEFAULT_MAX_RESPONSE_BYTES`] (32 MiB).
+    pub fn max_response_bytes(mut self, limit: usize) -> Self {
+        self.max_response_bytes = limit;
+        self
+    }
+
+    /// The rustls configuration for `https` (your own root certificates, client
+    /// certificates). Defaults to the webpki roots. ALPN is set by the client (HTTP/1.1).
+    pub fn tls_config(mut self, config: rustls::ClientConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// The client.
+    pub fn build(self) -> HttpClient {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(self.connect_timeout);
+        let https = match self.tls {
+            Some(config) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config),
+            None => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
+        }
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+        let mut client = Client::builder(TokioExecutor::new());
+        client
+            .pool_idle_timeout(self.pool_idle_timeout)
+            .pool_max_idle_per_host(self.pool_max_idle_per_host);
+        if self.pool_idle_timeout.is_some() {
+            client.pool_timer(hyper_util::rt::TokioTimer::new());
+        }
+        HttpClient {
+            inner: client.build(https),
+            max_response_bytes: self.max_response_bytes,
+            request_timeout: self.request_timeout,
+        }
+    }
 }
 
 impl fmt::Debug for HttpClient {
@@ -291,19 +464,14 @@ impl Default for HttpClient {
 }
 
 impl HttpClient {
-    /// A client that speaks `http` and `https`.
+    /// A client that speaks `http` and `https`, with [`HttpClientBuilder`]'s defaults.
     pub fn new() -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        HttpClient {
-            inner: Client::builder(TokioExecutor::new()).build(https),
-        }
+        HttpClient::builder().build()
+    }
+
+    /// A builder: timeouts, pool, TLS roots, response size limit.
+    pub fn builder() -> HttpClientBuilder {
+        HttpClientBuilder::default()
     }
 }
 
@@ -324,7 +492,10 @@ impl Service<Request<Bytes>> for HttpClient {
         let fut = self
             .inner
             .request(Request::from_parts(parts, Full::new(body)));
-        Box::pin(async move {
+        let limit = self.max_response_bytes;
+        let timeout = self.request_timeout;
+        let (timeout_method, timeout_idempotent) = (method.clone(), idempotent);
+        let call = async move {
             let res = fut.await.map_err(|e| {
                 let kind = if e.is_connect() {
                     HttpErrorKind::Connect
@@ -335,12 +506,37 @@ impl Service<Request<Bytes>> for HttpClient {
             })?;
             let (mut parts, body) = res.into_parts();
             parts.extensions.insert(stamp);
-            let bytes = body
+            let bytes = http_body_util::Limited::new(body, limit)
                 .collect()
                 .await
-                .map_err(|e| HttpError::new(HttpErrorKind::Body, method, idempotent, e))?
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        HttpError::new(
+                            HttpErrorKind::TooLarge,
+                            method.clone(),
+                            idempotent,
+                            ResponseTooLarge { limit },
+                        )
+                    } else {
+                        HttpError::new(HttpErrorKind::Body, method.clone(), idempotent, e)
+                    }
+                })?
                 .to_bytes();
             Ok(Response::from_parts(parts, bytes))
+        };
+        Box::pin(async move {
+            match timeout {
+                None => call.await,
+                Some(after) => match tokio::time::timeout(after, call).await {
+                    Ok(r) => r,
+                    Err(_) => Err(HttpError::new(
+                        HttpErrorKind::Timeout,
+                        timeout_method,
+                        timeout_idempotent,
+                        RequestTimedOut { after },
+                    )),
+                },
+            }
         })
     }
 }
@@ -520,8 +716,12 @@ impl HttpClassifier {
         }
     }
 
-    /// The outcome of a transport error.
+    /// The outcome of a transport error. A response over the size limit is permanent (it
+    /// would be as large again).
     pub fn error_outcome(&self, e: &HttpError) -> Outcome {
+        if e.kind() == HttpErrorKind::TooLarge {
+            return Outcome::Permanent;
+        }
         if !e.reached_server() || e.idempotent() || self.retry_non_idempotent {
             Outcome::TRANSIENT
         } else {

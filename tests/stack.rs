@@ -385,3 +385,56 @@ fn every_rampart_error_boxes() {
     let e: Error<BoxedError> = "nope".into_error();
     let _: BoxError = e.into();
 }
+
+// ===== the client's builder: size limit, request timeout (9) =====
+
+#[tokio::test]
+async fn response_size_limit_is_a_typed_permanent_error() {
+    let s = server(Routes::new()).await;
+    let small = HttpClient::builder().max_response_bytes(3).build();
+    let err = small.clone().oneshot(req("GET", &s.url("/big"))).await.unwrap_err();
+    assert_eq!(err.kind(), HttpErrorKind::TooLarge);
+    let src = std::error::Error::source(&err).unwrap();
+    assert_eq!(
+        src.downcast_ref::<rampart::client::ResponseTooLarge>(),
+        Some(&rampart::client::ResponseTooLarge { limit: 3 })
+    );
+    // Permanent: the policy does not repeat it.
+    let svc = ServiceBuilder::new()
+        .layer(policy().layer(
+            HttpClassifier::default(),
+            MemoryStore::default(),
+            HttpExtractor::default(),
+        ))
+        .service(small);
+    let err = svc.oneshot(req("GET", &s.url("/big2"))).await.unwrap_err();
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(s.hits("/big2"), 1);
+    // At the limit it is read whole.
+    let exact = HttpClient::builder().max_response_bytes(4).build();
+    let res = exact.oneshot(req("GET", &s.url("/ok"))).await.unwrap();
+    assert_eq!(res.body().as_ref(), b"body");
+}
+
+#[tokio::test]
+async fn request_timeout_is_typed() {
+    // A server that accepts and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = listener.accept().await {
+            conns.push(c);
+        }
+    });
+    let client = HttpClient::builder()
+        .request_timeout(Some(Duration::from_millis(100)))
+        .build();
+    let err = client
+        .oneshot(req("GET", &format!("http://{addr}/")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), HttpErrorKind::Timeout);
+    assert!(err.reached_server());
+    held.abort();
+}

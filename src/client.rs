@@ -475,23 +475,45 @@ impl HttpClient {
     }
 }
 
+/// The client's response future.
+pub type HttpFuture = Pin<Box<dyn Future<Output = Result<Response<Bytes>, HttpError>> + Send>>;
+
 impl Service<Request<Bytes>> for HttpClient {
     type Response = Response<Bytes>;
     type Error = HttpError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Bytes>, HttpError>> + Send>>;
+    type Future = HttpFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        self.send(req.map(Full::new))
+    }
+}
+
+/// Requests whose body is an [`http_body::Body`](http_body_util::Full) (`Full<Bytes>`), as
+/// tower-http's `TraceLayer` and other body-generic layers need.
+impl Service<Request<Full<Bytes>>> for HttpClient {
+    type Response = Response<Bytes>;
+    type Error = HttpError;
+    type Future = HttpFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+        self.send(req)
+    }
+}
+
+impl HttpClient {
+    fn send(&self, req: Request<Full<Bytes>>) -> HttpFuture {
         let stamp = RequestMethod::of(&req);
         let method = req.method().clone();
         let idempotent = stamp.idempotent;
-        let (parts, body) = req.into_parts();
-        let fut = self
-            .inner
-            .request(Request::from_parts(parts, Full::new(body)));
+        let fut = self.inner.request(req);
         let limit = self.max_response_bytes;
         let timeout = self.request_timeout;
         let (timeout_method, timeout_idempotent) = (method.clone(), idempotent);

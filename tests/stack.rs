@@ -165,7 +165,11 @@ async fn post_is_retried_where_the_server_said_it_did_not_process_it() {
         .service(HttpClient::new());
     for path in ["/429", "/503ra"] {
         let _ = svc.clone().oneshot(req("POST", &s.url(path))).await;
-        assert_eq!(s.hits(path), 3, "POST {path}: the server said it did not process it");
+        assert_eq!(
+            s.hits(path),
+            3,
+            "POST {path}: the server said it did not process it"
+        );
     }
     // Connection refused: the request never left, so a POST is retried.
     let dead = closed_port().await;
@@ -175,7 +179,10 @@ async fn post_is_retried_where_the_server_said_it_did_not_process_it() {
         .await
         .unwrap_err();
     assert_eq!(err.attempts(), 3);
-    assert_eq!(err.inner().map(HttpError::kind), Some(HttpErrorKind::Connect));
+    assert_eq!(
+        err.inner().map(HttpError::kind),
+        Some(HttpErrorKind::Connect)
+    );
 }
 
 #[tokio::test]
@@ -264,7 +271,11 @@ async fn buffer_under_and_over_the_policy_boxed() {
         .service(HttpClient::new());
 
     // A 503 under a Buffer is still classified (downcast to HttpError) and retried.
-    let res = svc.clone().oneshot(req("GET", &s.url("/503"))).await.unwrap();
+    let res = svc
+        .clone()
+        .oneshot(req("GET", &s.url("/503")))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 503);
     assert_eq!(s.hits("/503"), 3);
 
@@ -323,18 +334,21 @@ async fn boxed_services_under_the_policy() {
         HttpExtractor::default(),
     );
     // A BoxCloneService is Clone: straight under the policy.
-    let erased: BoxCloneService<Request<Bytes>, Response<Bytes>, BoxError> =
-        BoxCloneService::new(HttpClient::new().map_err(BoxError::from));
+    let erased: BoxCloneService<Request<Bytes>, Response<Bytes>, BoxError> = BoxCloneService::new(
+        ServiceExt::<Request<Bytes>>::map_err(HttpClient::new(), BoxError::from),
+    );
     let svc = ServiceBuilder::new().layer(layer.clone()).service(erased);
     let _ = svc.oneshot(req("GET", &s.url("/503"))).await.unwrap();
     assert_eq!(s.hits("/503"), 3);
     // A BoxService is not Clone (retries need a second handle): put it in a Buffer.
     let unique = BoxService::new(HttpClient::new());
-    let mut svc = ServiceBuilder::new()
-        .layer(layer)
-        .buffer(4)
-        .service(unique);
-    let res = svc.ready().await.unwrap().call(req("GET", &s.url("/503"))).await;
+    let mut svc = ServiceBuilder::new().layer(layer).buffer(4).service(unique);
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(req("GET", &s.url("/503")))
+        .await;
     assert_eq!(res.unwrap().status(), 503);
     assert_eq!(s.hits("/503"), 6);
 }
@@ -392,7 +406,11 @@ fn every_rampart_error_boxes() {
 async fn response_size_limit_is_a_typed_permanent_error() {
     let s = server(Routes::new()).await;
     let small = HttpClient::builder().max_response_bytes(3).build();
-    let err = small.clone().oneshot(req("GET", &s.url("/big"))).await.unwrap_err();
+    let err = small
+        .clone()
+        .oneshot(req("GET", &s.url("/big")))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), HttpErrorKind::TooLarge);
     let src = std::error::Error::source(&err).unwrap();
     assert_eq!(
@@ -437,4 +455,76 @@ async fn request_timeout_is_typed() {
     assert_eq!(err.kind(), HttpErrorKind::Timeout);
     assert!(err.reached_server());
     held.abort();
+}
+
+// ===== tower-http TraceLayer above and below the policy (4) =====
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn trace_layer_spans_show_the_policys_attempts() {
+    use tower_http::trace::TraceLayer;
+    let routes: Routes = [("/503", (503, vec![]))].into();
+    let s = server(routes).await;
+    // Both TraceLayers log to one buffer; their span names say which is which.
+    let logged = Captured::default();
+    let writer = logged.clone();
+    let sub = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(sub);
+    let svc = ServiceBuilder::new()
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|_: &Request<Full<Bytes>>| tracing::debug_span!("logical_call")),
+        )
+        .layer(policy().layer(
+            HttpClassifier::default(),
+            MemoryStore::default(),
+            // `HttpExtractor` reads byte bodies; a `Full` body is described by its URI.
+            |r: &Request<Full<Bytes>>| rampart::dlq::RequestPart {
+                summary: r.uri().to_string(),
+                ..Default::default()
+            },
+        ))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|_: &Request<Full<Bytes>>| tracing::debug_span!("attempt")),
+        )
+        .map_response(|r: Response<Bytes>| r.map(Full::new))
+        .service(HttpClient::new());
+    let res = svc
+        .oneshot(req("GET", &s.url("/503")).map(Full::new))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(s.hits("/503"), 3);
+    let log = String::from_utf8(logged.0.lock().unwrap().clone()).unwrap();
+    // One span per attempt below the policy, one for the logical call above it.
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("attempt: ") && l.contains("finished processing request"))
+            .count(),
+        3,
+        "{log}"
+    );
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("logical_call: ") && l.contains("finished processing request"))
+            .count(),
+        1,
+        "{log}"
+    );
 }

@@ -293,10 +293,15 @@ mod tests {
         let boxed: BoxError = e.into();
         let back = boxed.downcast_ref::<Error<BoxedError>>();
         assert_eq!(
-            back.and_then(Error::inner).map(ToString::to_string).as_deref(),
+            back.and_then(Error::inner)
+                .map(ToString::to_string)
+                .as_deref(),
             Some("bad")
         );
         let e: Error<BoxedError> = "static".into_error();
-        assert_eq!(e.inner().map(ToString::to_string).as_deref(), Some("static"));
+        assert_eq!(
+            e.inner().map(ToString::to_string).as_deref(),
+            Some("static")
+        );
     }
 }

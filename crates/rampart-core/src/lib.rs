@@ -49,10 +49,10 @@ pub mod time;
 pub use backoff::{Backoff, BackoffBuilder, Jitter, Schedule};
 pub use boxed::{error_chain_find, BoxedError};
 pub use classify::Classify;
-pub use leaf::{Leaf, LeafFuture, LeafLayer};
 pub use error::{
     BoxError, CircuitOpen, ConfigError, Error, ErrorKind, IntoError, NotReplayable, Timeout,
 };
+pub use leaf::{Leaf, LeafFuture, LeafLayer};
 pub use name::Name;
 pub use time::{instant_after, MAX_DURATION};
 

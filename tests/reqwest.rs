@@ -1,0 +1,287 @@
+//! reqwest for real: a `reqwest::Client` through rampart's retry layer against an axum server
+//! on loopback — statuses, both forms of `Retry-After`, a refused connection, a
+//! non-idempotent POST whose connection drops, and a streaming body that cannot be replayed.
+#![cfg(feature = "reqwest")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::any;
+use axum::Router;
+use rampart::client::{HttpClassifier, HttpError, HttpErrorKind};
+use rampart::reqwest::{ReqwestReplay, ReqwestService};
+use rampart::{Backoff, Classify, ErrorKind, Jitter, Outcome, RetryLayer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tower::{Layer, ServiceExt};
+
+type Calls = Arc<Mutex<HashMap<String, u32>>>;
+
+/// `/s/{key}/{fail}/{status}?ra=…`: the first `fail` calls of `key` answer `status` (with
+/// `Retry-After: ra`, where `ra=date+N` is an HTTP-date N seconds ahead); then 200.
+async fn scripted(
+    State(calls): State<Calls>,
+    Path((key, fail, status)): Path<(String, u32, u16)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> (StatusCode, HeaderMap, String) {
+    let n = {
+        let mut c = calls.lock().unwrap();
+        let n = c.entry(key).or_default();
+        *n += 1;
+        *n
+    };
+    let mut headers = HeaderMap::new();
+    if n > fail {
+        return (StatusCode::OK, headers, format!("ok after {n}"));
+    }
+    if let Some(ra) = q.get("ra") {
+        let value = match ra.strip_prefix("date+") {
+            Some(secs) => httpdate::fmt_http_date(
+                SystemTime::now() + Duration::from_secs(secs.parse().unwrap()),
+            ),
+            None => ra.clone(),
+        };
+        headers.insert("retry-after", value.parse().unwrap());
+    }
+    (StatusCode::from_u16(status).unwrap(), headers, "no".into())
+}
+
+async fn serve() -> (SocketAddr, Calls) {
+    let calls = Calls::default();
+    let app = Router::new()
+        .route("/s/{key}/{fail}/{status}", any(scripted))
+        .with_state(calls.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, calls)
+}
+
+fn calls(c: &Calls, key: &str) -> u32 {
+    c.lock().unwrap().get(key).copied().unwrap_or(0)
+}
+
+fn backoff(retries: u32) -> Backoff {
+    Backoff::builder()
+        .max_retries(retries)
+        .base_delay(Duration::from_millis(1))
+        .max_delay(Duration::from_millis(200))
+        .jitter(Jitter::None)
+        .build()
+        .unwrap()
+}
+
+fn api(
+    client: &reqwest::Client,
+    retries: u32,
+) -> rampart::Retry<ReqwestService, HttpClassifier, ReqwestReplay> {
+    RetryLayer::new(HttpClassifier::default())
+        .replay(ReqwestReplay)
+        .backoff(backoff(retries))
+        .no_budget()
+        .layer(ReqwestService::new(client.clone()))
+}
+
+#[tokio::test]
+async fn statuses_are_retried_or_returned_as_the_http_classifier_says() {
+    let (addr, counts) = serve().await;
+    let client = reqwest::Client::new();
+    for (i, (status, retried)) in [
+        (500, true),
+        (502, true),
+        (503, true),
+        (504, true),
+        (408, true),
+        (429, true),
+        (400, false),
+        (404, false),
+        (501, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let key = format!("k{i}");
+        let req = client
+            .get(format!("http://{addr}/s/{key}/2/{status}"))
+            .build()
+            .unwrap();
+        let res = api(&client, 3).oneshot(req).await.unwrap();
+        if retried {
+            assert_eq!(res.status(), 200, "{status}");
+            assert_eq!(res.text().await.unwrap(), "ok after 3");
+            assert_eq!(calls(&counts, &key), 3, "{status}");
+        } else {
+            assert_eq!(res.status().as_u16(), status);
+            assert_eq!(calls(&counts, &key), 1, "{status} is not retried");
+        }
+    }
+    // Out of retries: the last response comes back for the caller to read.
+    let req = client
+        .get(format!("http://{addr}/s/gone/9/503"))
+        .build()
+        .unwrap();
+    let res = api(&client, 2).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(calls(&counts, "gone"), 3);
+}
+
+#[tokio::test]
+async fn retry_after_in_both_forms_sets_the_delay() {
+    let (addr, counts) = serve().await;
+    let client = reqwest::Client::new();
+    // The backoff alone waits 1 ms; Retry-After (capped at max_delay, 200 ms) waits longer.
+    for (key, ra) in [("secs", "5"), ("date", "date+5")] {
+        let req = client
+            .get(format!("http://{addr}/s/{key}/1/503?ra={ra}"))
+            .build()
+            .unwrap();
+        let t = Instant::now();
+        let res = api(&client, 2).oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(
+            t.elapsed() >= Duration::from_millis(190),
+            "{ra}: waited {:?}",
+            t.elapsed()
+        );
+        assert_eq!(calls(&counts, key), 2);
+    }
+    // The classifier reads both forms off a real response.
+    let res = client
+        .get(format!("http://{addr}/s/direct/1/429?ra=7"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        Classify::<_, HttpError>::classify(&HttpClassifier::default(), Ok(&res)),
+        Outcome::Throttled {
+            retry_after: Some(Duration::from_secs(7))
+        }
+    );
+}
+
+/// Counts the errors it classifies.
+#[derive(Clone)]
+struct Counting(HttpClassifier, Arc<AtomicU32>);
+
+impl Classify<reqwest::Response, HttpError> for Counting {
+    fn classify(&self, r: Result<&reqwest::Response, &HttpError>) -> Outcome {
+        if r.is_err() {
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+        self.0.classify(r)
+    }
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let client = reqwest::Client::new();
+    let errors = Arc::new(AtomicU32::new(0));
+    let svc = RetryLayer::new(Counting(HttpClassifier::default(), errors.clone()))
+        .replay(ReqwestReplay)
+        .backoff(backoff(2))
+        .no_budget()
+        .layer(ReqwestService::new(client.clone()));
+    // Even a POST: a refused connection never reached the server.
+    let req = client
+        .post(format!("http://{addr}/orders"))
+        .body("{}")
+        .build()
+        .unwrap();
+    let err = svc.oneshot(req).await.unwrap_err();
+    assert_eq!(err.attempts(), 3);
+    assert_eq!(errors.load(Ordering::SeqCst), 3);
+    assert_eq!(err.inner().unwrap().kind(), HttpErrorKind::Connect, "{err:?}");
+}
+
+/// A server that reads a request and closes the connection without answering.
+async fn hang_up_server() -> (SocketAddr, Arc<AtomicU32>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicU32::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_post_that_may_have_reached_the_server_is_not_retried_without_an_idempotency_key() {
+    let (addr, seen) = hang_up_server().await;
+    let client = reqwest::Client::new();
+    let post = client
+        .post(format!("http://{addr}/charge"))
+        .body("{\"cents\":100}")
+        .build()
+        .unwrap();
+    let err = api(&client, 3).oneshot(post).await.unwrap_err();
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(err.inner().unwrap().kind(), HttpErrorKind::Request, "{err:?}");
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "the POST is sent once");
+
+    // The same POST with an Idempotency-Key, and a PUT, are retried.
+    for req in [
+        client
+            .post(format!("http://{addr}/charge"))
+            .header("idempotency-key", "c-1")
+            .body("{\"cents\":100}")
+            .build()
+            .unwrap(),
+        client
+            .put(format!("http://{addr}/item/1"))
+            .body("{}")
+            .build()
+            .unwrap(),
+    ] {
+        let before = seen.load(Ordering::SeqCst);
+        let err = api(&client, 3).oneshot(req).await.unwrap_err();
+        assert_eq!(err.attempts(), 4);
+        assert_eq!(seen.load(Ordering::SeqCst) - before, 4);
+    }
+}
+
+#[tokio::test]
+async fn a_streaming_body_gets_one_attempt() {
+    let (addr, counts) = serve().await;
+    let client = reqwest::Client::new();
+    let chunks = futures_util::stream::iter(
+        (0..64).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 1024]))),
+    );
+    let req = client
+        .put(format!("http://{addr}/s/upload/1/503"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .build()
+        .unwrap();
+    let err = api(&client, 3).oneshot(req).await.unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::NotReplayable { .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(calls(&counts, "upload"), 1, "sent once, not replayed");
+}

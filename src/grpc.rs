@@ -515,7 +515,7 @@ where
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
-    B::Error: Into<BoxError> + Unpin,
+    B::Error: Into<BoxError> + Unpin + Send,
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {

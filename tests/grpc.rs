@@ -21,14 +21,13 @@ use http::uri::PathAndQuery;
 use http_body_util::StreamBody;
 use prost::Message as _;
 use rampart::grpc::{GrpcClassifier, GrpcError, GrpcLayer, GrpcReplay, MethodPolicy};
-use rampart::Classify as _;
 use rampart::retry::BufferBodyLayer;
 use rampart::{Backoff, Jitter, RetryLayer};
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::{Code, Status};
 use tonic_prost::ProstCodec;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::ServiceBuilder;
 
 /// `message Msg { string text = 1; uint32 n = 2; }`
 #[derive(Clone, PartialEq, prost::Message)]
@@ -313,7 +312,7 @@ async fn unary<C>(c: &mut Client<C>, text: &str) -> Result<Msg, Status>
 where
     Stack<C>: tonic::client::GrpcService<Body, ResponseBody = Body>,
 {
-    c.ready().await.map_err(|e| Status::unknown(e.to_string()))?;
+    c.ready().await.map_err(|e| Status::unknown(e.into().to_string()))?;
     c.unary(
         tonic::Request::new(Msg {
             text: text.into(),

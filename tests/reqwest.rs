@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::any;
 use axum::Router;
@@ -22,12 +22,13 @@ use tower::{Layer, ServiceExt};
 
 type Calls = Arc<Mutex<HashMap<String, u32>>>;
 
-/// `/s/{key}/{fail}/{status}?ra=…`: the first `fail` calls of `key` answer `status` (with
-/// `Retry-After: ra`, where `ra=date+N` is an HTTP-date N seconds ahead); then 200.
+/// `/s/{key}/{fail}/{status}`: the first `fail` calls of `key` answer `status` (with
+/// `Retry-After` set to the request's `x-ra`, where `date+N` is an HTTP-date N seconds
+/// ahead); then 200.
 async fn scripted(
     State(calls): State<Calls>,
     Path((key, fail, status)): Path<(String, u32, u16)>,
-    Query(q): Query<HashMap<String, String>>,
+    req_headers: HeaderMap,
 ) -> (StatusCode, HeaderMap, String) {
     let n = {
         let mut c = calls.lock().unwrap();
@@ -39,12 +40,12 @@ async fn scripted(
     if n > fail {
         return (StatusCode::OK, headers, format!("ok after {n}"));
     }
-    if let Some(ra) = q.get("ra") {
+    if let Some(ra) = req_headers.get("x-ra").and_then(|v| v.to_str().ok()) {
         let value = match ra.strip_prefix("date+") {
             Some(secs) => httpdate::fmt_http_date(
                 SystemTime::now() + Duration::from_secs(secs.parse().unwrap()),
             ),
-            None => ra.clone(),
+            None => ra.to_string(),
         };
         headers.insert("retry-after", value.parse().unwrap());
     }
@@ -137,7 +138,8 @@ async fn retry_after_in_both_forms_sets_the_delay() {
     // The backoff alone waits 1 ms; Retry-After (capped at max_delay, 200 ms) waits longer.
     for (key, ra) in [("secs", "5"), ("date", "date+5")] {
         let req = client
-            .get(format!("http://{addr}/s/{key}/1/503?ra={ra}"))
+            .get(format!("http://{addr}/s/{key}/1/503"))
+            .header("x-ra", ra)
             .build()
             .unwrap();
         let t = Instant::now();
@@ -152,7 +154,8 @@ async fn retry_after_in_both_forms_sets_the_delay() {
     }
     // The classifier reads both forms off a real response.
     let res = client
-        .get(format!("http://{addr}/s/direct/1/429?ra=7"))
+        .get(format!("http://{addr}/s/direct/1/429"))
+        .header("x-ra", "7")
         .send()
         .await
         .unwrap();
@@ -265,23 +268,41 @@ async fn a_post_that_may_have_reached_the_server_is_not_retried_without_an_idemp
     }
 }
 
-#[tokio::test]
-async fn a_streaming_body_gets_one_attempt() {
-    let (addr, counts) = serve().await;
-    let client = reqwest::Client::new();
+fn stream_body() -> reqwest::Body {
     let chunks = futures_util::stream::iter(
         (0..64).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 1024]))),
     );
+    reqwest::Body::wrap_stream(chunks)
+}
+
+#[tokio::test]
+async fn a_streaming_body_gets_one_attempt() {
+    // A 503 that would be retried: the response comes back after the one attempt.
+    let (addr, counts) = serve().await;
+    let client = reqwest::Client::new();
     let req = client
         .put(format!("http://{addr}/s/upload/1/503"))
-        .body(reqwest::Body::wrap_stream(chunks))
+        .body(stream_body())
+        .build()
+        .unwrap();
+    let res = api(&client, 3).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(calls(&counts, "upload"), 1, "sent once, not replayed");
+
+    // A dropped connection that would be retried (PUT is idempotent): the error says why not.
+    let (addr, seen) = hang_up_server().await;
+    let req = client
+        .put(format!("http://{addr}/upload"))
+        .body(stream_body())
         .build()
         .unwrap();
     let err = api(&client, 3).oneshot(req).await.unwrap_err();
-    assert!(
-        matches!(err.kind(), ErrorKind::NotReplayable { .. }),
-        "{err:?}"
-    );
+    match err.kind() {
+        ErrorKind::NotReplayable { reason, .. } => {
+            assert!(reason.reason().contains("stream"), "{reason}")
+        }
+        other => panic!("expected NotReplayable, got {other:?}"),
+    }
     assert_eq!(err.attempts(), 1);
-    assert_eq!(calls(&counts, "upload"), 1, "sent once, not replayed");
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
 }

@@ -99,10 +99,9 @@ pub fn code_outcome(code: Code, idempotent: bool) -> Outcome {
         Code::Unavailable => Outcome::TRANSIENT,
         Code::ResourceExhausted => Outcome::THROTTLED,
         Code::DeadlineExceeded if idempotent => Outcome::TRANSIENT,
-        Code::InvalidArgument
-        | Code::NotFound
-        | Code::PermissionDenied
-        | Code::Unauthenticated => Outcome::Rejected,
+        Code::InvalidArgument | Code::NotFound | Code::PermissionDenied | Code::Unauthenticated => {
+            Outcome::Rejected
+        }
         _ => Outcome::Permanent,
     }
 }
@@ -470,10 +469,11 @@ impl std::error::Error for GrpcError {
 /// use rampart::grpc::GrpcLayer;
 /// use tower::ServiceBuilder;
 ///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
 /// let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50051").connect_lazy();
-/// # let _rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-/// # let _g = _rt.enter();
 /// let svc = ServiceBuilder::new().layer(GrpcLayer::new()).service(channel);
+/// # }
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 #[must_use]
@@ -524,9 +524,9 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(|e| {
-            rampart_core::Error::from_inner(GrpcError::new(GrpcMethod::new(""), e))
-        })
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| rampart_core::Error::from_inner(GrpcError::new(GrpcMethod::new(""), e)))
     }
 
     fn call(&mut self, req: Request<ReplayBody<B>>) -> Self::Future {
@@ -625,7 +625,10 @@ where
             .as_ref()
             .and_then(|f| f.data_ref())
             .map_or(0, |d| d.len() as u64);
-        let mut hint = self.rest.as_ref().map_or_else(SizeHint::default, |r| r.size_hint());
+        let mut hint = self
+            .rest
+            .as_ref()
+            .map_or_else(SizeHint::default, |r| r.size_hint());
         if self.rest.is_none() {
             hint.set_upper(held);
         }
@@ -684,7 +687,10 @@ mod tests {
     fn hm(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("x")));
+            h.insert(
+                *k,
+                HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("x")),
+            );
         }
         h
     }
@@ -717,26 +723,38 @@ mod tests {
         let p = MethodPolicy::new();
         assert_eq!(headers_outcome(&p, &hm(&[])), None);
         assert_eq!(
-            headers_outcome(&p, &hm(&[("grpc-status", "14"), ("grpc-retry-pushback-ms", "30")])),
+            headers_outcome(
+                &p,
+                &hm(&[("grpc-status", "14"), ("grpc-retry-pushback-ms", "30")])
+            ),
             Some(Outcome::Transient {
                 retry_after: Some(Duration::from_millis(30))
             })
         );
         for bad in ["-1", "1.5", "", "9999999999999999999999", "ms"] {
             assert_eq!(
-                headers_outcome(&p, &hm(&[("grpc-status", "14"), ("grpc-retry-pushback-ms", bad)])),
+                headers_outcome(
+                    &p,
+                    &hm(&[("grpc-status", "14"), ("grpc-retry-pushback-ms", bad)])
+                ),
                 Some(Outcome::Permanent),
                 "{bad:?}"
             );
         }
         // Pushback does not make a non-retryable status retryable.
         assert_eq!(
-            headers_outcome(&p, &hm(&[("grpc-status", "5"), ("grpc-retry-pushback-ms", "10")])),
+            headers_outcome(
+                &p,
+                &hm(&[("grpc-status", "5"), ("grpc-retry-pushback-ms", "10")])
+            ),
             Some(Outcome::Rejected)
         );
         // Not base64 details are ignored, never a panic.
         assert_eq!(
-            headers_outcome(&p, &hm(&[("grpc-status", "8"), ("grpc-status-details-bin", "%%%")])),
+            headers_outcome(
+                &p,
+                &hm(&[("grpc-status", "8"), ("grpc-status-details-bin", "%%%")])
+            ),
             Some(Outcome::THROTTLED)
         );
         // A code out of range is UNKNOWN: permanent.
@@ -768,7 +786,10 @@ mod tests {
         ] {
             let b64 = engine.encode(status.details());
             assert_eq!(
-                headers_outcome(&p, &hm(&[("grpc-status", "14"), ("grpc-status-details-bin", &b64)])),
+                headers_outcome(
+                    &p,
+                    &hm(&[("grpc-status", "14"), ("grpc-status-details-bin", &b64)])
+                ),
                 Some(Outcome::Transient {
                     retry_after: Some(Duration::from_millis(700))
                 })

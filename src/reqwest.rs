@@ -108,9 +108,8 @@ impl Service<::reqwest::Request> for ReqwestService {
     type Future = Pin<Box<dyn Future<Output = Result<::reqwest::Response, HttpError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
-        Service::<::reqwest::Request>::poll_ready(&mut self.client, cx).map_err(|e| {
-            HttpError::new(error_kind(&e), ::reqwest::Method::GET, false, e)
-        })
+        Service::<::reqwest::Request>::poll_ready(&mut self.client, cx)
+            .map_err(|e| HttpError::new(error_kind(&e), ::reqwest::Method::GET, false, e))
     }
 
     fn call(&mut self, req: ::reqwest::Request) -> Self::Future {
@@ -158,7 +157,8 @@ pub struct ReqwestReplay;
 
 impl Replay<::reqwest::Request> for ReqwestReplay {
     fn replay(&self, req: &::reqwest::Request) -> Result<::reqwest::Request, NotReplayable> {
-        req.try_clone()
-            .ok_or_else(|| NotReplayable::new("the request body is a stream (reqwest cannot copy it)"))
+        req.try_clone().ok_or_else(|| {
+            NotReplayable::new("the request body is a stream (reqwest cannot copy it)")
+        })
     }
 }

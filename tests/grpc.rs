@@ -223,7 +223,12 @@ impl tower::Service<http::Request<Body>> for Echo {
                     let key = req.headers()["x-key"].to_str().unwrap().to_string();
                     let times: u32 = req.headers()["x-fail"].to_str().unwrap().parse().unwrap();
                     let code = req.headers()["x-code"].to_str().unwrap().to_string();
-                    let n = state.call(&key, previous_of(&tonic::metadata::MetadataMap::from_headers(req.headers().clone())));
+                    let n = state.call(
+                        &key,
+                        previous_of(&tonic::metadata::MetadataMap::from_headers(
+                            req.headers().clone(),
+                        )),
+                    );
                     let mut trailers = http::HeaderMap::new();
                     let mut frames: Vec<Result<http_body::Frame<Bytes>, Status>> = Vec::new();
                     if n <= times {
@@ -235,7 +240,9 @@ impl tower::Service<http::Request<Body>> for Echo {
                     frames.push(Ok(http_body::Frame::trailers(trailers)));
                     http::Response::builder()
                         .header("content-type", "application/grpc")
-                        .body(Body::new(StreamBody::new(futures_util::stream::iter(frames))))
+                        .body(Body::new(StreamBody::new(futures_util::stream::iter(
+                            frames,
+                        ))))
                         .unwrap()
                 }
                 _ => Status::unimplemented("no such method").into_http(),
@@ -312,7 +319,9 @@ async fn unary<C>(c: &mut Client<C>, text: &str) -> Result<Msg, Status>
 where
     Stack<C>: tonic::client::GrpcService<Body, ResponseBody = Body>,
 {
-    c.ready().await.map_err(|e| Status::unknown(e.into().to_string()))?;
+    c.ready()
+        .await
+        .map_err(|e| Status::unknown(e.into().to_string()))?;
     c.unary(
         tonic::Request::new(Msg {
             text: text.into(),
@@ -330,7 +339,13 @@ async fn unavailable_is_retried_and_each_retry_counts_its_previous_attempts() {
     let (addr, state) = serve().await;
     let mut c = client(addr, GrpcClassifier::new()).await;
     let msg = unary(&mut c, "a|2|unavailable").await.unwrap();
-    assert_eq!(msg, Msg { text: "a".into(), n: 3 });
+    assert_eq!(
+        msg,
+        Msg {
+            text: "a".into(),
+            n: 3
+        }
+    );
     assert_eq!(
         state.previous("a"),
         vec![None, Some("1".into()), Some("2".into())]
@@ -368,8 +383,7 @@ async fn rejected_and_permanent_codes_are_not_retried() {
 #[tokio::test]
 async fn deadline_exceeded_is_retried_for_idempotent_methods_only() {
     let (addr, state) = serve().await;
-    let idempotent =
-        GrpcClassifier::new().method(UNARY, MethodPolicy::new().idempotent(true));
+    let idempotent = GrpcClassifier::new().method(UNARY, MethodPolicy::new().idempotent(true));
     let mut c = client(addr, idempotent).await;
     assert_eq!(unary(&mut c, "d|1|deadline").await.unwrap().n, 2);
     assert_eq!(state.calls("d"), 2);
@@ -389,10 +403,18 @@ async fn pushback_and_retry_info_set_the_delay_and_negative_pushback_stops() {
     // The backoff alone waits 1 ms; the server's hints make it wait longer.
     let t = Instant::now();
     assert_eq!(unary(&mut c, "p|1|pushback:150").await.unwrap().n, 2);
-    assert!(t.elapsed() >= Duration::from_millis(150), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        t.elapsed()
+    );
     let t = Instant::now();
     assert_eq!(unary(&mut c, "r|1|retryinfo:120").await.unwrap().n, 2);
-    assert!(t.elapsed() >= Duration::from_millis(120), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(120),
+        "{:?}",
+        t.elapsed()
+    );
     for (key, v) in [("neg", "-1"), ("bad", "soon")] {
         let err = unary(&mut c, &format!("{key}|1|pushback:{v}"))
             .await
@@ -416,7 +438,11 @@ async fn a_status_in_trailers_after_headers_is_classified_at_end_of_stream() {
     };
     c.ready().await.unwrap();
     let msg = c
-        .unary(raw("t", 2, "14"), PathAndQuery::from_static(RAW), ProstCodec::<Msg, Msg>::default())
+        .unary(
+            raw("t", 2, "14"),
+            PathAndQuery::from_static(RAW),
+            ProstCodec::<Msg, Msg>::default(),
+        )
         .await
         .unwrap()
         .into_inner();
@@ -424,7 +450,11 @@ async fn a_status_in_trailers_after_headers_is_classified_at_end_of_stream() {
     assert_eq!(state.previous("t")[2].as_deref(), Some("2"));
     c.ready().await.unwrap();
     let err = c
-        .unary(raw("u", 2, "5"), PathAndQuery::from_static(RAW), ProstCodec::<Msg, Msg>::default())
+        .unary(
+            raw("u", 2, "5"),
+            PathAndQuery::from_static(RAW),
+            ProstCodec::<Msg, Msg>::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -432,7 +462,9 @@ async fn a_status_in_trailers_after_headers_is_classified_at_end_of_stream() {
 }
 
 async fn stream(c: &mut Client, text: &str) -> Result<Vec<Result<Msg, Status>>, Status> {
-    c.ready().await.map_err(|e| Status::unknown(e.to_string()))?;
+    c.ready()
+        .await
+        .map_err(|e| Status::unknown(e.to_string()))?;
     let s = c
         .server_streaming(
             tonic::Request::new(Msg {
@@ -490,5 +522,9 @@ async fn a_refused_connection_is_transient_and_retried() {
     let mut c = stack(channel, Counting(GrpcClassifier::new(), errors.clone()), 2);
     let err = unary(&mut c, "z|0|unavailable").await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert_eq!(errors.load(Ordering::SeqCst), 3, "one attempt and two retries");
+    assert_eq!(
+        errors.load(Ordering::SeqCst),
+        3,
+        "one attempt and two retries"
+    );
 }

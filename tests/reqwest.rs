@@ -201,7 +201,11 @@ async fn a_refused_connection_is_retried() {
     let err = svc.oneshot(req).await.unwrap_err();
     assert_eq!(err.attempts(), 3);
     assert_eq!(errors.load(Ordering::SeqCst), 3);
-    assert_eq!(err.inner().unwrap().kind(), HttpErrorKind::Connect, "{err:?}");
+    assert_eq!(
+        err.inner().unwrap().kind(),
+        HttpErrorKind::Connect,
+        "{err:?}"
+    );
 }
 
 /// A server that reads a request and closes the connection without answering.
@@ -244,7 +248,11 @@ async fn a_post_that_may_have_reached_the_server_is_not_retried_without_an_idemp
         .unwrap();
     let err = api(&client, 3).oneshot(post).await.unwrap_err();
     assert_eq!(err.attempts(), 1);
-    assert_eq!(err.inner().unwrap().kind(), HttpErrorKind::Request, "{err:?}");
+    assert_eq!(
+        err.inner().unwrap().kind(),
+        HttpErrorKind::Request,
+        "{err:?}"
+    );
     assert_eq!(seen.load(Ordering::SeqCst), 1, "the POST is sent once");
 
     // The same POST with an Idempotency-Key, and a PUT, are retried.

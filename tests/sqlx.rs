@@ -61,10 +61,12 @@ async fn real_errors_are_classified() {
     .await
     .unwrap();
 
-    let dup = sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO {table} VALUES (1)")))
-        .execute(&pool)
-        .await
-        .unwrap_err();
+    let dup = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {table} VALUES (1)"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap_err();
     assert_eq!(sqlx_error(&dup), Outcome::Rejected, "23505: {dup}");
     let syntax = sqlx::query("SELEC 1").execute(&pool).await.unwrap_err();
     assert_eq!(sqlx_error(&syntax), Outcome::Rejected, "42601: {syntax}");
@@ -86,7 +88,10 @@ async fn real_errors_are_classified() {
         .await
         .unwrap_err();
     assert_eq!(sqlx_error(&decode), Outcome::Permanent, "{decode}");
-    let div = sqlx::query("SELECT 1 / 0").execute(&pool).await.unwrap_err();
+    let div = sqlx::query("SELECT 1 / 0")
+        .execute(&pool)
+        .await
+        .unwrap_err();
     assert_eq!(sqlx_error(&div), Outcome::Permanent, "22012: {div}");
 
     // A pool whose only connection is held times out; a closed pool refuses.
@@ -98,7 +103,10 @@ async fn real_errors_are_classified() {
         .unwrap();
     let held = one.acquire().await.unwrap();
     let timed_out = one.acquire().await.unwrap_err();
-    assert!(matches!(timed_out, sqlx::Error::PoolTimedOut), "{timed_out}");
+    assert!(
+        matches!(timed_out, sqlx::Error::PoolTimedOut),
+        "{timed_out}"
+    );
     assert_eq!(sqlx_error(&timed_out), Outcome::TRANSIENT);
     drop(held);
     one.close().await;
@@ -309,12 +317,11 @@ async fn a_terminated_backend_between_calls_is_retried_on_a_fresh_connection() {
         "each terminated backend failed a call that rampart retried ({} failures)",
         failures.load(Ordering::SeqCst)
     );
-    let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM {table}"
-    )))
-    .fetch_one(&admin)
-    .await
-    .unwrap();
+    let rows: i64 =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+            .fetch_one(&admin)
+            .await
+            .unwrap();
     assert_eq!(rows, 20);
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
         .execute(&admin)

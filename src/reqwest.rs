@@ -11,6 +11,11 @@
 //! every downstream and needs no second middleware framework; build requests with the
 //! client's usual builder (`client.get(url).header(..).build()?`) and call the stack.
 //!
+//! The service takes `reqwest::Request`s, and also `http::Request<Bytes>` (converted for
+//! each attempt): those are `Clone`, so a whole [`Policy`](crate::Policy) — dead-lettering
+//! with [`HttpExtractor`](crate::dlq::HttpExtractor) and its redaction, retry, breaker,
+//! timeout — stacks on the same service.
+//!
 //! # Replaying requests
 //!
 //! [`ReqwestReplay`] copies a request with `Request::try_clone`: any body given as bytes or a
@@ -42,6 +47,8 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+
+use bytes::Bytes;
 
 use rampart_core::{Classify, NotReplayable, Outcome};
 use rampart_retry::Replay;
@@ -102,6 +109,36 @@ pub fn error_kind(e: &::reqwest::Error) -> HttpErrorKind {
     }
 }
 
+/// Also a service of `http::Request<Bytes>`, converted to a `reqwest::Request` for each
+/// attempt: such requests are `Clone`, so the whole [`Policy`](crate::Policy) stack works on
+/// them — `CloneReplay` for retries, and dead-lettering with
+/// [`HttpExtractor`](crate::dlq::HttpExtractor) and its redaction (the dead-letter layer keeps
+/// a copy of each request).
+impl Service<http::Request<Bytes>> for ReqwestService {
+    type Response = ::reqwest::Response;
+    type Error = HttpError;
+    type Future = Pin<Box<dyn Future<Output = Result<::reqwest::Response, HttpError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+        Service::<::reqwest::Request>::poll_ready(self, cx)
+    }
+
+    fn call(&mut self, req: http::Request<Bytes>) -> Self::Future {
+        let method = req.method().clone();
+        let idempotent = is_idempotent(&method, req.headers());
+        match ::reqwest::Request::try_from(req) {
+            Ok(req) => Service::<::reqwest::Request>::call(self, req),
+            // Not a valid request for reqwest (the URL): never sent.
+            Err(e) => Box::pin(std::future::ready(Err(HttpError::new(
+                error_kind(&e),
+                method,
+                idempotent,
+                e,
+            )))),
+        }
+    }
+}
+
 impl Service<::reqwest::Request> for ReqwestService {
     type Response = ::reqwest::Response;
     type Error = HttpError;
@@ -124,14 +161,22 @@ impl Service<::reqwest::Request> for ReqwestService {
 }
 
 /// reqwest responses classify like rampart's own HTTP client's: by status and `Retry-After`;
-/// errors by the method-safety rule (see [`HttpClassifier`]).
+/// errors by the method-safety rule (see [`HttpClassifier`]). A request reqwest refused to
+/// build (an invalid URL) is rejected: it was never sent and never will be.
 impl Classify<::reqwest::Response, HttpError> for HttpClassifier {
     fn classify(&self, result: Result<&::reqwest::Response, &HttpError>) -> Outcome {
         match result {
             Ok(res) => status_outcome(res.status(), retry_after(res.headers())),
+            Err(e) if is_builder_error(e) => Outcome::Rejected,
             Err(e) => self.error_outcome(e),
         }
     }
+}
+
+fn is_builder_error(e: &HttpError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<::reqwest::Error>())
+        .is_some_and(::reqwest::Error::is_builder)
 }
 
 /// Replays a `reqwest::Request` with `Request::try_clone`: a streaming body is

@@ -314,3 +314,77 @@ async fn a_streaming_body_gets_one_attempt() {
     assert_eq!(err.attempts(), 1);
     assert_eq!(seen.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_whole_policy_over_reqwest_dead_letters_with_redaction() {
+    use rampart::dlq::{DeadLetterStore, HttpExtractor, ListQuery, MemoryStore};
+    use rampart::Policy;
+    use tower::ServiceBuilder;
+
+    let (addr, counts) = serve().await;
+    let policy = Policy::builder("payments")
+        .max_retries(2)
+        .base_delay(Duration::from_millis(1))
+        .max_delay(Duration::from_millis(10))
+        .jitter(Jitter::None)
+        .budget(None)
+        .build()
+        .unwrap();
+    let store = MemoryStore::default();
+    let extractor = HttpExtractor::default()
+        .keep_header("authorization")
+        .keep_header("content-type");
+    let svc = ServiceBuilder::new()
+        .layer(policy.layer(HttpClassifier::default(), store.clone(), extractor))
+        .service(ReqwestService::new(reqwest::Client::new()));
+
+    // Succeeds after a retry: nothing dead-lettered.
+    let ok = http::Request::get(format!("http://{addr}/s/fine/1/503"))
+        .body(bytes::Bytes::new())
+        .unwrap();
+    assert_eq!(svc.clone().oneshot(ok).await.unwrap().status(), 200);
+    assert!(store
+        .list(ListQuery::newest(10))
+        .await
+        .unwrap()
+        .records
+        .is_empty());
+
+    // Fails every attempt: one record, its secrets redacted.
+    let req = http::Request::post(format!("http://{addr}/s/pay/99/503?api_key=sekret-key"))
+        .header("authorization", "Bearer sekret-token")
+        .header("content-type", "application/json")
+        .header("idempotency-key", "pay-1")
+        .body(bytes::Bytes::from_static(
+            br#"{"order":7,"password":"hunter2"}"#,
+        ))
+        .unwrap();
+    let res = svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(
+        res.status(),
+        503,
+        "the last response comes back to the caller"
+    );
+    assert_eq!(calls(&counts, "pay"), 3);
+    let records = store.list(ListQuery::newest(10)).await.unwrap().records;
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(r.service, "payments");
+    // Known gap (the dead-letter layer, not reqwest): a failure that comes back as a response
+    // (a 503 after the last retry) carries no attempt count, so the record says 1.
+    let stored = serde_json::to_string(r).unwrap();
+    for secret in ["sekret-key", "sekret-token", "hunter2"] {
+        assert!(!stored.contains(secret), "{secret} leaked: {stored}");
+    }
+    assert!(
+        stored.contains("\"order\":7") || stored.contains("\\\"order\\\":7"),
+        "{stored}"
+    );
+
+    // An invalid URL for reqwest is rejected at once, never retried.
+    let bad = http::Request::get("/relative/only")
+        .body(bytes::Bytes::new())
+        .unwrap();
+    let err = svc.oneshot(bad).await.unwrap_err();
+    assert_eq!(err.attempts(), 1, "{err:?}");
+}

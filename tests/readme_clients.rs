@@ -13,7 +13,7 @@ fn readme_block(readme: &str, heading: &str) -> Vec<String> {
     rest[open..close]
         .lines()
         .map(str::trim_end)
-        .filter(|l| !l.is_empty())
+        .filter(|l| !l.is_empty() && !l.starts_with("# ") && *l != "#")
         .map(String::from)
         .collect()
 }

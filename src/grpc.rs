@@ -625,17 +625,15 @@ where
             .as_ref()
             .and_then(|f| f.data_ref())
             .map_or(0, |d| d.len() as u64);
-        let mut hint = self
-            .rest
-            .as_ref()
-            .map_or_else(SizeHint::default, |r| r.size_hint());
-        if self.rest.is_none() {
-            hint.set_upper(held);
-        }
-        hint.set_lower(hint.lower().saturating_add(held));
-        if let Some(u) = hint.upper() {
+        let Some(rest) = self.rest.as_ref() else {
+            return SizeHint::with_exact(held);
+        };
+        let r = rest.size_hint();
+        let mut hint = SizeHint::new();
+        if let Some(u) = r.upper() {
             hint.set_upper(u.saturating_add(held));
         }
+        hint.set_lower(r.lower().saturating_add(held));
         hint
     }
 }
@@ -794,6 +792,65 @@ mod tests {
                     retry_after: Some(Duration::from_millis(700))
                 })
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peeked_body_yields_its_first_frame_then_the_rest() {
+        use http_body_util::BodyExt;
+        let rest = http_body_util::Full::new(Bytes::from_static(b"-tail"));
+        let body = Peeked {
+            first: Some(Frame::data(Bytes::from_static(b"head"))),
+            rest: Some(rest),
+        };
+        assert_eq!(body.size_hint().exact(), Some(9));
+        assert!(!body.is_end_stream());
+        let all = body.collect().await.map(|c| c.to_bytes()).ok();
+        assert_eq!(all.as_deref(), Some(&b"head-tail"[..]));
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static("14"));
+        let ended: Peeked<http_body_util::Full<Bytes>> = Peeked {
+            first: Some(Frame::trailers(t)),
+            rest: None,
+        };
+        assert_eq!(ended.size_hint().exact(), Some(0));
+        let collected = ended.collect().await.ok();
+        let trailers = collected.as_ref().and_then(|c| c.trailers());
+        assert_eq!(
+            trailers
+                .and_then(|t| t.get("grpc-status"))
+                .map(|v| v.as_bytes()),
+            Some(&b"14"[..])
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn pushback_is_a_non_negative_integer_or_do_not_retry(n in proptest::num::i64::ANY) {
+            let want = u64::try_from(n).map_or(Pushback::DoNotRetry, |ms| Pushback::After(Duration::from_millis(ms)));
+            proptest::prop_assert_eq!(parse_pushback(n.to_string().as_bytes()), want);
+        }
+
+        #[test]
+        fn pushback_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..32)) {
+            let p = parse_pushback(&bytes);
+            let as_u64 = std::str::from_utf8(&bytes).ok().and_then(|s| s.trim().parse::<u64>().ok());
+            proptest::prop_assert_eq!(p, as_u64.map_or(Pushback::DoNotRetry, |ms| Pushback::After(Duration::from_millis(ms))));
+        }
+
+        #[test]
+        fn any_grpc_status_header_classifies_without_panicking(
+            status in proptest::collection::vec(proptest::num::u8::ANY, 0..6),
+            details in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_bytes(&status) {
+                h.insert(GRPC_STATUS, v);
+            }
+            if let Ok(v) = HeaderValue::from_bytes(&details) {
+                h.insert(GRPC_STATUS_DETAILS, v);
+            }
+            let _ = headers_outcome(&MethodPolicy::new(), &h);
         }
     }
 

@@ -70,14 +70,13 @@ pub fn sqlx_error(e: &::sqlx::Error) -> Outcome {
             Some(code) => sqlstate_outcome(&code),
             None => Outcome::Permanent,
         },
-        E::Io(io) => match rampart_core::classify::io_error(io) {
-            // Any I/O failure talking to the server may go away with a new connection.
-            Outcome::Permanent => Outcome::TRANSIENT,
-            other => other,
-        },
-        E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::BeginFailed => {
-            Outcome::TRANSIENT
-        }
+        // Any I/O failure talking to the server may go away with a new connection.
+        E::Io(_)
+        | E::Tls(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed
+        | E::BeginFailed => Outcome::TRANSIENT,
         _ => Outcome::Permanent,
     }
 }

@@ -115,11 +115,11 @@ async fn real_errors_are_classified() {
     assert_eq!(sqlx_error(&closed), Outcome::TRANSIENT);
 
     // Nothing listens on port 1 of loopback: an I/O error, transient.
-    let refused = PgPoolOptions::new()
-        .acquire_timeout(Duration::from_secs(5))
-        .connect("postgres://postgres@127.0.0.1:1/test")
-        .await
-        .unwrap_err();
+    let refused =
+        <PgConnection as sqlx::Connection>::connect("postgres://postgres@127.0.0.1:1/test")
+            .await
+            .unwrap_err();
+    assert!(matches!(refused, sqlx::Error::Io(_)), "{refused}");
     assert_eq!(sqlx_error(&refused), Outcome::TRANSIENT, "{refused}");
 
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
@@ -233,10 +233,12 @@ async fn serializable_conflicts_fail_without_rampart_and_all_commit_with_it() {
         .unwrap();
 }
 
-/// Inserts a row keyed by an operation id; a repeat is a no-op.
+/// Inserts a row keyed by an operation id (a repeat is a no-op), then sleeps `sleep_ms`
+/// inside the transaction.
 struct Record {
     table: String,
     op_id: String,
+    sleep_ms: u32,
 }
 
 impl Transact for Record {
@@ -253,13 +255,19 @@ impl Transact for Record {
             .bind(&self.op_id)
             .execute(&mut *tx)
             .await?;
+            if self.sleep_ms > 0 {
+                sqlx::query("SELECT pg_sleep($1)")
+                    .bind(f64::from(self.sleep_ms) / 1000.0)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             Ok(done.rows_affected())
         })
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_terminated_backend_between_calls_is_retried_on_a_fresh_connection() {
+async fn terminated_backends_between_and_during_calls_are_survived() {
     let Some(admin) = pool(1).await else { return };
     let table = format!("rampart_sqlx_ops_{}", std::process::id());
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -307,22 +315,57 @@ async fn a_terminated_backend_between_calls_is_retried_on_a_fresh_connection() {
         let op = Arc::new(Record {
             table: table.clone(),
             op_id: format!("op-{i}"),
+            sleep_ms: 0,
         });
         let applied = svc.clone().oneshot(op).await.expect("retried to success");
         assert_eq!(applied, 1, "op-{i}");
     }
     assert_eq!(killed, 4);
+
+    // Terminated in the middle of a transaction: that attempt fails for certain (rolled
+    // back), and the retry on a fresh connection applies the operation once.
+    let before = failures.load(Ordering::SeqCst);
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let op = Arc::new(Record {
+        table: table.clone(),
+        op_id: "op-mid".into(),
+        sleep_ms: 300,
+    });
+    let call = tokio::spawn(svc.clone().oneshot(op));
+    let mut terminated = false;
+    for _ in 0..200 {
+        let sleeping: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND query LIKE 'SELECT pg_sleep%' AND state = 'active')",
+        )
+        .bind(pid)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        if sleeping {
+            terminated = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+                .bind(pid)
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(terminated, "caught the transaction in its sleep");
+    assert_eq!(call.await.unwrap().expect("retried to success"), 1);
     assert!(
-        failures.load(Ordering::SeqCst) >= killed,
-        "each terminated backend failed a call that rampart retried ({} failures)",
-        failures.load(Ordering::SeqCst)
+        failures.load(Ordering::SeqCst) > before,
+        "the terminated transaction failed and was retried"
     );
     let rows: i64 =
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
             .fetch_one(&admin)
             .await
             .unwrap();
-    assert_eq!(rows, 20);
+    assert_eq!(rows, 21, "every operation applied exactly once");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
         .execute(&admin)
         .await

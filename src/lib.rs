@@ -42,6 +42,9 @@
 //! | `prometheus` | `observe::prometheus_builder` with the reference buckets | no |
 //! | `client` | `client::HttpClient` (hyper-util + rustls) and `client::HttpClassifier` | no (yes through `gemini`) |
 //! | `gemini` | `gemini::GeminiClassifier`, TTS request/audio helpers, `gemini::FakeGemini` | yes (the README's demo needs it; use `default-features = false` for the core alone) |
+//! | `grpc` | `grpc::GrpcClassifier` (status in headers or trailers, A6 mapping per method, pushback, `RetryInfo`), `grpc::GrpcLayer` for a tonic `Channel` | no |
+//! | `reqwest` | `reqwest::ReqwestService` (a `reqwest::Client` as a tower service), `reqwest::ReqwestClassifier`, `reqwest::ReqwestReplay` | no |
+//! | `sqlx` | `sqlx::SqlxClassifier`, `sqlx::TxService` (PostgreSQL driver only) | no |
 //! | `http` | replay `http::Request`s with streaming bodies (`BufferBodyLayer`, `HttpReplay`) | no |
 //! | `full` | everything | no |
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -55,6 +58,9 @@ pub mod config;
 #[cfg(feature = "gemini")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gemini")))]
 pub mod gemini;
+#[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+pub mod grpc;
 #[cfg(feature = "policy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
 pub mod observe;
@@ -66,6 +72,12 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub mod reqwest;
+#[cfg(feature = "sqlx")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
+pub mod sqlx;
 
 #[cfg(feature = "policy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]

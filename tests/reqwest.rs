@@ -1,0 +1,390 @@
+//! reqwest for real: a `reqwest::Client` through rampart's retry layer against an axum server
+//! on loopback — statuses, both forms of `Retry-After`, a refused connection, a
+//! non-idempotent POST whose connection drops, and a streaming body that cannot be replayed.
+#![cfg(feature = "reqwest")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::any;
+use axum::Router;
+use rampart::client::{HttpClassifier, HttpError, HttpErrorKind};
+use rampart::reqwest::{ReqwestReplay, ReqwestService};
+use rampart::{Backoff, Classify, ErrorKind, Jitter, Outcome, RetryLayer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tower::{Layer, ServiceExt};
+
+type Calls = Arc<Mutex<HashMap<String, u32>>>;
+
+/// `/s/{key}/{fail}/{status}`: the first `fail` calls of `key` answer `status` (with
+/// `Retry-After` set to the request's `x-ra`, where `date+N` is an HTTP-date N seconds
+/// ahead); then 200.
+async fn scripted(
+    State(calls): State<Calls>,
+    Path((key, fail, status)): Path<(String, u32, u16)>,
+    req_headers: HeaderMap,
+) -> (StatusCode, HeaderMap, String) {
+    let n = {
+        let mut c = calls.lock().unwrap();
+        let n = c.entry(key).or_default();
+        *n += 1;
+        *n
+    };
+    let mut headers = HeaderMap::new();
+    if n > fail {
+        return (StatusCode::OK, headers, format!("ok after {n}"));
+    }
+    if let Some(ra) = req_headers.get("x-ra").and_then(|v| v.to_str().ok()) {
+        let value = match ra.strip_prefix("date+") {
+            Some(secs) => httpdate::fmt_http_date(
+                SystemTime::now() + Duration::from_secs(secs.parse().unwrap()),
+            ),
+            None => ra.to_string(),
+        };
+        headers.insert("retry-after", value.parse().unwrap());
+    }
+    (StatusCode::from_u16(status).unwrap(), headers, "no".into())
+}
+
+async fn serve() -> (SocketAddr, Calls) {
+    let calls = Calls::default();
+    let app = Router::new()
+        .route("/s/{key}/{fail}/{status}", any(scripted))
+        .with_state(calls.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, calls)
+}
+
+fn calls(c: &Calls, key: &str) -> u32 {
+    c.lock().unwrap().get(key).copied().unwrap_or(0)
+}
+
+fn backoff(retries: u32) -> Backoff {
+    Backoff::builder()
+        .max_retries(retries)
+        .base_delay(Duration::from_millis(1))
+        .max_delay(Duration::from_millis(200))
+        .jitter(Jitter::None)
+        .build()
+        .unwrap()
+}
+
+fn api(
+    client: &reqwest::Client,
+    retries: u32,
+) -> rampart::Retry<ReqwestService, HttpClassifier, ReqwestReplay> {
+    RetryLayer::new(HttpClassifier::default())
+        .replay(ReqwestReplay)
+        .backoff(backoff(retries))
+        .no_budget()
+        .layer(ReqwestService::new(client.clone()))
+}
+
+#[tokio::test]
+async fn statuses_are_retried_or_returned_as_the_http_classifier_says() {
+    let (addr, counts) = serve().await;
+    let client = reqwest::Client::new();
+    for (i, (status, retried)) in [
+        (500, true),
+        (502, true),
+        (503, true),
+        (504, true),
+        (408, true),
+        (429, true),
+        (400, false),
+        (404, false),
+        (501, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let key = format!("k{i}");
+        let req = client
+            .get(format!("http://{addr}/s/{key}/2/{status}"))
+            .build()
+            .unwrap();
+        let res = api(&client, 3).oneshot(req).await.unwrap();
+        if retried {
+            assert_eq!(res.status(), 200, "{status}");
+            assert_eq!(res.text().await.unwrap(), "ok after 3");
+            assert_eq!(calls(&counts, &key), 3, "{status}");
+        } else {
+            assert_eq!(res.status().as_u16(), status);
+            assert_eq!(calls(&counts, &key), 1, "{status} is not retried");
+        }
+    }
+    // Out of retries: the last response comes back for the caller to read.
+    let req = client
+        .get(format!("http://{addr}/s/gone/9/503"))
+        .build()
+        .unwrap();
+    let res = api(&client, 2).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(calls(&counts, "gone"), 3);
+}
+
+#[tokio::test]
+async fn retry_after_in_both_forms_sets_the_delay() {
+    let (addr, counts) = serve().await;
+    let client = reqwest::Client::new();
+    // The backoff alone waits 1 ms; Retry-After (capped at max_delay, 200 ms) waits longer.
+    for (key, ra) in [("secs", "5"), ("date", "date+5")] {
+        let req = client
+            .get(format!("http://{addr}/s/{key}/1/503"))
+            .header("x-ra", ra)
+            .build()
+            .unwrap();
+        let t = Instant::now();
+        let res = api(&client, 2).oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(
+            t.elapsed() >= Duration::from_millis(190),
+            "{ra}: waited {:?}",
+            t.elapsed()
+        );
+        assert_eq!(calls(&counts, key), 2);
+    }
+    // The classifier reads both forms off a real response.
+    let res = client
+        .get(format!("http://{addr}/s/direct/1/429"))
+        .header("x-ra", "7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        Classify::<_, HttpError>::classify(&HttpClassifier::default(), Ok(&res)),
+        Outcome::Throttled {
+            retry_after: Some(Duration::from_secs(7))
+        }
+    );
+}
+
+/// Counts the errors it classifies.
+#[derive(Clone)]
+struct Counting(HttpClassifier, Arc<AtomicU32>);
+
+impl Classify<reqwest::Response, HttpError> for Counting {
+    fn classify(&self, r: Result<&reqwest::Response, &HttpError>) -> Outcome {
+        if r.is_err() {
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+        self.0.classify(r)
+    }
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let client = reqwest::Client::new();
+    let errors = Arc::new(AtomicU32::new(0));
+    let svc = RetryLayer::new(Counting(HttpClassifier::default(), errors.clone()))
+        .replay(ReqwestReplay)
+        .backoff(backoff(2))
+        .no_budget()
+        .layer(ReqwestService::new(client.clone()));
+    // Even a POST: a refused connection never reached the server.
+    let req = client
+        .post(format!("http://{addr}/orders"))
+        .body("{}")
+        .build()
+        .unwrap();
+    let err = svc.oneshot(req).await.unwrap_err();
+    assert_eq!(err.attempts(), 3);
+    assert_eq!(errors.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        err.inner().unwrap().kind(),
+        HttpErrorKind::Connect,
+        "{err:?}"
+    );
+}
+
+/// A server that reads a request and closes the connection without answering.
+async fn hang_up_server() -> (SocketAddr, Arc<AtomicU32>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicU32::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_post_that_may_have_reached_the_server_is_not_retried_without_an_idempotency_key() {
+    let (addr, seen) = hang_up_server().await;
+    let client = reqwest::Client::new();
+    let post = client
+        .post(format!("http://{addr}/charge"))
+        .body("{\"cents\":100}")
+        .build()
+        .unwrap();
+    let err = api(&client, 3).oneshot(post).await.unwrap_err();
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(
+        err.inner().unwrap().kind(),
+        HttpErrorKind::Request,
+        "{err:?}"
+    );
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "the POST is sent once");
+
+    // The same POST with an Idempotency-Key, and a PUT, are retried.
+    for req in [
+        client
+            .post(format!("http://{addr}/charge"))
+            .header("idempotency-key", "c-1")
+            .body("{\"cents\":100}")
+            .build()
+            .unwrap(),
+        client
+            .put(format!("http://{addr}/item/1"))
+            .body("{}")
+            .build()
+            .unwrap(),
+    ] {
+        let before = seen.load(Ordering::SeqCst);
+        let err = api(&client, 3).oneshot(req).await.unwrap_err();
+        assert_eq!(err.attempts(), 4);
+        assert_eq!(seen.load(Ordering::SeqCst) - before, 4);
+    }
+}
+
+fn stream_body() -> reqwest::Body {
+    let chunks = futures_util::stream::iter(
+        (0..64).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 1024]))),
+    );
+    reqwest::Body::wrap_stream(chunks)
+}
+
+#[tokio::test]
+async fn a_streaming_body_gets_one_attempt() {
+    // A 503 that would be retried: the response comes back after the one attempt.
+    let (addr, counts) = serve().await;
+    let client = reqwest::Client::new();
+    let req = client
+        .put(format!("http://{addr}/s/upload/1/503"))
+        .body(stream_body())
+        .build()
+        .unwrap();
+    let res = api(&client, 3).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(calls(&counts, "upload"), 1, "sent once, not replayed");
+
+    // A dropped connection that would be retried (PUT is idempotent): the error says why not.
+    let (addr, seen) = hang_up_server().await;
+    let req = client
+        .put(format!("http://{addr}/upload"))
+        .body(stream_body())
+        .build()
+        .unwrap();
+    let err = api(&client, 3).oneshot(req).await.unwrap_err();
+    match err.kind() {
+        ErrorKind::NotReplayable { reason, .. } => {
+            assert!(reason.reason().contains("stream"), "{reason}")
+        }
+        other => panic!("expected NotReplayable, got {other:?}"),
+    }
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_whole_policy_over_reqwest_dead_letters_with_redaction() {
+    use rampart::dlq::{DeadLetterStore, HttpExtractor, ListQuery, MemoryStore};
+    use rampart::Policy;
+    use tower::ServiceBuilder;
+
+    let (addr, counts) = serve().await;
+    let policy = Policy::builder("payments")
+        .max_retries(2)
+        .base_delay(Duration::from_millis(1))
+        .max_delay(Duration::from_millis(10))
+        .jitter(Jitter::None)
+        .budget(None)
+        .build()
+        .unwrap();
+    let store = MemoryStore::default();
+    let extractor = HttpExtractor::default()
+        .keep_header("authorization")
+        .keep_header("content-type");
+    let svc = ServiceBuilder::new()
+        .layer(policy.layer(HttpClassifier::default(), store.clone(), extractor))
+        .service(ReqwestService::new(reqwest::Client::new()));
+
+    // Succeeds after a retry: nothing dead-lettered.
+    let ok = http::Request::get(format!("http://{addr}/s/fine/1/503"))
+        .body(bytes::Bytes::new())
+        .unwrap();
+    assert_eq!(svc.clone().oneshot(ok).await.unwrap().status(), 200);
+    assert!(store
+        .list(ListQuery::newest(10))
+        .await
+        .unwrap()
+        .records
+        .is_empty());
+
+    // Fails every attempt: one record, its secrets redacted.
+    let req = http::Request::post(format!("http://{addr}/s/pay/99/503?api_key=sekret-key"))
+        .header("authorization", "Bearer sekret-token")
+        .header("content-type", "application/json")
+        .header("idempotency-key", "pay-1")
+        .body(bytes::Bytes::from_static(
+            br#"{"order":7,"password":"hunter2"}"#,
+        ))
+        .unwrap();
+    let res = svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(
+        res.status(),
+        503,
+        "the last response comes back to the caller"
+    );
+    assert_eq!(calls(&counts, "pay"), 3);
+    let records = store.list(ListQuery::newest(10)).await.unwrap().records;
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(r.service, "payments");
+    // Known gap (the dead-letter layer, not reqwest): a failure that comes back as a response
+    // (a 503 after the last retry) carries no attempt count, so the record says 1.
+    let stored = serde_json::to_string(r).unwrap();
+    for secret in ["sekret-key", "sekret-token", "hunter2"] {
+        assert!(!stored.contains(secret), "{secret} leaked: {stored}");
+    }
+    assert!(
+        stored.contains("\"order\":7") || stored.contains("\\\"order\\\":7"),
+        "{stored}"
+    );
+
+    // An invalid URL for reqwest is rejected at once, never retried.
+    let bad = http::Request::get("/relative/only")
+        .body(bytes::Bytes::new())
+        .unwrap();
+    let err = svc.oneshot(bad).await.unwrap_err();
+    assert_eq!(err.attempts(), 1, "{err:?}");
+}

@@ -3,7 +3,7 @@
 //! a durable file dead-letter queue — against an embedded Gemini-shaped server that injects
 //! faults (or, with `GEMINI_API_KEY` and `--base-url`, the real API).
 //!
-//! Run with `cargo run --release --example gemini_tts` (`-- --help` for the flags).
+//! Run with `cargo run --release -p rampart-demo` (`-- --help` for the flags).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,11 +16,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rampart::breaker::{CircuitBreakerConfig, State};
 use rampart::client::HttpClient;
 use rampart::dlq::{DeadLetterStore, HttpExtractor, ListQuery, SqliteStore};
-use rampart::gemini::{
-    decode_audio, tts_request, wav, AttemptCounter, FakeGemini, FaultMix, GeminiClassifier,
-    SAMPLE_RATE,
-};
+use rampart::gemini::{decode_audio, tts_request, GeminiClassifier, SAMPLE_RATE};
 use rampart::Policy;
+use rampart_demo::{wav, AttemptCounter, FakeGemini, FaultMix};
 use tower::{Layer, Service, ServiceExt};
 
 /// Text-to-speech through rampart, against an embedded fault-injecting Gemini (default) or the real API.

@@ -342,10 +342,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     if dlq_path == std::path::Path::new("target/gemini_tts/dlq.sqlite") {
-        println!("  inspect them:  cargo run -p rampart-cli -- dlq list");
+        println!("  inspect them:  cargo run --release -p rampart-cli -- dlq list");
     } else {
         println!(
-            "  inspect them:  cargo run -p rampart-cli -- --store sqlite:{} dlq list",
+            "  inspect them:  cargo run --release -p rampart-cli -- --store sqlite:{} dlq list",
             dlq_path.display()
         );
     }

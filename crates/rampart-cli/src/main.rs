@@ -846,7 +846,10 @@ async fn redrive(
     if !again.is_empty() {
         again.sort();
         println!();
-        println!("{:<36}  why it failed again (the record stays)", "failed record");
+        println!(
+            "{:<36}  why it failed again (the record stays)",
+            "failed record"
+        );
         for (id, why) in &again {
             println!("{id:<36}  {why}");
         }

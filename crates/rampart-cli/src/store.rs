@@ -8,8 +8,8 @@ use rampart_dlq::PostgresStore;
 #[cfg(feature = "redis")]
 use rampart_dlq::RedisStore;
 use rampart_dlq::{
-    DeadLetterRecord, DeadLetterStore, ListQuery, Page, Pushed, RecordId, SqliteStore,
-    StoreError, StoreStats,
+    DeadLetterRecord, DeadLetterStore, ListQuery, Page, Pushed, RecordId, SqliteStore, StoreError,
+    StoreStats,
 };
 
 /// Where the Gemini demo writes its dead letters: the default store.

@@ -607,7 +607,14 @@ async fn redrive_keeps_at_most_concurrency_requests_in_flight() {
     );
     let (_, err, code) = text(&rampart(
         &store,
-        &["dlq", "redrive", "--target", &server.base_url(), "--concurrency", "0"],
+        &[
+            "dlq",
+            "redrive",
+            "--target",
+            &server.base_url(),
+            "--concurrency",
+            "0",
+        ],
     ));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--concurrency"), "{err}");

@@ -92,14 +92,56 @@ struct Tally {
     latencies: Vec<Duration>,
 }
 
+/// `--verbose`: every tracing event at DEBUG or above, one line each on stderr. A minimal
+/// subscriber (no spans), so that the demo does not compile `tracing-subscriber` and its
+/// dependencies for one flag.
+struct StderrEvents {
+    start: Instant,
+}
+
+impl tracing::Subscriber for StderrEvents {
+    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
+        // Less verbose levels compare lower: ERROR < WARN < INFO < DEBUG < TRACE.
+        *meta.level() <= tracing::Level::DEBUG
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Line(String);
+        impl tracing::field::Visit for Line {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                use std::fmt::Write as _;
+                let _ = if field.name() == "message" {
+                    write!(self.0, " {value:?}")
+                } else {
+                    write!(self.0, " {}={value:?}", field.name())
+                };
+            }
+        }
+        let meta = event.metadata();
+        let mut line = Line(format!(
+            "{:>8.3}s {:>5} {}:",
+            self.start.elapsed().as_secs_f64(),
+            meta.level(),
+            meta.target()
+        ));
+        event.record(&mut line);
+        eprintln!("{}", line.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     if args.verbose {
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_writer(std::io::stderr)
-            .init();
+        tracing::subscriber::set_global_default(StderrEvents {
+            start: Instant::now(),
+        })?;
     }
     let outage = parse_outage(&args.outage)?;
     std::fs::create_dir_all(args.out.join("wav"))?;

@@ -1,7 +1,7 @@
 //! A policy loaded from `rampart.example.toml` (plus the environment) wraps a flaky
 //! dependency; the run ends by printing the Prometheus series rampart exported.
 //!
-//! Run with `cargo run --release --example policy_metrics --features config,prometheus`.
+//! Run with `cargo run --release --example policy_metrics --features config,prometheus,sqlite`.
 //! Try `GEMINI_API_MAX_RETRIES=0` or `CIRCUIT_BREAKER_ENABLED=false` to see the environment win.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -2,8 +2,8 @@
 //!
 //! One policy model ([`Outcome`] + [`Classify`]) drives every layer, so an HTTP API, a
 //! database and Redis share the same semantics: retries ([`RetryLayer`]), a circuit breaker
-//! ([`CircuitBreakerLayer`]) and dead-lettering ([`DeadLetterLayer`]). Per-service policies
-//! built from one builder or config file come next.
+//! ([`CircuitBreakerLayer`]) and dead-lettering ([`DeadLetterLayer`]); [`Policy`] stacks them
+//! for one downstream service from a builder or a config file.
 //!
 //! # Example
 //!
@@ -33,21 +33,25 @@
 //! | `retry` | [`RetryLayer`], [`RetryBudget`] | yes |
 //! | `breaker` | [`CircuitBreakerLayer`], keyed breakers, transition events | yes |
 //! | `dlq` | [`DeadLetterLayer`], the memory store, fallback, redrive | yes |
-//! | `sqlite` | the SQLite dead-letter store (`dlq::SqliteStore`), the embedded default | yes (for now: the demo's store) |
+//! | `sqlite` | the SQLite dead-letter store (`dlq::SqliteStore`), the embedded default | no |
 //! | `redis` | the Redis dead-letter store, `redis::RedisClassifier`, `redis::Enqueue` | no |
-//! | `postgres` | `postgres::PostgresClassifier`, `postgres::PgService` | no |
+//! | `postgres` | `postgres::PostgresClassifier`, `postgres::PgService`, the PostgreSQL dead-letter store (`dlq::PostgresStore`) | no |
 //! | `policy` | [`Policy`], [`Policies`]: one layer per downstream service | yes |
 //! | `config` | `Policies::load`: TOML file + environment, presets and profiles | no |
 //! | `metrics` | the reference design's series through the `metrics` facade | no |
 //! | `prometheus` | `observe::prometheus_builder` with the reference buckets | no |
-//! | `client` | `client::HttpClient` (hyper-util + rustls) and `client::HttpClassifier` | no (yes through `gemini`) |
-//! | `gemini` | `gemini::GeminiClassifier`, TTS request/audio helpers, `gemini::FakeGemini` | yes (the README's demo needs it; use `default-features = false` for the core alone) |
+//! | `client` | `client::HttpClient` (hyper-util + rustls) and `client::HttpClassifier` | no (implied by `gemini`) |
+//! | `gemini` | `gemini::GeminiClassifier`, TTS request and audio decoding helpers | no |
 //! | `grpc` | `grpc::GrpcClassifier` (status in headers or trailers, A6 mapping per method, pushback, `RetryInfo`), `grpc::GrpcLayer` for a tonic `Channel` | no |
 //! | `reqwest` | `reqwest::ReqwestService` (a `reqwest::Client` as a tower service), `reqwest::ReqwestClassifier`, `reqwest::ReqwestReplay` | no |
 //! | `sqlx` | `sqlx::SqlxClassifier`, `sqlx::TxService` (PostgreSQL driver only) | no |
 //! | `http` | replay `http::Request`s with streaming bodies (`BufferBodyLayer`, `HttpReplay`) | no |
 //! | `full` | everything | no |
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
@@ -114,7 +118,8 @@ pub mod breaker {
 #[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
 pub use rampart_breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer};
 
-/// Dead letters: [`DeadLetterLayer`], records, stores (memory, file, Redis), fallback, redrive.
+/// Dead letters: [`DeadLetterLayer`], records, stores (memory, SQLite, PostgreSQL, Redis),
+/// fallback, redrive.
 #[cfg(feature = "dlq")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dlq")))]
 pub mod dlq {

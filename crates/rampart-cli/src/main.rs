@@ -103,6 +103,10 @@ enum Dlq {
         /// Retries per record (0 to 100).
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=MAX_RETRIES))]
         retries: u32,
+        /// Records replayed at once (1 to 1024), so that --rate is reachable when the target
+        /// is slow: at most this many requests are in flight.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=MAX_CONCURRENCY))]
+        concurrency: u32,
         #[command(flatten)]
         filter: Filter,
     },
@@ -189,6 +193,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// The most `--retries` accepted: retrying one record more often than this is a mistake, and
 /// `u32::MAX` retries would never end.
 const MAX_RETRIES: i64 = 100;
+/// The most records `dlq redrive --concurrency` replays at once.
+const MAX_CONCURRENCY: i64 = 1024;
 
 /// The highest `--rate` accepted, in requests a second. Faster than this, pacing means
 /// nothing (one request a microsecond); and above 10⁹ a second the period between requests
@@ -622,10 +628,16 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             target,
             rate,
             retries,
+            concurrency,
             filter,
         } => {
             drop(out);
-            return redrive(&store, &label, &target, rate, retries, &filter).await;
+            let how = Redrive {
+                rate,
+                retries,
+                concurrency,
+            };
+            return redrive(&store, &label, &target, how, &filter).await;
         }
     }
     Ok(())
@@ -712,12 +724,29 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// How `dlq redrive` replays: pace, retries per record, requests in flight.
+#[derive(Debug, Clone, Copy)]
+struct Redrive {
+    rate: Option<u32>,
+    retries: u32,
+    concurrency: u32,
+}
+
+/// Why a replayed request did not succeed, as it may be shown: the HTTP status, or the
+/// connection error with its causes, with secrets (URL passwords, tokens, `key=value` pairs)
+/// redacted.
+fn why_failed<E: std::error::Error>(result: &Result<http::Response<Bytes>, E>) -> String {
+    match result {
+        Ok(res) => format!("HTTP {}", res.status()),
+        Err(e) => rampart_dlq::Redactor::default().text(&chain(e)),
+    }
+}
+
 async fn redrive(
     store: &AnyStore,
     label: &str,
     target: &str,
-    rate: Option<u32>,
-    retries: u32,
+    how: Redrive,
     filter: &Filter,
 ) -> Result<(), Fail> {
     let target: http::Uri = target
@@ -726,12 +755,14 @@ async fn redrive(
         .filter(|u: &http::Uri| u.scheme().is_some() && u.authority().is_some())
         .ok_or_else(|| {
             usage(format!(
-                "--target {target:?} is not a base URL such as http://localhost:8080"
+                "--target {:?} is not a base URL such as http://localhost:8080",
+                rampart_dlq::Redactor::default().url(target)
             ))
         })?;
+    let shown_target = rampart_dlq::Redactor::default().url(&target.to_string());
     let (records, _) = filter.collect(store).await?;
     let backoff = rampart_core::Backoff::builder()
-        .max_retries(retries)
+        .max_retries(how.retries)
         .base_delay(Duration::from_millis(100))
         .max_delay(Duration::from_secs(5))
         .build()
@@ -749,38 +780,80 @@ async fn redrive(
     {
         bar.set_style(style);
     }
-    let mut pace = rate.map(|n| tokio::time::interval(pace_period(n)));
-    let (mut ok, mut again) = (0, 0);
+    let limit = usize::try_from(how.concurrency).unwrap_or(1).max(1);
+    let mut pace = how.rate.map(|n| tokio::time::interval(pace_period(n)));
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut ok = 0;
+    let mut again: Vec<(rampart_dlq::RecordId, String)> = Vec::new();
     let mut skipped: Vec<(rampart_dlq::RecordId, String)> = Vec::new();
-    for r in records {
-        bar.inc(1);
-        let req = match request_of(&r, &target) {
-            Ok(req) => req,
-            Err(why) => {
-                skipped.push((r.id, why));
-                continue;
-            }
-        };
-        if let Some(p) = pace.as_mut() {
-            p.tick().await;
-        }
-        let good = matches!(svc.clone().oneshot(req).await, Ok(res) if res.status().is_success());
-        if good {
-            store.delete(r.id).await.map_err(|e| store_err(&e))?;
-            ok += 1;
+    let mut records = records.into_iter();
+    loop {
+        // Start requests while fewer than `limit` are in flight (paced by --rate), then
+        // settle the first one to finish; the store is written from this task only.
+        let next = if in_flight.len() < limit {
+            records.next()
         } else {
-            let mut bumped = r;
-            bumped.redrive_count += 1;
-            bumped.last_attempt_at = rampart_dlq::Timestamp::now();
-            store.replace(bumped).await.map_err(|e| store_err(&e))?;
-            again += 1;
+            None
+        };
+        if let Some(r) = next {
+            let req = match request_of(&r, &target) {
+                Ok(req) => req,
+                Err(why) => {
+                    bar.inc(1);
+                    skipped.push((r.id, why));
+                    continue;
+                }
+            };
+            if let Some(p) = pace.as_mut() {
+                p.tick().await;
+            }
+            let svc = svc.clone();
+            in_flight.spawn(async move {
+                let result = svc.oneshot(req).await;
+                let failed = match &result {
+                    Ok(res) if res.status().is_success() => None,
+                    other => Some(why_failed(other)),
+                };
+                (r, failed)
+            });
+            continue;
+        }
+        let Some(done) = in_flight.join_next().await else {
+            break;
+        };
+        bar.inc(1);
+        let (r, failed) = done.map_err(|e| op(format!("a redrive task failed: {e}")))?;
+        match failed {
+            None => {
+                store.delete(r.id).await.map_err(|e| store_err(&e))?;
+                ok += 1;
+            }
+            Some(why) => {
+                let mut bumped = r;
+                bumped.redrive_count = bumped.redrive_count.saturating_add(1);
+                bumped.last_attempt_at = rampart_dlq::Timestamp::now();
+                let id = bumped.id;
+                store.replace(bumped).await.map_err(|e| store_err(&e))?;
+                again.push((id, why));
+            }
         }
     }
     bar.finish_and_clear();
     println!("{:<16} {:>7}", "redriven", ok);
-    println!("{:<16} {:>7}", "failed again", again);
+    println!("{:<16} {:>7}", "failed again", again.len());
     println!("{:<16} {:>7}", "skipped", skipped.len());
-    println!("({label}, target {target})");
+    println!("({label}, target {shown_target})");
+    if !again.is_empty() {
+        again.sort();
+        println!();
+        println!(
+            "{:<36}  why it failed again (the record stays)",
+            "failed record"
+        );
+        for (id, why) in &again {
+            println!("{id:<36}  {why}");
+        }
+    }
     if !skipped.is_empty() {
         println!();
         println!("{:<36}  why skipped (the record stays)", "skipped record");
@@ -788,9 +861,10 @@ async fn redrive(
             println!("{id:<36}  {why}");
         }
     }
-    if again > 0 {
+    if !again.is_empty() {
         return Err(op(format!(
-            "{again} record(s) failed again; they stay, with their redrive count bumped"
+            "{} record(s) failed again; they stay, with their redrive count bumped",
+            again.len()
         )));
     }
     Ok(())

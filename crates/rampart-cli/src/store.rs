@@ -3,23 +3,31 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[cfg(feature = "postgres")]
+use rampart_dlq::PostgresStore;
+#[cfg(feature = "redis")]
+use rampart_dlq::RedisStore;
 use rampart_dlq::{
-    DeadLetterRecord, DeadLetterStore, ListQuery, Page, PostgresStore, Pushed, RecordId,
-    RedisStore, SqliteStore, StoreError, StoreStats,
+    DeadLetterRecord, DeadLetterStore, ListQuery, Page, Pushed, RecordId, SqliteStore, StoreError,
+    StoreStats,
 };
 
 /// Where the Gemini demo writes its dead letters: the default store.
 pub(crate) const DEFAULT_STORE: &str = "sqlite:target/gemini_tts/dlq.sqlite";
 
-/// A SQLite, PostgreSQL or Redis store.
+/// A SQLite, PostgreSQL or Redis store (the last two with the `postgres` and `redis`
+/// features; SQLite is always built in).
 #[derive(Debug, Clone)]
 pub(crate) enum AnyStore {
     Sqlite(SqliteStore),
+    #[cfg(feature = "postgres")]
     Postgres(PostgresStore),
+    #[cfg(feature = "redis")]
     Redis(RedisStore),
 }
 
 /// Splits `URL#PREFIX`; a `#` before the userinfo's end belongs to the password.
+#[cfg(any(feature = "redis", feature = "postgres"))]
 fn url_and_prefix<'a>(spec: &'a str, default: &'a str) -> (&'a str, &'a str) {
     match (spec.rfind('#'), spec.rfind('@')) {
         (Some(hash), at) if at.is_none_or(|at| hash > at) => (
@@ -33,6 +41,21 @@ fn url_and_prefix<'a>(spec: &'a str, default: &'a str) -> (&'a str, &'a str) {
 /// Opens `spec`: `sqlite:PATH`, a bare path, `postgres://USER@HOST/DB[#prefix]` or
 /// `redis://HOST:PORT/DB[#prefix]`.
 pub(crate) async fn open(spec: &str, create: bool) -> Result<(AnyStore, String), String> {
+    #[cfg(not(feature = "redis"))]
+    if spec.starts_with("redis://") || spec.starts_with("rediss://") {
+        return Err(format!(
+            "{}: this rampart was built without Redis support; rebuild it with --features redis",
+            mask_url(spec)
+        ));
+    }
+    #[cfg(not(feature = "postgres"))]
+    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        return Err(format!(
+            "{}: this rampart was built without PostgreSQL support; rebuild it with --features postgres",
+            mask_url(spec)
+        ));
+    }
+    #[cfg(feature = "redis")]
     if spec.starts_with("redis://") || spec.starts_with("rediss://") {
         let (url, prefix) = url_and_prefix(spec, rampart_dlq::store::redis::DEFAULT_PREFIX);
         let shown = mask_url(url);
@@ -49,6 +72,7 @@ pub(crate) async fn open(spec: &str, create: bool) -> Result<(AnyStore, String),
             format!("redis store {shown} (prefix {prefix})"),
         ));
     }
+    #[cfg(feature = "postgres")]
     if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
         let (url, prefix) = url_and_prefix(spec, rampart_dlq::store::postgres::DEFAULT_PREFIX);
         let shown = mask_url(url);
@@ -68,7 +92,7 @@ pub(crate) async fn open(spec: &str, create: bool) -> Result<(AnyStore, String),
     let path = PathBuf::from(spec.strip_prefix("sqlite:").unwrap_or(spec));
     if !create && !path.exists() {
         return Err(format!(
-            "no dead-letter store at {} (run `cargo run --release --example gemini_tts` first, or pass --store sqlite:PATH or --store redis://HOST:PORT/DB)",
+            "no dead-letter store at {} (run the demo first: `cargo run --release -p rampart-demo`, or pass --store sqlite:PATH or --store redis://HOST:PORT/DB)",
             path.display()
         ));
     }
@@ -171,7 +195,9 @@ macro_rules! both {
     ($self:ident, $s:ident => $e:expr) => {
         match $self {
             AnyStore::Sqlite($s) => $e,
+            #[cfg(feature = "postgres")]
             AnyStore::Postgres($s) => $e,
+            #[cfg(feature = "redis")]
             AnyStore::Redis($s) => $e,
         }
     };

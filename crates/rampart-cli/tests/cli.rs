@@ -10,6 +10,8 @@ use cli_support::{rampart, text};
 mod support;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rampart_dlq::{
@@ -360,45 +362,119 @@ async fn redis_store_list_import_and_requeue() {
     let _ = store.list(ListQuery::newest(1)).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redrive_replays_http_records_against_a_target() {
-    use rampart::gemini::{tts_request, FakeGemini, FaultMix};
+/// A loopback HTTP target for `dlq redrive`: `401` without an `x-goog-api-key` header,
+/// otherwise `200` after `delay`; it counts the requests it answered with `200` and the most
+/// it held at once.
+#[derive(Clone)]
+struct Target {
+    addr: std::net::SocketAddr,
+    ok: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
+    most_in_flight: Arc<AtomicUsize>,
+}
+
+impl Target {
+    async fn start(delay: Duration) -> Target {
+        use hyper::service::service_fn;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let t = Target {
+            addr: listener.local_addr().unwrap(),
+            ok: Arc::default(),
+            in_flight: Arc::default(),
+            most_in_flight: Arc::default(),
+        };
+        let state = t.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let state = state.clone();
+                        async move {
+                            let status = if req.headers().contains_key("x-goog-api-key") {
+                                let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                                state.most_in_flight.fetch_max(now, Ordering::SeqCst);
+                                tokio::time::sleep(delay).await;
+                                state.in_flight.fetch_sub(1, Ordering::SeqCst);
+                                state.ok.fetch_add(1, Ordering::SeqCst);
+                                200
+                            } else {
+                                401
+                            };
+                            http::Response::builder()
+                                .status(status)
+                                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                });
+            }
+        });
+        t
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// `n` HTTP records for `gemini_api` (recorded against a host that is gone, the api key
+/// redacted) and one non-HTTP `database` record, in a fresh SQLite file.
+async fn seed_http(path: &Path, n: usize) {
     use rampart_dlq::{Extract, HttpExtractor};
-    let quiet: FaultMix = "".parse().unwrap();
-    let server = FakeGemini::start(quiet, 3).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("dlq.sqlite");
-    {
-        let store = SqliteStore::open(&path, 1000).unwrap();
-        let x = HttpExtractor::default()
-            .keep_header("content-type")
-            .keep_header("x-goog-api-key");
-        for i in 0..4 {
-            // Recorded against a host that is gone; redriven against the server.
-            let req = tts_request(
-                "http://old-host.invalid:9",
-                "m",
-                "secret-key",
-                &format!("hello {i}"),
-                "Kore",
-            )
+    let store = SqliteStore::open(path, 1000).unwrap();
+    let x = HttpExtractor::default()
+        .keep_header("content-type")
+        .keep_header("x-goog-api-key");
+    for i in 0..n {
+        let req = http::Request::post("http://old-host.invalid:9/v1beta/models/m:generateContent")
+            .header("content-type", "application/json")
+            .header("x-goog-api-key", "secret-key")
+            .body(bytes::Bytes::from(format!(r#"{{"text":"hello {i}"}}"#)))
             .unwrap();
-            store
-                .push(
-                    DeadLetterRecord::new("gemini_api", DeadLetterReason::RetriesExhausted)
-                        .request(x.extract(&req)),
-                )
-                .await
-                .unwrap();
-        }
         store
-            .push(record("database", DeadLetterReason::Permanent, 1))
+            .push(
+                DeadLetterRecord::new("gemini_api", DeadLetterReason::RetriesExhausted)
+                    .request(x.extract(&req)),
+            )
             .await
             .unwrap();
     }
+    store
+        .push(record("database", DeadLetterReason::Permanent, 1))
+        .await
+        .unwrap();
+}
+
+/// Puts a test api key back into every HTTP record (it was redacted when recorded).
+async fn restore_keys(path: &Path) {
+    let s = SqliteStore::open(path, 1000).unwrap();
+    for mut r in s.list(ListQuery::newest(100)).await.unwrap().records {
+        if let Some(h) = r
+            .request
+            .payload
+            .get_mut("headers")
+            .and_then(|h| h.as_object_mut())
+        {
+            h.insert("x-goog-api-key".into(), serde_json::json!("test-key"));
+            s.replace(r).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_replays_http_records_against_a_target() {
+    let server = Target::start(Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dlq.sqlite");
+    seed_http(&path, 4).await;
     let store = format!("sqlite:{}", path.display());
     // The api key was redacted when recorded, so the server refuses the replay: every HTTP
-    // record fails again (and is kept, its redrive count bumped); the non-HTTP one is skipped.
+    // record fails again (and is kept, its redrive count bumped, the reason shown); the
+    // non-HTTP one is skipped.
     let (out, err, code) = text(&rampart(
         &store,
         &[
@@ -417,6 +493,11 @@ async fn redrive_replays_http_records_against_a_target() {
         has_row(&out, &["failed", "again", "4"]) && has_row(&out, &["skipped", "1"]),
         "{out}"
     );
+    let why: Vec<&str> = out
+        .lines()
+        .filter(|l| l.ends_with("HTTP 401 Unauthorized"))
+        .collect();
+    assert_eq!(why.len(), 4, "each failed record says why: {out}");
     let (out, _, _) = text(&rampart(
         &store,
         &[
@@ -429,20 +510,8 @@ async fn redrive_replays_http_records_against_a_target() {
         ],
     ));
     assert!(jsonl(&out).iter().all(|r| r.redrive_count == 1));
-    // Stored without the secret header, the same records replay fine.
-    let s = SqliteStore::open(&path, 1000).unwrap();
-    for mut r in s.list(ListQuery::newest(10)).await.unwrap().records {
-        if let Some(h) = r
-            .request
-            .payload
-            .get_mut("headers")
-            .and_then(|h| h.as_object_mut())
-        {
-            h.insert("x-goog-api-key".into(), serde_json::json!("test-key"));
-            s.replace(r).await.unwrap();
-        }
-    }
-    drop(s);
+    // With the key back, the same records replay fine.
+    restore_keys(&path).await;
     let (out, err, code) = text(&rampart(
         &store,
         &[
@@ -458,11 +527,95 @@ async fn redrive_replays_http_records_against_a_target() {
     assert!(has_row(&out, &["redriven", "4"]), "{out}");
     let (out, _, _) = text(&rampart(&store, &["dlq", "list", "--format", "jsonl"]));
     assert_eq!(jsonl(&out).len(), 1, "only the non-HTTP record is left");
-    assert!(server.stats().ok >= 4);
+    assert_eq!(server.ok.load(Ordering::SeqCst), 4);
     let (_, err, code) = text(&rampart(
         &store,
         &["dlq", "redrive", "--target", "not a url"],
     ));
     assert_eq!(code, 2);
     assert!(err.contains("is not a base URL"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_says_why_a_connection_failed_without_the_targets_password() {
+    // A port nobody listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dlq.sqlite");
+    seed_http(&path, 2).await;
+    restore_keys(&path).await;
+    let store = format!("sqlite:{}", path.display());
+    let target = format!("http://admin:hunter2@127.0.0.1:{port}");
+    let (out, err, code) = text(&rampart(
+        &store,
+        &["dlq", "redrive", "--target", &target, "--retries", "0"],
+    ));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(has_row(&out, &["failed", "again", "2"]), "{out}");
+    let reasons: Vec<&str> = out
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().contains("connection refused"))
+        .collect();
+    assert_eq!(reasons.len(), 2, "the connection error is kept: {out}");
+    assert!(
+        !out.contains("hunter2") && !err.contains("hunter2"),
+        "{out}{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_keeps_at_most_concurrency_requests_in_flight() {
+    // Each request takes 300 ms: one at a time, 8 records could not go faster than
+    // 3.3 records/s whatever --rate says; four at once reach the rate's order.
+    let server = Target::start(Duration::from_millis(300)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dlq.sqlite");
+    seed_http(&path, 8).await;
+    restore_keys(&path).await;
+    let store = format!("sqlite:{}", path.display());
+    let started = std::time::Instant::now();
+    let (out, err, code) = text(&rampart(
+        &store,
+        &[
+            "dlq",
+            "redrive",
+            "--target",
+            &server.base_url(),
+            "--service",
+            "gemini_api",
+            "--rate",
+            "1000/s",
+            "--concurrency",
+            "4",
+        ],
+    ));
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(has_row(&out, &["redriven", "8"]), "{out}");
+    assert_eq!(
+        server.most_in_flight.load(Ordering::SeqCst),
+        4,
+        "four requests in flight at once, never more"
+    );
+    assert!(
+        took < Duration::from_millis(8 * 300),
+        "took {took:?}: no faster than one at a time"
+    );
+    let (_, err, code) = text(&rampart(
+        &store,
+        &[
+            "dlq",
+            "redrive",
+            "--target",
+            &server.base_url(),
+            "--concurrency",
+            "0",
+        ],
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--concurrency"), "{err}");
 }

@@ -3,7 +3,7 @@
 //! a durable file dead-letter queue — against an embedded Gemini-shaped server that injects
 //! faults (or, with `GEMINI_API_KEY` and `--base-url`, the real API).
 //!
-//! Run with `cargo run --release --example gemini_tts` (`-- --help` for the flags).
+//! Run with `cargo run --release -p rampart-demo` (`-- --help` for the flags).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,11 +16,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rampart::breaker::{CircuitBreakerConfig, State};
 use rampart::client::HttpClient;
 use rampart::dlq::{DeadLetterStore, HttpExtractor, ListQuery, SqliteStore};
-use rampart::gemini::{
-    decode_audio, tts_request, wav, AttemptCounter, FakeGemini, FaultMix, GeminiClassifier,
-    SAMPLE_RATE,
-};
+use rampart::gemini::{decode_audio, tts_request, GeminiClassifier, SAMPLE_RATE};
 use rampart::Policy;
+use rampart_demo::{wav, AttemptCounter, FakeGemini, FaultMix};
 use tower::{Layer, Service, ServiceExt};
 
 /// Text-to-speech through rampart, against an embedded fault-injecting Gemini (default) or the real API.
@@ -94,14 +92,56 @@ struct Tally {
     latencies: Vec<Duration>,
 }
 
+/// `--verbose`: every tracing event at DEBUG or above, one line each on stderr. A minimal
+/// subscriber (no spans), so that the demo does not compile `tracing-subscriber` and its
+/// dependencies for one flag.
+struct StderrEvents {
+    start: Instant,
+}
+
+impl tracing::Subscriber for StderrEvents {
+    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
+        // Less verbose levels compare lower: ERROR < WARN < INFO < DEBUG < TRACE.
+        *meta.level() <= tracing::Level::DEBUG
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Line(String);
+        impl tracing::field::Visit for Line {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                use std::fmt::Write as _;
+                let _ = if field.name() == "message" {
+                    write!(self.0, " {value:?}")
+                } else {
+                    write!(self.0, " {}={value:?}", field.name())
+                };
+            }
+        }
+        let meta = event.metadata();
+        let mut line = Line(format!(
+            "{:>8.3}s {:>5} {}:",
+            self.start.elapsed().as_secs_f64(),
+            meta.level(),
+            meta.target()
+        ));
+        event.record(&mut line);
+        eprintln!("{}", line.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     if args.verbose {
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_writer(std::io::stderr)
-            .init();
+        tracing::subscriber::set_global_default(StderrEvents {
+            start: Instant::now(),
+        })?;
     }
     let outage = parse_outage(&args.outage)?;
     std::fs::create_dir_all(args.out.join("wav"))?;
@@ -344,10 +384,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     if dlq_path == std::path::Path::new("target/gemini_tts/dlq.sqlite") {
-        println!("  inspect them:  cargo run -p rampart-cli -- dlq list");
+        println!("  inspect them:  cargo run --release -p rampart-cli -- dlq list");
     } else {
         println!(
-            "  inspect them:  cargo run -p rampart-cli -- --store sqlite:{} dlq list",
+            "  inspect them:  cargo run --release -p rampart-cli -- --store sqlite:{} dlq list",
             dlq_path.display()
         );
     }

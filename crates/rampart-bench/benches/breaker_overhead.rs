@@ -6,7 +6,7 @@
 //! thread holds a clone of one service (tower variants) or of one `Arc`'d breaker (failsafe,
 //! recloser, which wrap closures rather than services).
 //!
-//! Run with `cargo bench --bench breaker_overhead`.
+//! Run with `cargo bench -p rampart-bench --bench breaker_overhead`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 

@@ -3,7 +3,7 @@
 //! and rampart's `RetryLayer` without and with its budget. Then the same at two threads
 //! sharing one layer (each thread holds its own service made by the shared layer).
 //!
-//! Run with `cargo bench --bench retry_overhead`.
+//! Run with `cargo bench -p rampart-bench --bench retry_overhead`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 

@@ -2,7 +2,7 @@
 //! calls Gemini through the `gemini_api` policy, and `GET /metrics` for Prometheus.
 //! Without `GEMINI_API_KEY` it talks to the embedded fault-injecting Gemini server.
 //!
-//! Run with `cargo run --example axum_server --features gemini,prometheus`, then
+//! Run with `cargo run -p rampart-demo --example axum_server --features prometheus`, then
 //! `curl -s -X POST localhost:3000/tts -H 'content-type: application/json' -d '{"text":"hello"}' -o hello.wav`
 //! and `curl -s localhost:3000/metrics`.
 
@@ -16,8 +16,9 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use rampart::client::HttpClient;
 use rampart::dlq::{HttpExtractor, SqliteStore};
-use rampart::gemini::{decode_audio, tts_request, wav, FakeGemini, GeminiClassifier, SAMPLE_RATE};
+use rampart::gemini::{decode_audio, tts_request, GeminiClassifier, SAMPLE_RATE};
 use rampart::Policy;
+use rampart_demo::{wav, FakeGemini};
 use tower::{Layer, ServiceExt};
 
 #[derive(serde::Deserialize)]

@@ -20,7 +20,7 @@
 //!   second thread makes `fresh_keys` calls on a clone of the same service as fast as it
 //!   can: what a fresh-key client costs everybody else.
 //!
-//! Run with `cargo bench --bench keyed_churn`.
+//! Run with `cargo bench -p rampart-bench --bench keyed_churn`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 

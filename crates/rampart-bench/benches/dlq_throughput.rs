@@ -7,7 +7,7 @@
 //! - Redis: raw redis-rs pipelined `LPUSH` of the same bytes against the `RedisStore`'s
 //!   scripted, idempotent, capped push.
 //!
-//! Run with `cargo bench --features redis,sqlite,postgres --bench dlq_throughput` (Redis on
+//! Run with `cargo bench -p rampart-bench --bench dlq_throughput` (Redis on
 //! 127.0.0.1:6379 for the Redis rows; override with `RAMPART_BENCH_REDIS`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -371,13 +371,13 @@ criterion_main!(benches);
 /// `PostgresStore` (group commit: one multi-row `INSERT … ON CONFLICT DO NOTHING` + cap per
 /// transaction, acknowledged after `COMMIT`) beside raw multi-row `INSERT`s of the same bytes
 /// into a bare table (64 rows per statement, autocommit, 8 connections), in the same run.
-/// Needs `--features postgres` and a server at `DATABASE_URL` (default
+/// Needs the `postgres` feature (on by default) and a server at `DATABASE_URL` (default
 /// `postgres://postgres@127.0.0.1:5432/test`).
 fn postgres(c: &mut Criterion) {
     #[cfg(not(feature = "postgres"))]
     {
         let _ = c;
-        eprintln!("SKIPPED: the postgres rows need --features postgres");
+        eprintln!("SKIPPED: the postgres rows need the postgres feature (on by default)");
     }
     #[cfg(feature = "postgres")]
     {

@@ -8,11 +8,32 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{prefix}:records` | hash | record id → record JSON |
-//! | `{prefix}:index` | sorted set, all scores 0 | record ids; UUID v7 text sorts by time, so lexical order is age order |
+//! | `{prefix}:records` | hash | record id → record JSON: every record held, the source of truth |
+//! | `{prefix}:pending` | list | ids pushed since the index last caught up, oldest first |
+//! | `{prefix}:index` | sorted set, all scores 0 | the other ids; UUID v7 text sorts by time, so lexical order is age order |
 //! | `{prefix}:evictions` | string (integer) | records evicted by the size cap |
 //! | the retry list (default `{prefix}:retry_queue`) | list | requeued records' JSON |
 //! | `{prefix}:quarantine` | list | retry-list entries that could not be read, byte for byte ([`RedisStore::quarantined`]) |
+//!
+//! # Layout: the index catches up when order is needed
+//!
+//! A push costs the server one hash field per record plus one short list element (its id):
+//! one `HSET` and one `RPUSH` per batch. Ordering the ids (a sorted-set insert costs about as
+//! much again as the hash field) is deferred: the pending ids are moved into the index, oldest
+//! first and skipping records deleted or requeued meanwhile, by the script that needs order —
+//! a push that takes the store over its cap (which then evicts the oldest ids exactly, as
+//! before), a listing (10,000 ids per script call, so a long backlog never blocks the server
+//! for long) or a purge. Below the cap each record is therefore written about once; at the
+//! cap it is also indexed and later evicted, as in the previous layout. The count of records
+//! (`stats`, the cap) is `HLEN` of the hash. Ids of records deleted while pending stay in the
+//! pending list until the next catch-up; a push catches up whenever they would outnumber the
+//! records held by more than 1,024, so they cannot pile up.
+//!
+//! Data written by the previous layout (the same hash, every id in the index, no pending
+//! list) is a state of this one with nothing pending, so it is read, counted, evicted and
+//! purged as is: there is nothing to migrate. (The reverse does not hold: a process running
+//! the previous version does not see records still pending; upgrade the readers, such as the
+//! `rampart` CLI, together with the writers.)
 //!
 //! # Atomicity
 //!
@@ -27,8 +48,9 @@
 //! Pushes go to a writer task that owns a connection: it takes every push queued while the
 //! previous batch was in flight (up to 512 records or 8 MiB) and stores them with one script
 //! call, which also applies the size cap once for the batch; each push is then answered with its
-//! own [`Pushed::Stored`] or [`Pushed::Duplicate`]. The writer stops when the last clone of the
-//! store is dropped.
+//! own [`Pushed::Stored`] or [`Pushed::Duplicate`] (a record pushed twice in one batch is sent
+//! once, and its second push answered `Duplicate`). The writer stops when the last clone of
+//! the store is dropped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};

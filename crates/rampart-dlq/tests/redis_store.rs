@@ -549,7 +549,10 @@ async fn pending_ids_of_records_gone_meanwhile_are_skipped_and_bounded() {
     }
     assert_eq!(len(&mut con, "LLEN", store.pending_key()).await, 3);
     assert!(store.delete(rs[0].id).await.unwrap());
-    assert_eq!(store.requeue(rs[1].id).await.unwrap().as_ref(), Some(&rs[1]));
+    assert_eq!(
+        store.requeue(rs[1].id).await.unwrap().as_ref(),
+        Some(&rs[1])
+    );
     // The fourth push is under the cap (2 records held): nothing is evicted, and the
     // stale ids do not count.
     store.push(rs[3].clone()).await.unwrap();
@@ -560,7 +563,11 @@ async fn pending_ids_of_records_gone_meanwhile_are_skipped_and_bounded() {
         [rs[3].clone(), rs[2].clone()]
     );
     assert_eq!(len(&mut con, "LLEN", store.pending_key()).await, 0);
-    assert_eq!(len(&mut con, "ZCARD", store.index_key()).await, 2, "no stale id indexed");
+    assert_eq!(
+        len(&mut con, "ZCARD", store.index_key()).await,
+        2,
+        "no stale id indexed"
+    );
     // Pushed again after its deletion: stored again, and indexed once.
     assert_eq!(store.push(rs[0].clone()).await.unwrap(), Pushed::Stored);
     assert_eq!(store.stats().await.unwrap().records, 3);
@@ -582,7 +589,13 @@ async fn pending_ids_of_records_gone_meanwhile_are_skipped_and_bounded() {
         assert!(big.delete(r.id).await.unwrap());
     }
     let pending = len(&mut con, "LLEN", big.pending_key()).await;
-    assert!(pending <= 1 + 1024 + 1, "{pending} pending ids for 1 record");
-    assert_eq!(big.list(ListQuery::newest(10)).await.unwrap().records, [keep]);
+    assert!(
+        pending <= 1 + 1024 + 1,
+        "{pending} pending ids for 1 record"
+    );
+    assert_eq!(
+        big.list(ListQuery::newest(10)).await.unwrap().records,
+        [keep]
+    );
     assert_eq!(len(&mut con, "ZCARD", big.index_key()).await, 1);
 }

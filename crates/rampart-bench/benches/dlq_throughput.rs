@@ -203,6 +203,7 @@ fn redis(c: &mut Criterion) {
             .arg("rampart_bench_raw")
             .arg(store.records_key())
             .arg(store.index_key())
+            .arg(store.pending_key())
             .query_async(&mut con),
     );
 }
@@ -306,6 +307,7 @@ fn redis_batched(c: &mut Criterion) {
                     .arg(RAW)
                     .arg(store.records_key())
                     .arg(store.index_key())
+                    .arg(store.pending_key())
                     .query_async(con),
             )
             .unwrap();

@@ -75,6 +75,7 @@ async fn a_push_onto_any_wrong_typed_key_writes_nothing_and_names_the_key() {
     let keys = [
         (store.records_key().to_owned(), false, "string"),
         (store.index_key().to_owned(), false, "string"),
+        (store.pending_key().to_owned(), false, "string"),
         (
             store.evictions_key().to_owned(),
             false,
@@ -90,6 +91,7 @@ async fn a_push_onto_any_wrong_typed_key_writes_nothing_and_names_the_key() {
         for other in [
             store.records_key(),
             store.index_key(),
+            store.pending_key(),
             store.evictions_key(),
         ] {
             if other != bad {
@@ -422,6 +424,7 @@ async fn keys_share_one_hash_tag_and_an_empty_prefix_is_not_the_empty_tag() {
         [
             s.records_key(),
             s.index_key(),
+            s.pending_key(),
             s.evictions_key(),
             s.retry_key(),
             s.quarantine_key()
@@ -429,6 +432,7 @@ async fn keys_share_one_hash_tag_and_an_empty_prefix_is_not_the_empty_tag() {
         [
             "{dead_letter_queue}:records",
             "{dead_letter_queue}:index",
+            "{dead_letter_queue}:pending",
             "{dead_letter_queue}:evictions",
             "{dead_letter_queue}:retry_queue",
             "{dead_letter_queue}:quarantine",
@@ -444,4 +448,154 @@ async fn keys_share_one_hash_tag_and_an_empty_prefix_is_not_the_empty_tag() {
             other => panic!("prefix {bad:?} accepted: {other:?}"),
         }
     }
+}
+
+async fn len(con: &mut MultiplexedConnection, cmd: &str, key: &str) -> usize {
+    redis::cmd(cmd).arg(key).query_async(con).await.unwrap()
+}
+
+/// The previous layout kept every id in the sorted-set index at push time; this one appends
+/// new ids to the pending list and indexes them when the cap, a listing or a purge needs
+/// order. Data the previous layout wrote (hash + complete index, no pending list) is this
+/// layout with nothing pending: it must be listed, counted, read, evicted oldest first and
+/// purged, none of it ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_written_by_the_previous_layout_are_listed_counted_evicted_and_purged() {
+    let Some(server) = support::RedisServer::start() else {
+        return support::skip("redis-server is not installed");
+    };
+    let mut con = raw(&server).await;
+    let store = RedisStore::connect(&server.url(), "legacy", 6)
+        .await
+        .unwrap();
+    // Written exactly as the previous push script wrote them.
+    let old: Vec<DeadLetterRecord> = (0..5).map(record).collect();
+    for r in &old {
+        let _: () = redis::pipe()
+            .cmd("HSET")
+            .arg(store.records_key())
+            .arg(r.id.to_string())
+            .arg(r.to_json().unwrap())
+            .ignore()
+            .cmd("ZADD")
+            .arg(store.index_key())
+            .arg(0)
+            .arg(r.id.to_string())
+            .ignore()
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    let _: () = redis::cmd("SET")
+        .arg(store.evictions_key())
+        .arg(2)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+
+    let st = store.stats().await.unwrap();
+    assert_eq!((st.records, st.evictions), (5, 2));
+    let newest_first = |v: &[DeadLetterRecord]| v.iter().rev().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        store.list(ListQuery::newest(10)).await.unwrap().records,
+        newest_first(&old)
+    );
+    assert_eq!(store.get(old[0].id).await.unwrap().as_ref(), Some(&old[0]));
+    assert_eq!(
+        store.push(old[1].clone()).await.unwrap(),
+        Pushed::Duplicate,
+        "an old record is known to the idempotency check"
+    );
+
+    // Three new records: the cap (6) evicts the two oldest old ones, not a new one.
+    let new: Vec<DeadLetterRecord> = (5..8).map(record).collect();
+    for r in &new {
+        assert_eq!(store.push(r.clone()).await.unwrap(), Pushed::Stored);
+    }
+    let st = store.stats().await.unwrap();
+    assert_eq!((st.records, st.evictions), (6, 4));
+    let mut kept = old[2..].to_vec();
+    kept.extend(new.iter().cloned());
+    assert_eq!(
+        store.list(ListQuery::newest(10)).await.unwrap().records,
+        newest_first(&kept)
+    );
+    assert_eq!(store.get(old[1].id).await.unwrap(), None, "evicted");
+    assert_eq!(len(&mut con, "LLEN", store.pending_key()).await, 0);
+    assert_eq!(len(&mut con, "ZCARD", store.index_key()).await, 6);
+
+    assert_eq!(
+        store.purge_older_than(Duration::ZERO).await.unwrap(),
+        6,
+        "old and new records purged alike"
+    );
+    assert_eq!(store.stats().await.unwrap().records, 0);
+}
+
+/// Records deleted or requeued while their id is still pending are never indexed (nor
+/// listed, counted or evicted) later, and such stale pending ids cannot pile up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_ids_of_records_gone_meanwhile_are_skipped_and_bounded() {
+    let Some(server) = support::RedisServer::start() else {
+        return support::skip("redis-server is not installed");
+    };
+    let mut con = raw(&server).await;
+    let store = RedisStore::connect(&server.url(), "pending", 3)
+        .await
+        .unwrap();
+    let rs: Vec<DeadLetterRecord> = (0..4).map(record).collect();
+    for r in &rs[..3] {
+        store.push(r.clone()).await.unwrap();
+    }
+    assert_eq!(len(&mut con, "LLEN", store.pending_key()).await, 3);
+    assert!(store.delete(rs[0].id).await.unwrap());
+    assert_eq!(
+        store.requeue(rs[1].id).await.unwrap().as_ref(),
+        Some(&rs[1])
+    );
+    // The fourth push is under the cap (2 records held): nothing is evicted, and the
+    // stale ids do not count.
+    store.push(rs[3].clone()).await.unwrap();
+    let st = store.stats().await.unwrap();
+    assert_eq!((st.records, st.evictions, st.requeued), (2, 0, 1));
+    assert_eq!(
+        store.list(ListQuery::newest(10)).await.unwrap().records,
+        [rs[3].clone(), rs[2].clone()]
+    );
+    assert_eq!(len(&mut con, "LLEN", store.pending_key()).await, 0);
+    assert_eq!(
+        len(&mut con, "ZCARD", store.index_key()).await,
+        2,
+        "no stale id indexed"
+    );
+    // Pushed again after its deletion: stored again, and indexed once.
+    assert_eq!(store.push(rs[0].clone()).await.unwrap(), Pushed::Stored);
+    assert_eq!(store.stats().await.unwrap().records, 3);
+    assert_eq!(
+        store.list(ListQuery::newest(10)).await.unwrap().records,
+        [rs[3].clone(), rs[2].clone(), rs[0].clone()]
+    );
+
+    // Push and delete 3,000 records without ever listing: the pending list stays bounded by
+    // the records held plus 1,024 (plus one batch).
+    let big = RedisStore::connect(&server.url(), "churn", 100_000)
+        .await
+        .unwrap();
+    let keep = record(0);
+    big.push(keep.clone()).await.unwrap();
+    for n in 0..3_000 {
+        let r = record(n);
+        big.push(r.clone()).await.unwrap();
+        assert!(big.delete(r.id).await.unwrap());
+    }
+    let pending = len(&mut con, "LLEN", big.pending_key()).await;
+    assert!(
+        pending <= 1 + 1024 + 1,
+        "{pending} pending ids for 1 record"
+    );
+    assert_eq!(
+        big.list(ListQuery::newest(10)).await.unwrap().records,
+        [keep]
+    );
+    assert_eq!(len(&mut con, "ZCARD", big.index_key()).await, 1);
 }

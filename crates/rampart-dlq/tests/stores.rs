@@ -388,6 +388,7 @@ async fn redis_cluster_store_contract() {
     let keys = [
         store.records_key(),
         store.index_key(),
+        store.pending_key(),
         store.evictions_key(),
         store.retry_key(),
         store.quarantine_key(),

@@ -8,11 +8,32 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{prefix}:records` | hash | record id → record JSON |
-//! | `{prefix}:index` | sorted set, all scores 0 | record ids; UUID v7 text sorts by time, so lexical order is age order |
+//! | `{prefix}:records` | hash | record id → record JSON: every record held, the source of truth |
+//! | `{prefix}:pending` | list | ids pushed since the index last caught up, oldest first |
+//! | `{prefix}:index` | sorted set, all scores 0 | the other ids; UUID v7 text sorts by time, so lexical order is age order |
 //! | `{prefix}:evictions` | string (integer) | records evicted by the size cap |
 //! | the retry list (default `{prefix}:retry_queue`) | list | requeued records' JSON |
 //! | `{prefix}:quarantine` | list | retry-list entries that could not be read, byte for byte ([`RedisStore::quarantined`]) |
+//!
+//! # Layout: the index catches up when order is needed
+//!
+//! A push costs the server one hash field per record plus one short list element (its id):
+//! one `HSET` and one `RPUSH` per batch. Ordering the ids (a sorted-set insert costs about as
+//! much again as the hash field) is deferred: the pending ids are moved into the index, oldest
+//! first and skipping records deleted or requeued meanwhile, by the script that needs order —
+//! a push that takes the store over its cap (which then evicts the oldest ids exactly, as
+//! before), a listing (10,000 ids per script call, so a long backlog never blocks the server
+//! for long) or a purge. Below the cap each record is therefore written about once; at the
+//! cap it is also indexed and later evicted, as in the previous layout. The count of records
+//! (`stats`, the cap) is `HLEN` of the hash. Ids of records deleted while pending stay in the
+//! pending list until the next catch-up; a push catches up whenever they would outnumber the
+//! records held by more than 1,024, so they cannot pile up.
+//!
+//! Data written by the previous layout (the same hash, every id in the index, no pending
+//! list) is a state of this one with nothing pending, so it is read, counted, evicted and
+//! purged as is: there is nothing to migrate. (The reverse does not hold: a process running
+//! the previous version does not see records still pending; upgrade the readers, such as the
+//! `rampart` CLI, together with the writers.)
 //!
 //! # Atomicity
 //!
@@ -27,9 +48,11 @@
 //! Pushes go to a writer task that owns a connection: it takes every push queued while the
 //! previous batch was in flight (up to 512 records or 8 MiB) and stores them with one script
 //! call, which also applies the size cap once for the batch; each push is then answered with its
-//! own [`Pushed::Stored`] or [`Pushed::Duplicate`]. The writer stops when the last clone of the
-//! store is dropped.
+//! own [`Pushed::Stored`] or [`Pushed::Duplicate`] (a record pushed twice in one batch is sent
+//! once, and its second push answered `Duplicate`). The writer stops when the last clone of
+//! the store is dropped.
 
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -60,6 +83,8 @@ const IN_FLIGHT: usize = 4;
 const QUEUE: usize = 4 * MAX_BATCH;
 /// How often `take_requeued` re-reads a retry list that changed under it before giving up.
 const TAKE_ATTEMPTS: usize = 64;
+/// Index catch-up calls a listing makes at most (10,000 ids each).
+const CATCH_UP_CALLS: usize = 1_000;
 /// Retry-list entries read per `take_requeued` round.
 const TAKE_CHUNK: usize = 256;
 
@@ -112,54 +137,114 @@ end
     }
 }
 
-/// KEYS: records, index, evictions. ARGV: cap, then (id, json) pairs. Returns one character
-/// per pair: `1` stored, `0` duplicate.
+/// Lua that brings the index up to date: `catch_up(limit)` moves up to `limit` ids from the
+/// head (oldest end) of the pending list (KEYS[3]) into the index (KEYS[2]), skipping ids
+/// whose record (KEYS[1]) was deleted or requeued meanwhile, and returns how many ids are
+/// still pending; `catch_up_all()` repeats it until none is.
+const CATCH_UP: &str = r"
+local function catch_up(limit)
+  local ids = redis.call('LRANGE', KEYS[3], 0, limit - 1)
+  if #ids == 0 then return 0 end
+  local z, k = {}, 0
+  for i = 1, #ids do
+    if redis.call('HEXISTS', KEYS[1], ids[i]) == 1 then
+      z[k + 1] = '0'
+      z[k + 2] = ids[i]
+      k = k + 2
+    end
+  end
+  for i = 1, k, 1000 do
+    redis.call('ZADD', KEYS[2], unpack(z, i, math.min(i + 999, k)))
+  end
+  redis.call('LTRIM', KEYS[3], #ids, -1)
+  return redis.call('LLEN', KEYS[3])
+end
+local function catch_up_all()
+  while catch_up(10000) > 0 do end
+end
+";
+
+/// KEYS: records, index, pending, evictions. ARGV: cap, then (id, json) pairs with distinct
+/// ids. Returns one character per pair: `1` stored, `0` duplicate.
+///
+/// Below the cap a push is one `HSET` of the new records and one `RPUSH` of their ids onto
+/// the pending list; the index is brought up to date only when the cap must evict (or when
+/// the pending list holds mostly ids of records gone meanwhile).
 static PUSH: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
-        &[RECORDS, INDEX, COUNTER],
-        r"
+        &[RECORDS, INDEX, LIST, COUNTER],
+        &format!(
+            r"{CATCH_UP}
 local cap = tonumber(ARGV[1])
 local n = (#ARGV - 1) / 2
-local ids = {}
+local ids = {{}}
 for i = 1, n do ids[i] = ARGV[2 * i] end
 local existing = redis.call('HMGET', KEYS[1], unpack(ids))
-local out, hset, zadd, seen = {}, {}, {}, {}
-local h = 0
+local out
+local dups = false
 for i = 1, n do
-  local id = ids[i]
-  if existing[i] or seen[id] then
-    out[i] = '0'
-  else
-    seen[id] = true
-    out[i] = '1'
-    hset[h + 1] = id
-    hset[h + 2] = ARGV[2 * i + 1]
-    zadd[h + 1] = '0'
-    zadd[h + 2] = id
-    h = h + 2
+  if existing[i] then dups = true break end
+end
+if not dups then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+  redis.call('RPUSH', KEYS[3], unpack(ids))
+  out = string.rep('1', n)
+else
+  local flags, hset, fresh = {{}}, {{}}, {{}}
+  local h, f = 0, 0
+  for i = 1, n do
+    if existing[i] then
+      flags[i] = '0'
+    else
+      flags[i] = '1'
+      f = f + 1
+      fresh[f] = ids[i]
+      hset[h + 1] = ids[i]
+      hset[h + 2] = ARGV[2 * i + 1]
+      h = h + 2
+    end
   end
+  if f > 0 then
+    redis.call('HSET', KEYS[1], unpack(hset))
+    redis.call('RPUSH', KEYS[3], unpack(fresh))
+  end
+  out = table.concat(flags)
 end
-if h > 0 then
-  redis.call('HSET', KEYS[1], unpack(hset))
-  redis.call('ZADD', KEYS[2], unpack(zadd))
-end
-local size = redis.call('ZCARD', KEYS[2])
+local size = redis.call('HLEN', KEYS[1])
 if size > cap then
-  local old = redis.call('ZRANGE', KEYS[2], 0, size - cap - 1)
-  for i = 1, #old, 1000 do
-    redis.call('HDEL', KEYS[1], unpack(old, i, math.min(i + 999, #old)))
+  catch_up_all()
+  local evicted = 0
+  while size > cap do
+    local old = redis.call('ZRANGE', KEYS[2], 0, math.min(size - cap, 1000) - 1)
+    if #old == 0 then break end
+    local gone = redis.call('HDEL', KEYS[1], unpack(old))
+    redis.call('ZREMRANGEBYRANK', KEYS[2], 0, #old - 1)
+    evicted = evicted + gone
+    size = size - gone
   end
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, size - cap - 1)
-  redis.call('INCRBY', KEYS[3], #old)
+  if evicted > 0 then redis.call('INCRBY', KEYS[4], evicted) end
+elseif redis.call('LLEN', KEYS[3]) > size + 1024 then
+  catch_up_all()
 end
-return table.concat(out)
-",
+return out
+"
+        ),
     )
 });
 
+/// KEYS: records, index, pending. Indexes up to 10,000 pending ids; returns how many are
+/// still pending.
+static INDEX_PENDING: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        &[RECORDS, INDEX, LIST],
+        &format!("{CATCH_UP}\nreturn catch_up(10000)\n"),
+    )
+});
+
+/// KEYS: records, index, pending (its stale entry is skipped when the index catches up).
 static DELETE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
-        &[RECORDS, INDEX],
+        &[RECORDS, INDEX, LIST],
         r"
 redis.call('ZREM', KEYS[2], ARGV[1])
 return redis.call('HDEL', KEYS[1], ARGV[1])
@@ -178,31 +263,37 @@ return 1
     )
 });
 
+/// KEYS: records, index, pending, retry list.
 static REQUEUE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
-        &[RECORDS, INDEX, LIST],
+        &[RECORDS, INDEX, LIST, LIST],
         r"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v then return false end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('RPUSH', KEYS[3], v)
+redis.call('RPUSH', KEYS[4], v)
 return v
 ",
     )
 });
 
+/// KEYS: records, index, pending. Returns how many records were removed.
 static PURGE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
-        &[RECORDS, INDEX],
-        r"
+        &[RECORDS, INDEX, LIST],
+        &format!(
+            r"{CATCH_UP}
+catch_up_all()
 local old = redis.call('ZRANGEBYLEX', KEYS[2], '-', '(' .. ARGV[1])
+local gone = 0
 for i = 1, #old, 1000 do
-  redis.call('HDEL', KEYS[1], unpack(old, i, math.min(i + 999, #old)))
+  gone = gone + redis.call('HDEL', KEYS[1], unpack(old, i, math.min(i + 999, #old)))
 end
 redis.call('ZREMRANGEBYLEX', KEYS[2], '-', '(' .. ARGV[1])
-return #old
-",
+return gone
+"
+        ),
     )
 });
 
@@ -285,6 +376,7 @@ struct Writer {
     con: Con,
     records: String,
     index: String,
+    pending: String,
     evictions: String,
     cap: String,
 }
@@ -327,51 +419,71 @@ impl Writer {
         });
     }
 
-    /// Stores `batch` with one script call and answers each push.
+    /// Stores `batch` with one script call and answers each push. A record pushed more than
+    /// once in the batch is sent once; its other pushes are answered `Duplicate` (or with the
+    /// same error).
     async fn write(&self, batch: Vec<Job>) {
         let mut inv = PUSH.script.prepare_invoke();
         inv.key(&self.records)
             .key(&self.index)
+            .key(&self.pending)
             .key(&self.evictions)
             .arg(&self.cap);
-        for job in &batch {
-            inv.arg(&job.id).arg(&job.json);
+        // For each job, the position of its id's first job in the batch.
+        let mut first: Vec<usize> = Vec::with_capacity(batch.len());
+        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
+        let mut sent = 0usize;
+        for (i, job) in batch.iter().enumerate() {
+            match seen.get(job.id.as_str()) {
+                Some(&at) => first.push(at),
+                None => {
+                    seen.insert(&job.id, i);
+                    first.push(i);
+                    inv.arg(&job.id).arg(&job.json);
+                    sent = sent.saturating_add(1);
+                }
+            }
         }
+        drop(seen);
         let mut con = self.con.clone();
         let result: Result<Vec<u8>, RedisError> = inv.invoke_async(&mut con).await;
         let keys = [
             self.records.as_str(),
             self.index.as_str(),
+            self.pending.as_str(),
             self.evictions.as_str(),
         ];
-        match result {
-            Ok(flags) if flags.len() == batch.len() => {
-                for (job, flag) in batch.into_iter().zip(flags) {
-                    let pushed = if flag == b'1' {
-                        Pushed::Stored
-                    } else {
-                        Pushed::Duplicate
-                    };
-                    let _ = job.ack.send(Ok(pushed));
-                }
+        let answers: Vec<Result<Pushed, StoreError>> = match result {
+            Ok(flags) if flags.len() == sent => {
+                // The flags are in the order the first pushes of each id were sent.
+                let mut flags = flags.into_iter();
+                first
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &at)| {
+                        if at == i && flags.next() == Some(b'1') {
+                            Ok(Pushed::Stored)
+                        } else {
+                            Ok(Pushed::Duplicate)
+                        }
+                    })
+                    .collect()
             }
             Ok(flags) => {
                 let e = RedisError::from((
                     ErrorKind::Client,
                     "the push script answered a different number of flags than records sent",
-                    format!("{} flags for {} records", flags.len(), batch.len()),
+                    format!("{} flags for {sent} records", flags.len()),
                 ));
-                for job in batch {
-                    let _ = job.ack.send(Err(err("push")(e.clone())));
-                }
+                batch.iter().map(|_| Err(err("push")(e.clone()))).collect()
             }
-            Err(e) => {
-                for job in batch {
-                    let _ = job
-                        .ack
-                        .send(Err(script_error(&PUSH, &keys, "push", e.clone())));
-                }
-            }
+            Err(e) => batch
+                .iter()
+                .map(|_| Err(script_error(&PUSH, &keys, "push", e.clone())))
+                .collect(),
+        };
+        for (job, answer) in batch.into_iter().zip(answers) {
+            let _ = job.ack.send(answer);
         }
     }
 }
@@ -402,6 +514,7 @@ pub struct RedisStore {
     writer: mpsc::Sender<Job>,
     records: String,
     index: String,
+    pending: String,
     evictions: String,
     retry: String,
     quarantine: String,
@@ -543,6 +656,7 @@ impl RedisStore {
             writer: tx,
             records: format!("{tag}:records"),
             index: format!("{tag}:index"),
+            pending: format!("{tag}:pending"),
             evictions: format!("{tag}:evictions"),
             retry: format!("{tag}:retry_queue"),
             quarantine: format!("{tag}:quarantine"),
@@ -552,6 +666,7 @@ impl RedisStore {
             con: store.con.clone(),
             records: store.records.clone(),
             index: store.index.clone(),
+            pending: store.pending.clone(),
             evictions: store.evictions.clone(),
             cap: max_size.to_string(),
         };
@@ -580,6 +695,12 @@ impl RedisStore {
     /// The index's key.
     pub fn index_key(&self) -> &str {
         &self.index
+    }
+
+    /// The pending list's key: ids of records pushed since the index last caught up (see the
+    /// [module docs](self)).
+    pub fn pending_key(&self) -> &str {
+        &self.pending
     }
 
     /// The evictions counter's key.
@@ -654,6 +775,27 @@ impl RedisStore {
         inv.invoke_async(&mut con)
             .await
             .map_err(|e| script_error(lua, keys, op, e))
+    }
+
+    /// Brings the index up to date with the pending list, 10,000 ids per script call (so a
+    /// long backlog never blocks the server for long). Gives up after [`CATCH_UP_CALLS`]
+    /// calls while pushes keep coming: what is still pending then arrived after the listing
+    /// began.
+    async fn catch_up(&self) -> Result<(), StoreError> {
+        for _ in 0..CATCH_UP_CALLS {
+            let left: i64 = self
+                .script(
+                    &INDEX_PENDING,
+                    &[&self.records, &self.index, &self.pending],
+                    &[],
+                    "index pending records",
+                )
+                .await?;
+            if left <= 0 {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn parse(key: &str, bytes: &[u8]) -> Result<DeadLetterRecord, Unreadable> {
@@ -753,6 +895,7 @@ impl DeadLetterStore for RedisStore {
     }
 
     async fn list(&self, q: ListQuery) -> Result<Page, StoreError> {
+        self.catch_up().await?;
         let mut con = self.con.clone();
         let mut page = Page::default();
         let min = q.since.map_or_else(|| "-".to_owned(), |s| format!("[{s}"));
@@ -812,7 +955,7 @@ impl DeadLetterStore for RedisStore {
         let n: i64 = self
             .script(
                 &DELETE,
-                &[&self.records, &self.index],
+                &[&self.records, &self.index, &self.pending],
                 &[id.as_bytes()],
                 "delete",
             )
@@ -839,7 +982,7 @@ impl DeadLetterStore for RedisStore {
         let v: Option<Vec<u8>> = self
             .script(
                 &REQUEUE,
-                &[&self.records, &self.index, &self.retry],
+                &[&self.records, &self.index, &self.pending, &self.retry],
                 &[key.as_bytes()],
                 "requeue",
             )
@@ -891,7 +1034,7 @@ impl DeadLetterStore for RedisStore {
         let n: i64 = self
             .script(
                 &PURGE,
-                &[&self.records, &self.index],
+                &[&self.records, &self.index, &self.pending],
                 &[cut.as_bytes()],
                 "purge",
             )
@@ -902,8 +1045,8 @@ impl DeadLetterStore for RedisStore {
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         let mut con = self.con.clone();
         let (records, requeued, evictions): (usize, usize, Option<u64>) = redis::pipe()
-            .cmd("ZCARD")
-            .arg(&self.index)
+            .cmd("HLEN")
+            .arg(&self.records)
             .cmd("LLEN")
             .arg(&self.retry)
             .cmd("GET")

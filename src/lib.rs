@@ -111,3 +111,11 @@ pub mod dlq {
 #[cfg(feature = "dlq")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dlq")))]
 pub use rampart_dlq::{DeadLetter, DeadLetterLayer, DeadLetterRecord, DeadLetterStore};
+
+/// Durable job retries on apalis workers: [`JobLayer`](jobs::JobLayer), [`JobPolicy`](jobs::JobPolicy)
+/// (`tts_task`), countdowns in the backend, the breaker's deferral, dead letters once.
+#[cfg(feature = "jobs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jobs")))]
+pub mod jobs {
+    pub use rampart_jobs::*;
+}

@@ -24,8 +24,9 @@ use crate::{Job, JobPolicy, Reschedule};
 
 /// What became of one run of a job. The worker acknowledges the job in every case: the
 /// decision is durable (a retry in the backend, a record in the dead-letter store) before
-/// this is returned.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// this is returned. apalis stores it as the job's result (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum JobOutcome {
     /// The handler succeeded.

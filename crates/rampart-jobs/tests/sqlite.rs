@@ -15,7 +15,7 @@ use apalis_core::{
     worker::builder::WorkerBuilder,
 };
 use apalis_sqlite::{Config, SqlitePool, SqliteStorage};
-use rampart_dlq::{DeadLetterReason, DeadLetterStore, SqliteStore};
+use rampart_dlq::{DeadLetterReason, SqliteStore};
 use rampart_jobs::{BackendScheduler, Job, JobCodec, JobLayer, JobOutcome, JobPolicy};
 use support::{all_records, check_countdown, check_settled, classify, twenty_percent, Act, Recording, Upstream};
 use tower_layer::Layer;

@@ -35,7 +35,7 @@
 //! let layer = JobLayer::new(
 //!     JobPolicy::tts_task(),
 //!     IoErrors,
-//!     MemoryStore::new(),
+//!     MemoryStore::new(1000),
 //!     BackendScheduler::new(backend.clone()),
 //! );
 //! let handler = tower_util_service_fn();
@@ -46,9 +46,14 @@
 //! worker.run().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! With the `metrics` feature every run is counted under the request path's series names
+//! (`retry_attempts_total`, `retry_delay_seconds`, `dead_letters_total`) plus `jobs_total`
+//! and `jobs_scheduled_retries`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod job;
+mod observe;
 mod policy;
 mod queue;
 mod schedule;

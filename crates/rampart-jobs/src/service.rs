@@ -183,7 +183,7 @@ impl Refusal for std::convert::Infallible {
 /// #     }
 /// #     H
 /// # }
-/// let layer = JobLayer::new(JobPolicy::tts_task(), ErrorsAre(Outcome::TRANSIENT), MemoryStore::new(), NoBackend);
+/// let layer = JobLayer::new(JobPolicy::tts_task(), ErrorsAre(Outcome::TRANSIENT), MemoryStore::new(1000), NoBackend);
 /// let _service = layer.typed::<String>().layer(handler);
 /// ```
 pub struct JobLayer<C, St, R, A = serde_json::Value> {
@@ -310,7 +310,7 @@ where
     fn call(&mut self, task: Task<Job>) -> Self::Future {
         // Take the handler that was made ready; leave a clone for the next poll_ready.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
         let (job, ctx) = task.take();
         let job_id = ctx
@@ -318,6 +318,31 @@ where
             .map(ToString::to_string)
             .unwrap_or_else(|| "unknown".to_owned());
         Box::pin(async move {
+            let service = shared.policy.kind().to_owned();
+            let attempt = job.attempt;
+            let out = run(shared, inner, job, job_id).await;
+            if let Ok(o) = &out {
+                crate::observe::record(&service, attempt, o);
+            }
+            out
+        })
+    }
+}
+
+async fn run<S, C, St, R, A>(
+    shared: Arc<Shared<C, St, R>>,
+    mut inner: S,
+    job: Job,
+    job_id: String,
+) -> Result<JobOutcome, JobError>
+where
+    S: Service<A>,
+    S::Error: Refusal + fmt::Display,
+    C: Classify<S::Response, S::Error>,
+    St: DeadLetterStore,
+    R: Reschedule,
+    A: DeserializeOwned,
+{
             let origin = job.origin.clone().unwrap_or_else(|| job_id.clone());
             let attempts = job.attempt.saturating_add(1);
             let policy = &shared.policy;
@@ -395,8 +420,6 @@ where
                     dead_letter(&shared, &job, &job_id, &origin, DeadLetterReason::Permanent, outcome.as_str(), &error_text, attempts).await
                 }
             }
-        })
-    }
 }
 
 async fn defer<C, St, R: Reschedule>(

@@ -21,16 +21,18 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use rampart::jobs::apalis_core::backend::ext::{with_codec::WithCodec, BackendExt};
-use rampart::jobs::apalis_core::worker::builder::WorkerBuilder;
-use rampart::jobs::{apalis_redis, apalis_sqlite};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use http::Response;
 use rampart::breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer};
 use rampart::client::{HttpClient, HttpError};
 use rampart::dlq::{DeadLetterStore, ListQuery, SqliteStore};
-use rampart::gemini::{decode_audio, tts_request, wav, FakeGemini, FaultMix, GeminiClassifier, SAMPLE_RATE};
+use rampart::gemini::{
+    decode_audio, tts_request, wav, FakeGemini, FaultMix, GeminiClassifier, SAMPLE_RATE,
+};
+use rampart::jobs::apalis_core::backend::ext::{with_codec::WithCodec, BackendExt};
+use rampart::jobs::apalis_core::worker::builder::WorkerBuilder;
+use rampart::jobs::{apalis_redis, apalis_sqlite};
 use rampart::jobs::{BackendScheduler, Job, JobCodec, JobLayer, JobPolicy, JobQueue, Reschedule};
 use rampart::{BoxError, Classify, Outcome};
 use serde::{Deserialize, Serialize};
@@ -104,17 +106,30 @@ impl Service<TtsJob> for Tts {
     }
 
     fn call(&mut self, job: TtsJob) -> Self::Future {
-        let req = tts_request(&self.base, rampart::gemini::DEFAULT_MODEL, &self.key, &job.text, "Kore");
+        let req = tts_request(
+            &self.base,
+            rampart::gemini::DEFAULT_MODEL,
+            &self.key,
+            &job.text,
+            "Kore",
+        );
         let fut = req.map(|r| self.client.call(r));
         let out = Arc::clone(&self.out);
         Box::pin(async move {
             let Ok(fut) = fut else {
-                return Ok(Response::builder().status(400).body(Bytes::new()).unwrap_or_default());
+                return Ok(Response::builder()
+                    .status(400)
+                    .body(Bytes::new())
+                    .unwrap_or_default());
             };
             let res = fut.await?;
             if res.status().is_success() {
                 if let Ok(pcm) = decode_audio(res.body()) {
-                    let _ = tokio::fs::write(out.join(format!("{}.wav", job.id)), wav(&pcm, SAMPLE_RATE)).await;
+                    let _ = tokio::fs::write(
+                        out.join(format!("{}.wav", job.id)),
+                        wav(&pcm, SAMPLE_RATE),
+                    )
+                    .await;
                 }
             }
             Ok(res)
@@ -130,7 +145,12 @@ struct Counting<R> {
 }
 
 impl<R: Reschedule> Reschedule for Counting<R> {
-    fn schedule(&self, job: Job, after: Duration, key: String) -> BoxFuture<'static, Result<(), BoxError>> {
+    fn schedule(
+        &self,
+        job: Job,
+        after: Duration,
+        key: String,
+    ) -> BoxFuture<'static, Result<(), BoxError>> {
         if let Ok(mut c) = self.countdowns.lock() {
             c.push(after);
         }
@@ -158,19 +178,36 @@ async fn main() -> Result<(), BoxError> {
                 let text = format!("Job {id}: the quick brown fox jumps over the lazy dog.");
                 q.push(Job::new("tts", &TtsJob { id, text })?, None).await?;
             }
-            println!("enqueued {jobs} tts job(s) on {} queue {}", q.url(), args.queue);
+            println!(
+                "enqueued {jobs} tts job(s) on {} queue {}",
+                q.url(),
+                args.queue
+            );
         }
-        Cmd::Work { out, dlq, base_delay, run_for, faults } => {
+        Cmd::Work {
+            out,
+            dlq,
+            base_delay,
+            run_for,
+            faults,
+        } => {
             tokio::fs::create_dir_all(&out).await?;
             let (base, key, _server) = match std::env::var("GEMINI_API_KEY") {
-                Ok(k) => ("https://generativelanguage.googleapis.com".to_owned(), k, None),
+                Ok(k) => (
+                    "https://generativelanguage.googleapis.com".to_owned(),
+                    k,
+                    None,
+                ),
                 Err(_) => {
                     let server = FakeGemini::start(faults, 7).await?;
                     (server.base_url(), "demo-key".to_owned(), Some(server))
                 }
             };
-            let breaker = CircuitBreakerLayer::new(CircuitBreakerConfig::default(), GeminiClassifier::default())
-                .name("gemini_api");
+            let breaker = CircuitBreakerLayer::new(
+                CircuitBreakerConfig::default(),
+                GeminiClassifier::default(),
+            )
+            .name("gemini_api");
             let handler = Tts {
                 client: breaker.layer(HttpClient::new()),
                 base: base.into(),
@@ -192,16 +229,27 @@ async fn main() -> Result<(), BoxError> {
             macro_rules! run {
                 ($backend:expr) => {{
                     let backend = WithCodec::new($backend, JobCodec);
-                    let scheduler = Counting { inner: BackendScheduler::new(backend.clone()), countdowns: Arc::clone(&countdowns) };
-                    let layer = JobLayer::new(policy, classify, store.clone(), scheduler).typed::<TtsJob>();
+                    let scheduler = Counting {
+                        inner: BackendScheduler::new(backend.clone()),
+                        countdowns: Arc::clone(&countdowns),
+                    };
+                    let layer =
+                        JobLayer::new(policy, classify, store.clone(), scheduler).typed::<TtsJob>();
                     let worker = WorkerBuilder::new("tts-worker")
                         .backend(backend.poll_with_interval(Duration::from_millis(100)))
                         .build(layer.layer(handler));
-                    worker.run_until(async move { stop.await; Ok::<(), std::io::Error>(()) }).await?;
+                    worker
+                        .run_until(async move {
+                            stop.await;
+                            Ok::<(), std::io::Error>(())
+                        })
+                        .await?;
                 }};
             }
             if let Some(path) = args.backend.strip_prefix("sqlite://") {
-                let opts = apalis_sqlite::SqliteConnectOptions::new().filename(path).create_if_missing(true);
+                let opts = apalis_sqlite::SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true);
                 let pool = apalis_sqlite::SqlitePool::connect_with(opts).await?;
                 apalis_sqlite::SqliteStorage::setup(&pool).await?;
                 let config = apalis_sqlite::Config::default().queue(&args.queue);
@@ -223,7 +271,10 @@ async fn main() -> Result<(), BoxError> {
                 let max = cds.iter().max().copied().unwrap_or_default();
                 println!("    countdowns          {min:.1?} .. {max:.1?}");
             }
-            println!("  dead-lettered         {dead:>6}   (rampart --store sqlite://{} dlq list)", dlq.display());
+            println!(
+                "  dead-lettered         {dead:>6}   (rampart --store sqlite://{} dlq list)",
+                dlq.display()
+            );
         }
     }
     Ok(())

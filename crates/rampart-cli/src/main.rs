@@ -104,7 +104,11 @@ enum Dlq {
     /// Example: rampart dlq redrive --to-queue tts --jobs redis://127.0.0.1:6379
     Redrive {
         /// The base URL to replay against (scheme, host and port replace the recorded ones).
-        #[arg(long, required_unless_present = "to_queue", conflicts_with = "to_queue")]
+        #[arg(
+            long,
+            required_unless_present = "to_queue",
+            conflicts_with = "to_queue"
+        )]
         target: Option<String>,
         /// At most this many requests a second, e.g. 50/s (1 to 1000000).
         #[arg(long, value_parser = parse_rate)]

@@ -13,7 +13,7 @@ use std::{
 };
 
 use cli_support::rampart_ok;
-use rampart_core::{Outcome, Backoff};
+use rampart_core::{Backoff, Outcome};
 use rampart_dlq::{DeadLetterStore, ListQuery, SqliteStore};
 use rampart_jobs::apalis_core::{
     backend::{ext::with_codec::WithCodec, ext::BackendExt},
@@ -63,11 +63,31 @@ impl tower::Service<u64> for Handler {
     }
 }
 
-async fn run_worker_until(pool: &SqlitePool, store: &SqliteStore, h: &Handler, settled: impl Fn(usize, usize) -> bool) {
-    let backend = WithCodec::new(SqliteStorage::<Job>::new(pool).with_config(Config::default().queue("tts")), JobCodec);
-    let classify = |r: Result<&(), &Nope>| if r.is_ok() { Outcome::Success } else { Outcome::Permanent };
+async fn run_worker_until(
+    pool: &SqlitePool,
+    store: &SqliteStore,
+    h: &Handler,
+    settled: impl Fn(usize, usize) -> bool,
+) {
+    let backend = WithCodec::new(
+        SqliteStorage::<Job>::new(pool).with_config(Config::default().queue("tts")),
+        JobCodec,
+    );
+    let classify = |r: Result<&(), &Nope>| {
+        if r.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Permanent
+        }
+    };
     let policy = JobPolicy::new("tts", Backoff::builder().max_retries(3).build().unwrap());
-    let layer = JobLayer::new(policy, classify, store.clone(), BackendScheduler::new(backend.clone())).typed::<u64>();
+    let layer = JobLayer::new(
+        policy,
+        classify,
+        store.clone(),
+        BackendScheduler::new(backend.clone()),
+    )
+    .typed::<u64>();
     let worker = WorkerBuilder::new(format!("cli-test-{}", uuid_like()))
         .backend(backend.poll_with_interval(Duration::from_millis(20)))
         .build(tower::Layer::layer(&layer, h.clone()));
@@ -79,19 +99,30 @@ async fn run_worker_until(pool: &SqlitePool, store: &SqliteStore, h: &Handler, s
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let dead = store.list(ListQuery::newest(100)).await.unwrap().records.len();
+        let dead = store
+            .list(ListQuery::newest(100))
+            .await
+            .unwrap()
+            .records
+            .len();
         let done = h.done.lock().unwrap().len();
         if settled(done, dead) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "done {done}, dead {dead}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "done {done}, dead {dead}"
+        );
     }
     tx.send(()).unwrap();
     running.await.unwrap().unwrap();
 }
 
 fn uuid_like() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,7 +138,9 @@ async fn redrive_to_queue_feeds_the_worker_and_keeps_the_redrive_count() {
     for n in 0..3u64 {
         q.push(Job::new("tts", &n).unwrap(), None).await.unwrap();
     }
-    let pool = SqlitePool::connect(&format!("sqlite://{}", jobs_path.display())).await.unwrap();
+    let pool = SqlitePool::connect(&format!("sqlite://{}", jobs_path.display()))
+        .await
+        .unwrap();
     // Job 2 fails twice for good: it dies again after its first redrive.
     let h = Handler {
         calls: Arc::default(),
@@ -120,11 +153,33 @@ async fn redrive_to_queue_feeds_the_worker_and_keeps_the_redrive_count() {
 
     // Requeue one by id, redrive the rest.
     let one = first[0].id.to_string();
-    let out = rampart_ok(&store_url, &["dlq", "requeue", &one, "--to-queue", "tts", "--jobs", &jobs_url]);
+    let out = rampart_ok(
+        &store_url,
+        &[
+            "dlq",
+            "requeue",
+            &one,
+            "--to-queue",
+            "tts",
+            "--jobs",
+            &jobs_url,
+        ],
+    );
     assert!(out.contains("queued as jobs") && out.contains('1'), "{out}");
-    let out = rampart_ok(&store_url, &["dlq", "redrive", "--to-queue", "tts", "--jobs", &jobs_url]);
+    let out = rampart_ok(
+        &store_url,
+        &["dlq", "redrive", "--to-queue", "tts", "--jobs", &jobs_url],
+    );
     assert!(out.contains("queued as jobs"), "{out}");
-    assert!(store.list(ListQuery::newest(10)).await.unwrap().records.is_empty(), "records left once queued");
+    assert!(
+        store
+            .list(ListQuery::newest(10))
+            .await
+            .unwrap()
+            .records
+            .is_empty(),
+        "records left once queued"
+    );
 
     run_worker_until(&pool, &store, &h, |done, dead| done == 2 && dead == 1).await;
     let again = store.list(ListQuery::newest(10)).await.unwrap().records;
@@ -132,7 +187,10 @@ async fn redrive_to_queue_feeds_the_worker_and_keeps_the_redrive_count() {
     let r = &again[0];
     assert_eq!(r.request.payload["args"], serde_json::json!(2));
     assert_eq!(r.redrive_count, 1, "the redrive count is kept");
-    let was = first.iter().find(|f| f.request.payload["args"] == serde_json::json!(2)).unwrap();
+    let was = first
+        .iter()
+        .find(|f| f.request.payload["args"] == serde_json::json!(2))
+        .unwrap();
     assert_eq!(r.id, was.id, "the same job names the same record");
     let mut done = h.done.lock().unwrap().clone();
     done.sort_unstable();

@@ -67,15 +67,15 @@ pub use service::{record_id, JobError, JobLayer, JobOutcome, JobService, Refusal
 
 /// apalis' core, re-exported so that workers build against the version this crate uses.
 pub use apalis_core;
-/// apalis-sqlite, re-exported (feature `sqlite`).
-#[cfg(feature = "sqlite")]
-pub use apalis_sqlite;
-/// apalis-redis, re-exported (feature `redis`).
-#[cfg(feature = "redis")]
-pub use apalis_redis;
 /// apalis-postgres, re-exported (feature `postgres`).
 #[cfg(feature = "postgres")]
 pub use apalis_postgres;
+/// apalis-redis, re-exported (feature `redis`).
+#[cfg(feature = "redis")]
+pub use apalis_redis;
+/// apalis-sqlite, re-exported (feature `sqlite`).
+#[cfg(feature = "sqlite")]
+pub use apalis_sqlite;
 
 #[doc(hidden)]
 pub mod __doc {

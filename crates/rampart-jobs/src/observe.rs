@@ -28,12 +28,15 @@ pub(crate) fn record(service: &str, attempt: u32, outcome: &JobOutcome) {
     let result = match outcome {
         JobOutcome::Done { .. } => "done",
         JobOutcome::Retried { countdown, .. } => {
-            metrics::histogram!("retry_delay_seconds", "service" => service.clone()).record(countdown.as_secs_f64());
+            metrics::histogram!("retry_delay_seconds", "service" => service.clone())
+                .record(countdown.as_secs_f64());
             metrics::gauge!("jobs_scheduled_retries", "service" => service.clone()).increment(1.0);
             "retried"
         }
         JobOutcome::Deferred { .. } => "deferred",
-        JobOutcome::DeadLettered { reason, duplicate, .. } => {
+        JobOutcome::DeadLettered {
+            reason, duplicate, ..
+        } => {
             if !duplicate {
                 metrics::counter!("dead_letters_total", "service" => service.clone(), "reason" => reason.as_str()).increment(1);
             }

@@ -48,7 +48,8 @@ impl Job {
     /// ```
     pub fn from_dead_letter(r: &DeadLetterRecord) -> Result<Job, NotAJob> {
         let p = &r.request.payload;
-        let (Some(kind), Some(args)) = (p.get("kind").and_then(|k| k.as_str()), p.get("args")) else {
+        let (Some(kind), Some(args)) = (p.get("kind").and_then(|k| k.as_str()), p.get("args"))
+        else {
             return Err(NotAJob::Foreign(r.id.to_string()));
         };
         if r.request_redacted || r.kept_whole().is_err() {
@@ -126,7 +127,9 @@ enum Inner {
 
 impl fmt::Debug for JobQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JobQueue").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("JobQueue")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -237,11 +240,20 @@ impl JobQueue {
         let wrap = move |e: rampart_core::BoxError| QueueError::Backend { url, source: e };
         match &mut self.inner {
             #[cfg(feature = "sqlite")]
-            Inner::Sqlite(b) => b.push_task(task(job, delay, key)).await.map_err(|e| wrap(Box::new(e))),
+            Inner::Sqlite(b) => b
+                .push_task(task(job, delay, key))
+                .await
+                .map_err(|e| wrap(Box::new(e))),
             #[cfg(feature = "redis")]
-            Inner::Redis(b) => b.push_task(task(job, delay, key)).await.map_err(|e| wrap(Box::new(e))),
+            Inner::Redis(b) => b
+                .push_task(task(job, delay, key))
+                .await
+                .map_err(|e| wrap(Box::new(e))),
             #[cfg(feature = "postgres")]
-            Inner::Postgres(b) => b.push_task(task(job, delay, key)).await.map_err(|e| wrap(Box::new(e))),
+            Inner::Postgres(b) => b
+                .push_task(task(job, delay, key))
+                .await
+                .map_err(|e| wrap(Box::new(e))),
             Inner::None(never, _) => {
                 let _ = wrap;
                 match *never {}

@@ -24,7 +24,12 @@ pub trait Reschedule: Clone + Send + Sync + 'static {
     ///
     /// The backend's error when the job could not be stored; the caller must then not
     /// acknowledge the job it holds.
-    fn schedule(&self, job: Job, after: Duration, key: String) -> BoxFuture<'static, Result<(), BoxError>>;
+    fn schedule(
+        &self,
+        job: Job,
+        after: Duration,
+        key: String,
+    ) -> BoxFuture<'static, Result<(), BoxError>>;
 }
 
 /// A [`Reschedule`] over an apalis backend (apalis-sqlite, apalis-redis, apalis-postgres, …)
@@ -69,11 +74,22 @@ where
     B: TaskSink<Job, Durable> + Clone + Send + Sync + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    fn schedule(&self, job: Job, after: Duration, key: String) -> BoxFuture<'static, Result<(), BoxError>> {
+    fn schedule(
+        &self,
+        job: Job,
+        after: Duration,
+        key: String,
+    ) -> BoxFuture<'static, Result<(), BoxError>> {
         let mut backend = self.backend.clone();
         Box::pin(async move {
-            let task = TaskBuilder::new(job).run_after(after).idempotency_key(key).build();
-            backend.push_task(task).await.map_err(|e| Box::new(e) as BoxError)
+            let task = TaskBuilder::new(job)
+                .run_after(after)
+                .idempotency_key(key)
+                .build();
+            backend
+                .push_task(task)
+                .await
+                .map_err(|e| Box::new(e) as BoxError)
         })
     }
 }

@@ -343,83 +343,133 @@ where
     R: Reschedule,
     A: DeserializeOwned,
 {
-            let origin = job.origin.clone().unwrap_or_else(|| job_id.clone());
-            let attempts = job.attempt.saturating_add(1);
-            let policy = &shared.policy;
+    let origin = job.origin.clone().unwrap_or_else(|| job_id.clone());
+    let attempts = job.attempt.saturating_add(1);
+    let policy = &shared.policy;
 
-            // Jobs that cannot run at all.
-            let unrunnable = if let Some(e) = &job.undecodable {
-                Some(format!("payload is not a job: {e}"))
-            } else if job.kind != policy.kind() {
-                Some(format!(
-                    "unknown job type {:?} (this worker handles {:?})",
-                    job.kind,
-                    policy.kind()
-                ))
-            } else {
-                None
-            };
-            if let Some(why) = unrunnable {
-                return dead_letter(&shared, &job, &job_id, &origin, DeadLetterReason::Permanent, "permanent", &why, job.attempt).await;
-            }
-            let args: A = match serde_json::from_value(job.args.clone()) {
-                Ok(a) => a,
-                Err(e) => {
-                    let why = format!("arguments do not fit the {:?} handler: {e}", policy.kind());
-                    return dead_letter(&shared, &job, &job_id, &origin, DeadLetterReason::Permanent, "permanent", &why, job.attempt).await;
-                }
-            };
+    // Jobs that cannot run at all.
+    let unrunnable = if let Some(e) = &job.undecodable {
+        Some(format!("payload is not a job: {e}"))
+    } else if job.kind != policy.kind() {
+        Some(format!(
+            "unknown job type {:?} (this worker handles {:?})",
+            job.kind,
+            policy.kind()
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = unrunnable {
+        return dead_letter(
+            &shared,
+            &job,
+            &job_id,
+            &origin,
+            DeadLetterReason::Permanent,
+            "permanent",
+            &why,
+            job.attempt,
+        )
+        .await;
+    }
+    let args: A = match serde_json::from_value(job.args.clone()) {
+        Ok(a) => a,
+        Err(e) => {
+            let why = format!("arguments do not fit the {:?} handler: {e}", policy.kind());
+            return dead_letter(
+                &shared,
+                &job,
+                &job_id,
+                &origin,
+                DeadLetterReason::Permanent,
+                "permanent",
+                &why,
+                job.attempt,
+            )
+            .await;
+        }
+    };
 
-            // The breaker is open: wait for it in the backend, not in a worker slot.
-            if let Some(wait) = policy.breaker_wait() {
-                return defer(&shared, &job, &job_id, &origin, wait).await;
-            }
+    // The breaker is open: wait for it in the backend, not in a worker slot.
+    if let Some(wait) = policy.breaker_wait() {
+        return defer(&shared, &job, &job_id, &origin, wait).await;
+    }
 
-            let result = inner.call(args).await;
-            if let Err(e) = &result {
-                if let Some(open) = e.circuit_open() {
-                    let wait = open.retry_in.saturating_add(policy.jitter());
-                    return defer(&shared, &job, &job_id, &origin, wait).await;
+    let result = inner.call(args).await;
+    if let Err(e) = &result {
+        if let Some(open) = e.circuit_open() {
+            let wait = open.retry_in.saturating_add(policy.jitter());
+            return defer(&shared, &job, &job_id, &origin, wait).await;
+        }
+    }
+    let outcome = shared.classifier.classify(result.as_ref());
+    let error_text = match &result {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    };
+    match outcome {
+        Outcome::Success => Ok(JobOutcome::Done { attempts }),
+        Outcome::Transient { .. } | Outcome::Throttled { .. } => {
+            match policy.countdown(job.attempt, outcome, stream_of(&origin)) {
+                Some(countdown) => {
+                    let next = job.next_attempt(&origin);
+                    let key = format!("{origin}#{}", next.attempt);
+                    shared
+                        .scheduler
+                        .schedule(next, countdown, key)
+                        .await
+                        .map_err(|source| JobError::Schedule {
+                            job_id: job_id.clone(),
+                            attempt: attempts.saturating_add(1),
+                            source,
+                        })?;
+                    Ok(JobOutcome::Retried {
+                        next_attempt: attempts.saturating_add(1),
+                        countdown,
+                    })
+                }
+                None => {
+                    dead_letter(
+                        &shared,
+                        &job,
+                        &job_id,
+                        &origin,
+                        DeadLetterReason::RetriesExhausted,
+                        outcome.as_str(),
+                        &error_text,
+                        attempts,
+                    )
+                    .await
                 }
             }
-            let outcome = shared.classifier.classify(result.as_ref());
-            let error_text = match &result {
-                Ok(_) => String::new(),
-                Err(e) => e.to_string(),
-            };
-            match outcome {
-                Outcome::Success => Ok(JobOutcome::Done { attempts }),
-                Outcome::Transient { .. } | Outcome::Throttled { .. } => {
-                    match policy.countdown(job.attempt, outcome, stream_of(&origin)) {
-                        Some(countdown) => {
-                            let next = job.next_attempt(&origin);
-                            let key = format!("{origin}#{}", next.attempt);
-                            shared
-                                .scheduler
-                                .schedule(next, countdown, key)
-                                .await
-                                .map_err(|source| JobError::Schedule {
-                                    job_id: job_id.clone(),
-                                    attempt: attempts.saturating_add(1),
-                                    source,
-                                })?;
-                            Ok(JobOutcome::Retried {
-                                next_attempt: attempts.saturating_add(1),
-                                countdown,
-                            })
-                        }
-                        None => {
-                            dead_letter(&shared, &job, &job_id, &origin, DeadLetterReason::RetriesExhausted, outcome.as_str(), &error_text, attempts).await
-                        }
-                    }
-                }
-                Outcome::Rejected => {
-                    dead_letter(&shared, &job, &job_id, &origin, DeadLetterReason::Rejected, outcome.as_str(), &error_text, attempts).await
-                }
-                _ => {
-                    dead_letter(&shared, &job, &job_id, &origin, DeadLetterReason::Permanent, outcome.as_str(), &error_text, attempts).await
-                }
-            }
+        }
+        Outcome::Rejected => {
+            dead_letter(
+                &shared,
+                &job,
+                &job_id,
+                &origin,
+                DeadLetterReason::Rejected,
+                outcome.as_str(),
+                &error_text,
+                attempts,
+            )
+            .await
+        }
+        _ => {
+            dead_letter(
+                &shared,
+                &job,
+                &job_id,
+                &origin,
+                DeadLetterReason::Permanent,
+                outcome.as_str(),
+                &error_text,
+                attempts,
+            )
+            .await
+        }
+    }
 }
 
 async fn defer<C, St, R: Reschedule>(
@@ -486,10 +536,14 @@ async fn dead_letter<C, St: DeadLetterStore, R>(
     if job.enqueued_at_ms > 0 {
         record.first_attempt_at = Timestamp(UNIX_EPOCH + Duration::from_millis(job.enqueued_at_ms));
     }
-    let pushed = shared.store.push(record).await.map_err(|source| JobError::DeadLetter {
-        job_id: job_id.to_owned(),
-        source,
-    })?;
+    let pushed = shared
+        .store
+        .push(record)
+        .await
+        .map_err(|source| JobError::DeadLetter {
+            job_id: job_id.to_owned(),
+            source,
+        })?;
     Ok(JobOutcome::DeadLettered {
         reason,
         attempts,

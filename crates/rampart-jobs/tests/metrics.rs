@@ -5,10 +5,10 @@ mod support;
 
 use std::time::Duration;
 
-use rampart_jobs::apalis_core::task::builder::TaskBuilder;
-use rampart_dlq::MemoryStore;
-use rampart_jobs::{Job, JobLayer, JobOutcome, JobPolicy, Reschedule};
 use rampart_core::BoxError;
+use rampart_dlq::MemoryStore;
+use rampart_jobs::apalis_core::task::builder::TaskBuilder;
+use rampart_jobs::{Job, JobLayer, JobOutcome, JobPolicy, Reschedule};
 use support::{classify, Act, Upstream};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -16,7 +16,12 @@ use tower_service::Service;
 #[derive(Clone)]
 struct Accept;
 impl Reschedule for Accept {
-    fn schedule(&self, _: Job, _: Duration, _: String) -> futures_util::future::BoxFuture<'static, Result<(), BoxError>> {
+    fn schedule(
+        &self,
+        _: Job,
+        _: Duration,
+        _: String,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), BoxError>> {
         Box::pin(async { Ok(()) })
     }
 }
@@ -26,7 +31,10 @@ fn runs_are_counted_under_the_request_path_names() {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             // Job 1: fails then succeeds (a retry, then a success after the first run);
             // job 2: permanent.
@@ -35,7 +43,13 @@ fn runs_are_counted_under_the_request_path_names() {
                 (2, _) => Act::Permanent,
                 _ => Act::Ok,
             });
-            let layer = JobLayer::new(JobPolicy::tts_task(), classify, MemoryStore::new(100), Accept).typed::<u64>();
+            let layer = JobLayer::new(
+                JobPolicy::tts_task(),
+                classify,
+                MemoryStore::new(100),
+                Accept,
+            )
+            .typed::<u64>();
             let mut svc = layer.layer(up);
             let mut run = |job: Job| {
                 std::future::poll_fn(|cx| svc.poll_ready(cx)).now_or_never_ready();
@@ -43,11 +57,23 @@ fn runs_are_counted_under_the_request_path_names() {
             };
             let first = Job::new("tts", &1u64).unwrap();
             let out = run(first.clone()).await.unwrap();
-            assert!(matches!(out, JobOutcome::Retried { next_attempt: 2, .. }), "{out:?}");
+            assert!(
+                matches!(
+                    out,
+                    JobOutcome::Retried {
+                        next_attempt: 2,
+                        ..
+                    }
+                ),
+                "{out:?}"
+            );
             let out = run(first.next_attempt("o1")).await.unwrap();
             assert_eq!(out, JobOutcome::Done { attempts: 2 });
             let out = run(Job::new("tts", &2u64).unwrap()).await.unwrap();
-            assert!(matches!(out, JobOutcome::DeadLettered { attempts: 1, .. }), "{out:?}");
+            assert!(
+                matches!(out, JobOutcome::DeadLettered { attempts: 1, .. }),
+                "{out:?}"
+            );
         });
     });
     let text = handle.render();

@@ -19,25 +19,32 @@ use support::{all_records, check_settled, classify, twenty_percent, Act, Recordi
 use tower_layer::Layer;
 
 fn url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
 async fn pool() -> Option<PgPool> {
     let admin = match PgPool::connect(&url()).await {
         Ok(p) => p,
         Err(e) => {
-            assert!(!std::env::var("RAMPART_REQUIRE_SERVICES").is_ok_and(|v| v == "1"), "PostgreSQL required: {e}");
+            assert!(
+                !std::env::var("RAMPART_REQUIRE_SERVICES").is_ok_and(|v| v == "1"),
+                "PostgreSQL required: {e}"
+            );
             eprintln!("skipped: no PostgreSQL at {} ({e})", url());
             return None;
         }
     };
-    let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = 'rampart_jobs_test'")
-        .fetch_optional(&admin)
-        .await
-        .unwrap();
+    let exists: Option<(i32,)> =
+        sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = 'rampart_jobs_test'")
+            .fetch_optional(&admin)
+            .await
+            .unwrap();
     if exists.is_none() {
         // Two test binaries may race here; the loser's "already exists" is fine.
-        let _ = sqlx::query("CREATE DATABASE rampart_jobs_test").execute(&admin).await;
+        let _ = sqlx::query("CREATE DATABASE rampart_jobs_test")
+            .execute(&admin)
+            .await;
     }
     let mut own = url();
     let cut = own.rfind('/').unwrap();
@@ -55,14 +62,22 @@ async fn jobs_settle_exactly_once_on_postgres() {
     let q = format!("rampart-jobs-test-{}", uuid::Uuid::now_v7());
     let dir = tempfile::tempdir().unwrap();
     let config = Config::default().queue(&q).batch_size(25);
-    let backend = WithCodec::new(PostgresStorage::<Job>::new(&pool).with_config(config), JobCodec);
+    let backend = WithCodec::new(
+        PostgresStorage::<Job>::new(&pool).with_config(config),
+        JobCodec,
+    );
     let jobs: Vec<Job> = (0..JOBS).map(|n| Job::new("tts", &n).unwrap()).collect();
     backend.clone().push_bulk(jobs).await.unwrap();
 
     let store = SqliteStore::open_default(dir.path().join("dlq.db")).unwrap();
     let up = Upstream::new(twenty_percent);
     let scheduler = Recording::new(BackendScheduler::new(backend.clone()));
-    let layer = JobLayer::new(JobPolicy::tts_task(), classify, store.clone(), scheduler.clone());
+    let layer = JobLayer::new(
+        JobPolicy::tts_task(),
+        classify,
+        store.clone(),
+        scheduler.clone(),
+    );
     let worker = WorkerBuilder::new(format!("{q}-w1"))
         .backend(backend.poll_with_interval(Duration::from_millis(20)))
         .build(layer.typed::<u64>().layer(up.clone()));
@@ -108,7 +123,11 @@ async fn jobs_settle_exactly_once_on_postgres() {
         if up.done() + dead == usize::try_from(JOBS).unwrap() && waiting.is_empty() {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "not settled: {} done, {dead} dead", up.done());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled: {} done, {dead} dead",
+            up.done()
+        );
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop_tx.send(()).unwrap();
@@ -116,5 +135,9 @@ async fn jobs_settle_exactly_once_on_postgres() {
     let records = all_records(&store).await;
     check_settled(&up, &records, &scheduler.seen(), JOBS, twenty_percent).await;
     assert!(checked > 20, "only {checked} waiting rows checked");
-    sqlx::query("DELETE FROM apalis.jobs WHERE job_type = $1").bind(&q).execute(&pool).await.unwrap();
+    sqlx::query("DELETE FROM apalis.jobs WHERE job_type = $1")
+        .bind(&q)
+        .execute(&pool)
+        .await
+        .unwrap();
 }

@@ -28,7 +28,10 @@ async fn connect() -> Option<ConnectionManager> {
     match apalis_redis::connect(url()).await {
         Ok(c) => Some(c),
         Err(e) => {
-            assert!(!std::env::var("RAMPART_REQUIRE_SERVICES").is_ok_and(|v| v == "1"), "Redis required: {e}");
+            assert!(
+                !std::env::var("RAMPART_REQUIRE_SERVICES").is_ok_and(|v| v == "1"),
+                "Redis required: {e}"
+            );
             eprintln!("skipped: no Redis at {} ({e})", url());
             None
         }
@@ -40,7 +43,10 @@ fn queue() -> String {
 }
 
 fn backend(conn: ConnectionManager, queue: &str, heartbeat: Duration) -> Backend {
-    let config = Config::default().queue(queue).heartbeat_interval(heartbeat).batch_size(25);
+    let config = Config::default()
+        .queue(queue)
+        .heartbeat_interval(heartbeat)
+        .batch_size(25);
     WithCodec::new(RedisStorage::new(conn).with_config(config), JobCodec)
 }
 
@@ -52,13 +58,18 @@ async fn cleanup(conn: &mut ConnectionManager, queue: &str) {
 }
 
 fn now_secs() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_jobs_settle_exactly_once_on_redis() {
     const JOBS: u64 = 1000;
-    let Some(mut conn) = connect().await else { return };
+    let Some(mut conn) = connect().await else {
+        return;
+    };
     let q = queue();
     let dir = tempfile::tempdir().unwrap();
     let backend = backend(conn.clone(), &q, Duration::from_secs(30));
@@ -68,7 +79,12 @@ async fn a_thousand_jobs_settle_exactly_once_on_redis() {
     let store = SqliteStore::open_default(dir.path().join("dlq.db")).unwrap();
     let up = Upstream::new(twenty_percent);
     let scheduler = Recording::new(BackendScheduler::new(backend.clone()));
-    let layer = JobLayer::new(JobPolicy::tts_task(), classify, store.clone(), scheduler.clone());
+    let layer = JobLayer::new(
+        JobPolicy::tts_task(),
+        classify,
+        store.clone(),
+        scheduler.clone(),
+    );
     let worker = WorkerBuilder::new(format!("{q}-w1"))
         .backend(backend.poll_with_interval(Duration::from_millis(20)))
         .build(layer.typed::<u64>().layer(up.clone()));
@@ -112,7 +128,11 @@ async fn a_thousand_jobs_settle_exactly_once_on_redis() {
         if up.done() + dead == usize::try_from(JOBS).unwrap() && waiting.is_empty() && left == 0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "not settled: {} done, {dead} dead", up.done());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled: {} done, {dead} dead",
+            up.done()
+        );
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop_tx.send(()).unwrap();
@@ -130,7 +150,9 @@ async fn a_thousand_jobs_settle_exactly_once_on_redis() {
 /// keys (`origin#attempt`) make a repeated schedule of the same attempt a no-op.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_job_loses_nothing_on_redis() {
-    let Some(mut conn) = connect().await else { return };
+    let Some(mut conn) = connect().await else {
+        return;
+    };
     let q = queue();
     let dir = tempfile::tempdir().unwrap();
     let backend = backend(conn.clone(), &q, Duration::from_secs(1));
@@ -142,26 +164,55 @@ async fn a_worker_killed_mid_job_loses_nothing_on_redis() {
     let doomed_name = format!("{q}-doomed");
     let a = Upstream::new(|n, _| if n == 7 { Act::Hang } else { Act::Ok });
     {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let layer = JobLayer::new(JobPolicy::tts_task(), classify, store.clone(), BackendScheduler::new(backend.clone()));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let layer = JobLayer::new(
+            JobPolicy::tts_task(),
+            classify,
+            store.clone(),
+            BackendScheduler::new(backend.clone()),
+        );
         let worker = WorkerBuilder::new(doomed_name.clone())
-            .backend(backend.clone().poll_with_interval(Duration::from_millis(20)))
+            .backend(
+                backend
+                    .clone()
+                    .poll_with_interval(Duration::from_millis(20)),
+            )
             .build(layer.typed::<u64>().layer(a.clone()));
         rt.spawn(worker.run());
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while a.calls(7) == 0 {
-            assert!(std::time::Instant::now() < deadline, "worker A never took job 7");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "worker A never took job 7"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::spawn(move || rt.shutdown_background()).join().unwrap();
+        std::thread::spawn(move || rt.shutdown_background())
+            .join()
+            .unwrap();
     }
-    let inflight: Vec<String> = conn.smembers(format!("{q}:inflight:{doomed_name}")).await.unwrap();
+    let inflight: Vec<String> = conn
+        .smembers(format!("{q}:inflight:{doomed_name}"))
+        .await
+        .unwrap();
     assert!(!inflight.is_empty(), "job 7 is leased to the dead worker");
     // Backend time control: the dead worker was last seen long ago.
-    let _: () = conn.zadd(format!("{q}:workers"), &doomed_name, 1).await.unwrap();
+    let _: () = conn
+        .zadd(format!("{q}:workers"), &doomed_name, 1)
+        .await
+        .unwrap();
 
     let b = Upstream::new(|_, _| Act::Ok);
-    let layer = JobLayer::new(JobPolicy::tts_task(), classify, store.clone(), BackendScheduler::new(backend.clone()));
+    let layer = JobLayer::new(
+        JobPolicy::tts_task(),
+        classify,
+        store.clone(),
+        BackendScheduler::new(backend.clone()),
+    );
     let worker = WorkerBuilder::new(format!("{q}-survivor"))
         .backend(backend.poll_with_interval(Duration::from_millis(20)))
         .build(layer.typed::<u64>().layer(b.clone()));
@@ -172,7 +223,12 @@ async fn a_worker_killed_mid_job_loses_nothing_on_redis() {
     }));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let done: Vec<u64> = (0..20).filter(|n| a.successes.lock().unwrap().contains_key(n) || b.successes.lock().unwrap().contains_key(n)).collect();
+        let done: Vec<u64> = (0..20)
+            .filter(|n| {
+                a.successes.lock().unwrap().contains_key(n)
+                    || b.successes.lock().unwrap().contains_key(n)
+            })
+            .collect();
         if done.len() == 20 {
             break;
         }

@@ -5,9 +5,7 @@
 
 mod support;
 
-use std::{
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use apalis_core::{
     backend::{ext::with_codec::WithCodec, ext::BackendExt, TaskSink},
@@ -17,7 +15,9 @@ use apalis_core::{
 use apalis_sqlite::{Config, SqlitePool, SqliteStorage};
 use rampart_dlq::{DeadLetterReason, SqliteStore};
 use rampart_jobs::{BackendScheduler, Job, JobCodec, JobLayer, JobOutcome, JobPolicy};
-use support::{all_records, check_countdown, check_settled, classify, twenty_percent, Act, Recording, Upstream};
+use support::{
+    all_records, check_countdown, check_settled, classify, twenty_percent, Act, Recording, Upstream,
+};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -27,13 +27,22 @@ async fn backend(dir: &tempfile::TempDir, heartbeat: Duration) -> (SqlitePool, B
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("jobs.db").display());
     let pool = SqlitePool::connect(&url).await.unwrap();
     SqliteStorage::setup(&pool).await.unwrap();
-    let config = Config::default().queue("tts").heartbeat_interval(heartbeat).batch_size(25);
+    let config = Config::default()
+        .queue("tts")
+        .heartbeat_interval(heartbeat)
+        .batch_size(25);
     let storage = SqliteStorage::<Job>::new(&pool).with_config(config);
     (pool, WithCodec::new(storage, JobCodec))
 }
 
 fn now_secs() -> i64 {
-    i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()).unwrap()
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap()
 }
 
 /// Rows waiting in the future: (job, seconds until due).
@@ -71,7 +80,12 @@ async fn a_thousand_jobs_settle_exactly_once_with_countdowns_in_the_backend() {
     let store = SqliteStore::open_default(dir.path().join("dlq.db")).unwrap();
     let up = Upstream::new(twenty_percent);
     let scheduler = Recording::new(BackendScheduler::new(backend.clone()));
-    let layer = JobLayer::new(JobPolicy::tts_task(), classify, store.clone(), scheduler.clone());
+    let layer = JobLayer::new(
+        JobPolicy::tts_task(),
+        classify,
+        store.clone(),
+        scheduler.clone(),
+    );
     let worker = WorkerBuilder::new("sqlite-1")
         .backend(backend.poll_with_interval(Duration::from_millis(20)))
         .build(layer.typed::<u64>().layer(up.clone()));
@@ -93,7 +107,9 @@ async fn a_thousand_jobs_settle_exactly_once_with_countdowns_in_the_backend() {
                 Act::Throttled(s) => Some(s),
                 _ => None,
             };
-            let nominal = hint.map_or(60.0 * 2f64.powi(i32::try_from(retry).unwrap()), |h| h as f64);
+            let nominal = hint.map_or(60.0 * 2f64.powi(i32::try_from(retry).unwrap()), |h| {
+                h as f64
+            });
             let d = due_in as f64;
             assert!(
                 d >= nominal * 0.8 - 2.0 && d <= (nominal * 1.2).max(nominal) + 1.0,
@@ -107,7 +123,11 @@ async fn a_thousand_jobs_settle_exactly_once_with_countdowns_in_the_backend() {
         if up.done() + dead == usize::try_from(JOBS).unwrap() && waiting(&pool).await.is_empty() {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "not settled: {} done, {dead} dead", up.done());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled: {} done, {dead} dead",
+            up.done()
+        );
     }
     // Give a straggler the chance to show up as a second run.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -117,13 +137,32 @@ async fn a_thousand_jobs_settle_exactly_once_with_countdowns_in_the_backend() {
     let records = all_records(&store).await;
     let seen = scheduler.seen();
     check_settled(&up, &records, &seen, JOBS, twenty_percent).await;
-    assert!(checked_rows > 100, "only {checked_rows} waiting rows checked");
+    assert!(
+        checked_rows > 100,
+        "only {checked_rows} waiting rows checked"
+    );
     assert!(seen.len() > 150, "only {} retries scheduled", seen.len());
-    assert!(records.len() >= 6, "the always-failing and permanent jobs are dead-lettered");
-    // The cap: a long backoff never exceeds 3,600 s.
-    let long = JobPolicy::new("tts", JobPolicy::tts_task().backoff().clone());
-    for k in 0..3 {
-        check_countdown(k, long.countdown(k, rampart_core::Outcome::TRANSIENT, 42).unwrap(), None);
+    assert!(
+        records.len() >= 6,
+        "the always-failing and permanent jobs are dead-lettered"
+    );
+    // The cap: the tts_task numbers with more retries never exceed 3,600 s.
+    let long = JobPolicy::new(
+        "tts",
+        rampart_core::Backoff::builder()
+            .max_retries(10)
+            .base_delay(Duration::from_secs(60))
+            .max_delay(Duration::from_secs(3600))
+            .jitter(rampart_core::Jitter::Proportional(0.2))
+            .build()
+            .unwrap(),
+    );
+    for k in 0..10 {
+        let d = long
+            .countdown(k, rampart_core::Outcome::TRANSIENT, 42)
+            .unwrap();
+        assert!(d <= Duration::from_secs(3600), "retry {k}: {d:?}");
+        check_countdown(k, d, None);
     }
 }
 
@@ -142,11 +181,18 @@ async fn bad_jobs_are_dead_lettered_with_a_reason_and_the_worker_keeps_going() {
         .unwrap();
     let mut b = backend.clone();
     b.push(Job::new("thumbnail", &1u64).unwrap()).await.unwrap();
-    b.push(Job::new("tts", &"not a number").unwrap()).await.unwrap();
+    b.push(Job::new("tts", &"not a number").unwrap())
+        .await
+        .unwrap();
     b.push(Job::new("tts", &5u64).unwrap()).await.unwrap();
 
     let up = Upstream::new(|_, _| Act::Ok);
-    let layer = JobLayer::new(JobPolicy::tts_task(), classify, store.clone(), BackendScheduler::new(backend.clone()));
+    let layer = JobLayer::new(
+        JobPolicy::tts_task(),
+        classify,
+        store.clone(),
+        BackendScheduler::new(backend.clone()),
+    );
     let worker = WorkerBuilder::new("sqlite-bad")
         .backend(backend.poll_with_interval(Duration::from_millis(20)))
         .build(layer.typed::<u64>().layer(up.clone()));
@@ -162,15 +208,26 @@ async fn bad_jobs_are_dead_lettered_with_a_reason_and_the_worker_keeps_going() {
         if r.len() == 3 && up.done() == 1 {
             break r;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{} records, {} done", r.len(), up.done());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} records, {} done",
+            r.len(),
+            up.done()
+        );
     };
     stop_tx.send(()).unwrap();
     running.await.unwrap().unwrap();
     let mut errors: Vec<String> = records.iter().map(|r| r.error.clone()).collect();
     errors.sort();
-    assert!(errors[0].starts_with("arguments do not fit the \"tts\" handler"), "{errors:?}");
+    assert!(
+        errors[0].starts_with("arguments do not fit the \"tts\" handler"),
+        "{errors:?}"
+    );
     assert!(errors[1].starts_with("payload is not a job"), "{errors:?}");
-    assert!(errors[2].starts_with("unknown job type \"thumbnail\""), "{errors:?}");
+    assert!(
+        errors[2].starts_with("unknown job type \"thumbnail\""),
+        "{errors:?}"
+    );
     for r in &records {
         assert_eq!(r.reason, DeadLetterReason::Permanent);
         assert_eq!(r.attempts, 0, "never ran");
@@ -184,8 +241,13 @@ async fn concurrent_workers_dead_letter_a_job_exactly_once() {
     let (_pool, backend) = backend(&dir, Duration::from_secs(30)).await;
     let store = SqliteStore::open_default(dir.path().join("dlq.db")).unwrap();
     let up = Upstream::new(|_, _| Act::Permanent);
-    let layer = JobLayer::new(JobPolicy::tts_task(), classify, store.clone(), BackendScheduler::new(backend))
-        .typed::<u64>();
+    let layer = JobLayer::new(
+        JobPolicy::tts_task(),
+        classify,
+        store.clone(),
+        BackendScheduler::new(backend),
+    )
+    .typed::<u64>();
     let mut tasks = Vec::new();
     for job in 0..50u64 {
         let mut j = Job::new("tts", &job).unwrap();
@@ -203,8 +265,12 @@ async fn concurrent_workers_dead_letter_a_job_exactly_once() {
     let mut duplicates = 0;
     for t in tasks {
         match t.await.unwrap() {
-            JobOutcome::DeadLettered { duplicate: false, .. } => stored += 1,
-            JobOutcome::DeadLettered { duplicate: true, .. } => duplicates += 1,
+            JobOutcome::DeadLettered {
+                duplicate: false, ..
+            } => stored += 1,
+            JobOutcome::DeadLettered {
+                duplicate: true, ..
+            } => duplicates += 1,
             other => panic!("{other:?}"),
         }
     }
@@ -220,24 +286,46 @@ async fn concurrent_workers_dead_letter_a_job_exactly_once() {
 async fn a_worker_killed_mid_job_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (pool, backend) = backend(&dir, Duration::from_secs(1)).await;
-    backend.clone().push(Job::new("tts", &77u64).unwrap()).await.unwrap();
+    backend
+        .clone()
+        .push(Job::new("tts", &77u64).unwrap())
+        .await
+        .unwrap();
     let store = SqliteStore::open_default(dir.path().join("dlq.db")).unwrap();
 
     // Worker A hangs inside the handler; its whole runtime is then dropped.
     let hung = Upstream::new(|_, _| Act::Hang);
     {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let layer = JobLayer::new(JobPolicy::tts_task(), classify, store.clone(), BackendScheduler::new(backend.clone()));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let layer = JobLayer::new(
+            JobPolicy::tts_task(),
+            classify,
+            store.clone(),
+            BackendScheduler::new(backend.clone()),
+        );
         let worker = WorkerBuilder::new("sqlite-doomed")
-            .backend(backend.clone().poll_with_interval(Duration::from_millis(20)))
+            .backend(
+                backend
+                    .clone()
+                    .poll_with_interval(Duration::from_millis(20)),
+            )
             .build(layer.typed::<u64>().layer(hung.clone()));
         rt.spawn(worker.run());
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while hung.calls(77) == 0 {
-            assert!(std::time::Instant::now() < deadline, "worker A never took the job");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "worker A never took the job"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::spawn(move || rt.shutdown_background()).join().unwrap();
+        std::thread::spawn(move || rt.shutdown_background())
+            .join()
+            .unwrap();
     }
     let locked: (String, Option<String>) = sqlx::query_as("SELECT status, lock_by FROM Jobs")
         .fetch_one(&pool)
@@ -251,7 +339,12 @@ async fn a_worker_killed_mid_job_loses_nothing() {
         .unwrap();
 
     let up = Upstream::new(|_, _| Act::Ok);
-    let layer = JobLayer::new(JobPolicy::tts_task(), classify, store.clone(), BackendScheduler::new(backend.clone()));
+    let layer = JobLayer::new(
+        JobPolicy::tts_task(),
+        classify,
+        store.clone(),
+        BackendScheduler::new(backend.clone()),
+    );
     let worker = WorkerBuilder::new("sqlite-survivor")
         .backend(backend.poll_with_interval(Duration::from_millis(20)))
         .build(layer.typed::<u64>().layer(up.clone()));
@@ -262,7 +355,10 @@ async fn a_worker_killed_mid_job_loses_nothing() {
     }));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while up.done() == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the orphaned job was never picked up");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the orphaned job was never picked up"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop_tx.send(()).unwrap();
@@ -283,21 +379,31 @@ async fn an_open_breaker_defers_jobs_to_its_half_open_time() {
         .recovery_timeout(Duration::from_secs(120))
         .build()
         .unwrap();
-    let breaker = CircuitBreakerLayer::new(config, rampart_core::classify::ErrorsAre(rampart_core::Outcome::TRANSIENT));
+    let breaker = CircuitBreakerLayer::new(
+        config,
+        rampart_core::classify::ErrorsAre(rampart_core::Outcome::TRANSIENT),
+    );
     let handle = breaker.handle();
     handle.force_open();
     let up = Upstream::new(|_, _| Act::Ok);
     let scheduler = Recording::new(BackendScheduler::new(backend));
-    let policy = JobPolicy::tts_task().breaker(handle).open_jitter(Duration::from_secs(10));
+    let policy = JobPolicy::tts_task()
+        .breaker(handle)
+        .open_jitter(Duration::from_secs(10));
     let layer = JobLayer::new(policy, classify, store, scheduler.clone()).typed::<u64>();
     let mut svc = layer.layer(up.clone());
     let mut job = Job::new("tts", &3u64).unwrap();
     job.attempt = 1;
     std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
     let out = svc.call(TaskBuilder::new(job).build()).await.unwrap();
-    let JobOutcome::Deferred { countdown } = out else { panic!("{out:?}") };
+    let JobOutcome::Deferred { countdown } = out else {
+        panic!("{out:?}")
+    };
     // Forced open has no half-open time: the policy waits one jitter span plus jitter.
-    assert!(countdown >= Duration::from_secs(10) && countdown <= Duration::from_secs(20), "{countdown:?}");
+    assert!(
+        countdown >= Duration::from_secs(10) && countdown <= Duration::from_secs(20),
+        "{countdown:?}"
+    );
     assert_eq!(up.calls(3), 0, "not run while open");
     let seen = scheduler.seen();
     assert_eq!(seen.len(), 1);

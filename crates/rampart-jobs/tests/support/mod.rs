@@ -1,5 +1,11 @@
 //! Shared pieces of the job tests: a counting upstream, a recording scheduler, checks.
-#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::{
     collections::HashMap,
@@ -31,7 +37,11 @@ pub struct UpErr(pub Act);
 
 impl fmt::Display for UpErr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "upstream said {:?} (api_key=sk-live-0123456789abcdef)", self.0)
+        write!(
+            f,
+            "upstream said {:?} (api_key=sk-live-0123456789abcdef)",
+            self.0
+        )
     }
 }
 
@@ -66,8 +76,9 @@ pub fn twenty_percent(n: u64, a: u32) -> Act {
     if n % 97 == 3 && a == 0 {
         return Act::Throttled(900); // a Retry-After hint longer than the backoff
     }
-    let h = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(a).wrapping_mul(0xBF58_476D_1CE4_E5B9))
-        .wrapping_mul(0x94D0_49BB_1331_11EB);
+    let h = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ u64::from(a).wrapping_mul(0xBF58_476D_1CE4_E5B9))
+    .wrapping_mul(0x94D0_49BB_1331_11EB);
     if h % 100 < 20 {
         Act::Transient
     } else {
@@ -101,7 +112,13 @@ impl Upstream {
     }
 
     pub fn max_successes(&self) -> u32 {
-        self.successes.lock().unwrap().values().copied().max().unwrap_or(0)
+        self.successes
+            .lock()
+            .unwrap()
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -160,7 +177,12 @@ impl<R> Recording<R> {
 }
 
 impl<R: Reschedule> Reschedule for Recording<R> {
-    fn schedule(&self, job: Job, after: Duration, key: String) -> BoxFuture<'static, Result<(), BoxError>> {
+    fn schedule(
+        &self,
+        job: Job,
+        after: Duration,
+        key: String,
+    ) -> BoxFuture<'static, Result<(), BoxError>> {
         let n = job.args.as_u64().unwrap_or(u64::MAX);
         self.seen.lock().unwrap().push((n, job.attempt, after));
         self.inner.schedule(job, after, key)
@@ -194,7 +216,10 @@ pub fn check_countdown(retry_index: u32, d: Duration, hint: Option<u64>) {
     let nominal = (60.0 * 2f64.powi(i32::try_from(retry_index).unwrap())).min(3600.0);
     let (lo, hi) = (nominal * 0.8, (nominal * 1.2).min(3600.0));
     let s = d.as_secs_f64();
-    assert!(s >= lo - 1e-6 && s <= hi + 1e-6, "retry {retry_index}: countdown {s}s outside [{lo}, {hi}]");
+    assert!(
+        s >= lo - 1e-6 && s <= hi + 1e-6,
+        "retry {retry_index}: countdown {s}s outside [{lo}, {hi}]"
+    );
 }
 
 /// The settlement checks of the 1,000-job test, shared by every backend.
@@ -209,15 +234,25 @@ pub async fn check_settled(
     for r in records {
         let n = r.request.payload["args"].as_u64().unwrap();
         assert!(dead.insert(n, r).is_none(), "job {n} dead-lettered twice");
-        assert!(!r.error.contains("sk-live-0123456789abcdef"), "the secret reached the store");
-        assert_eq!(r.attempts, up.calls(n), "job {n}: record attempts = upstream calls");
+        assert!(
+            !r.error.contains("sk-live-0123456789abcdef"),
+            "the secret reached the store"
+        );
+        assert_eq!(
+            r.attempts,
+            up.calls(n),
+            "job {n}: record attempts = upstream calls"
+        );
     }
     let successes = up.successes.lock().unwrap().clone();
     for n in 0..jobs {
         let done = successes.get(&n).copied().unwrap_or(0);
         let is_dead = dead.contains_key(&n);
         assert!(done <= 1, "job {n} done {done} times");
-        assert!((done == 1) ^ is_dead, "job {n}: done {done}, dead-lettered {is_dead}");
+        assert!(
+            (done == 1) ^ is_dead,
+            "job {n}: done {done}, dead-lettered {is_dead}"
+        );
         // What the plan says must have happened.
         let calls = up.calls(n);
         let expect_dead = (0..calls).all(|a| plan(n, a) != Act::Ok);

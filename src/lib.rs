@@ -133,3 +133,10 @@ pub use rampart_dlq::{DeadLetter, DeadLetterLayer, DeadLetterRecord, DeadLetterS
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+/// Durable job retries on apalis workers: [`JobLayer`](jobs::JobLayer), [`JobPolicy`](jobs::JobPolicy)
+/// (`tts_task`), countdowns in the backend, the breaker's deferral, dead letters once.
+#[cfg(feature = "jobs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jobs")))]
+pub mod jobs {
+    pub use rampart_jobs::*;
+}

@@ -74,9 +74,11 @@ enum Dlq {
     ///
     /// Example: rampart dlq stats
     Stats,
-    /// Move records to the retry queue.
+    /// Move records to the retry queue, or (with --to-queue) push job records back onto an
+    /// apalis job queue for a worker to run.
     ///
     /// Example: rampart dlq requeue --all --service gemini_api --yes
+    /// Example: rampart dlq requeue --all --to-queue tts --jobs sqlite://jobs.db --yes
     Requeue {
         /// Ids to requeue.
         #[arg(value_parser = parse_id, required_unless_present = "all")]
@@ -86,6 +88,8 @@ enum Dlq {
         all: bool,
         #[command(flatten)]
         filter: Filter,
+        #[command(flatten)]
+        jobs: JobsTarget,
         /// Do not ask; required when stdout is not a terminal.
         #[arg(long)]
         yes: bool,
@@ -93,10 +97,19 @@ enum Dlq {
     /// Replay HTTP-shaped records against a base URL; remove what succeeds.
     ///
     /// Example: rampart dlq redrive --target http://localhost:8080 --rate 50/s --reason retries_exhausted
+    ///
+    /// With --to-queue, job records are pushed back onto an apalis job queue instead (attempt
+    /// 0, redrive count + 1, same origin); each record is removed once its job is queued.
+    ///
+    /// Example: rampart dlq redrive --to-queue tts --jobs redis://127.0.0.1:6379
     Redrive {
         /// The base URL to replay against (scheme, host and port replace the recorded ones).
-        #[arg(long)]
-        target: String,
+        #[arg(
+            long,
+            required_unless_present = "to_queue",
+            conflicts_with = "to_queue"
+        )]
+        target: Option<String>,
         /// At most this many requests a second, e.g. 50/s (1 to 1000000).
         #[arg(long, value_parser = parse_rate)]
         rate: Option<u32>,
@@ -109,6 +122,8 @@ enum Dlq {
         concurrency: u32,
         #[command(flatten)]
         filter: Filter,
+        #[command(flatten)]
+        jobs: JobsTarget,
     },
     /// Delete records by id.
     ///
@@ -150,6 +165,17 @@ enum Dlq {
         /// The file (`-` for stdin).
         file: String,
     },
+}
+
+/// Where --to-queue pushes jobs.
+#[derive(clap::Args, Debug, Clone)]
+struct JobsTarget {
+    /// Push job records onto this apalis queue (the queue a `rampart-jobs` worker consumes).
+    #[arg(long, requires = "jobs")]
+    to_queue: Option<String>,
+    /// The job backend: sqlite://PATH, redis://HOST:PORT or postgres://HOST/DB.
+    #[arg(long, env = "RAMPART_JOBS_URL")]
+    jobs: Option<String>,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -484,6 +510,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             ids,
             all,
             filter,
+            jobs,
             yes,
         } => {
             let ids: Vec<RecordId> = if all {
@@ -499,6 +526,25 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             };
             if all && !confirm("requeue", ids.len(), yes)? {
                 return Err(op("cancelled"));
+            }
+            if let (Some(queue), Some(url)) = (&jobs.to_queue, &jobs.jobs) {
+                let mut records = Vec::new();
+                let mut missing = Vec::new();
+                for id in &ids {
+                    match store.get(*id).await.map_err(|e| store_err(&e))? {
+                        Some(r) => records.push(r),
+                        None => missing.push(id.to_string()),
+                    }
+                }
+                drop(out);
+                to_queue(&store, &label, records, url, queue).await?;
+                if !missing.is_empty() {
+                    return Err(op(format!(
+                        "no dead letter with id {} in {label}",
+                        missing.join(", ")
+                    )));
+                }
+                return Ok(());
             }
             let mut moved = 0;
             let mut missing = Vec::new();
@@ -630,8 +676,14 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             retries,
             concurrency,
             filter,
+            jobs,
         } => {
             drop(out);
+            if let (Some(queue), Some(url)) = (&jobs.to_queue, &jobs.jobs) {
+                let (records, _) = filter.collect(&store).await?;
+                return to_queue(&store, &label, records, url, queue).await;
+            }
+            let target = target.ok_or_else(|| usage("--target or --to-queue is required"))?;
             let how = Redrive {
                 rate,
                 retries,
@@ -740,6 +792,60 @@ fn why_failed<E: std::error::Error>(result: &Result<http::Response<Bytes>, E>) -
         Ok(res) => format!("HTTP {}", res.status()),
         Err(e) => rampart_dlq::Redactor::default().text(&chain(e)),
     }
+}
+
+/// Without the `jobs` feature there is no job backend to push onto: say how to get one.
+#[cfg(not(feature = "jobs"))]
+async fn to_queue(
+    _store: &AnyStore,
+    _label: &str,
+    _records: Vec<DeadLetterRecord>,
+    _url: &str,
+    _queue: &str,
+) -> Result<(), Fail> {
+    Err(usage(
+        "--to-queue needs the job backends: rebuild with `--features jobs` (e.g. cargo run --release -p rampart-cli --features jobs -- dlq redrive --to-queue NAME --jobs URL)",
+    ))
+}
+
+/// Pushes job records onto apalis queue `queue` at `url` as jobs to run again (attempt 0,
+/// redrive count + 1, same origin, so a second death names the same record), removing each
+/// record once its job is queued. Records that are not jobs, or whose arguments were
+/// redacted or truncated, stay.
+#[cfg(feature = "jobs")]
+async fn to_queue(
+    store: &AnyStore,
+    label: &str,
+    records: Vec<DeadLetterRecord>,
+    url: &str,
+    queue: &str,
+) -> Result<(), Fail> {
+    let mut q = rampart_jobs::JobQueue::open(url, queue)
+        .await
+        .map_err(|e| op(store::scrub(&chain(&e), url)))?;
+    let mut pushed = 0;
+    let mut skipped: Vec<(RecordId, String)> = Vec::new();
+    for r in records {
+        match rampart_jobs::Job::from_dead_letter(&r) {
+            Ok(job) => {
+                // Queue first, then delete: a crash in between leaves the record, and pushing
+                // it again reuses the job's idempotency key (origin#redriveN).
+                q.push(job, None)
+                    .await
+                    .map_err(|e| op(store::scrub(&chain(&e), url)))?;
+                store.delete(r.id).await.map_err(|e| store_err(&e))?;
+                pushed += 1;
+            }
+            Err(why) => skipped.push((r.id, why.to_string())),
+        }
+    }
+    println!("{:<16} {:>7}", "queued as jobs", pushed);
+    println!("{:<16} {:>7}", "skipped", skipped.len());
+    println!("({label} -> queue {queue} at {})", q.url());
+    for (id, why) in &skipped {
+        println!("{id:<36}  {why}");
+    }
+    Ok(())
 }
 
 async fn redrive(

@@ -1,0 +1,277 @@
+//! Shared pieces of the job tests: a counting upstream, a recording scheduler, checks.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
+use std::{
+    collections::HashMap,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures_util::future::BoxFuture;
+use rampart_core::{BoxError, CircuitOpen, Outcome};
+use rampart_dlq::{DeadLetterRecord, DeadLetterStore, ListQuery};
+use rampart_jobs::{Job, Refusal, Reschedule};
+
+/// What the upstream does with call `attempt` (0-based) of job `n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    Ok,
+    Transient,
+    Throttled(u64),
+    Permanent,
+    Hang,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpErr(pub Act);
+
+impl fmt::Display for UpErr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "upstream said {:?} (api_key=sk-live-0123456789abcdef)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UpErr {}
+
+impl Refusal for UpErr {
+    fn circuit_open(&self) -> Option<&CircuitOpen> {
+        None
+    }
+}
+
+pub fn classify(r: Result<&(), &UpErr>) -> Outcome {
+    match r {
+        Ok(()) => Outcome::Success,
+        Err(UpErr(Act::Throttled(s))) => Outcome::Throttled {
+            retry_after: Some(Duration::from_secs(*s)),
+        },
+        Err(UpErr(Act::Permanent)) => Outcome::Permanent,
+        Err(_) => Outcome::TRANSIENT,
+    }
+}
+
+/// The 20 % transient upstream: job `n`'s call `a` fails when a stable hash says so; some
+/// jobs always fail, some fail for good.
+pub fn twenty_percent(n: u64, a: u32) -> Act {
+    if n % 250 == 7 {
+        return Act::Transient; // never succeeds: exhausts its retries
+    }
+    if n % 333 == 5 {
+        return Act::Permanent;
+    }
+    if n % 97 == 3 && a == 0 {
+        return Act::Throttled(900); // a Retry-After hint longer than the backoff
+    }
+    let h = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ u64::from(a).wrapping_mul(0xBF58_476D_1CE4_E5B9))
+    .wrapping_mul(0x94D0_49BB_1331_11EB);
+    if h % 100 < 20 {
+        Act::Transient
+    } else {
+        Act::Ok
+    }
+}
+
+/// A handler over `u64` job arguments that counts every call per job.
+#[derive(Clone)]
+pub struct Upstream {
+    pub calls: Arc<Mutex<HashMap<u64, u32>>>,
+    pub successes: Arc<Mutex<HashMap<u64, u32>>>,
+    pub plan: Arc<dyn Fn(u64, u32) -> Act + Send + Sync>,
+}
+
+impl Upstream {
+    pub fn new(plan: impl Fn(u64, u32) -> Act + Send + Sync + 'static) -> Self {
+        Upstream {
+            calls: Arc::default(),
+            successes: Arc::default(),
+            plan: Arc::new(plan),
+        }
+    }
+
+    pub fn calls(&self, n: u64) -> u32 {
+        self.calls.lock().unwrap().get(&n).copied().unwrap_or(0)
+    }
+
+    pub fn done(&self) -> usize {
+        self.successes.lock().unwrap().len()
+    }
+
+    pub fn max_successes(&self) -> u32 {
+        self.successes
+            .lock()
+            .unwrap()
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl tower_service::Service<u64> for Upstream {
+    type Response = ();
+    type Error = UpErr;
+    type Future = Pin<Box<dyn Future<Output = Result<(), UpErr>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), UpErr>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, n: u64) -> Self::Future {
+        let attempt = {
+            let mut calls = self.calls.lock().unwrap();
+            let c = calls.entry(n).or_insert(0);
+            *c += 1;
+            *c - 1
+        };
+        let act = (self.plan)(n, attempt);
+        let successes = Arc::clone(&self.successes);
+        Box::pin(async move {
+            match act {
+                Act::Ok => {
+                    *successes.lock().unwrap().entry(n).or_insert(0) += 1;
+                    Ok(())
+                }
+                Act::Hang => {
+                    std::future::pending::<()>().await;
+                    Ok(())
+                }
+                other => Err(UpErr(other)),
+            }
+        })
+    }
+}
+
+/// A scheduler that records every countdown it is asked for and passes the job on.
+#[derive(Clone)]
+pub struct Recording<R> {
+    pub inner: R,
+    pub seen: Arc<Mutex<Vec<(u64, u32, Duration)>>>,
+}
+
+impl<R> Recording<R> {
+    pub fn new(inner: R) -> Self {
+        Recording {
+            inner,
+            seen: Arc::default(),
+        }
+    }
+
+    pub fn seen(&self) -> Vec<(u64, u32, Duration)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl<R: Reschedule> Reschedule for Recording<R> {
+    fn schedule(
+        &self,
+        job: Job,
+        after: Duration,
+        key: String,
+    ) -> BoxFuture<'static, Result<(), BoxError>> {
+        let n = job.args.as_u64().unwrap_or(u64::MAX);
+        self.seen.lock().unwrap().push((n, job.attempt, after));
+        self.inner.schedule(job, after, key)
+    }
+}
+
+/// Every record in `store`.
+pub async fn all_records(store: &impl DeadLetterStore) -> Vec<DeadLetterRecord> {
+    let mut out = Vec::new();
+    let mut q = ListQuery::newest(500);
+    loop {
+        let page = store.list(q.clone()).await.unwrap();
+        assert!(page.unreadable.is_empty());
+        let n = page.records.len();
+        out.extend(page.records);
+        match page.next {
+            Some(c) if n > 0 => q.before = Some(c),
+            _ => break,
+        }
+    }
+    out
+}
+
+/// The countdown of retry `k` (1-based: the delay before attempt k+1) under `tts_task`:
+/// 60·2^(k-1) s ±20 %, capped at 3,600 s.
+pub fn check_countdown(retry_index: u32, d: Duration, hint: Option<u64>) {
+    if let Some(h) = hint {
+        assert_eq!(d, Duration::from_secs(h), "a longer Retry-After hint wins");
+        return;
+    }
+    let nominal = (60.0 * 2f64.powi(i32::try_from(retry_index).unwrap())).min(3600.0);
+    let (lo, hi) = (nominal * 0.8, (nominal * 1.2).min(3600.0));
+    let s = d.as_secs_f64();
+    assert!(
+        s >= lo - 1e-6 && s <= hi + 1e-6,
+        "retry {retry_index}: countdown {s}s outside [{lo}, {hi}]"
+    );
+}
+
+/// The settlement checks of the 1,000-job test, shared by every backend.
+pub async fn check_settled(
+    up: &Upstream,
+    records: &[DeadLetterRecord],
+    seen: &[(u64, u32, Duration)],
+    jobs: u64,
+    plan: impl Fn(u64, u32) -> Act,
+) {
+    let mut dead: HashMap<u64, &DeadLetterRecord> = HashMap::new();
+    for r in records {
+        let n = r.request.payload["args"].as_u64().unwrap();
+        assert!(dead.insert(n, r).is_none(), "job {n} dead-lettered twice");
+        assert!(
+            !r.error.contains("sk-live-0123456789abcdef"),
+            "the secret reached the store"
+        );
+        assert_eq!(
+            r.attempts,
+            up.calls(n),
+            "job {n}: record attempts = upstream calls"
+        );
+    }
+    let successes = up.successes.lock().unwrap().clone();
+    for n in 0..jobs {
+        let done = successes.get(&n).copied().unwrap_or(0);
+        let is_dead = dead.contains_key(&n);
+        assert!(done <= 1, "job {n} done {done} times");
+        assert!(
+            (done == 1) ^ is_dead,
+            "job {n}: done {done}, dead-lettered {is_dead}"
+        );
+        // What the plan says must have happened.
+        let calls = up.calls(n);
+        let expect_dead = (0..calls).all(|a| plan(n, a) != Act::Ok);
+        assert_eq!(is_dead, expect_dead, "job {n}: {calls} calls");
+        if let Some(r) = dead.get(&n) {
+            if plan(n, calls - 1) == Act::Permanent {
+                assert_eq!(r.reason, rampart_dlq::DeadLetterReason::Permanent);
+            } else {
+                assert_eq!(r.reason, rampart_dlq::DeadLetterReason::RetriesExhausted);
+                assert_eq!(calls, 4, "job {n}: 1 + 3 retries");
+            }
+        }
+    }
+    for &(n, attempt, d) in seen {
+        // `attempt` is the attempt number of the retry being scheduled (1 = first retry).
+        let hint = match plan(n, attempt - 1) {
+            Act::Throttled(s) if s > 72 => Some(s),
+            _ => None,
+        };
+        check_countdown(attempt - 1, d, hint);
+    }
+}

@@ -116,8 +116,9 @@ pub struct PolicyBuilder {
 
 impl Policy {
     /// A builder for service `name`, starting from the reference design's defaults: 3
-    /// retries, 1 s, ×2, 60 s cap, ±10 % jitter, a default retry budget, the reference
-    /// breaker (5 failures, 60 s, 3 successes), dead-lettering on, no timeouts.
+    /// retries, 1 s, ×2, 60 s cap, ±10 % jitter, a default retry budget, the rate-based
+    /// breaker of [`default_breaker`] (the reference's 5 failures / 60 s / 3 successes mapped
+    /// onto a failure-rate window), dead-lettering on, no timeouts.
     pub fn builder(name: impl Into<Name>) -> PolicyBuilder {
         let b = Backoff::default();
         PolicyBuilder {
@@ -132,14 +133,15 @@ impl Policy {
             budget: Some(BudgetSettings::default()),
             deadline: None,
             attempt_timeout: None,
-            breaker: Some(CircuitBreakerConfig::default()),
+            breaker: Some(default_breaker()),
             dead_letter: Some(DeadLetterSettings::default()),
         }
     }
 
     /// The reference design's preset for `name`: `tts` (3 / 1 s / 30 s / ×2), `gemini_api`
     /// (5 / 0.5 s / 10 s / ×2), `database` (3 / 0.1 s / 2 s / ×2), `redis` (3 / 0.1 s / 1 s /
-    /// ×2); each with the reference breaker (5 / 60 s / 3). `None` for other names.
+    /// ×2); each with the rate-based breaker of [`default_breaker`] (the reference's 5 /
+    /// 60 s / 3 mapped onto a failure-rate window). `None` for other names.
     pub fn preset(name: &str) -> Option<PolicyBuilder> {
         let (retries, base_ms, max_ms) = match name {
             "tts" => (3, 1_000, 30_000),
@@ -155,6 +157,36 @@ impl Policy {
                 .max_delay(Duration::from_millis(max_ms))
                 .backoff_factor(2.0),
         )
+    }
+
+    /// A builder holding this policy's settings, to derive a changed copy.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart::Policy;
+    /// let p = Policy::preset("redis").expect("a preset").build()?;
+    /// let q = p.to_builder().max_retries(1).build()?;
+    /// assert_eq!((q.backoff().max_retries(), q.backoff().max_delay()), (1, p.backoff().max_delay()));
+    /// # Ok::<(), rampart::ConfigError>(())
+    /// ```
+    pub fn to_builder(&self) -> PolicyBuilder {
+        let b = &self.backoff;
+        PolicyBuilder {
+            name: self.name.clone(),
+            max_retries: b.max_retries(),
+            base_delay: b.base_delay(),
+            max_delay: b.max_delay(),
+            factor: b.factor(),
+            jitter: b.jitter(),
+            seed: b.seed(),
+            retry: self.retry,
+            budget: self.budget,
+            deadline: self.deadline,
+            attempt_timeout: self.attempt_timeout,
+            breaker: self.breaker,
+            dead_letter: self.dead_letter,
+        }
     }
 
     /// The service's name.
@@ -449,6 +481,97 @@ impl<S, C: Clone, St, X> Layer<S> for PolicyLayer<C, St, X> {
     }
 }
 
+/// The reference design's `failure_threshold`, mapped: at least this many failures (at the
+/// failure rate over twice as many calls) open a policy's circuit.
+const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
+/// The failure rate over the window that opens a policy's circuit.
+const DEFAULT_FAILURE_RATE: f64 = 0.5;
+/// The window a policy's failure rate is measured over, in seconds.
+const DEFAULT_WINDOW_SECONDS: u32 = 10;
+/// How long a policy's circuit first stays open; it doubles after each failed probe round up
+/// to the reference design's `recovery_timeout` (60 s).
+const DEFAULT_FIRST_OPEN: Duration = Duration::from_secs(5);
+
+/// The breaker every policy starts with: the reference design's numbers (`failure_threshold`
+/// 5, `recovery_timeout` 60 s, `success_threshold` 3) mapped onto a failure-rate breaker, as
+/// Resilience4j and Polly users expect:
+///
+/// | reference | here |
+/// |---|---|
+/// | 5 failures in a row | 50 % failures over the last 10 s, with at least 10 calls (so at least 5 failures) |
+/// | open 60 s | open 5 s, doubled after every failed probe round, capped at 60 s |
+/// | 3 successes close | a round of 3 probes: 2 failures reopen, 3 successes close |
+///
+/// A bare count of consecutive failures trips by chance under load: at 100 calls/s with
+/// 20 % independent failures, 5 in a row happen every ~30 s.
+///
+/// # Example
+///
+/// ```
+/// use rampart::default_breaker;
+/// use rampart::breaker::Window;
+/// use std::time::Duration;
+///
+/// let b = default_breaker();
+/// assert_eq!(b.consecutive_failures(), None);
+/// assert_eq!(b.window(), Some(Window::Time(10)));
+/// assert_eq!((b.failure_rate(), b.minimum_calls()), (0.5, 10));
+/// assert_eq!(b.recovery_timeout(), Duration::from_secs(5));
+/// assert_eq!(b.max_recovery_timeout(), Duration::from_secs(60));
+/// assert_eq!((b.success_threshold(), b.probe_fail_limit()), (3, 2));
+/// ```
+pub fn default_breaker() -> CircuitBreakerConfig {
+    breaker_for(
+        DEFAULT_FAILURE_THRESHOLD,
+        rampart_breaker::config::DEFAULT_RECOVERY_TIMEOUT,
+        rampart_breaker::config::DEFAULT_SUCCESS_THRESHOLD,
+    )
+}
+
+/// The rate-based breaker for the reference design's `failure_threshold`,
+/// `recovery_timeout` and `success_threshold` (see [`default_breaker`]): at least
+/// `failures` failures at 50 % over 10 s, open from 5 s (or `recovery` if shorter) growing
+/// to `recovery`, `successes` probes.
+///
+/// # Example
+///
+/// ```
+/// use rampart::breaker_for;
+/// use std::time::Duration;
+///
+/// // The production profile: 10 failures / 120 s.
+/// let b = breaker_for(10, Duration::from_secs(120), 3);
+/// assert_eq!(b.minimum_calls(), 20);
+/// assert_eq!(b.max_recovery_timeout(), Duration::from_secs(120));
+/// ```
+pub fn breaker_for(failures: u32, recovery: Duration, successes: u32) -> CircuitBreakerConfig {
+    let built = CircuitBreakerConfig::builder()
+        .consecutive_failures(None)
+        .window(Some(rampart_breaker::Window::Time(DEFAULT_WINDOW_SECONDS)))
+        .failure_rate(DEFAULT_FAILURE_RATE)
+        .minimum_calls(failures.max(1).saturating_mul(2))
+        .recovery_timeout(DEFAULT_FIRST_OPEN.min(recovery))
+        .max_recovery_timeout(recovery)
+        .permitted_probes(successes)
+        .success_threshold(successes)
+        .build();
+    // Out-of-range inputs (zero, a recovery past 365 days) fall back to the mapped defaults.
+    built.unwrap_or_else(|_| {
+        let mut c = CircuitBreakerConfig::default();
+        if let Ok(d) = CircuitBreakerConfig::builder()
+            .consecutive_failures(None)
+            .window(Some(rampart_breaker::Window::Time(DEFAULT_WINDOW_SECONDS)))
+            .minimum_calls(DEFAULT_FAILURE_THRESHOLD * 2)
+            .recovery_timeout(DEFAULT_FIRST_OPEN)
+            .max_recovery_timeout(rampart_breaker::config::DEFAULT_RECOVERY_TIMEOUT)
+            .build()
+        {
+            c = d;
+        }
+        c
+    })
+}
+
 /// Named policies: one per downstream service.
 ///
 /// # Example
@@ -509,11 +632,7 @@ impl Policies {
 
 /// The production profile's changes to the presets.
 pub(crate) fn production_overrides() -> Vec<(&'static str, PolicyBuilder)> {
-    let breaker = CircuitBreakerConfig::builder()
-        .consecutive_failures(Some(10))
-        .recovery_timeout(Duration::from_secs(120))
-        .build()
-        .ok();
+    let breaker = Some(breaker_for(10, Duration::from_secs(120), 3));
     let mut out = Vec::new();
     if let Some(tts) = Policy::preset("tts") {
         out.push((

@@ -424,7 +424,7 @@ pub fn rampart_stack(policy: &Policy, upstream: Upstream, store: MemoryStore) ->
 
 /// A rampart policy with a per-key breaker in front of `upstream`.
 pub fn rampart_keyed_stack(policy: &Policy, upstream: Upstream, store: MemoryStore) -> Stack {
-    let layer = policy.layer(classify, store, extract); // KEYED-TODO
+    let layer = policy.keyed_layer(classify, store, extract, |c: &Call| c.key);
     let svc = tower::ServiceBuilder::new()
         .layer(layer)
         .service(upstream)

@@ -37,7 +37,12 @@ fn args() -> Args {
         scale: 1.0,
         rate: 100,
         secs: 300,
-        presets: vec!["tts".into(), "gemini_api".into(), "database".into(), "redis".into()],
+        presets: vec![
+            "tts".into(),
+            "gemini_api".into(),
+            "database".into(),
+            "redis".into(),
+        ],
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -79,7 +84,12 @@ fn row(r: &Report, secs: u32, rate: u32, scale: f64) -> String {
     let dead = if r.stack.starts_with("tower") {
         "n/a".to_owned()
     } else {
-        format!("{} / {} ({} untrue)", r.dead.len(), r.failed(), r.untrue_attempts())
+        format!(
+            "{} / {} ({} untrue)",
+            r.dead.len(),
+            r.failed(),
+            r.untrue_attempts()
+        )
     };
     let goal = match sc {
         "full_outage" => {
@@ -119,7 +129,9 @@ fn row(r: &Report, secs: u32, rate: u32, scale: f64) -> String {
 async fn all(a: &Args) {
     for scenario in Scenario::all() {
         println!("\n### {}\n", scenario.name);
-        println!("| stack | success | attempts/call | scenario measure | dead letters / failed calls |");
+        println!(
+            "| stack | success | attempts/call | scenario measure | dead letters / failed calls |"
+        );
         println!("|---|---|---|---|---|");
         let timeout = (scenario.name == "latency_spike").then(|| Duration::from_secs(1));
         for name in &a.presets {

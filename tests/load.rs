@@ -19,10 +19,17 @@ const SECS: u32 = 300;
 const PRESETS: [&str; 4] = ["tts", "gemini_api", "database", "redis"];
 
 fn preset(name: &str) -> Policy {
-    Policy::preset(name).expect("a preset").seed(Some(7)).build().expect("valid")
+    Policy::preset(name)
+        .expect("a preset")
+        .seed(Some(7))
+        .build()
+        .expect("valid")
 }
 
-async fn each_preset(scenario: Scenario, adjust: impl Fn(Policy) -> Policy) -> Vec<(Policy, Report)> {
+async fn each_preset(
+    scenario: Scenario,
+    adjust: impl Fn(Policy) -> Policy,
+) -> Vec<(Policy, Report)> {
     let mut out = Vec::new();
     for name in PRESETS {
         let p = adjust(preset(name));
@@ -55,7 +62,15 @@ fn dead_letters_true(r: &Report) {
         .iter()
         .filter(|(id, a, _, _)| r.upstream.arrivals_of(*id) != *a)
         .take(3)
-        .map(|(id, a, why, text)| (*id, *a, r.upstream.arrivals_of(*id), why.clone(), text.clone()))
+        .map(|(id, a, why, text)| {
+            (
+                *id,
+                *a,
+                r.upstream.arrivals_of(*id),
+                why.clone(),
+                text.clone(),
+            )
+        })
         .collect();
     assert!(
         wrong.is_empty(),
@@ -74,7 +89,11 @@ async fn transient_20pct_succeeds_at_low_cost() {
         // 0.1 point, gemini_api (5 retries, 99.994 %) to the goal itself.
         let retries = i32::try_from(p.backoff().max_retries()).unwrap_or(i32::MAX);
         let ceiling = 1.0 - 0.2f64.powi(retries + 1);
-        let want = if ceiling >= 0.9995 { 0.999 } else { ceiling - 0.001 };
+        let want = if ceiling >= 0.9995 {
+            0.999
+        } else {
+            ceiling - 0.001
+        };
         assert!(
             r.success() >= want,
             "{}: success {} (want {want}, ceiling {ceiling})",
@@ -183,7 +202,12 @@ async fn latency_spike_keeps_deadlines_and_recovers() {
         assert_eq!(late, 0, "{}: calls past their deadline", r.stack);
         // The spike ends at 130 s; from 10 s later on, ≥ 99 %.
         let (rate, _) = load::success(&r.done, 140.0, f64::MAX, |_| true);
-        assert!(rate >= 0.99, "{}: {:.2}% after the spike", r.stack, rate * 100.0);
+        assert!(
+            rate >= 0.99,
+            "{}: {:.2}% after the spike",
+            r.stack,
+            rate * 100.0
+        );
         dead_letters_true(&r);
     }
 }

@@ -64,7 +64,11 @@ impl Upstream {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_failed_response_is_dead_lettered_with_its_true_attempts() {
-    let policy = Policy::preset("gemini_api").unwrap().breaker(None).build().unwrap();
+    let policy = Policy::preset("gemini_api")
+        .unwrap()
+        .breaker(None)
+        .build()
+        .unwrap();
     let store = MemoryStore::default();
     let up = Upstream::default();
     let svc = policy
@@ -103,7 +107,9 @@ async fn a_call_stopped_by_the_open_circuit_says_none_reached_it() {
     assert_eq!(rs.len(), 1);
     assert_eq!((rs[0].attempts, rs[0].reason.as_str()), (0, "circuit_open"));
     assert!(
-        rs[0].error.starts_with("circuit open for gemini_api; 0 of 1 attempts reached it"),
+        rs[0]
+            .error
+            .starts_with("circuit open for gemini_api; 0 of 1 attempts reached it"),
         "{}",
         rs[0].error
     );
@@ -159,10 +165,16 @@ async fn waiting_on_the_circuit_never_spins_nor_spends_the_budget() {
     let at = up.at.lock().unwrap().clone();
     // Nothing reached the upstream while the circuit was open, and the waiters came back
     // spread out, not all at one instant.
-    assert!(at.iter().skip(1).all(|t| t.duration_since(start) >= Duration::from_secs(5)));
+    assert!(at
+        .iter()
+        .skip(1)
+        .all(|t| t.duration_since(start) >= Duration::from_secs(5)));
     let mut distinct: Vec<_> = at.iter().skip(1).map(|t| t.duration_since(start)).collect();
     distinct.dedup();
-    assert!(distinct.len() > 10, "waiters spread over the probe window: {distinct:?}");
+    assert!(
+        distinct.len() > 10,
+        "waiters spread over the probe window: {distinct:?}"
+    );
     // The budget (one token, refilled at 1/s) paid the first caller's upstream retry; it
     // could not have paid for 49 waits on the circuit as well: waiting spends none.
     assert_eq!(ok, 50, "every caller gets through once the circuit closes");
@@ -170,7 +182,11 @@ async fn waiting_on_the_circuit_never_spins_nor_spends_the_budget() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_hint_beyond_max_delay_stops_as_throttled_instead_of_retrying_early() {
-    let policy = Policy::preset("redis").unwrap().breaker(None).build().unwrap();
+    let policy = Policy::preset("redis")
+        .unwrap()
+        .breaker(None)
+        .build()
+        .unwrap();
     assert_eq!(policy.backoff().max_delay(), Duration::from_secs(1));
     let store = MemoryStore::default();
     let up = Upstream::default();
@@ -178,7 +194,11 @@ async fn a_hint_beyond_max_delay_stops_as_throttled_instead_of_retrying_early() 
         .layer(classify, store.clone(), extract)
         .layer(up.service((429, Some(30))));
     assert_eq!(svc.oneshot(3).await.unwrap(), (429, Some(30)));
-    assert_eq!(up.calls.load(Ordering::SeqCst), 1, "no retry before the 30 s hint");
+    assert_eq!(
+        up.calls.load(Ordering::SeqCst),
+        1,
+        "no retry before the 30 s hint"
+    );
     let rs = records(&store).await;
     assert_eq!((rs[0].attempts, rs[0].reason.as_str()), (1, "throttled"));
     assert!(rs[0].error.starts_with("throttled by redis beyond the policy's limit (asked to wait 30s); 1 of 1 attempts reached it"), "{}", rs[0].error);
@@ -186,7 +206,11 @@ async fn a_hint_beyond_max_delay_stops_as_throttled_instead_of_retrying_early() 
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_hint_within_max_delay_is_a_floor() {
-    let policy = Policy::preset("gemini_api").unwrap().breaker(None).build().unwrap();
+    let policy = Policy::preset("gemini_api")
+        .unwrap()
+        .breaker(None)
+        .build()
+        .unwrap();
     let up = Upstream::default();
     let svc = policy
         .layer(classify, MemoryStore::default(), extract)
@@ -195,6 +219,10 @@ async fn a_hint_within_max_delay_is_a_floor() {
     let at = up.at.lock().unwrap().clone();
     assert_eq!(at.len(), 6);
     for w in at.windows(2) {
-        assert!(w[1] - w[0] >= Duration::from_secs(3), "retried {:?} after a 3 s hint", w[1] - w[0]);
+        assert!(
+            w[1] - w[0] >= Duration::from_secs(3),
+            "retried {:?} after a 3 s hint",
+            w[1] - w[0]
+        );
     }
 }

@@ -5,7 +5,12 @@
 //!
 //! Every duration of a [`Scenario`] and of the driver is divided by `scale`, so the same
 //! scenario runs in 300 s of virtual time (scale 1) or 3 s of real time (scale 100).
-#![allow(dead_code, unreachable_pub, missing_docs, missing_debug_implementations)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    missing_debug_implementations
+)]
 
 use std::future::Future;
 use std::io;
@@ -39,7 +44,9 @@ pub struct Resp {
 /// their `Retry-After`), other 4xx rejected; an I/O error by kind.
 pub fn classify(r: Result<&Resp, &io::Error>) -> Outcome {
     match r {
-        Ok(Resp { status: 200..=299, .. }) => Outcome::Success,
+        Ok(Resp {
+            status: 200..=299, ..
+        }) => Outcome::Success,
         Ok(Resp {
             status: 429,
             retry_after,
@@ -286,8 +293,7 @@ impl Service<Call> for Upstream {
                 }
             }
             let r = draw(sc.seed, n);
-            let resp = if sc.outages.iter().any(|w| within(t, *w))
-                || sc.down_key == Some(call.key)
+            let resp = if sc.outages.iter().any(|w| within(t, *w)) || sc.down_key == Some(call.key)
             {
                 Resp {
                     status: 503,
@@ -476,7 +482,11 @@ pub fn tower_stack(preset: &Policy, upstream: Upstream, scale: f64) -> Stack {
     }
     impl tower::retry::Policy<Call, Resp, BoxError> for TowerPolicy {
         type Future = tokio::time::Sleep;
-        fn retry(&mut self, _req: &mut Call, r: &mut Result<Resp, BoxError>) -> Option<Self::Future> {
+        fn retry(
+            &mut self,
+            _req: &mut Call,
+            r: &mut Result<Resp, BoxError>,
+        ) -> Option<Self::Future> {
             let failed = match r {
                 Ok(resp) => !(200..300).contains(&resp.status),
                 Err(_) => true,

@@ -212,10 +212,12 @@ impl Breaker {
                 #[allow(clippy::cast_possible_truncation)]
                 let threshold = self.cfg.success_threshold as u16;
                 let fail_limit = self.cfg.probe_fail_limit();
-                let change = self.control.probe_done_ratio(gen, !failed, threshold, fail_limit, || {
-                    let trip = self.trips.load(Ordering::Acquire).saturating_add(1);
-                    self.until_ms(self.cfg.open_duration(trip))
-                });
+                let change =
+                    self.control
+                        .probe_done_ratio(gen, !failed, threshold, fail_limit, || {
+                            let trip = self.trips.load(Ordering::Acquire).saturating_add(1);
+                            self.until_ms(self.cfg.open_duration(trip))
+                        });
                 match change {
                     Some((from, State::Open)) => {
                         self.trips.fetch_add(1, Ordering::AcqRel);

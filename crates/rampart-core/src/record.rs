@@ -95,8 +95,6 @@ pub struct CallRecord {
     pub reached: u32,
     /// The last attempt's outcome.
     pub last: Option<Outcome>,
-    /// The last attempt's retry hint (`Retry-After`), if any.
-    pub hint: Option<Duration>,
     /// Why the call stopped, if it stopped without success.
     pub stop: Option<StopReason>,
     /// How long the call has taken, as far as the retry layer measured it.
@@ -114,7 +112,11 @@ impl CallRecord {
             self.reached = self.reached.saturating_add(1);
         }
         self.last = Some(outcome);
-        self.hint = outcome.retry_after();
+    }
+
+    /// The last attempt's retry hint (`Retry-After`), if any.
+    pub fn hint(&self) -> Option<Duration> {
+        self.last.and_then(|o| o.retry_after())
     }
 }
 
@@ -193,7 +195,11 @@ mod tests {
                 update(|r| r.attempt(false, Outcome::Rejected));
                 publish_outcome(Outcome::Permanent);
             });
-            assert_eq!(take_outcome(), None, "the inner scope's outcome stays inside");
+            assert_eq!(
+                take_outcome(),
+                None,
+                "the inner scope's outcome stays inside"
+            );
             update(|r| r.attempt(true, Outcome::TRANSIENT));
         });
         assert_eq!((outer.tries, outer.reached), (2, 2));

@@ -139,7 +139,11 @@ where
                 None => by_outcome(last),
             }?;
             let attempts = if record.tries > 0 { record.reached } else { 1 };
-            (reason, attempts, format!("the response classified as {last}"))
+            (
+                reason,
+                attempts,
+                format!("the response classified as {last}"),
+            )
         }
         Err(e) => {
             let reason = match (record.stop, e.kind()) {
@@ -183,7 +187,7 @@ where
             ),
             DeadLetterReason::Throttled => format!(
                 "throttled by {service} beyond the policy's limit (asked to wait {:?}); {reached} of {tries} attempts reached it ({text})",
-                record.hint.unwrap_or_default()
+                record.hint().unwrap_or_default()
             ),
             // A failed response carries no count of its own: say it.
             r if result.is_ok() => format!(

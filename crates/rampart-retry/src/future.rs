@@ -303,7 +303,8 @@ where
                                 let elapsed = cold.elapsed();
                                 rampart_core::record::update(|r| {
                                     r.attempt(true, Outcome::TRANSIENT);
-                                    r.stop = Some(rampart_core::record::StopReason::DeadlineExceeded);
+                                    r.stop =
+                                        Some(rampart_core::record::StopReason::DeadlineExceeded);
                                     r.elapsed = elapsed;
                                 });
                                 notify_finish(
@@ -523,7 +524,9 @@ fn plan_retry(
         // Wait for the breaker only if its probe window opens before the deadline. Never at
         // once: at least the base delay, and spread with jitter over a quarter of the wait
         // so that the callers waiting on one circuit do not all wake at the same instant.
-        let wait = retry_in.max(backoff.base_delay()).max(Duration::from_millis(1));
+        let wait = retry_in
+            .max(backoff.base_delay())
+            .max(Duration::from_millis(1));
         let spread = (wait / 4).max(backoff.base_delay());
         let delay = wait.saturating_add(spread.mul_f64(unit(stream, attempts)));
         match deadline_at {
@@ -610,9 +613,7 @@ fn give_up<Res, E>(
             },
             None => kind,
         },
-        GiveUp::NotRetryable | GiveUp::Exhausted | GiveUp::CircuitOpen | GiveUp::Throttled => {
-            kind
-        }
+        GiveUp::NotRetryable | GiveUp::Exhausted | GiveUp::CircuitOpen | GiveUp::Throttled => kind,
     };
     Err(Error::new(kind)
         .with_attempts(attempts)

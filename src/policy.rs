@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rampart_breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer};
 use rampart_core::{Backoff, ConfigError, Jitter, Name};
-use rampart_dlq::{DeadLetter, DeadLetterLayer, DeadLetterReason};
+use rampart_dlq::{DeadLetter, DeadLetterConfig, DeadLetterLayer};
 use rampart_retry::{
     AttemptTimeout, AttemptTimeoutLayer, CloneReplay, Retry, RetryBudget, RetryLayer,
 };
@@ -225,23 +225,30 @@ impl Policy {
         };
         let retry = retry.observer(PolicyObserver::default());
 
-        let breaker_cfg = self.breaker.unwrap_or_default();
-        let breaker = crate::observe::breaker(
-            CircuitBreakerLayer::new(breaker_cfg, classifier.clone()).name(self.name.clone()),
-        );
+        // The breaker's config was validated when the policy was built, and naming it or
+        // adding observers cannot make it invalid: the fallback (unobserved) is unreachable.
+        let breaker_cfg = self.breaker.clone().unwrap_or_default();
+        let breaker_cfg = crate::observe::breaker(breaker_cfg.to_builder().name(self.name.clone()))
+            .build()
+            .unwrap_or(breaker_cfg);
+        let breaker = CircuitBreakerLayer::new(breaker_cfg).classifier(classifier.clone());
         if self.breaker.is_none() {
             breaker.handle().disable();
         }
+        crate::observe::breaker_built(&breaker.handle());
 
-        let mut dlq = DeadLetterLayer::new(store, extractor, classifier)
+        let mut dlq = DeadLetterConfig::builder()
             .name(self.name.clone())
             .max_attempts(self.backoff.max_retries().saturating_add(1));
         if self.dead_letter.is_none() {
-            for r in DeadLetterReason::ALL {
-                dlq = dlq.record(r, false);
-            }
+            dlq = dlq.record_nothing();
         }
-        let dlq = crate::observe::dead_letter(dlq);
+        // Valid (at least one attempt, no background queue); the default is the fallback.
+        let dlq = crate::observe::dead_letter(dlq).build().unwrap_or_default();
+        let dlq = DeadLetterLayer::new(
+            dlq.with_extractor(extractor).with_classifier(classifier),
+            store,
+        );
 
         PolicyLayer {
             dlq,

@@ -10,7 +10,7 @@ use rampart_breaker::{
     KeyedCircuitBreakerLayer, KeyedHandle,
 };
 use rampart_core::{Backoff, ConfigError, Jitter, Name};
-use rampart_dlq::{DeadLetter, DeadLetterLayer, DeadLetterReason};
+use rampart_dlq::{DeadLetter, DeadLetterConfig, DeadLetterLayer};
 use rampart_retry::{
     AttemptTimeout, AttemptTimeoutLayer, CloneReplay, Retry, RetryBudget, RetryLayer,
 };
@@ -195,7 +195,7 @@ impl Policy {
             budget: self.budget,
             deadline: self.deadline,
             attempt_timeout: self.attempt_timeout,
-            breaker: self.breaker,
+            breaker: self.breaker.clone(),
             dead_letter: self.dead_letter,
         }
     }
@@ -244,13 +244,17 @@ impl Policy {
     where
         C: Clone,
     {
-        let breaker_cfg = self.breaker.unwrap_or_default();
-        let breaker = crate::observe::breaker(
-            CircuitBreakerLayer::new(breaker_cfg, classifier.clone()).name(self.name.clone()),
-        );
+        // The breaker's config was validated when the policy was built, and naming it or
+        // adding observers cannot make it invalid: the fallback (unobserved) is unreachable.
+        let breaker_cfg = self.breaker.clone().unwrap_or_default();
+        let breaker_cfg = crate::observe::breaker(breaker_cfg.to_builder().name(self.name.clone()))
+            .build()
+            .unwrap_or(breaker_cfg);
+        let breaker = CircuitBreakerLayer::new(breaker_cfg).classifier(classifier.clone());
         if self.breaker.is_none() {
             breaker.handle().disable();
         }
+        crate::observe::breaker_built(&breaker.handle());
         self.assemble(classifier, store, extractor, breaker)
     }
 
@@ -302,16 +306,18 @@ impl Policy {
     {
         // Switched off: breakers that count but, needing 2^32 - 1 failures in a row, never
         // trip.
-        let cfg = self.breaker.unwrap_or_else(|| {
+        let cfg = self.breaker.clone().unwrap_or_else(|| {
             CircuitBreakerConfig::builder()
                 .consecutive_failures(Some(u32::MAX))
                 .window(None)
                 .build()
                 .unwrap_or_default()
         });
-        let breaker = crate::observe::keyed_breaker(
-            KeyedCircuitBreakerLayer::new(cfg, classifier.clone(), key).name(self.name.clone()),
-        );
+        // Named and observed like the single breaker (valid as validated: see `layer`).
+        let cfg = crate::observe::breaker(cfg.to_builder().name(self.name.clone()))
+            .build()
+            .unwrap_or(cfg);
+        let breaker = KeyedCircuitBreakerLayer::new(cfg, classifier.clone(), key);
         self.assemble(classifier, store, extractor, breaker)
     }
 
@@ -349,15 +355,18 @@ impl Policy {
         };
         let retry = retry.observer(PolicyObserver::default());
 
-        let mut dlq = DeadLetterLayer::new(store, extractor, classifier)
+        let mut dlq = DeadLetterConfig::builder()
             .name(self.name.clone())
             .max_attempts(self.backoff.max_retries().saturating_add(1));
         if self.dead_letter.is_none() {
-            for r in DeadLetterReason::ALL {
-                dlq = dlq.record(r, false);
-            }
+            dlq = dlq.record_nothing();
         }
-        let dlq = crate::observe::dead_letter(dlq);
+        // Valid (at least one attempt, no background queue); the default is the fallback.
+        let dlq = crate::observe::dead_letter(dlq).build().unwrap_or_default();
+        let dlq = DeadLetterLayer::new(
+            dlq.with_extractor(extractor).with_classifier(classifier),
+            store,
+        );
 
         PolicyLayer {
             dlq,

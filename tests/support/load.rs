@@ -636,19 +636,14 @@ pub fn scaled(p: &Policy, scale: f64) -> Policy {
     let d = |d: Duration| d.div_f64(scale);
     let b = p.backoff();
     let breaker = p.breaker().map(|c| {
-        let mut cb = rampart::breaker::CircuitBreakerConfig::builder()
-            .consecutive_failures(c.consecutive_failures())
-            .window(c.window())
-            .failure_rate(c.failure_rate())
-            .minimum_calls(c.minimum_calls())
+        let mut cb = c
+            .to_builder()
             .recovery_timeout(d(c.recovery_timeout()))
-            .max_recovery_timeout(d(c.max_recovery_timeout()))
-            .permitted_probes(c.permitted_probes())
-            .success_threshold(c.success_threshold());
+            .max_recovery_timeout(d(c.max_recovery_timeout()));
         if let Some(s) = c.slow_call_duration() {
             cb = cb.slow_call(d(s), c.slow_call_rate());
         }
-        cb.build().unwrap_or(*c)
+        cb.build().unwrap_or_else(|_| c.clone())
     });
     let built = p
         .to_builder()

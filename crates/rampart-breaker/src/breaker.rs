@@ -37,6 +37,7 @@ impl Breaker {
         cfg: CircuitBreakerConfig,
         events: Events,
     ) -> Arc<Self> {
+        let window = cfg.window.map(Outcomes::new);
         Arc::new(Breaker {
             name,
             key,
@@ -44,7 +45,7 @@ impl Breaker {
             control: Control::new(),
             consecutive: AtomicU32::new(0),
             trips: AtomicU32::new(0),
-            window: cfg.window.map(Outcomes::new),
+            window,
             epoch: Instant::now(),
             events,
         })
@@ -414,7 +415,8 @@ pub struct Snapshot {
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), rampart_core::ConfigError> {
-/// let layer = CircuitBreakerLayer::new(CircuitBreakerConfig::default(), IoErrors).name("db");
+/// let layer = CircuitBreakerLayer::new(CircuitBreakerConfig::builder().name("db").build()?)
+///     .classifier(IoErrors);
 /// let handle = layer.handle();
 /// handle.force_open();
 /// assert_eq!(handle.state(), State::ForcedOpen);

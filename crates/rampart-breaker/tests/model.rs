@@ -183,8 +183,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             .success_threshold(SUCCESSES)
             .build()
             .unwrap();
-        let layer =
-            CircuitBreakerLayer::new(cfg, classify as fn(Result<&u16, &io::Error>) -> Outcome);
+        let layer = CircuitBreakerLayer::new(cfg)
+            .classifier(classify as fn(Result<&u16, &io::Error>) -> Outcome);
         let handle = layer.handle();
         let mut svc = layer.layer(tower::service_fn(|(status, ms): (u16, u64)| async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;

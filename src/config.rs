@@ -39,8 +39,15 @@
 //!
 //! [services.gemini_api.circuit_breaker]
 //! enabled = true
-//! failure_threshold = 5
-//! recovery_timeout = "60s"
+//! # Rate-based unless `failure_threshold` is set without a window: the reference design's
+//! # 5 failures / 60 s / 3 successes map onto >= 50 % failures over 10 s with at least 10
+//! # calls, open 5 s doubling after failed probe rounds up to 60 s, 3 probes of which 2
+//! # failures reopen (see `rampart::default_breaker`).
+//! window_seconds = 10
+//! failure_rate = 0.5
+//! minimum_calls = 10
+//! recovery_timeout = "5s"
+//! max_recovery_timeout = "60s"
 //! success_threshold = 3
 //!
 //! [services.gemini_api.dead_letter]
@@ -142,7 +149,10 @@ pub struct BreakerConfig {
     /// On or off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    /// Consecutive failures that open the circuit (the reference `failure_threshold`).
+    /// Consecutive failures that open the circuit (the reference `failure_threshold`). Set
+    /// without a window, it replaces the policy's rate-based breaker with the reference's
+    /// consecutive count; unset, the breaker trips on `failure_rate` over `window_seconds`
+    /// (10 s) once it holds `minimum_calls` (10 — twice the reference's 5).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_threshold: Option<u32>,
     /// How long the circuit stays open.
@@ -306,6 +316,9 @@ fn to_config(p: &Policy) -> ServiceConfig {
         Jitter::Decorrelated => JitterConfig::Named("decorrelated".into()),
         _ => JitterConfig::Named("none".into()),
     };
+    // The window itself is not written: a service without `failure_threshold` or a window
+    // of its own gets the policies' 10 s window (see `crate::default_breaker`), so that a
+    // file may still pick `window_calls` or the reference's consecutive count.
     let breaker = p.breaker().map(|c| BreakerConfig {
         enabled: Some(true),
         failure_threshold: c.consecutive_failures(),
@@ -313,6 +326,8 @@ fn to_config(p: &Policy) -> ServiceConfig {
         max_recovery_timeout: Some(c.max_recovery_timeout()),
         success_threshold: Some(c.success_threshold()),
         permitted_probes: Some(c.permitted_probes()),
+        failure_rate: c.window().map(|_| c.failure_rate()),
+        minimum_calls: c.window().map(|_| c.minimum_calls()),
         ..BreakerConfig::default()
     });
     ServiceConfig {
@@ -714,9 +729,21 @@ fn build(cfg: &Config, env: &HashMap<String, String>) -> Result<Policies, Config
                 .unwrap_or(true);
         if breaker_on {
             let c = s.circuit_breaker.clone().unwrap_or_default();
+            // Rate-based unless the service asks for the reference's consecutive count
+            // alone (a `failure_threshold` and no window).
             let mut cb = CircuitBreakerConfig::builder();
-            if let Some(v) = c.failure_threshold {
-                cb = cb.consecutive_failures(Some(v));
+            match c.failure_threshold {
+                Some(v) => cb = cb.consecutive_failures(Some(v)),
+                None => {
+                    let d = crate::default_breaker();
+                    cb = cb
+                        .consecutive_failures(None)
+                        .window(d.window())
+                        .failure_rate(d.failure_rate())
+                        .minimum_calls(d.minimum_calls())
+                        .recovery_timeout(d.recovery_timeout())
+                        .max_recovery_timeout(d.max_recovery_timeout());
+                }
             }
             if let Some(v) = c.recovery_timeout {
                 cb = cb.recovery_timeout(v);

@@ -23,9 +23,11 @@
 
 #[cfg(feature = "metrics")]
 mod imp {
-    use rampart_breaker::{CallOutcome, CircuitBreakerLayer, State, Transition};
+    use rampart_breaker::{
+        BreakerHandle, CallOutcome, CircuitBreakerConfigBuilder, State, Transition,
+    };
     use rampart_core::Name;
-    use rampart_dlq::{DeadLetterEvent, DeadLetterLayer};
+    use rampart_dlq::{DeadLetterConfigBuilder, DeadLetterEvent};
     use rampart_retry::observe::{AttemptEvent, FinishEvent, GiveUp, RetryEvent, RetryObserver};
 
     /// A service name as a metric label, without copying the string.
@@ -69,10 +71,11 @@ mod imp {
         }
     }
 
-    /// Wires a breaker layer to the `circuit_breaker_*` series (and sets the state gauge).
+    /// Wires a breaker's config to the `circuit_breaker_*` series; call
+    /// [`breaker_built`] with the layer's handle to set the state gauge.
     /// [`Policy::layer`](crate::Policy::layer) does this for you.
-    pub fn breaker<C>(layer: CircuitBreakerLayer<C>) -> CircuitBreakerLayer<C> {
-        let layer = layer
+    pub fn breaker(config: CircuitBreakerConfigBuilder) -> CircuitBreakerConfigBuilder {
+        config
             .on_transition(|t: &Transition| {
                 metrics::counter!(
                     "circuit_breaker_transitions_total",
@@ -86,16 +89,20 @@ mod imp {
             .observe_calls(|service: &Name, _key: Option<&str>, o: CallOutcome| {
                 metrics::counter!("circuit_breaker_calls_total", "service" => label(service), "outcome" => o.as_str())
                     .increment(1);
-            });
-        let h = layer.handle();
-        set_state(&h.snapshot().service, h.state());
-        layer
+            })
     }
 
-    /// Wires a dead-letter layer to the `dead_letter*` series.
+    /// Sets the `circuit_breaker_state` gauge for a breaker just built.
+    pub fn breaker_built(handle: &BreakerHandle) {
+        set_state(&handle.snapshot().service, handle.state());
+    }
+
+    /// Wires a dead-letter config to the `dead_letter*` series.
     /// [`Policy::layer`](crate::Policy::layer) does this for you.
-    pub fn dead_letter<St, X, C>(layer: DeadLetterLayer<St, X, C>) -> DeadLetterLayer<St, X, C> {
-        layer.observe(|e: &DeadLetterEvent| match e {
+    pub fn dead_letter<X, C>(
+        config: DeadLetterConfigBuilder<X, C>,
+    ) -> DeadLetterConfigBuilder<X, C> {
+        config.observe(|e: &DeadLetterEvent| match e {
             DeadLetterEvent::Recorded { service, reason } => {
                 metrics::counter!("dead_letters_total", "service" => label(service), "reason" => reason.as_str()).increment(1);
             }
@@ -157,24 +164,29 @@ pub type PolicyObserver = MetricsObserver;
 pub type PolicyObserver = ();
 
 #[cfg(feature = "metrics")]
-pub use imp::{breaker, dead_letter};
+pub use imp::{breaker, breaker_built, dead_letter};
 
-/// Wires a breaker layer to the `circuit_breaker_*` series (a no-op without the `metrics`
-/// feature). [`Policy::layer`](crate::Policy::layer) does this for you.
+/// Wires a breaker's config to the `circuit_breaker_*` series (a no-op without the
+/// `metrics` feature). [`Policy::layer`](crate::Policy::layer) does this for you.
 #[cfg(not(feature = "metrics"))]
-pub fn breaker<C>(
-    l: rampart_breaker::CircuitBreakerLayer<C>,
-) -> rampart_breaker::CircuitBreakerLayer<C> {
-    l
+pub fn breaker(
+    config: rampart_breaker::CircuitBreakerConfigBuilder,
+) -> rampart_breaker::CircuitBreakerConfigBuilder {
+    config
 }
 
-/// Wires a dead-letter layer to the `dead_letter*` series (a no-op without the `metrics`
+/// Sets the `circuit_breaker_state` gauge for a breaker just built (a no-op without the
+/// `metrics` feature).
+#[cfg(not(feature = "metrics"))]
+pub fn breaker_built(_handle: &rampart_breaker::BreakerHandle) {}
+
+/// Wires a dead-letter config to the `dead_letter*` series (a no-op without the `metrics`
 /// feature). [`Policy::layer`](crate::Policy::layer) does this for you.
 #[cfg(not(feature = "metrics"))]
-pub fn dead_letter<St, X, C>(
-    l: rampart_dlq::DeadLetterLayer<St, X, C>,
-) -> rampart_dlq::DeadLetterLayer<St, X, C> {
-    l
+pub fn dead_letter<X, C>(
+    config: rampart_dlq::DeadLetterConfigBuilder<X, C>,
+) -> rampart_dlq::DeadLetterConfigBuilder<X, C> {
+    config
 }
 
 /// The reference design's buckets for `retry_delay_seconds`.

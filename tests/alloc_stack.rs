@@ -45,11 +45,20 @@ fn retry_over_a_breaker_allocates_nothing_per_call() {
         .unwrap();
     let retry = RetryLayer::new(IoErrors).name(String::from("stack"));
     let mut consecutive = retry.layer(
-        CircuitBreakerLayer::new(CircuitBreakerConfig::default(), IoErrors)
-            .name(String::from("stack"))
+        CircuitBreakerLayer::new(
+            CircuitBreakerConfig::builder()
+                .name(String::from("stack"))
+                .build()
+                .unwrap(),
+        )
+        .classifier(IoErrors)
+        .layer(inner),
+    );
+    let mut windowed = retry.layer(
+        CircuitBreakerLayer::new(windowed)
+            .classifier(IoErrors)
             .layer(inner),
     );
-    let mut windowed = retry.layer(CircuitBreakerLayer::new(windowed, IoErrors).layer(inner));
     calls(&mut consecutive, 64);
     calls(&mut windowed, 64);
     // The counting allocator sees every thread of the test binary, the harness's included, so

@@ -40,13 +40,16 @@ fn presets_carry_the_reference_numbers() {
     assert_eq!(numbers(&p, "redis"), (3, MS(100), MS(1_000), 2.0));
     for name in ["tts", "gemini_api", "database", "redis"] {
         let b = p.get(name).unwrap().breaker().unwrap();
+        // The reference's 5 / 60 s / 3, mapped onto the rate-based breaker (docs/load.md).
         assert_eq!(
             (
                 b.consecutive_failures(),
+                b.minimum_calls(),
                 b.recovery_timeout(),
+                b.max_recovery_timeout(),
                 b.success_threshold()
             ),
-            (Some(5), Duration::from_secs(60), 3),
+            (None, 10, Duration::from_secs(5), Duration::from_secs(60), 3),
             "{name}"
         );
         assert_eq!(
@@ -67,8 +70,12 @@ fn the_production_profile_applies_its_numbers() {
     assert_eq!(numbers(&p, "tts"), (5, MS(2000), MS(60_000), 2.0));
     let b = p.get("tts").unwrap().breaker().unwrap();
     assert_eq!(
-        (b.consecutive_failures(), b.recovery_timeout()),
-        (Some(10), Duration::from_secs(120))
+        (
+            b.consecutive_failures(),
+            b.minimum_calls(),
+            b.max_recovery_timeout()
+        ),
+        (None, 20, Duration::from_secs(120))
     );
     assert_eq!(numbers(&p, "gemini_api"), (3, MS(1000), MS(30_000), 2.0));
     assert_eq!(
@@ -166,7 +173,7 @@ fn the_example_file_loads_and_covers_every_key() {
     assert_eq!(tts.attempt_timeout(), Some(Duration::from_secs(30)));
     assert_eq!(tts.deadline(), Some(Duration::from_secs(120)));
     let b = tts.breaker().unwrap();
-    assert_eq!(b.max_recovery_timeout(), Duration::from_secs(600));
+    assert_eq!(b.max_recovery_timeout(), Duration::from_secs(60));
     assert_eq!(b.slow_call_duration(), Some(Duration::from_secs(10)));
     assert_eq!(
         tts.dead_letter().unwrap().retention,

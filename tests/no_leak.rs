@@ -71,7 +71,8 @@ fn round(i: u32) {
         .window(Some(Window::Count(1 + i % 64)))
         .build()
         .unwrap();
-    let breaker = CircuitBreakerLayer::new(cfg, IoErrors).name(name.clone());
+    let breaker = CircuitBreakerLayer::new(cfg.to_builder().name(name.clone()).build().unwrap())
+        .classifier(IoErrors);
     let svc = breaker.layer(inner);
     let mut copy = svc.clone();
     assert_eq!(call(&mut copy, 3), 3);

@@ -95,7 +95,13 @@ fn floor(shared: &Arc<AtomicU32>) -> Floor<Bare> {
 }
 
 fn consecutive_layer() -> CircuitBreakerLayer<IoErrors> {
-    CircuitBreakerLayer::new(CircuitBreakerConfig::default(), IoErrors).name("bench")
+    CircuitBreakerLayer::new(
+        CircuitBreakerConfig::builder()
+            .name("bench")
+            .build()
+            .unwrap(),
+    )
+    .classifier(IoErrors)
 }
 
 fn window_layer() -> CircuitBreakerLayer<IoErrors> {
@@ -104,7 +110,7 @@ fn window_layer() -> CircuitBreakerLayer<IoErrors> {
         .window(Some(Window::Count(100)))
         .build()
         .expect("valid");
-    CircuitBreakerLayer::new(cfg, IoErrors).name("bench")
+    CircuitBreakerLayer::new(cfg.to_builder().name("bench").build().unwrap()).classifier(IoErrors)
 }
 
 type FailsafeConsecutive = failsafe::StateMachine<

@@ -37,6 +37,7 @@ impl Breaker {
         cfg: CircuitBreakerConfig,
         events: Events,
     ) -> Arc<Self> {
+        let window = cfg.window.map(Outcomes::new);
         Arc::new(Breaker {
             name,
             key,
@@ -44,7 +45,7 @@ impl Breaker {
             control: Control::new(),
             consecutive: AtomicU32::new(0),
             trips: AtomicU32::new(0),
-            window: cfg.window.map(Outcomes::new),
+            window,
             epoch: Instant::now(),
             events,
         })
@@ -116,7 +117,9 @@ impl Breaker {
                     self.name.clone(),
                     match deny {
                         Deny::Open(until) => self.retry_in(until),
-                        Deny::ProbesBusy => Duration::ZERO,
+                        // Never "now": the probes in flight decide within about one
+                        // attempt, so come back after a fraction of the recovery timeout.
+                        Deny::ProbesBusy => self.cfg.probes_busy_retry_in(),
                         Deny::Forced => Duration::MAX,
                     },
                 ))
@@ -209,10 +212,13 @@ impl Breaker {
                 let failed = failure || (slow && self.window.is_some());
                 #[allow(clippy::cast_possible_truncation)]
                 let threshold = self.cfg.success_threshold as u16;
-                let change = self.control.probe_done(gen, !failed, threshold, || {
-                    let trip = self.trips.load(Ordering::Acquire).saturating_add(1);
-                    self.until_ms(self.cfg.open_duration(trip))
-                });
+                let fail_limit = self.cfg.probe_fail_limit();
+                let change =
+                    self.control
+                        .probe_done_ratio(gen, !failed, threshold, fail_limit, || {
+                            let trip = self.trips.load(Ordering::Acquire).saturating_add(1);
+                            self.until_ms(self.cfg.open_duration(trip))
+                        });
                 match change {
                     Some((from, State::Open)) => {
                         self.trips.fetch_add(1, Ordering::AcqRel);
@@ -409,7 +415,8 @@ pub struct Snapshot {
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), rampart_core::ConfigError> {
-/// let layer = CircuitBreakerLayer::new(CircuitBreakerConfig::default(), IoErrors).name("db");
+/// let layer = CircuitBreakerLayer::new(CircuitBreakerConfig::builder().name("db").build()?)
+///     .classifier(IoErrors);
 /// let handle = layer.handle();
 /// handle.force_open();
 /// assert_eq!(handle.state(), State::ForcedOpen);

@@ -1,8 +1,12 @@
 //! Validated circuit-breaker settings.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use rampart_core::{ConfigError, Outcome};
+use rampart_core::{ConfigError, Name, Outcome};
+
+use crate::events::{CallObserver, CallOutcome, Listener, Transition};
 
 /// The reference design's `failure_threshold`.
 pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
@@ -143,8 +147,10 @@ impl FailureKinds {
 /// assert_eq!(err.field(), "failure_rate");
 /// # Ok::<(), rampart_core::ConfigError>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CircuitBreakerConfig {
+    pub(crate) name: Name,
+    pub(crate) hooks: Hooks,
     pub(crate) consecutive_failures: Option<u32>,
     pub(crate) window: Option<Window>,
     pub(crate) failure_rate: f64,
@@ -164,6 +170,8 @@ impl Default for CircuitBreakerConfig {
     /// 3 successful probes (3 in flight at most).
     fn default() -> Self {
         CircuitBreakerConfig {
+            name: Name::default(),
+            hooks: Hooks::default(),
             consecutive_failures: Some(DEFAULT_CONSECUTIVE_FAILURES),
             window: None,
             failure_rate: DEFAULT_FAILURE_RATE,
@@ -186,6 +194,18 @@ impl CircuitBreakerConfig {
         CircuitBreakerConfigBuilder {
             inner: CircuitBreakerConfig::default(),
         }
+    }
+
+    /// A builder starting from this configuration (to change a setting and validate again).
+    pub fn to_builder(&self) -> CircuitBreakerConfigBuilder {
+        CircuitBreakerConfigBuilder {
+            inner: self.clone(),
+        }
+    }
+
+    /// The downstream service's name, for errors, events and metrics.
+    pub fn name(&self) -> &Name {
+        &self.name
     }
 
     /// Consecutive failures that open the circuit, if that condition is on.
@@ -233,6 +253,39 @@ impl CircuitBreakerConfig {
         self.failure_kinds
     }
 
+    /// How many failed probes of a half-open round reopen the circuit. With a window (rate
+    /// conditions) the round is judged by its failure rate like the window is: the circuit
+    /// reopens once `ceil(failure_rate · success_threshold)` probes failed and closes once
+    /// `success_threshold` succeeded — 3 probes at 50 % reopen on the second failure. Without
+    /// a window the first failed probe reopens it (the reference design's rule).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart_breaker::{CircuitBreakerConfig, Window};
+    /// let reference = CircuitBreakerConfig::default();
+    /// assert_eq!(reference.probe_fail_limit(), 1);
+    /// let rate = CircuitBreakerConfig::builder().window(Some(Window::Time(10))).build()?;
+    /// assert_eq!(rate.probe_fail_limit(), 2);
+    /// # Ok::<(), rampart_core::ConfigError>(())
+    /// ```
+    pub fn probe_fail_limit(&self) -> u16 {
+        if self.window.is_none() {
+            return 1;
+        }
+        let n = f64::from(self.success_threshold.min(u32::from(u16::MAX)));
+        // `failure_rate` is validated to (0, 1], so this is within 1..=n.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let f = (self.failure_rate * n).ceil().max(1.0) as u16;
+        f
+    }
+
+    /// What an open circuit tells a caller whose probe slots are all taken: come back after
+    /// a tenth of the recovery timeout (at least 1 ms), never at once.
+    pub fn probes_busy_retry_in(&self) -> Duration {
+        (self.recovery_timeout / 10).max(Duration::from_millis(1))
+    }
+
     /// The open duration after the `trip`-th consecutive trip (1-based): the recovery
     /// timeout, doubled per repeated trip, capped at the maximum.
     pub fn open_duration(&self, trip: u32) -> Duration {
@@ -244,14 +297,76 @@ impl CircuitBreakerConfig {
     }
 }
 
+/// Who hears a breaker's transitions and calls: listeners and a call observer, set on the
+/// config so that a breaker is built once, complete. Compared by identity.
+#[derive(Clone, Default)]
+pub(crate) struct Hooks {
+    pub(crate) listeners: Vec<Listener>,
+    pub(crate) calls: Option<CallObserver>,
+}
+
+impl PartialEq for Hooks {
+    fn eq(&self, other: &Self) -> bool {
+        self.listeners.len() == other.listeners.len()
+            && self
+                .listeners
+                .iter()
+                .zip(&other.listeners)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+            && match (&self.calls, &other.calls) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+impl fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hooks")
+            .field("listeners", &self.listeners.len())
+            .field("observes_calls", &self.calls.is_some())
+            .finish()
+    }
+}
+
 /// Builds a validated [`CircuitBreakerConfig`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 #[must_use]
 pub struct CircuitBreakerConfigBuilder {
     inner: CircuitBreakerConfig,
 }
 
 impl CircuitBreakerConfigBuilder {
+    /// Names the downstream service, for errors, events and metrics.
+    ///
+    /// Defaults to `"default"`.
+    pub fn name(mut self, name: impl Into<Name>) -> Self {
+        self.inner.name = name.into();
+        self
+    }
+
+    /// Calls `listener` on every transition (after the `tracing` event). May be called more
+    /// than once; every listener is called, in order.
+    ///
+    /// Defaults to no listener.
+    pub fn on_transition(mut self, listener: impl Fn(&Transition) + Send + Sync + 'static) -> Self {
+        self.inner.hooks.listeners.push(Arc::new(listener));
+        self
+    }
+
+    /// Reports every call's outcome to `observer` (for metrics). This moves calls off the
+    /// read-only fast path.
+    ///
+    /// Defaults to none.
+    pub fn observe_calls(
+        mut self,
+        observer: impl Fn(&Name, Option<&str>, CallOutcome) + Send + Sync + 'static,
+    ) -> Self {
+        self.inner.hooks.calls = Some(Arc::new(observer));
+        self
+    }
+
     /// Opens the circuit after this many failures in a row (a success resets the count);
     /// `None` turns the condition off.
     ///

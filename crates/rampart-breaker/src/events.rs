@@ -196,19 +196,15 @@ pub(crate) struct Events {
     pub(crate) calls: Option<CallObserver>,
 }
 
-impl Default for Events {
-    fn default() -> Self {
-        Events {
-            listeners: Vec::new(),
-            tx: broadcast::channel(64).0,
-            calls: None,
-        }
-    }
-}
-
 impl Events {
-    pub(crate) fn add(&mut self, l: Listener) {
-        self.listeners.push(l);
+    /// A breaker's (or a keyed layer's) events: the config's hooks and a broadcast channel
+    /// of its own.
+    pub(crate) fn new(cfg: &crate::config::CircuitBreakerConfig) -> Self {
+        Events {
+            listeners: cfg.hooks.listeners.clone(),
+            tx: broadcast::channel(64).0,
+            calls: cfg.hooks.calls.clone(),
+        }
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Transition> {

@@ -284,7 +284,7 @@ impl<K> Registry<K> {
         let overflow = Breaker::new(
             settings.name.clone(),
             Some(Arc::from(OVERFLOW_KEY)),
-            settings.cfg,
+            settings.cfg.clone(),
             settings.events.clone(),
         );
         let filter = Filter::new(settings.max_keys);
@@ -360,7 +360,7 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
         let breaker = Breaker::new(
             self.settings.name.clone(),
             Some(label),
-            self.settings.cfg,
+            self.settings.cfg.clone(),
             self.settings.events.clone(),
         );
         // Each admitted call holds a clone of `local`, so the hand can tell a breaker with
@@ -519,13 +519,14 @@ pub struct KeyedCircuitBreakerLayer<C, F, K> {
 }
 
 impl<C, F, K> KeyedCircuitBreakerLayer<C, F, K> {
-    /// One breaker with `config` per key that `key` picks from a request.
+    /// One breaker with `config` per key that `key` picks from a request. The config's
+    /// name, transition listeners and call observer apply to every key's breaker.
     pub fn new(config: CircuitBreakerConfig, classifier: C, key: F) -> Self {
         KeyedCircuitBreakerLayer {
             registry: Arc::new(Registry::new(Settings {
-                name: Name::default(),
+                name: config.name.clone(),
+                events: Events::new(&config),
                 cfg: config,
-                events: Events::default(),
                 max_keys: DEFAULT_MAX_KEYS,
                 idle_ttl: DEFAULT_IDLE_TTL,
             })),
@@ -539,8 +540,8 @@ impl<C, F, K> KeyedCircuitBreakerLayer<C, F, K> {
         let old = &self.registry.settings;
         let mut s = Settings {
             name: old.name.clone(),
-            cfg: old.cfg,
-            events: old.events.clone(),
+            cfg: old.cfg.clone(),
+            events: Events::new(&old.cfg),
             max_keys: old.max_keys,
             idle_ttl: old.idle_ttl,
         };
@@ -549,16 +550,11 @@ impl<C, F, K> KeyedCircuitBreakerLayer<C, F, K> {
         self
     }
 
-    /// Names the downstream service.
-    ///
-    /// Defaults to `"default"`.
-    pub fn name(self, name: impl Into<Name>) -> Self {
-        let name = name.into();
-        self.with_settings(|s| s.name = name)
-    }
-
     /// The most keys held at once (at least 1). Past it, a new key evicts a closed breaker,
     /// or shares the overflow breaker if every held breaker is open, half-open or forced.
+    ///
+    /// Set it right after [`new`](Self::new): like [`idle_ttl`](Self::idle_ttl), it starts a
+    /// new, empty registry, so handles and services taken before it keep the old one.
     ///
     /// Defaults to 1,000.
     pub fn max_keys(self, n: usize) -> Self {
@@ -568,28 +564,12 @@ impl<C, F, K> KeyedCircuitBreakerLayer<C, F, K> {
     /// How long a key must go unused before its closed breaker is dropped as new keys arrive,
     /// even below [`max_keys`](Self::max_keys).
     ///
+    /// Set it right after [`new`](Self::new) (it starts a new, empty registry, like
+    /// [`max_keys`](Self::max_keys)).
+    ///
     /// Defaults to 10 minutes.
     pub fn idle_ttl(self, ttl: Duration) -> Self {
         self.with_settings(|s| s.idle_ttl = ttl)
-    }
-
-    /// Calls `listener` on every transition of every key's breaker.
-    ///
-    /// Defaults to no listener.
-    pub fn on_transition(self, listener: impl Fn(&Transition) + Send + Sync + 'static) -> Self {
-        let l: crate::events::Listener = Arc::new(listener);
-        self.with_settings(|s| s.events.add(l))
-    }
-
-    /// Reports every call's outcome to `observer` (for metrics).
-    ///
-    /// Defaults to none.
-    pub fn observe_calls(
-        self,
-        observer: impl Fn(&Name, Option<&str>, crate::events::CallOutcome) + Send + Sync + 'static,
-    ) -> Self {
-        let o: crate::events::CallObserver = Arc::new(observer);
-        self.with_settings(|s| s.events.calls = Some(o))
     }
 
     /// The operator's handle on every key's breaker.

@@ -1,12 +1,13 @@
 use std::fmt;
 use std::sync::Arc;
 
-use rampart_core::Name;
+use rampart_core::classify::ErrorsAre;
+use rampart_core::Outcome;
 use tower_layer::Layer;
 
 use crate::breaker::{Breaker, BreakerHandle};
 use crate::config::CircuitBreakerConfig;
-use crate::events::{Events, Transition};
+use crate::events::Events;
 use crate::service::{CircuitBreaker, Lanes};
 
 /// Fails calls fast while the wrapped service is unhealthy, and probes it back.
@@ -15,60 +16,60 @@ use crate::service::{CircuitBreaker, Lanes};
 ///
 /// # Sharing
 ///
-/// The layer owns the breaker's state: every service it makes with [`Layer::layer`], and every
-/// clone of those services, shares one breaker. Configure the layer (name, listeners) before
-/// taking a [`handle`](Self::handle) or making services: each setter starts a fresh breaker.
+/// [`new`](Self::new) builds the breaker once, from a validated [`CircuitBreakerConfig`]
+/// that holds everything about it (name, thresholds, listeners, call observer). The layer
+/// owns it: every service it makes with [`Layer::layer`], every clone of those services and
+/// of the layer, and every [`handle`](Self::handle) share that one breaker. No setter on the
+/// layer starts another: to change a setting, build a new config (e.g. with
+/// [`CircuitBreakerConfig::to_builder`]) and a new layer.
 #[must_use]
-pub struct CircuitBreakerLayer<C> {
+pub struct CircuitBreakerLayer<C = ErrorsAre> {
     breaker: Arc<Lanes>,
-    events: Events,
     classifier: C,
 }
 
-impl<C> CircuitBreakerLayer<C> {
-    /// A breaker with `config`, classifying outcomes with `classifier`.
-    pub fn new(config: CircuitBreakerConfig, classifier: C) -> Self {
-        let events = Events::default();
+impl CircuitBreakerLayer {
+    /// A breaker built from `config`. Every `Err` of the inner service counts as a
+    /// transient failure and every `Ok` as a success until a [`classifier`](Self::classifier)
+    /// is set.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, State};
+    /// use rampart_core::classify::IoErrors;
+    ///
+    /// let layer = CircuitBreakerLayer::new(CircuitBreakerConfig::builder().name("db").build()?)
+    ///     .classifier(IoErrors);
+    /// assert_eq!(layer.handle().state(), State::Closed);
+    /// assert_eq!(layer.handle().snapshot().service.as_str(), "db");
+    /// # Ok::<(), rampart_core::ConfigError>(())
+    /// ```
+    pub fn new(config: CircuitBreakerConfig) -> Self {
+        let events = Events::new(&config);
         CircuitBreakerLayer {
-            breaker: Lanes::new(Breaker::new(Name::default(), None, config, events.clone())),
-            events,
+            breaker: Lanes::new(Breaker::new(config.name.clone(), None, config, events)),
+            classifier: ErrorsAre(Outcome::TRANSIENT),
+        }
+    }
+}
+
+impl<C> CircuitBreakerLayer<C> {
+    /// Classifies outcomes with `classifier` (which results count as failures is then set by
+    /// the config's [`FailureKinds`](crate::FailureKinds)).
+    ///
+    /// The classifier belongs to the layer, not to the breaker: the returned layer shares
+    /// this layer's breaker, so handles taken before stay valid.
+    pub fn classifier<C2>(self, classifier: C2) -> CircuitBreakerLayer<C2> {
+        CircuitBreakerLayer {
+            breaker: self.breaker,
             classifier,
         }
     }
 
-    fn rebuild(mut self, name: Name) -> Self {
-        let cfg = self.breaker.breaker().cfg;
-        self.breaker = Lanes::new(Breaker::new(name, None, cfg, self.events.clone()));
-        self
-    }
-
-    /// Names the downstream service, for errors, events and metrics.
-    ///
-    /// Defaults to `"default"`.
-    pub fn name(self, name: impl Into<Name>) -> Self {
-        self.rebuild(name.into())
-    }
-
-    /// Calls `listener` on every transition (after the `tracing` event).
-    ///
-    /// Defaults to no listener.
-    pub fn on_transition(mut self, listener: impl Fn(&Transition) + Send + Sync + 'static) -> Self {
-        self.events.add(Arc::new(listener));
-        let name = self.breaker.breaker().name.clone();
-        self.rebuild(name)
-    }
-
-    /// Reports every call's outcome to `observer` (for metrics). This moves calls off the
-    /// read-only fast path.
-    ///
-    /// Defaults to none.
-    pub fn observe_calls(
-        mut self,
-        observer: impl Fn(&Name, Option<&str>, crate::events::CallOutcome) + Send + Sync + 'static,
-    ) -> Self {
-        self.events.calls = Some(Arc::new(observer));
-        let name = self.breaker.breaker().name.clone();
-        self.rebuild(name)
+    /// The breaker's configuration.
+    pub fn config(&self) -> &CircuitBreakerConfig {
+        &self.breaker.breaker().cfg
     }
 
     /// The operator's handle on this layer's breaker.
@@ -83,7 +84,6 @@ impl<C: Clone> Clone for CircuitBreakerLayer<C> {
     fn clone(&self) -> Self {
         CircuitBreakerLayer {
             breaker: self.breaker.clone(),
-            events: self.events.clone(),
             classifier: self.classifier.clone(),
         }
     }

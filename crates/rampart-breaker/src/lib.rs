@@ -14,12 +14,12 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let breaker = CircuitBreakerLayer::new(
 //!     CircuitBreakerConfig::builder()
+//!         .name("db")
 //!         .consecutive_failures(Some(2))
 //!         .recovery_timeout(Duration::from_secs(30))
 //!         .build()?,
-//!     IoErrors,
 //! )
-//! .name("db");
+//! .classifier(IoErrors);
 //! let handle = breaker.handle();
 //! let svc = ServiceBuilder::new()
 //!     .layer(breaker)
@@ -52,7 +52,7 @@
 //! - **Forced open** and **disabled** are operator states, set through a [`BreakerHandle`].
 //!
 //! Every transition emits a `tracing` event (warn when opening), reaches listeners added with
-//! [`CircuitBreakerLayer::on_transition`], and is broadcast to [`BreakerHandle::subscribe`]rs.
+//! [`CircuitBreakerConfigBuilder::on_transition`], and is broadcast to [`BreakerHandle::subscribe`]rs.
 //!
 //! # Readiness
 //!

@@ -10,6 +10,7 @@ use tokio::time::{sleep, Instant, Sleep};
 use tower_service::Service;
 
 use crate::breaker::{Breaker, BreakerHandle};
+use crate::config::CircuitBreakerConfig;
 use crate::future::{Guard, ResponseFuture};
 use crate::word::Admit;
 
@@ -119,12 +120,34 @@ impl Drop for Slot {
 ///
 /// Clones share the breaker; a clone starts without an admission, so it must be made ready
 /// before it is called, like any tower service.
-pub struct CircuitBreaker<S, C> {
+pub struct CircuitBreaker<S, C = rampart_core::classify::ErrorsAre> {
     inner: S,
     classifier: C,
     /// The breaker's links, one of which each clone takes.
     lanes: Arc<Lanes>,
     slot: Slot,
+}
+
+impl<S> CircuitBreaker<S> {
+    /// Wraps `inner` in a new breaker built from `config`, counting every `Err` as a
+    /// transient failure: [`CircuitBreakerLayer::new(config)`](crate::CircuitBreakerLayer::new)
+    /// applied to `inner`. Use the layer to set a classifier or to share the breaker.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart_breaker::{CircuitBreaker, CircuitBreakerConfig, State};
+    /// use tower::service_fn;
+    ///
+    /// let svc = CircuitBreaker::new(
+    ///     service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }),
+    ///     CircuitBreakerConfig::default(),
+    /// );
+    /// assert_eq!(svc.handle().state(), State::Closed);
+    /// ```
+    pub fn new(inner: S, config: CircuitBreakerConfig) -> Self {
+        tower_layer::Layer::layer(&crate::CircuitBreakerLayer::new(config), inner)
+    }
 }
 
 impl<S, C> CircuitBreaker<S, C> {
@@ -244,7 +267,6 @@ use std::future::Future as _;
 #[cfg(all(test, not(rampart_loom)))]
 mod tests {
     use super::*;
-    use crate::config::CircuitBreakerConfig;
     use crate::events::Events;
     use rampart_core::Name;
     use std::collections::HashSet;
@@ -255,7 +277,7 @@ mod tests {
             Name::from_static("db"),
             None,
             CircuitBreakerConfig::default(),
-            Events::default(),
+            Events::new(&CircuitBreakerConfig::default()),
         );
         let weak = Arc::downgrade(&breaker);
         let n = breaker.stripes();

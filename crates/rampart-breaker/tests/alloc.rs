@@ -42,9 +42,12 @@ fn success_path_allocates_nothing() {
         .window(Some(Window::Count(50)))
         .build()
         .unwrap();
-    let mut consecutive =
-        CircuitBreakerLayer::new(CircuitBreakerConfig::default(), IoErrors).layer(inner);
-    let mut windowed = CircuitBreakerLayer::new(window, IoErrors).layer(inner);
+    let mut consecutive = CircuitBreakerLayer::new(CircuitBreakerConfig::default())
+        .classifier(IoErrors)
+        .layer(inner);
+    let mut windowed = CircuitBreakerLayer::new(window)
+        .classifier(IoErrors)
+        .layer(inner);
     calls(&mut consecutive, 64);
     calls(&mut windowed, 64);
     // The counting allocator sees every thread of the test binary, the harness's included, so

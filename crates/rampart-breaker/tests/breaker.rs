@@ -96,7 +96,8 @@ fn breaker(
     Dep,
     rampart_breaker::BreakerHandle,
 ) {
-    let layer = CircuitBreakerLayer::new(cfg, classify as Classifier).name("gemini_api");
+    let layer = CircuitBreakerLayer::new(cfg.to_builder().name("gemini_api").build().unwrap())
+        .classifier(classify as Classifier);
     let handle = layer.handle();
     let dep = Dep::default();
     (layer.layer(dep.clone()), dep, handle)
@@ -391,7 +392,11 @@ async fn half_open_admits_at_most_the_permitted_probes_among_fifty_callers() {
     let mut rejected = 0;
     for t in tasks {
         if let Err(e) = t.await.unwrap() {
-            assert_eq!(e.circuit_open().map(|o| o.retry_in), Some(Duration::ZERO));
+            // Busy probe slots never say "now": a tenth of the recovery timeout.
+            assert_eq!(
+                e.circuit_open().map(|o| o.retry_in),
+                Some(Duration::from_millis(100))
+            );
             rejected += 1;
         }
     }
@@ -447,7 +452,8 @@ async fn a_cancelled_probe_gives_its_slot_back() {
 async fn poll_ready_is_ready_while_open_without_polling_the_inner_service() {
     let (mock, mut h) = tower_test::mock::pair::<Answer, Resp>();
     let mock = mock.map_err(|e| io::Error::other(e.to_string()));
-    let layer = CircuitBreakerLayer::new(consecutive(1).build().unwrap(), classify as Classifier);
+    let layer = CircuitBreakerLayer::new(consecutive(1).build().unwrap())
+        .classifier(classify as Classifier);
     let handle = layer.handle();
     let mut svc = layer.layer(mock);
     handle.force_open();
@@ -487,14 +493,14 @@ async fn transitions_reach_tracing_listeners_and_subscribers() {
     let log = seen.clone();
     let layer = CircuitBreakerLayer::new(
         consecutive(2)
+            .name("db")
+            .on_transition(move |t: &Transition| log.lock().unwrap().push(t.to_string()))
             .recovery_timeout(Duration::from_secs(1))
             .success_threshold(1)
             .build()
             .unwrap(),
-        classify as Classifier,
     )
-    .name("db")
-    .on_transition(move |t: &Transition| log.lock().unwrap().push(t.to_string()));
+    .classifier(classify as Classifier);
     let handle = layer.handle();
     let mut rx = handle.subscribe();
     let mut svc = layer.layer(Dep::default());
@@ -523,12 +529,11 @@ async fn transitions_reach_tracing_listeners_and_subscribers() {
 
 #[tokio::test(start_paused = true)]
 async fn keyed_breakers_isolate_keys_and_stay_bounded() {
-    let cfg = consecutive(1).build().unwrap();
+    let cfg = consecutive(1).name("tts").build().unwrap();
     let layer =
         KeyedCircuitBreakerLayer::new(cfg, classify as Classifier, |a: &(&'static str, Answer)| {
             a.0
         })
-        .name("tts")
         .max_keys(2);
     let handle = layer.handle();
     let inner = tower::service_fn(|(_, a): (&'static str, Answer)| {
@@ -563,7 +568,8 @@ async fn keyed_breakers_isolate_keys_and_stay_bounded() {
 #[tokio::test(start_paused = true)]
 async fn retry_over_breaker_does_not_hammer_an_open_circuit() {
     use rampart_retry::RetryLayer;
-    let breaker = CircuitBreakerLayer::new(consecutive(2).build().unwrap(), classify as Classifier);
+    let breaker = CircuitBreakerLayer::new(consecutive(2).build().unwrap())
+        .classifier(classify as Classifier);
     let handle = breaker.handle();
     let dep = Dep::default();
     let svc = tower::ServiceBuilder::new()
@@ -587,10 +593,11 @@ async fn retry_over_breaker_does_not_hammer_an_open_circuit() {
         2,
         "two failures opened the circuit; the retry stopped there"
     );
-    assert_eq!(err.attempts(), 3);
+    // Attempts count calls that reached the service: the breaker's rejection is not one.
+    assert_eq!(err.attempts(), 2);
     assert!(err.circuit_open().is_some());
     let err = svc.oneshot(Answer::Ok).await.unwrap_err();
-    assert_eq!(err.attempts(), 1);
+    assert_eq!(err.attempts(), 0);
     assert_eq!(dep.calls(), 2);
 }
 
@@ -611,7 +618,7 @@ async fn a_future_that_outlives_its_breaker_does_not_touch_the_next_one() {
         }
     });
     let cfg = consecutive(1).build().unwrap();
-    let layer = CircuitBreakerLayer::new(cfg, classify as Classifier);
+    let layer = CircuitBreakerLayer::new(cfg.clone()).classifier(classify as Classifier);
     let mut old = layer.layer(inner.clone());
     let in_flight = tokio::spawn(old.ready().await.unwrap().call(()));
     tokio::task::yield_now().await;
@@ -619,7 +626,11 @@ async fn a_future_that_outlives_its_breaker_does_not_touch_the_next_one() {
     drop(layer);
     // New breakers made while the old call is in flight.
     let handles: Vec<_> = (0..4)
-        .map(|_| CircuitBreakerLayer::new(cfg, classify as Classifier).handle())
+        .map(|_| {
+            CircuitBreakerLayer::new(cfg.clone())
+                .classifier(classify as Classifier)
+                .handle()
+        })
         .collect();
     tx.send(()).unwrap();
     assert!(in_flight.await.unwrap().is_err());
@@ -631,4 +642,60 @@ async fn a_future_that_outlives_its_breaker_does_not_touch_the_next_one() {
         );
         assert_eq!(h.snapshot().consecutive_failures, 0);
     }
+}
+
+/// Config first: everything about a breaker is in its config, so the layer has no setter
+/// that could start a second breaker. Setting the classifier keeps the layer's breaker: a
+/// handle taken before sees calls made through the new layer, and so does every clone.
+#[tokio::test(start_paused = true)]
+async fn the_classifier_setter_keeps_the_breaker_and_handles_taken_before() {
+    let heard = Arc::new(AtomicUsize::new(0));
+    let h = heard.clone();
+    let cfg = consecutive(2)
+        .name("one")
+        .on_transition(move |_| {
+            h.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
+    let layer = CircuitBreakerLayer::new(cfg);
+    let before = layer.handle();
+    let layer = layer.classifier(classify as Classifier);
+    let clone = layer.clone();
+    let mut a = layer.layer(Dep::default());
+    let mut b = clone.layer(Dep::default());
+    let _ = a.ready().await.unwrap().call(Answer::Fail).await;
+    let _ = b.ready().await.unwrap().call(Answer::Fail).await;
+    assert_eq!(before.state(), State::Open, "one breaker for both services");
+    assert_eq!(clone.handle().snapshot().service.as_str(), "one");
+    assert_eq!(
+        heard.load(Ordering::SeqCst),
+        1,
+        "the config's listener heard the trip"
+    );
+    // A second layer from the same config is a second breaker, with the same listeners.
+    let other = CircuitBreakerLayer::new(layer.config().clone());
+    assert_eq!(other.handle().state(), State::Closed);
+}
+
+/// Without a classifier every `Err` is a transient failure and every `Ok` a success.
+#[tokio::test(start_paused = true)]
+async fn the_default_classifier_counts_every_error() {
+    let svc = CircuitBreaker::new(
+        tower::service_fn(|fail: bool| async move {
+            if fail {
+                Err(io::Error::other("x"))
+            } else {
+                Ok(())
+            }
+        }),
+        consecutive(2).build().unwrap(),
+    );
+    let handle = svc.handle();
+    let _ = svc.clone().oneshot(true).await;
+    let _ = svc.clone().oneshot(false).await;
+    let _ = svc.clone().oneshot(true).await;
+    assert_eq!(handle.state(), State::Closed, "a success ends the streak");
+    let _ = svc.clone().oneshot(true).await;
+    assert_eq!(handle.state(), State::Open);
 }

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rampart_core::classify::IoErrors;
 use rampart_dlq::{
-    DeadLetterLayer, DeadLetterReason, DeadLetterRecord, DeadLetterStore, JsonExtractor, ListQuery,
-    RecordId, RequestPart, SqliteStore,
+    DeadLetterLayer, DeadLetterReason, DeadLetterRecord, DeadLetterStore, ListQuery, RecordId,
+    RequestPart, SqliteStore,
 };
 use tower::{service_fn, Layer, ServiceExt};
 
@@ -47,7 +47,14 @@ fn soak_app() {
         .unwrap();
     rt.block_on(async move {
         let store = SqliteStore::open(&path, 1_000_000).unwrap();
-        let layer = DeadLetterLayer::new(store, JsonExtractor::default(), IoErrors).name("soak");
+        let layer = DeadLetterLayer::new(
+            rampart_dlq::DeadLetterConfig::builder()
+                .classifier(IoErrors)
+                .name("soak")
+                .build()
+                .unwrap(),
+            store,
+        );
         let svc = layer.layer(service_fn(|_seq: u64| async {
             Err::<(), _>(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
         }));

@@ -44,6 +44,7 @@ mod error;
 mod leaf;
 mod name;
 mod outcome;
+pub mod record;
 pub mod time;
 
 pub use backoff::{Backoff, BackoffBuilder, Jitter, Schedule};

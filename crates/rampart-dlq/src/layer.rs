@@ -6,6 +6,7 @@ use rampart_core::Name;
 use tokio::sync::{mpsc, Notify};
 use tower_layer::Layer;
 
+use crate::config::{reason_bit, DeadLetterConfig};
 use crate::record::{DeadLetterReason, DeadLetterRecord};
 use crate::redact::Redactor;
 use crate::service::DeadLetter;
@@ -18,8 +19,9 @@ use crate::service::DeadLetter;
 ///
 /// # Sharing
 ///
-/// The layer's store, counters and background queue are shared by every service it makes
-/// and by their clones.
+/// The layer's store, counters and background queue are made once, by
+/// [`new`](Self::new), and shared by every service it makes, their clones and the layer's
+/// clones.
 #[must_use]
 pub struct DeadLetterLayer<St, X, C> {
     shared: Arc<Shared<St, X, C>>,
@@ -73,7 +75,7 @@ pub type Observer = Arc<dyn Fn(&DeadLetterEvent) + Send + Sync>;
 /// What a dead-letter layer has done.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) recorded: [AtomicU64; 7],
+    pub(crate) recorded: [AtomicU64; DeadLetterReason::ALL.len()],
     pub(crate) write_failures: AtomicU64,
     pub(crate) queued_inline: AtomicU64,
 }
@@ -109,7 +111,7 @@ impl Progress {
     }
 }
 
-/// Waits for a [`DeadLetterLayer::background`] queue to be written out; it stays usable after
+/// Waits for a [`background`](crate::DeadLetterConfigBuilder::background) queue to be written out; it stays usable after
 /// the layer and every service made by it are dropped. Cloning shares it.
 ///
 /// The background writer owns its queue: dropping the layer and its services does not drop
@@ -120,14 +122,15 @@ impl Progress {
 ///
 /// ```
 /// use rampart_core::classify::IoErrors;
-/// use rampart_dlq::{DeadLetterLayer, DeadLetterStore, JsonExtractor, MemoryStore};
+/// use rampart_dlq::{DeadLetterConfig, DeadLetterLayer, DeadLetterStore, MemoryStore};
 /// use std::io;
 /// use tower::{service_fn, Layer, ServiceExt};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// let store = MemoryStore::default();
-/// let layer = DeadLetterLayer::new(store.clone(), JsonExtractor::default(), IoErrors).background(64);
+/// let config = DeadLetterConfig::builder().classifier(IoErrors).background(64).build().unwrap();
+/// let layer = DeadLetterLayer::new(config, store.clone());
 /// let flush = layer.flush_handle();
 /// let svc = layer.layer(service_fn(|_: u64| async { Err::<(), _>(io::Error::from(io::ErrorKind::PermissionDenied)) }));
 /// let _ = svc.oneshot(7).await; // queued, not yet stored
@@ -180,14 +183,6 @@ pub struct DeadLetterStats {
     pub queued: usize,
 }
 
-fn reason_bit(r: DeadLetterReason) -> u16 {
-    let i = DeadLetterReason::ALL
-        .iter()
-        .position(|x| *x == r)
-        .unwrap_or(0);
-    1 << i
-}
-
 impl<St, X, C> Shared<St, X, C> {
     pub(crate) fn records(&self, r: DeadLetterReason) -> bool {
         self.reasons & reason_bit(r) != 0
@@ -213,114 +208,48 @@ impl<St, X, C> Shared<St, X, C> {
 }
 
 impl<St, X, C> DeadLetterLayer<St, X, C> {
-    /// Dead-letters into `store`, describing requests with `extractor` and classifying
-    /// results with `classifier` (the same classifier as the retry layer's).
+    /// Dead-letters into `store` as `config` says. The layer's state — its counters, its
+    /// background queue (if any) and its flush progress — is made here, once, and shared by
+    /// every service the layer makes, their clones and the layer's clones. The layer has no
+    /// setters: to change a setting, build a new config (e.g. with
+    /// [`DeadLetterConfig::to_builder`]) and a new layer.
     ///
-    /// By default every reason but [`Rejected`](DeadLetterReason::Rejected) is recorded, the
-    /// record is durable before the caller sees the error, and `max_attempts` is 4 (the
-    /// reference design's 3 retries).
-    pub fn new(store: St, extractor: X, classifier: C) -> Self {
-        let reasons = DeadLetterReason::ALL
-            .iter()
-            .filter(|r| **r != DeadLetterReason::Rejected)
-            .fold(0, |acc, r| acc | reason_bit(*r));
+    /// # Example
+    ///
+    /// ```
+    /// use rampart_core::classify::IoErrors;
+    /// use rampart_dlq::{DeadLetterConfig, DeadLetterLayer, MemoryStore};
+    ///
+    /// let layer = DeadLetterLayer::new(
+    ///     DeadLetterConfig::builder().name("orders").classifier(IoErrors).build()?,
+    ///     MemoryStore::default(),
+    /// );
+    /// assert_eq!(layer.config_name().as_str(), "orders");
+    /// # Ok::<(), rampart_core::ConfigError>(())
+    /// ```
+    pub fn new(config: DeadLetterConfig<X, C>, store: St) -> Self {
         DeadLetterLayer {
             shared: Arc::new(Shared {
                 store,
-                extractor,
-                classifier,
-                name: Name::default(),
-                max_attempts: 4,
-                reasons,
-                redactor: Redactor::default(),
-                background: None,
+                extractor: config.extractor,
+                classifier: config.classifier,
+                name: config.name,
+                max_attempts: config.max_attempts,
+                reasons: config.reasons,
+                redactor: config.redactor,
+                background: config.background,
                 queue: OnceLock::new(),
                 progress: Arc::default(),
                 counters: Arc::default(),
-                queue_name: Name::from_static("dead_letter_queue"),
-                observer: None,
+                queue_name: config.queue_name,
+                observer: config.observer,
             }),
         }
     }
 
-    fn edit(self, f: impl FnOnce(&mut Shared<St, X, C>)) -> Self {
-        match Arc::try_unwrap(self.shared) {
-            Ok(mut s) => {
-                f(&mut s);
-                DeadLetterLayer {
-                    shared: Arc::new(s),
-                }
-            }
-            // Already shared with services: configuration is fixed from then on.
-            Err(shared) => DeadLetterLayer { shared },
-        }
-    }
-
-    /// Names the downstream service in records.
-    ///
-    /// Defaults to `"default"`.
-    pub fn name(self, name: impl Into<Name>) -> Self {
-        let name = name.into();
-        self.edit(|s| s.name = name)
-    }
-
-    /// The attempts a call is allowed, written into records as `max_attempts`.
-    ///
-    /// Defaults to 4.
-    pub fn max_attempts(self, n: u32) -> Self {
-        self.edit(|s| s.max_attempts = n)
-    }
-
-    /// Whether calls that failed for `reason` are recorded.
-    ///
-    /// Defaults to every reason but `Rejected`.
-    pub fn record(self, reason: DeadLetterReason, yes: bool) -> Self {
-        self.edit(|s| {
-            if yes {
-                s.reasons |= reason_bit(reason);
-            } else {
-                s.reasons &= !reason_bit(reason);
-            }
-        })
-    }
-
-    /// Redacts and truncates error text with `redactor`.
-    ///
-    /// Defaults to [`Redactor::default`].
-    pub fn redactor(self, redactor: Redactor) -> Self {
-        self.edit(|s| s.redactor = redactor)
-    }
-
-    /// Hands records to a bounded queue of `capacity` drained by a background task, instead
-    /// of writing them before the caller sees the error. When the queue is full the record is
-    /// written inline, so nothing is dropped; what can be lost is the records still queued if
-    /// the process dies (at most `capacity`).
-    ///
-    /// The writer task owns the queue: dropping the layer and its services does not drop
-    /// queued records — the writer stores every one of them, then ends. Wait for that with
-    /// [`flush`](Self::flush) or a [`FlushHandle`] (which outlives the layer), e.g. at
-    /// shutdown before the runtime stops.
-    ///
-    /// Defaults to off (durable before the caller sees the error).
-    pub fn background(self, capacity: usize) -> Self {
-        self.edit(|s| s.background = Some(capacity.max(1)))
-    }
-
-    /// Names the queue in the `dead_letter_queue_size{queue_name}` metric.
-    ///
-    /// Defaults to `"dead_letter_queue"` (the reference design's list).
-    pub fn queue_name(self, name: impl Into<Name>) -> Self {
-        let name = name.into();
-        self.edit(|s| s.queue_name = name)
-    }
-
-    /// Reports every dead letter, store failure and the store's size after each write to
-    /// `observer` (for metrics).
-    ///
-    /// Defaults to none.
-    pub fn observe(self, observer: impl Fn(&DeadLetterEvent) + Send + Sync + 'static) -> Self {
-        let o: Observer = Arc::new(observer);
-        self.edit(|s| s.observer = Some(o))
+    /// The downstream service's name, as written into records.
+    pub fn config_name(&self) -> &Name {
+        &self.shared.name
     }
 
     /// What the layer has done so far.

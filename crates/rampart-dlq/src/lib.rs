@@ -6,7 +6,7 @@
 //!
 //! ```
 //! use rampart_core::{classify::IoErrors, Backoff};
-//! use rampart_dlq::{DeadLetterLayer, DeadLetterStore, JsonExtractor, ListQuery, MemoryStore};
+//! use rampart_dlq::{DeadLetterConfig, DeadLetterLayer, DeadLetterStore, ListQuery, MemoryStore};
 //! use rampart_retry::RetryLayer;
 //! use std::io;
 //! use std::time::Duration;
@@ -16,7 +16,10 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = MemoryStore::default();
 //! let svc = ServiceBuilder::new()
-//!     .layer(DeadLetterLayer::new(store.clone(), JsonExtractor::default(), IoErrors).name("orders").max_attempts(3))
+//!     .layer(DeadLetterLayer::new(
+//!         DeadLetterConfig::builder().name("orders").classifier(IoErrors).max_attempts(3).build()?,
+//!         store.clone(),
+//!     ))
 //!     .layer(RetryLayer::new(IoErrors).backoff(Backoff::builder().max_retries(2).base_delay(Duration::from_millis(10)).build()?))
 //!     .service(service_fn(|_order: u64| async { Err::<(), _>(io::Error::from(io::ErrorKind::ConnectionReset)) }));
 //!
@@ -44,7 +47,7 @@
 //! | the request could not be replayed | `not_replayable` |
 //!
 //! Success and `rejected` (the caller's own 4xx) write nothing; every reason can be switched
-//! on or off with [`DeadLetterLayer::record`]. The caller always gets the original result,
+//! on or off with [`DeadLetterConfigBuilder::record`]. The caller always gets the original result,
 //! unchanged.
 //!
 //! # Durability
@@ -54,7 +57,7 @@
 //! acknowledged after its transaction committed with `synchronous = FULL`, shared safely by
 //! the app, the `rampart` CLI and other instances. Wrap a primary store in [`Fallback`] to
 //! keep records locally while the primary (Redis) is down and drain them to it later; ids are stable and pushes idempotent, so nothing is written twice.
-//! [`DeadLetterLayer::background`] hands records to a bounded queue instead (documented loss
+//! [`DeadLetterConfigBuilder::background`] hands records to a bounded queue instead (documented loss
 //! window: what is queued when the process dies). The queue is not dropped with the layer:
 //! its writer stores every queued record, and a [`FlushHandle`] waits for that at shutdown.
 //!
@@ -92,6 +95,7 @@
 //! [`rampart_core::Error<E>`], unchanged from the inner service.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod config;
 mod extract;
 pub mod future;
 mod layer;
@@ -101,6 +105,7 @@ mod redrive;
 mod service;
 pub mod store;
 
+pub use config::{DeadLetterConfig, DeadLetterConfigBuilder};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use extract::{BodyBytes, HttpExtractor};

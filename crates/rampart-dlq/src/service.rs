@@ -24,6 +24,27 @@ pub struct DeadLetter<S, St, X, C> {
 }
 
 impl<S, St, X, C> DeadLetter<S, St, X, C> {
+    /// Wraps `inner` in a new dead-letter layer's service:
+    /// [`DeadLetterLayer::new(config, store)`](crate::DeadLetterLayer::new) applied to
+    /// `inner`. Use the layer to share its counters and queue between services.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart_dlq::{DeadLetter, DeadLetterConfig, MemoryStore};
+    /// use tower::service_fn;
+    ///
+    /// let svc = DeadLetter::new(
+    ///     service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }),
+    ///     DeadLetterConfig::default(),
+    ///     MemoryStore::default(),
+    /// );
+    /// assert_eq!(svc.stats().write_failures, 0);
+    /// ```
+    pub fn new(inner: S, config: crate::DeadLetterConfig<X, C>, store: St) -> Self {
+        tower_layer::Layer::layer(&crate::DeadLetterLayer::new(config, store), inner)
+    }
+
     pub(crate) fn from_parts(inner: S, shared: Arc<Shared<St, X, C>>) -> Self {
         DeadLetter { inner, shared }
     }

@@ -13,9 +13,9 @@ use proptest::prelude::*;
 use rampart_core::classify::IoErrors;
 use rampart_dlq::store::encode_capped;
 use rampart_dlq::{
-    redrive, DeadLetterLayer, DeadLetterReason, DeadLetterRecord, DeadLetterStore, JsonExtractor,
-    ListQuery, MemoryStore, NotKeptWhole, Pushed, RequestPart, SkipReason,
-    DEFAULT_MAX_RECORD_BYTES, MIN_RECORD_BYTES,
+    redrive, DeadLetterLayer, DeadLetterReason, DeadLetterRecord, DeadLetterStore, ListQuery,
+    MemoryStore, NotKeptWhole, Pushed, RequestPart, SkipReason, DEFAULT_MAX_RECORD_BYTES,
+    MIN_RECORD_BYTES,
 };
 use serde_json::{json, Value};
 use tower::{service_fn, Layer, ServiceExt};
@@ -48,7 +48,13 @@ fn assert_cut(r: &DeadLetterRecord, original_at_least: usize) {
 #[tokio::test]
 async fn a_5_mib_payload_through_the_layer_is_stored_cut_and_readable() {
     let store = MemoryStore::default();
-    let layer = DeadLetterLayer::new(store.clone(), JsonExtractor::default(), IoErrors);
+    let layer = DeadLetterLayer::new(
+        rampart_dlq::DeadLetterConfig::builder()
+            .classifier(IoErrors)
+            .build()
+            .unwrap(),
+        store.clone(),
+    );
     let svc = layer.layer(service_fn(|_: Value| async {
         Err::<(), _>(io::Error::other("too big"))
     }));

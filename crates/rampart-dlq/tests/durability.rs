@@ -522,11 +522,13 @@ mod redis_and_http {
         let store =
             Fallback::with_interval(redis.clone(), journal.clone(), Duration::from_millis(100));
         let layer = DeadLetterLayer::new(
+            rampart_dlq::DeadLetterConfig::builder()
+                .classifier(IoErrors)
+                .name("tts")
+                .build()
+                .unwrap(),
             store.clone(),
-            rampart_dlq::JsonExtractor::default(),
-            IoErrors,
-        )
-        .name("tts");
+        );
         let svc = layer.layer(service_fn(|_: u64| async {
             Err::<(), _>(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
         }));
@@ -689,11 +691,17 @@ mod redis_and_http {
             .keep_header("cookie")
             .keep_header("x-goog-api-key")
             .keep_header("content-type");
-        let svc = DeadLetterLayer::new(store, extractor, IoErrors).layer(service_fn(
-            |r: http::Request<bytes::Bytes>| async move {
-                Err::<(), _>(std::io::Error::other(format!("POST {} failed", r.uri())))
-            },
-        ));
+        let svc = DeadLetterLayer::new(
+            rampart_dlq::DeadLetterConfig::builder()
+                .extractor(extractor)
+                .classifier(IoErrors)
+                .build()
+                .unwrap(),
+            store,
+        )
+        .layer(service_fn(|r: http::Request<bytes::Bytes>| async move {
+            Err::<(), _>(std::io::Error::other(format!("POST {} failed", r.uri())))
+        }));
         let _ = svc.oneshot(req).await.unwrap_err();
         // The raw bytes SQLite wrote: the database file and its write-ahead log.
         let mut stored = std::fs::read(&path).unwrap();

@@ -12,8 +12,8 @@ use rampart_core::{
     classify::IoErrors, Backoff, CircuitOpen, Error, Jitter, Name, NotReplayable, Outcome,
 };
 use rampart_dlq::{
-    redrive, DeadLetterLayer, DeadLetterReason, DeadLetterRecord, DeadLetterStore, JsonExtractor,
-    ListQuery, MemoryStore, Page, Pushed, RecordId, StoreError, StoreStats,
+    redrive, DeadLetterLayer, DeadLetterReason, DeadLetterRecord, DeadLetterStore, ListQuery,
+    MemoryStore, Page, Pushed, RecordId, StoreError, StoreStats,
 };
 use rampart_retry::{RetryBudget, RetryLayer};
 use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
@@ -37,11 +37,15 @@ async fn one_failing_call_is_one_record_with_its_true_attempts_and_success_is_no
     let calls = Arc::new(AtomicU32::new(0));
     let c = calls.clone();
     let svc = ServiceBuilder::new()
-        .layer(
-            DeadLetterLayer::new(store.clone(), JsonExtractor::default(), IoErrors)
+        .layer(DeadLetterLayer::new(
+            rampart_dlq::DeadLetterConfig::builder()
+                .classifier(IoErrors)
                 .name("gemini_api")
-                .max_attempts(3),
-        )
+                .max_attempts(3)
+                .build()
+                .unwrap(),
+            store.clone(),
+        ))
         .layer(RetryLayer::new(IoErrors).backoff(backoff(2)).no_budget())
         .service(service_fn(move |fail: bool| {
             c.fetch_add(1, Ordering::SeqCst);
@@ -106,8 +110,14 @@ where
         Ok(_) => Outcome::TRANSIENT,
         Err(e) => rampart_core::classify::io_error(e),
     };
-    let layer = DeadLetterLayer::new(store.clone(), JsonExtractor::default(), classify)
-        .record(DeadLetterReason::Rejected, enable_rejected);
+    let layer = DeadLetterLayer::new(
+        rampart_dlq::DeadLetterConfig::builder()
+            .classifier(classify)
+            .record(DeadLetterReason::Rejected, enable_rejected)
+            .build()
+            .unwrap(),
+        store.clone(),
+    );
     let _ = layer.layer(inner).oneshot(req).await;
     records(&store).await
 }
@@ -213,9 +223,16 @@ async fn the_record_is_durable_before_the_caller_sees_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dlq.sqlite");
     let store = SqliteStore::open(&path, 1000).unwrap();
-    let svc = DeadLetterLayer::new(store, JsonExtractor::default(), IoErrors).layer(service_fn(
-        |_: u64| async { Err::<(), _>(io::Error::from(io::ErrorKind::PermissionDenied)) },
-    ));
+    let svc = DeadLetterLayer::new(
+        rampart_dlq::DeadLetterConfig::builder()
+            .classifier(IoErrors)
+            .build()
+            .unwrap(),
+        store,
+    )
+    .layer(service_fn(|_: u64| async {
+        Err::<(), _>(io::Error::from(io::ErrorKind::PermissionDenied))
+    }));
     let _ = svc.oneshot(5).await.unwrap_err();
     // A second, independent handle on the file sees it already.
     let reader = SqliteStore::open_existing(&path).unwrap();
@@ -263,7 +280,13 @@ impl DeadLetterStore for Broken {
 
 #[tokio::test]
 async fn a_failed_store_write_is_counted_and_the_caller_still_gets_its_error() {
-    let layer = DeadLetterLayer::new(Broken, JsonExtractor::default(), IoErrors);
+    let layer = DeadLetterLayer::new(
+        rampart_dlq::DeadLetterConfig::builder()
+            .classifier(IoErrors)
+            .build()
+            .unwrap(),
+        Broken,
+    );
     let svc = layer.layer(service_fn(|_: u64| async {
         Err::<(), _>(io::Error::from(io::ErrorKind::PermissionDenied))
     }));
@@ -322,11 +345,13 @@ async fn background_mode_queues_and_its_loss_window_is_the_queue() {
     let mem = MemoryStore::default();
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let layer = DeadLetterLayer::new(
+        rampart_dlq::DeadLetterConfig::builder()
+            .classifier(IoErrors)
+            .background(8)
+            .build()
+            .unwrap(),
         Gate(mem.clone(), gate.clone()),
-        JsonExtractor::default(),
-        IoErrors,
-    )
-    .background(8);
+    );
     let svc = layer.layer(service_fn(|_: u64| async {
         Err::<(), _>(io::Error::from(io::ErrorKind::PermissionDenied))
     }));
@@ -396,4 +421,56 @@ async fn redrive_removes_what_succeeds_and_bumps_what_fails_again() {
     assert!(left
         .iter()
         .all(|r| r.redrive_count == 1 && r.request.payload.as_u64().unwrap() % 2 == 1));
+}
+
+/// Config first: a dead-letter config is validated once, naming the field; the layer made
+/// from it has no setters, and its counters and flush progress are shared by its clones and
+/// every service made from any of them (nothing is silently dropped after a clone).
+#[tokio::test]
+async fn config_is_validated_and_the_layer_state_is_made_once() {
+    use rampart_dlq::DeadLetterConfig;
+    let err = DeadLetterConfig::builder()
+        .max_attempts(0)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "max_attempts");
+    let err = DeadLetterConfig::builder()
+        .background(0)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "background");
+    let too_big = rampart_dlq::config::MAX_BACKGROUND_CAPACITY + 1;
+    let err = DeadLetterConfig::builder()
+        .background(too_big)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "background");
+    assert!(err.to_string().contains(&too_big.to_string()), "{err}");
+
+    let store = MemoryStore::default();
+    let config = DeadLetterConfig::builder()
+        .name("orders")
+        .classifier(IoErrors)
+        .build()
+        .unwrap();
+    let layer = DeadLetterLayer::new(config.clone(), store.clone());
+    let flush = layer.flush_handle();
+    let clone = layer.clone();
+    let fail = |_: u64| async { Err::<(), _>(io::Error::from(io::ErrorKind::PermissionDenied)) };
+    let _ = layer.layer(service_fn(fail)).oneshot(1).await;
+    let _ = clone.layer(service_fn(fail)).oneshot(2).await;
+    flush.flush().await;
+    let counted = |l: &DeadLetterLayer<MemoryStore, rampart_dlq::JsonExtractor, IoErrors>| {
+        l.stats().recorded.iter().map(|(_, n)| n).sum::<u64>()
+    };
+    assert_eq!(
+        counted(&layer),
+        2,
+        "one set of counters for the layer and its clone"
+    );
+    assert_eq!(counted(&clone), 2);
+    assert_eq!(store.stats().await.unwrap().records, 2);
+    // A second layer from the same config is a second set of counters.
+    let other = DeadLetterLayer::new(config, store);
+    assert_eq!(counted(&other), 0);
 }

@@ -11,8 +11,7 @@ use std::time::Duration;
 use rampart_core::classify::IoErrors;
 use rampart_dlq::{
     DeadLetterEvent, DeadLetterLayer, DeadLetterReason, DeadLetterRecord, DeadLetterStore,
-    Fallback, JsonExtractor, ListQuery, MemoryStore, Page, Pushed, RecordId, StoreError,
-    StoreStats,
+    Fallback, ListQuery, MemoryStore, Page, Pushed, RecordId, StoreError, StoreStats,
 };
 use tower::{service_fn, Layer, ServiceExt};
 
@@ -92,13 +91,19 @@ async fn background_queue_is_written_out_after_the_layer_and_services_are_droppe
     let store = Slow::new(Duration::from_millis(5));
     let failures = Arc::new(AtomicU64::new(0));
     let f = failures.clone();
-    let layer = DeadLetterLayer::new(store.clone(), JsonExtractor::default(), IoErrors)
-        .background(2_000)
-        .observe(move |e| {
-            if matches!(e, DeadLetterEvent::WriteFailed { .. }) {
-                f.fetch_add(1, Ordering::SeqCst);
-            }
-        });
+    let layer = DeadLetterLayer::new(
+        rampart_dlq::DeadLetterConfig::builder()
+            .classifier(IoErrors)
+            .background(2_000)
+            .observe(move |e| {
+                if matches!(e, DeadLetterEvent::WriteFailed { .. }) {
+                    f.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .build()
+            .unwrap(),
+        store.clone(),
+    );
     let flush = layer.flush_handle();
     let svc = layer.layer(service_fn(|_: u64| async {
         Err::<(), _>(io::Error::from(io::ErrorKind::PermissionDenied))
@@ -128,8 +133,14 @@ async fn background_queue_is_written_out_after_the_layer_and_services_are_droppe
 #[tokio::test(start_paused = true)]
 async fn flush_on_a_live_layer_waits_for_the_queue_and_counts_refused_records() {
     let store = Slow::new(Duration::from_millis(2));
-    let layer =
-        DeadLetterLayer::new(store.clone(), JsonExtractor::default(), IoErrors).background(64);
+    let layer = DeadLetterLayer::new(
+        rampart_dlq::DeadLetterConfig::builder()
+            .classifier(IoErrors)
+            .background(64)
+            .build()
+            .unwrap(),
+        store.clone(),
+    );
     // Nothing queued yet: flush returns at once.
     layer.flush().await;
     let svc = layer.layer(service_fn(|_: u64| async {

@@ -460,9 +460,16 @@ async fn record_all<St: DeadLetterStore + Clone>(store: &St) -> usize {
         let fail = |msg: String| move || io::Error::other(msg.clone());
 
         let e = fail(msg.clone());
-        let layer = DeadLetterLayer::new(store.clone(), http.clone(), IoErrors)
-            .name("http")
-            .redactor(redactor.clone());
+        let layer = DeadLetterLayer::new(
+            rampart_dlq::DeadLetterConfig::builder()
+                .extractor(http.clone())
+                .classifier(IoErrors)
+                .name("http")
+                .redactor(redactor.clone())
+                .build()
+                .unwrap(),
+            store.clone(),
+        );
         let svc = layer.layer(service_fn(move |_: http::Request<Bytes>| {
             let e = e();
             async move { Err::<(), _>(e) }
@@ -470,9 +477,16 @@ async fn record_all<St: DeadLetterStore + Clone>(store: &St) -> usize {
         assert!(svc.oneshot(http_request(&case.carrier)).await.is_err());
 
         let e = fail(msg.clone());
-        let layer = DeadLetterLayer::new(store.clone(), json_x.clone(), IoErrors)
-            .name("json")
-            .redactor(redactor.clone());
+        let layer = DeadLetterLayer::new(
+            rampart_dlq::DeadLetterConfig::builder()
+                .extractor(json_x.clone())
+                .classifier(IoErrors)
+                .name("json")
+                .redactor(redactor.clone())
+                .build()
+                .unwrap(),
+            store.clone(),
+        );
         let svc = layer.layer(service_fn(move |_: Value| {
             let e = e();
             async move { Err::<(), _>(e) }
@@ -480,9 +494,16 @@ async fn record_all<St: DeadLetterStore + Clone>(store: &St) -> usize {
         assert!(svc.oneshot(json_input(&case.carrier)).await.is_err());
 
         let e = fail(msg.clone());
-        let layer = DeadLetterLayer::new(store.clone(), tts_x.clone(), IoErrors)
-            .name("tts")
-            .redactor(redactor.clone());
+        let layer = DeadLetterLayer::new(
+            rampart_dlq::DeadLetterConfig::builder()
+                .extractor(tts_x.clone())
+                .classifier(IoErrors)
+                .name("tts")
+                .redactor(redactor.clone())
+                .build()
+                .unwrap(),
+            store.clone(),
+        );
         let svc = layer.layer(service_fn(move |_: TtsRequest| {
             let e = e();
             async move { Err::<(), _>(e) }

@@ -43,9 +43,16 @@
 //! | `client` | `client::HttpClient` (hyper-util + rustls) and `client::HttpClassifier` | no (yes through `gemini`) |
 //! | `gemini` | `gemini::GeminiClassifier`, TTS request/audio helpers, `gemini::FakeGemini` | yes (the README's demo needs it; use `default-features = false` for the core alone) |
 //! | `http` | replay `http::Request`s with streaming bodies (`BufferBodyLayer`, `HttpReplay`) | no |
+//! | `chaos` | `chaos::ChaosLayer`: seeded fault injection from a parseable spec | no |
 //! | `full` | everything | no |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// Fault injection: [`ChaosLayer`](chaos::ChaosLayer) and its spec.
+#[cfg(feature = "chaos")]
+#[cfg_attr(docsrs, doc(cfg(feature = "chaos")))]
+pub mod chaos {
+    pub use rampart_chaos::*;
+}
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub mod client;

@@ -190,6 +190,30 @@ impl Policy {
         self.dead_letter
     }
 
+    /// The same policy with its backoff jitter seeded, so that a run on a paused clock is
+    /// repeatable (`rampart simulate` seeds every policy it runs).
+    ///
+    /// ```
+    /// let p = rampart::Policy::preset("redis").expect("a preset").build()?.with_seed(7);
+    /// assert_eq!(p.backoff().seed(), Some(7));
+    /// # Ok::<(), rampart::ConfigError>(())
+    /// ```
+    pub fn with_seed(mut self, seed: u64) -> Policy {
+        let b = self.backoff;
+        if let Ok(seeded) = Backoff::builder()
+            .max_retries(b.max_retries())
+            .base_delay(b.base_delay())
+            .max_delay(b.max_delay())
+            .factor(b.factor())
+            .jitter(b.jitter())
+            .seed(seed)
+            .build()
+        {
+            self.backoff = seeded;
+        }
+        self
+    }
+
     /// The whole stack as one layer, outermost first: dead-lettering, retry (attempts,
     /// backoff, budget, deadline), circuit breaker, per-attempt timeout. A part that is
     /// switched off passes calls through (retry with no retries, a disabled breaker that

@@ -158,6 +158,16 @@ pub enum ChaosError<E> {
     Inner(E),
 }
 
+/// A chaos service is a plain (non-rampart) service to the rampart layers around it: its
+/// error is their inner error.
+impl<E> rampart_core::IntoError for ChaosError<E> {
+    type Inner = ChaosError<E>;
+    #[inline]
+    fn into_error(self) -> rampart_core::Error<ChaosError<E>> {
+        rampart_core::Error::from_inner(self)
+    }
+}
+
 /// Counts of what the layer did, since it was built.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]

@@ -306,6 +306,9 @@ fn to_config(p: &Policy) -> ServiceConfig {
         Jitter::Decorrelated => JitterConfig::Named("decorrelated".into()),
         _ => JitterConfig::Named("none".into()),
     };
+    // The window itself is not written: a service without `failure_threshold` or a window
+    // of its own gets the policies' 10 s window (see `crate::default_breaker`), so that a
+    // file may still pick `window_calls` or the reference's consecutive count.
     let breaker = p.breaker().map(|c| BreakerConfig {
         enabled: Some(true),
         failure_threshold: c.consecutive_failures(),
@@ -313,6 +316,8 @@ fn to_config(p: &Policy) -> ServiceConfig {
         max_recovery_timeout: Some(c.max_recovery_timeout()),
         success_threshold: Some(c.success_threshold()),
         permitted_probes: Some(c.permitted_probes()),
+        failure_rate: c.window().map(|_| c.failure_rate()),
+        minimum_calls: c.window().map(|_| c.minimum_calls()),
         ..BreakerConfig::default()
     });
     ServiceConfig {
@@ -714,9 +719,21 @@ fn build(cfg: &Config, env: &HashMap<String, String>) -> Result<Policies, Config
                 .unwrap_or(true);
         if breaker_on {
             let c = s.circuit_breaker.clone().unwrap_or_default();
+            // Rate-based unless the service asks for the reference's consecutive count
+            // alone (a `failure_threshold` and no window).
             let mut cb = CircuitBreakerConfig::builder();
-            if let Some(v) = c.failure_threshold {
-                cb = cb.consecutive_failures(Some(v));
+            match c.failure_threshold {
+                Some(v) => cb = cb.consecutive_failures(Some(v)),
+                None => {
+                    let d = crate::default_breaker();
+                    cb = cb
+                        .consecutive_failures(None)
+                        .window(d.window())
+                        .failure_rate(d.failure_rate())
+                        .minimum_calls(d.minimum_calls())
+                        .recovery_timeout(d.recovery_timeout())
+                        .max_recovery_timeout(d.max_recovery_timeout());
+                }
             }
             if let Some(v) = c.recovery_timeout {
                 cb = cb.recovery_timeout(v);

@@ -77,7 +77,8 @@ pub mod redis;
 #[cfg(feature = "policy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
 pub use policy::{
-    BudgetSettings, DeadLetterSettings, Policies, Policy, PolicyBuilder, PolicyLayer, PolicyService,
+    breaker_for, default_breaker, BudgetSettings, DeadLetterSettings, KeyedPolicyService, Policies, Policy, PolicyBuilder,
+    PolicyLayer, PolicyService,
 };
 
 pub use rampart_core::{

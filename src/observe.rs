@@ -92,6 +92,29 @@ mod imp {
         layer
     }
 
+    /// Wires a keyed breaker layer to `circuit_breaker_transitions_total` and
+    /// `circuit_breaker_calls_total` (labelled by service, not key, to bound the series; the
+    /// state gauge is per service and so not set by per-key breakers).
+    /// [`Policy::keyed_layer`](crate::Policy::keyed_layer) does this for you.
+    pub fn keyed_breaker<C, F, K>(
+        layer: rampart_breaker::KeyedCircuitBreakerLayer<C, F, K>,
+    ) -> rampart_breaker::KeyedCircuitBreakerLayer<C, F, K> {
+        layer
+            .on_transition(|t: &Transition| {
+                metrics::counter!(
+                    "circuit_breaker_transitions_total",
+                    "service" => label(&t.service),
+                    "from" => t.from.as_str(),
+                    "to" => t.to.as_str()
+                )
+                .increment(1);
+            })
+            .observe_calls(|service: &Name, _key: Option<&str>, o: CallOutcome| {
+                metrics::counter!("circuit_breaker_calls_total", "service" => label(service), "outcome" => o.as_str())
+                    .increment(1);
+            })
+    }
+
     /// Wires a dead-letter layer to the `dead_letter*` series.
     /// [`Policy::layer`](crate::Policy::layer) does this for you.
     pub fn dead_letter<St, X, C>(layer: DeadLetterLayer<St, X, C>) -> DeadLetterLayer<St, X, C> {
@@ -157,7 +180,16 @@ pub type PolicyObserver = MetricsObserver;
 pub type PolicyObserver = ();
 
 #[cfg(feature = "metrics")]
-pub use imp::{breaker, dead_letter};
+pub use imp::{breaker, dead_letter, keyed_breaker};
+
+/// Wires a keyed breaker layer to the `circuit_breaker_*` series (a no-op without the
+/// `metrics` feature). [`Policy::keyed_layer`](crate::Policy::keyed_layer) does this for you.
+#[cfg(not(feature = "metrics"))]
+pub fn keyed_breaker<C, F, K>(
+    l: rampart_breaker::KeyedCircuitBreakerLayer<C, F, K>,
+) -> rampart_breaker::KeyedCircuitBreakerLayer<C, F, K> {
+    l
+}
 
 /// Wires a breaker layer to the `circuit_breaker_*` series (a no-op without the `metrics`
 /// feature). [`Policy::layer`](crate::Policy::layer) does this for you.

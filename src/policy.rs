@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use rampart_breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer};
+use rampart_breaker::{
+    CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, KeyedCircuitBreaker,
+    KeyedCircuitBreakerLayer, KeyedHandle,
+};
 use rampart_core::{Backoff, ConfigError, Jitter, Name};
 use rampart_dlq::{DeadLetter, DeadLetterLayer, DeadLetterReason};
 use rampart_retry::{
@@ -27,14 +30,22 @@ pub struct BudgetSettings {
 }
 
 impl Default for BudgetSettings {
+    /// A policy's budget: retries may add 30 % to the traffic, plus 10 per second, at most
+    /// 100 saved up. 30 % funds every retry of a 20 % independent transient failure rate
+    /// (0.2 + 0.04 + 0.008 ≈ 0.25 retries per call) at any request rate, and still bounds a
+    /// breaker-less outage to 1.3 attempts per call. (The bare retry layer's
+    /// [`RetryBudget`] default is Finagle's 10 %.)
     fn default() -> Self {
         BudgetSettings {
-            ratio: rampart_retry::budget::DEFAULT_RATIO,
+            ratio: POLICY_BUDGET_RATIO,
             min_per_sec: rampart_retry::budget::DEFAULT_MIN_PER_SEC,
             max_tokens: rampart_retry::budget::DEFAULT_MAX_TOKENS,
         }
     }
 }
+
+/// A policy's default budget ratio (see [`BudgetSettings::default`]).
+const POLICY_BUDGET_RATIO: f64 = 0.3;
 
 /// The dead-letter settings of a policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,8 +127,9 @@ pub struct PolicyBuilder {
 
 impl Policy {
     /// A builder for service `name`, starting from the reference design's defaults: 3
-    /// retries, 1 s, ×2, 60 s cap, ±10 % jitter, a default retry budget, the reference
-    /// breaker (5 failures, 60 s, 3 successes), dead-lettering on, no timeouts.
+    /// retries, 1 s, ×2, 60 s cap, ±10 % jitter, a default retry budget, the rate-based
+    /// breaker of [`default_breaker`] (the reference's 5 failures / 60 s / 3 successes mapped
+    /// onto a failure-rate window), dead-lettering on, no timeouts.
     pub fn builder(name: impl Into<Name>) -> PolicyBuilder {
         let b = Backoff::default();
         PolicyBuilder {
@@ -132,14 +144,15 @@ impl Policy {
             budget: Some(BudgetSettings::default()),
             deadline: None,
             attempt_timeout: None,
-            breaker: Some(CircuitBreakerConfig::default()),
+            breaker: Some(default_breaker()),
             dead_letter: Some(DeadLetterSettings::default()),
         }
     }
 
     /// The reference design's preset for `name`: `tts` (3 / 1 s / 30 s / ×2), `gemini_api`
     /// (5 / 0.5 s / 10 s / ×2), `database` (3 / 0.1 s / 2 s / ×2), `redis` (3 / 0.1 s / 1 s /
-    /// ×2); each with the reference breaker (5 / 60 s / 3). `None` for other names.
+    /// ×2); each with the rate-based breaker of [`default_breaker`] (the reference's 5 /
+    /// 60 s / 3 mapped onto a failure-rate window). `None` for other names.
     pub fn preset(name: &str) -> Option<PolicyBuilder> {
         let (retries, base_ms, max_ms) = match name {
             "tts" => (3, 1_000, 30_000),
@@ -155,6 +168,36 @@ impl Policy {
                 .max_delay(Duration::from_millis(max_ms))
                 .backoff_factor(2.0),
         )
+    }
+
+    /// A builder holding this policy's settings, to derive a changed copy.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart::Policy;
+    /// let p = Policy::preset("redis").expect("a preset").build()?;
+    /// let q = p.to_builder().max_retries(1).build()?;
+    /// assert_eq!((q.backoff().max_retries(), q.backoff().max_delay()), (1, p.backoff().max_delay()));
+    /// # Ok::<(), rampart::ConfigError>(())
+    /// ```
+    pub fn to_builder(&self) -> PolicyBuilder {
+        let b = &self.backoff;
+        PolicyBuilder {
+            name: self.name.clone(),
+            max_retries: b.max_retries(),
+            base_delay: b.base_delay(),
+            max_delay: b.max_delay(),
+            factor: b.factor(),
+            jitter: b.jitter(),
+            seed: b.seed(),
+            retry: self.retry,
+            budget: self.budget,
+            deadline: self.deadline,
+            attempt_timeout: self.attempt_timeout,
+            breaker: self.breaker,
+            dead_letter: self.dead_letter,
+        }
     }
 
     /// The service's name.
@@ -221,8 +264,89 @@ impl Policy {
     ///
     /// With the `metrics` feature every part reports the reference design's series through
     /// the `metrics` facade (see [`observe`](crate::observe)).
-    #[allow(clippy::unit_arg)] // the observer is `()` without the `metrics` feature
     pub fn layer<C, St, X>(&self, classifier: C, store: St, extractor: X) -> PolicyLayer<C, St, X>
+    where
+        C: Clone,
+    {
+        let breaker_cfg = self.breaker.unwrap_or_default();
+        let breaker = crate::observe::breaker(
+            CircuitBreakerLayer::new(breaker_cfg, classifier.clone()).name(self.name.clone()),
+        );
+        if self.breaker.is_none() {
+            breaker.handle().disable();
+        }
+        self.assemble(classifier, store, extractor, breaker)
+    }
+
+    /// Like [`layer`](Self::layer), with one breaker per key instead of one for the whole
+    /// service: `key` picks the key (voice, host, tenant) from a request, so that one failing
+    /// key trips only its own circuit. The breakers sit below the retry layer and above the
+    /// per-attempt timeout, so they see every attempt and its timeouts; at most 1,024 keys
+    /// are held at once (see [`KeyedCircuitBreakerLayer`]).
+    ///
+    /// With no breaker configured, the keyed breakers count but never trip.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart::Policy;
+    /// use rampart::dlq::{JsonExtractor, MemoryStore};
+    /// use tower::{service_fn, ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let policy = Policy::preset("tts").expect("a preset").build()?;
+    /// let layer = policy.keyed_layer(
+    ///     |r: Result<&u16, &std::io::Error>| match r {
+    ///         Ok(200) => rampart::Outcome::Success,
+    ///         _ => rampart::Outcome::TRANSIENT,
+    ///     },
+    ///     MemoryStore::default(),
+    ///     JsonExtractor::default(),
+    ///     |voice: &&'static str| voice.to_string(),
+    /// );
+    /// let breakers = layer.keyed_breakers();
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(layer)
+    ///     .service(service_fn(|_voice: &'static str| async { Ok::<u16, std::io::Error>(200) }));
+    /// assert_eq!(svc.clone().oneshot("Kore").await?, 200);
+    /// assert_eq!(svc.oneshot("Kore").await?, 200);
+    /// assert_eq!(breakers.len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn keyed_layer<C, St, X, F, K>(
+        &self,
+        classifier: C,
+        store: St,
+        extractor: X,
+        key: F,
+    ) -> PolicyLayer<C, St, X, KeyedCircuitBreakerLayer<C, F, K>>
+    where
+        C: Clone,
+    {
+        // Switched off: breakers that count but, needing 2^32 - 1 failures in a row, never
+        // trip.
+        let cfg = self.breaker.unwrap_or_else(|| {
+            CircuitBreakerConfig::builder()
+                .consecutive_failures(Some(u32::MAX))
+                .window(None)
+                .build()
+                .unwrap_or_default()
+        });
+        let breaker = crate::observe::keyed_breaker(
+            KeyedCircuitBreakerLayer::new(cfg, classifier.clone(), key).name(self.name.clone()),
+        );
+        self.assemble(classifier, store, extractor, breaker)
+    }
+
+    #[allow(clippy::unit_arg)] // the observer is `()` without the `metrics` feature
+    fn assemble<C, St, X, B>(
+        &self,
+        classifier: C,
+        store: St,
+        extractor: X,
+        breaker: B,
+    ) -> PolicyLayer<C, St, X, B>
     where
         C: Clone,
     {
@@ -248,14 +372,6 @@ impl Policy {
             _ => retry.no_budget(),
         };
         let retry = retry.observer(PolicyObserver::default());
-
-        let breaker_cfg = self.breaker.unwrap_or_default();
-        let breaker = crate::observe::breaker(
-            CircuitBreakerLayer::new(breaker_cfg, classifier.clone()).name(self.name.clone()),
-        );
-        if self.breaker.is_none() {
-            breaker.handle().disable();
-        }
 
         let mut dlq = DeadLetterLayer::new(store, extractor, classifier)
             .name(self.name.clone())
@@ -423,12 +539,14 @@ impl PolicyBuilder {
     }
 }
 
-/// The layer a [`Policy`] builds: dead-letter → retry → breaker → per-attempt timeout.
+/// The layer a [`Policy`] builds: dead-letter → retry → breaker → per-attempt timeout. The
+/// breaker is one for the service ([`Policy::layer`]) or one per key
+/// ([`Policy::keyed_layer`]).
 #[derive(Clone)]
-pub struct PolicyLayer<C, St, X> {
+pub struct PolicyLayer<C, St, X, B = CircuitBreakerLayer<C>> {
     dlq: DeadLetterLayer<St, X, C>,
     retry: RetryLayer<C, CloneReplay, PolicyObserver>,
-    breaker: CircuitBreakerLayer<C>,
+    breaker: B,
     timeout: AttemptTimeoutLayer,
 }
 
@@ -437,18 +555,26 @@ impl<C, St, X> PolicyLayer<C, St, X> {
     pub fn breaker(&self) -> rampart_breaker::BreakerHandle {
         self.breaker.handle()
     }
+}
 
+impl<C, St, X, F, K> PolicyLayer<C, St, X, KeyedCircuitBreakerLayer<C, F, K>> {
+    /// The keyed breakers' operator handle.
+    pub fn keyed_breakers(&self) -> KeyedHandle<K> {
+        self.breaker.handle()
+    }
+}
+
+impl<C, St, X, B> PolicyLayer<C, St, X, B> {
     /// The dead-letter layer's counters.
     pub fn dead_letters(&self) -> rampart_dlq::DeadLetterStats {
         self.dlq.stats()
     }
 }
 
-impl<C, St, X> fmt::Debug for PolicyLayer<C, St, X> {
+impl<C, St, X, B> fmt::Debug for PolicyLayer<C, St, X, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PolicyLayer")
             .field("dlq", &self.dlq)
-            .field("breaker", &self.breaker)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -462,8 +588,19 @@ pub type PolicyService<S, C, St, X> = DeadLetter<
     C,
 >;
 
-impl<S, C: Clone, St, X> Layer<S> for PolicyLayer<C, St, X> {
-    type Service = PolicyService<S, C, St, X>;
+/// The service a [`PolicyLayer`] with keyed breakers makes ([`Policy::keyed_layer`]).
+pub type KeyedPolicyService<S, C, St, X, F, K> = DeadLetter<
+    Retry<KeyedCircuitBreaker<AttemptTimeout<S>, C, F, K>, C, CloneReplay, PolicyObserver>,
+    St,
+    X,
+    C,
+>;
+
+impl<S, C: Clone, St, X, B> Layer<S> for PolicyLayer<C, St, X, B>
+where
+    B: Layer<AttemptTimeout<S>>,
+{
+    type Service = DeadLetter<Retry<B::Service, C, CloneReplay, PolicyObserver>, St, X, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
         let s = self.timeout.layer(inner);
@@ -471,6 +608,97 @@ impl<S, C: Clone, St, X> Layer<S> for PolicyLayer<C, St, X> {
         let s = self.retry.layer(s);
         self.dlq.layer(s)
     }
+}
+
+/// The reference design's `failure_threshold`, mapped: at least this many failures (at the
+/// failure rate over twice as many calls) open a policy's circuit.
+const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
+/// The failure rate over the window that opens a policy's circuit.
+const DEFAULT_FAILURE_RATE: f64 = 0.5;
+/// The window a policy's failure rate is measured over, in seconds.
+const DEFAULT_WINDOW_SECONDS: u32 = 10;
+/// How long a policy's circuit first stays open; it doubles after each failed probe round up
+/// to the reference design's `recovery_timeout` (60 s).
+const DEFAULT_FIRST_OPEN: Duration = Duration::from_secs(5);
+
+/// The breaker every policy starts with: the reference design's numbers (`failure_threshold`
+/// 5, `recovery_timeout` 60 s, `success_threshold` 3) mapped onto a failure-rate breaker, as
+/// Resilience4j and Polly users expect:
+///
+/// | reference | here |
+/// |---|---|
+/// | 5 failures in a row | 50 % failures over the last 10 s, with at least 10 calls (so at least 5 failures) |
+/// | open 60 s | open 5 s, doubled after every failed probe round, capped at 60 s |
+/// | 3 successes close | a round of 3 probes: 2 failures reopen, 3 successes close |
+///
+/// A bare count of consecutive failures trips by chance under load: at 100 calls/s with
+/// 20 % independent failures, 5 in a row happen every ~30 s.
+///
+/// # Example
+///
+/// ```
+/// use rampart::default_breaker;
+/// use rampart::breaker::Window;
+/// use std::time::Duration;
+///
+/// let b = default_breaker();
+/// assert_eq!(b.consecutive_failures(), None);
+/// assert_eq!(b.window(), Some(Window::Time(10)));
+/// assert_eq!((b.failure_rate(), b.minimum_calls()), (0.5, 10));
+/// assert_eq!(b.recovery_timeout(), Duration::from_secs(5));
+/// assert_eq!(b.max_recovery_timeout(), Duration::from_secs(60));
+/// assert_eq!((b.success_threshold(), b.probe_fail_limit()), (3, 2));
+/// ```
+pub fn default_breaker() -> CircuitBreakerConfig {
+    breaker_for(
+        DEFAULT_FAILURE_THRESHOLD,
+        rampart_breaker::config::DEFAULT_RECOVERY_TIMEOUT,
+        rampart_breaker::config::DEFAULT_SUCCESS_THRESHOLD,
+    )
+}
+
+/// The rate-based breaker for the reference design's `failure_threshold`,
+/// `recovery_timeout` and `success_threshold` (see [`default_breaker`]): at least
+/// `failures` failures at 50 % over 10 s, open from 5 s (or `recovery` if shorter) growing
+/// to `recovery`, `successes` probes.
+///
+/// # Example
+///
+/// ```
+/// use rampart::breaker_for;
+/// use std::time::Duration;
+///
+/// // The production profile: 10 failures / 120 s.
+/// let b = breaker_for(10, Duration::from_secs(120), 3);
+/// assert_eq!(b.minimum_calls(), 20);
+/// assert_eq!(b.max_recovery_timeout(), Duration::from_secs(120));
+/// ```
+pub fn breaker_for(failures: u32, recovery: Duration, successes: u32) -> CircuitBreakerConfig {
+    let built = CircuitBreakerConfig::builder()
+        .consecutive_failures(None)
+        .window(Some(rampart_breaker::Window::Time(DEFAULT_WINDOW_SECONDS)))
+        .failure_rate(DEFAULT_FAILURE_RATE)
+        .minimum_calls(failures.max(1).saturating_mul(2))
+        .recovery_timeout(DEFAULT_FIRST_OPEN.min(recovery))
+        .max_recovery_timeout(recovery)
+        .permitted_probes(successes)
+        .success_threshold(successes)
+        .build();
+    // Out-of-range inputs (zero, a recovery past 365 days) fall back to the mapped defaults.
+    built.unwrap_or_else(|_| {
+        let mut c = CircuitBreakerConfig::default();
+        if let Ok(d) = CircuitBreakerConfig::builder()
+            .consecutive_failures(None)
+            .window(Some(rampart_breaker::Window::Time(DEFAULT_WINDOW_SECONDS)))
+            .minimum_calls(DEFAULT_FAILURE_THRESHOLD * 2)
+            .recovery_timeout(DEFAULT_FIRST_OPEN)
+            .max_recovery_timeout(rampart_breaker::config::DEFAULT_RECOVERY_TIMEOUT)
+            .build()
+        {
+            c = d;
+        }
+        c
+    })
 }
 
 /// Named policies: one per downstream service.
@@ -533,11 +761,7 @@ impl Policies {
 
 /// The production profile's changes to the presets.
 pub(crate) fn production_overrides() -> Vec<(&'static str, PolicyBuilder)> {
-    let breaker = CircuitBreakerConfig::builder()
-        .consecutive_failures(Some(10))
-        .recovery_timeout(Duration::from_secs(120))
-        .build()
-        .ok();
+    let breaker = Some(breaker_for(10, Duration::from_secs(120), 3));
     let mut out = Vec::new();
     if let Some(tts) = Policy::preset("tts") {
         out.push((

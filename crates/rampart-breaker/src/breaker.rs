@@ -116,7 +116,9 @@ impl Breaker {
                     self.name.clone(),
                     match deny {
                         Deny::Open(until) => self.retry_in(until),
-                        Deny::ProbesBusy => Duration::ZERO,
+                        // Never "now": the probes in flight decide within about one
+                        // attempt, so come back after a fraction of the recovery timeout.
+                        Deny::ProbesBusy => self.cfg.probes_busy_retry_in(),
                         Deny::Forced => Duration::MAX,
                     },
                 ))
@@ -209,7 +211,8 @@ impl Breaker {
                 let failed = failure || (slow && self.window.is_some());
                 #[allow(clippy::cast_possible_truncation)]
                 let threshold = self.cfg.success_threshold as u16;
-                let change = self.control.probe_done(gen, !failed, threshold, || {
+                let fail_limit = self.cfg.probe_fail_limit();
+                let change = self.control.probe_done_ratio(gen, !failed, threshold, fail_limit, || {
                     let trip = self.trips.load(Ordering::Acquire).saturating_add(1);
                     self.until_ms(self.cfg.open_duration(trip))
                 });

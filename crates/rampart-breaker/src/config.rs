@@ -233,6 +233,39 @@ impl CircuitBreakerConfig {
         self.failure_kinds
     }
 
+    /// How many failed probes of a half-open round reopen the circuit. With a window (rate
+    /// conditions) the round is judged by its failure rate like the window is: the circuit
+    /// reopens once `ceil(failure_rate · success_threshold)` probes failed and closes once
+    /// `success_threshold` succeeded — 3 probes at 50 % reopen on the second failure. Without
+    /// a window the first failed probe reopens it (the reference design's rule).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart_breaker::{CircuitBreakerConfig, Window};
+    /// let reference = CircuitBreakerConfig::default();
+    /// assert_eq!(reference.probe_fail_limit(), 1);
+    /// let rate = CircuitBreakerConfig::builder().window(Some(Window::Time(10))).build()?;
+    /// assert_eq!(rate.probe_fail_limit(), 2);
+    /// # Ok::<(), rampart_core::ConfigError>(())
+    /// ```
+    pub fn probe_fail_limit(&self) -> u16 {
+        if self.window.is_none() {
+            return 1;
+        }
+        let n = f64::from(self.success_threshold.min(u32::from(u16::MAX)));
+        // `failure_rate` is validated to (0, 1], so this is within 1..=n.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let f = (self.failure_rate * n).ceil().max(1.0) as u16;
+        f
+    }
+
+    /// What an open circuit tells a caller whose probe slots are all taken: come back after
+    /// a tenth of the recovery timeout (at least 1 ms), never at once.
+    pub fn probes_busy_retry_in(&self) -> Duration {
+        (self.recovery_timeout / 10).max(Duration::from_millis(1))
+    }
+
     /// The open duration after the `trip`-th consecutive trip (1-based): the recovery
     /// timeout, doubled per repeated trip, capped at the maximum.
     pub fn open_duration(&self, trip: u32) -> Duration {

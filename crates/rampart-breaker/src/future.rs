@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
-use rampart_core::{CircuitOpen, Classify, Error, ErrorKind, IntoError, Outcome};
+use rampart_core::{CircuitOpen, Classify, Error, IntoError, Outcome};
 use tokio::time::Instant;
 
 use crate::service::Local;
@@ -121,19 +121,17 @@ where
             },
             KindProj::Called { future } => {
                 let result = ready!(future.poll(cx)).map_err(IntoError::into_error);
-                let outcome = match &result {
-                    Ok(res) => this.classifier.classify(Ok(res)),
-                    Err(e) => match e.kind() {
-                        ErrorKind::Inner(inner) => this.classifier.classify(Err(inner)),
-                        ErrorKind::Timeout(_) => Outcome::TRANSIENT,
-                        // Another breaker's rejection is no news about this dependency.
-                        ErrorKind::CircuitOpen(_) => Outcome::Rejected,
-                        _ => Outcome::Permanent,
-                    },
-                };
+                // rampart's one mapping (another breaker's rejection is no news about this
+                // dependency: rejected, not counted).
+                let outcome = rampart_core::classify::outcome(
+                    &*this.classifier,
+                    result.as_ref().map_err(Error::kind),
+                );
                 if let Some(guard) = this.guard.as_mut() {
                     guard.record(outcome, *this.started);
                 }
+                // The layer above (a policy's retry) takes this instead of classifying again.
+                rampart_core::record::publish_outcome(outcome);
                 Poll::Ready(result)
             }
         }

@@ -6,7 +6,8 @@
 //! bit 60..48  generation, bumped on every transition (mod 2^13); outcomes of calls admitted
 //!             under another generation are stale and ignored
 //! bit 47..0   payload: Open     -> the instant (ms since the breaker's epoch) it may half-open
-//!                      HalfOpen -> probes in flight (bits 0..16), successes (bits 16..32)
+//!                      HalfOpen -> probes in flight (bits 0..16), successes (bits 16..32),
+//!                                  failed probes (bits 32..48)
 //! ```
 
 #[cfg(rampart_loom)]
@@ -72,6 +73,18 @@ const fn payload_of(w: u64) -> u64 {
 #[inline]
 const fn half_open(gen: u64, in_flight: u64, successes: u64) -> u64 {
     pack(HALF_OPEN, gen, (successes << 16) | in_flight)
+}
+#[inline]
+const fn half_open_with(gen: u64, in_flight: u64, successes: u64, failures: u64) -> u64 {
+    pack(
+        HALF_OPEN,
+        gen,
+        ((failures & 0xFFFF) << 32) | (successes << 16) | in_flight,
+    )
+}
+#[inline]
+const fn failures_of(w: u64) -> u64 {
+    (payload_of(w) >> 32) & 0xFFFF
 }
 #[inline]
 const fn in_flight_of(w: u64) -> u64 {
@@ -179,7 +192,7 @@ impl Control {
                     if in_flight >= u64::from(permitted) {
                         return Err(Deny::ProbesBusy);
                     }
-                    let next = half_open(gen, in_flight + 1, successes_of(w));
+                    let next = half_open_with(gen, in_flight + 1, successes_of(w), failures_of(w));
                     match self.word.compare_exchange_weak(
                         w,
                         next,
@@ -205,11 +218,28 @@ impl Control {
 
     /// Records a probe's result. A failure reopens the circuit until `until_ms()`; a success
     /// that reaches `threshold` closes it.
+    /// Records a probe's result under the reference design's rule: the first failure
+    /// reopens (see [`probe_done_ratio`](Self::probe_done_ratio)).
+    #[cfg(test)]
     pub(crate) fn probe_done(
         &self,
         gen: u16,
         success: bool,
         threshold: u16,
+        until_ms: impl Fn() -> u64,
+    ) -> Option<Change> {
+        self.probe_done_ratio(gen, success, threshold, 1, until_ms)
+    }
+
+    /// Records a probe's result. The round closes the circuit once `threshold` probes
+    /// succeeded, and reopens it once `fail_limit` probes failed (1: the first failure
+    /// reopens, the reference design's rule).
+    pub(crate) fn probe_done_ratio(
+        &self,
+        gen: u16,
+        success: bool,
+        threshold: u16,
+        fail_limit: u16,
         until_ms: impl Fn() -> u64,
     ) -> Option<Change> {
         let gen = u64::from(gen);
@@ -219,16 +249,22 @@ impl Control {
                 return None; // stale: another probe already decided
             }
             let in_flight = in_flight_of(w).saturating_sub(1);
-            let (next, change) = if !success {
+            let failures = failures_of(w) + u64::from(!success);
+            let (next, change) = if !success && failures >= u64::from(fail_limit.max(1)) {
                 (
                     pack(OPEN, gen + 1, until_ms()),
                     (State::HalfOpen, State::Open),
+                )
+            } else if !success {
+                (
+                    half_open_with(gen, in_flight, successes_of(w), failures),
+                    (State::HalfOpen, State::HalfOpen),
                 )
             } else if successes_of(w) + 1 >= u64::from(threshold) {
                 (pack(CLOSED, gen + 1, 0), (State::HalfOpen, State::Closed))
             } else {
                 (
-                    half_open(gen, in_flight, successes_of(w) + 1),
+                    half_open_with(gen, in_flight, successes_of(w) + 1, failures_of(w)),
                     (State::HalfOpen, State::HalfOpen),
                 )
             };
@@ -247,7 +283,7 @@ impl Control {
         let gen = u64::from(gen);
         let mut w = self.word.load(Ordering::Acquire);
         while state_of(w) == HALF_OPEN && gen_of(w) == gen && in_flight_of(w) > 0 {
-            let next = half_open(gen, in_flight_of(w) - 1, successes_of(w));
+            let next = half_open_with(gen, in_flight_of(w) - 1, successes_of(w), failures_of(w));
             match self
                 .word
                 .compare_exchange_weak(w, next, Ordering::AcqRel, Ordering::Acquire)

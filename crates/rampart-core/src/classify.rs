@@ -142,6 +142,48 @@ impl<Res> Classify<Res, tower::timeout::error::Elapsed> for TowerErrors {
     }
 }
 
+/// The one mapping from a finished call, with rampart's own error kinds, to an [`Outcome`]:
+/// every layer (retry, breaker, dead-letter) classifies through it, so that they agree.
+///
+/// | result | outcome |
+/// |---|---|
+/// | `Ok(response)`, `Err(Inner(e))` | what `classifier` says |
+/// | `Err(Timeout)` (an attempt ran out of time) | transient |
+/// | `Err(CircuitOpen)` (the call never reached the service) | rejected: no news about the dependency; the retry layer waits for the circuit instead |
+/// | `Err(BudgetExhausted / DeadlineExceeded / NotReplayable)` (an inner retry already gave up) | permanent: never retried again |
+///
+/// # Example
+///
+/// ```
+/// use rampart_core::{classify, CircuitOpen, ErrorKind, Name, Outcome, Timeout};
+/// use std::time::Duration;
+///
+/// let c = classify::IoErrors;
+/// let timeout: ErrorKind<std::io::Error> = ErrorKind::Timeout(Timeout::new(Duration::from_secs(1)));
+/// assert_eq!(classify::outcome::<(), _, _>(&c, Err(&timeout)), Outcome::TRANSIENT);
+/// let open: ErrorKind<std::io::Error> =
+///     ErrorKind::CircuitOpen(CircuitOpen::new(Name::new("db"), Duration::from_secs(5)));
+/// assert_eq!(classify::outcome::<(), _, _>(&c, Err(&open)), Outcome::Rejected);
+/// assert_eq!(classify::outcome::<(), std::io::Error, _>(&c, Ok(&())), Outcome::Success);
+/// ```
+pub fn outcome<Res, E, C>(classifier: &C, result: Result<&Res, &crate::ErrorKind<E>>) -> Outcome
+where
+    C: Classify<Res, E> + ?Sized,
+{
+    use crate::ErrorKind;
+    match result {
+        Ok(res) => classifier.classify(Ok(res)),
+        Err(ErrorKind::Inner(e)) => classifier.classify(Err(e)),
+        Err(ErrorKind::Timeout(_)) => Outcome::TRANSIENT,
+        Err(ErrorKind::CircuitOpen(_)) => Outcome::Rejected,
+        Err(
+            ErrorKind::BudgetExhausted(_)
+            | ErrorKind::DeadlineExceeded(_)
+            | ErrorKind::NotReplayable { .. },
+        ) => Outcome::Permanent,
+    }
+}
+
 /// Classifies every `Ok` as success and every `Err` as the given outcome. Handy in tests and
 /// for services whose errors are all of one kind.
 ///

@@ -41,6 +41,7 @@ pub mod classify;
 mod error;
 mod name;
 mod outcome;
+pub mod record;
 pub mod time;
 
 pub use backoff::{Backoff, BackoffBuilder, Jitter, Schedule};

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
+use rampart_core::record::{CallRecord, StopReason};
 use rampart_core::{Classify, Error, ErrorKind, IntoError, Name, Outcome};
 use tokio::sync::mpsc;
 
@@ -45,6 +46,8 @@ pin_project! {
         started: Timestamp,
         shared: Arc<Shared<St, X, C>>,
         span: tracing::Span,
+        // What the layers below saw of this call (see `rampart_core::record`).
+        record: CallRecord,
     }
 }
 
@@ -83,45 +86,78 @@ where
             started,
             shared,
             span,
+            record: CallRecord::default(),
         }
     }
 }
 
 /// Why a finished call is a dead letter, if it is: the reason, the last failure's outcome,
-/// the attempts made and the error text.
+/// the attempts that reached the service and the error text. The call's record (kept by the
+/// retry layer below, if there is one) gives the true attempts, outcome and stop reason;
+/// without one the result alone is judged, through rampart's one mapping of error kinds.
 fn judge<Res, E, C>(
     result: &Result<Res, Error<E>>,
     classifier: &C,
+    record: &CallRecord,
+    service: &Name,
 ) -> Option<(DeadLetterReason, Outcome, u32, String)>
 where
     C: Classify<Res, E>,
     E: fmt::Display,
 {
+    let last = match (record.last, result) {
+        (Some(o), _) => o,
+        (None, Ok(res)) => classifier.classify(Ok(res)),
+        (None, Err(e)) => match e.last_failure() {
+            Some(kind) => rampart_core::classify::outcome(classifier, Err(kind)),
+            // The deadline cut the first attempt.
+            None => Outcome::TRANSIENT,
+        },
+    };
+    if result.is_ok() && last.is_success() {
+        return None;
+    }
     let by_outcome = |o: Outcome| match o {
         Outcome::Success => None,
         Outcome::Permanent => Some(DeadLetterReason::Permanent),
         Outcome::Rejected => Some(DeadLetterReason::Rejected),
         _ => Some(DeadLetterReason::RetriesExhausted),
     };
-    match result {
-        Ok(res) => {
-            let o = classifier.classify(Ok(res));
-            by_outcome(o).map(|r| (r, o, 1, format!("the response classified as {o}")))
+    let by_stop = |s: StopReason| match s {
+        StopReason::RetriesExhausted => Some(DeadLetterReason::RetriesExhausted),
+        StopReason::BudgetExhausted => Some(DeadLetterReason::BudgetExhausted),
+        StopReason::DeadlineExceeded => Some(DeadLetterReason::DeadlineExceeded),
+        StopReason::CircuitOpen => Some(DeadLetterReason::CircuitOpen),
+        StopReason::Throttled => Some(DeadLetterReason::Throttled),
+        StopReason::NotReplayable => Some(DeadLetterReason::NotReplayable),
+        _ => by_outcome(last),
+    };
+    let (reason, attempts, mut text) = match result {
+        Ok(_) => {
+            let reason = match record.stop {
+                Some(s) => by_stop(s),
+                None => by_outcome(last),
+            }?;
+            let attempts = if record.tries > 0 { record.reached } else { 1 };
+            (reason, attempts, format!("the response classified as {last}"))
         }
         Err(e) => {
-            let last = match e.last_failure() {
-                Some(ErrorKind::Inner(inner)) => classifier.classify(Err(inner)),
-                Some(ErrorKind::CircuitOpen(_)) => Outcome::Rejected,
-                _ => Outcome::TRANSIENT,
-            };
-            let reason = match e.kind() {
-                ErrorKind::BudgetExhausted(_) => Some(DeadLetterReason::BudgetExhausted),
-                ErrorKind::DeadlineExceeded(_) => Some(DeadLetterReason::DeadlineExceeded),
-                ErrorKind::NotReplayable { .. } => Some(DeadLetterReason::NotReplayable),
-                ErrorKind::CircuitOpen(_) => Some(DeadLetterReason::CircuitOpen),
-                ErrorKind::Timeout(_) => Some(DeadLetterReason::RetriesExhausted),
-                _ => by_outcome(last),
+            let reason = match (record.stop, e.kind()) {
+                (Some(s), _) => by_stop(s),
+                (None, ErrorKind::BudgetExhausted(_)) => Some(DeadLetterReason::BudgetExhausted),
+                (None, ErrorKind::DeadlineExceeded(_)) => Some(DeadLetterReason::DeadlineExceeded),
+                (None, ErrorKind::NotReplayable { .. }) => Some(DeadLetterReason::NotReplayable),
+                (None, ErrorKind::CircuitOpen(_)) => Some(DeadLetterReason::CircuitOpen),
+                (None, ErrorKind::Timeout(_)) => Some(DeadLetterReason::RetriesExhausted),
+                (None, _) => by_outcome(last),
             }?;
+            let attempts = if record.tries > 0 {
+                record.reached
+            } else if matches!(e.kind(), ErrorKind::CircuitOpen(_)) {
+                0
+            } else {
+                e.attempts()
+            };
             let mut text = e.to_string();
             match e.last_failure() {
                 Some(ErrorKind::Inner(inner)) => text = format!("{text}: {inner}"),
@@ -135,9 +171,27 @@ where
                 }
                 _ => {}
             }
-            Some((reason, last, e.attempts(), text))
+            (reason, attempts, text)
         }
+    };
+    if record.tries > 0 {
+        let tries = record.tries;
+        let reached = record.reached;
+        text = match reason {
+            DeadLetterReason::CircuitOpen => format!(
+                "circuit open for {service}; {reached} of {tries} attempts reached it ({text})"
+            ),
+            DeadLetterReason::Throttled => format!(
+                "throttled by {service} beyond the policy's limit (asked to wait {:?}); {reached} of {tries} attempts reached it ({text})",
+                record.hint.unwrap_or_default()
+            ),
+            r => format!(
+                "{} for {service}; {reached} of {tries} attempts reached it ({text})",
+                r.as_str().replace('_', " ")
+            ),
+        };
     }
+    Some((reason, last, attempts, text))
 }
 
 impl<F, Res, E, Req, St, X, C> Future for ResponseFuture<F, Req, St, X, C>
@@ -158,13 +212,15 @@ where
                 StateProj::Called { future } => {
                     let result = {
                         let _entered = this.span.enter();
-                        ready!(future.poll(cx)).map_err(IntoError::into_error)
+                        let polled =
+                            rampart_core::record::in_scope(this.record, || future.poll(cx));
+                        ready!(polled).map_err(IntoError::into_error)
                     };
                     let shared = &**this.shared;
-                    let judged = judge(&result, &shared.classifier);
+                    let judged = judge(&result, &shared.classifier, this.record, &shared.name);
                     if !this.span.is_disabled() {
                         let (outcome, attempts) = match (&judged, &result) {
-                            (None, Ok(_)) => ("success", 1),
+                            (None, Ok(_)) => ("success", this.record.reached.max(1)),
                             (None, Err(e)) => ("success", e.attempts()),
                             (Some((r, _, a, _)), _) => (r.as_str(), *a),
                         };

@@ -73,7 +73,7 @@ pub type Observer = Arc<dyn Fn(&DeadLetterEvent) + Send + Sync>;
 /// What a dead-letter layer has done.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) recorded: [AtomicU64; 7],
+    pub(crate) recorded: [AtomicU64; DeadLetterReason::ALL.len()],
     pub(crate) write_failures: AtomicU64,
     pub(crate) queued_inline: AtomicU64,
 }

@@ -116,11 +116,13 @@ pub enum DeadLetterReason {
     NotReplayable,
     /// The caller's own mistake (not recorded unless asked for).
     Rejected,
+    /// The service asked to wait (`Retry-After`) longer than the policy allows.
+    Throttled,
 }
 
 impl DeadLetterReason {
     /// Every reason.
-    pub const ALL: [DeadLetterReason; 7] = [
+    pub const ALL: [DeadLetterReason; 8] = [
         DeadLetterReason::Permanent,
         DeadLetterReason::RetriesExhausted,
         DeadLetterReason::BudgetExhausted,
@@ -128,6 +130,7 @@ impl DeadLetterReason {
         DeadLetterReason::CircuitOpen,
         DeadLetterReason::NotReplayable,
         DeadLetterReason::Rejected,
+        DeadLetterReason::Throttled,
     ];
 
     /// A stable lowercase name, the one serialised: `permanent`, `retries_exhausted`, …
@@ -140,6 +143,7 @@ impl DeadLetterReason {
             DeadLetterReason::CircuitOpen => "circuit_open",
             DeadLetterReason::NotReplayable => "not_replayable",
             DeadLetterReason::Rejected => "rejected",
+            DeadLetterReason::Throttled => "throttled",
         }
     }
 }

@@ -65,6 +65,8 @@ pin_project! {
         schedule: Option<Schedule>,
         span: Option<tracing::Span>,
         not_replayable: Option<NotReplayable>,
+        // Attempts a circuit breaker rejected: they never reached the service.
+        rejected: u32,
     }
 }
 
@@ -77,6 +79,7 @@ impl Cold {
             schedule: None,
             span: None,
             not_replayable: None,
+            rejected: 0,
         })
     }
 
@@ -218,11 +221,27 @@ where
             if let StateProj::Called { future } = this.state.as_mut().project() {
                 return match future.poll(cx) {
                     Poll::Pending => Poll::Pending,
-                    Poll::Ready(Ok(res)) if this.classifier.classify(Ok(&res)).is_success() => {
-                        this.state.set(State::Done);
-                        Poll::Ready(Ok(res))
+                    Poll::Ready(r) => {
+                        // Each attempt is classified once: by the breaker below, if there is
+                        // one in this call's record, or here.
+                        let outcome = match rampart_core::record::take_outcome() {
+                            Some(o) => o,
+                            None => match &r {
+                                Ok(res) => this.classifier.classify(Ok(res)),
+                                Err(_) => Outcome::Permanent, // classified in poll_slow
+                            },
+                        };
+                        match r {
+                            Ok(res) if outcome.is_success() => {
+                                this.state.set(State::Done);
+                                Poll::Ready(Ok(res))
+                            }
+                            r => {
+                                let known = r.is_ok() || outcome != Outcome::Permanent;
+                                Self::poll_slow(this, cx, Some((r, known.then_some(outcome))))
+                            }
+                        }
                     }
-                    Poll::Ready(r) => Self::poll_slow(this, cx, Some(r)),
                 };
             }
         }
@@ -244,12 +263,14 @@ where
     fn poll_slow(
         mut this: ResponseFutureProj<'_, S, Req, C, R, O>,
         cx: &mut Context<'_>,
-        mut first: Option<Result<S::Response, S::Error>>,
+        mut first: Option<(Result<S::Response, S::Error>, Option<Outcome>)>,
     ) -> Poll<<Self as Future>::Output> {
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
-                    let polled = if let Some(r) = first.take() {
+                    let mut known = None;
+                    let polled = if let Some((r, o)) = first.take() {
+                        known = o;
                         Poll::Ready(r)
                     } else {
                         match this.cold.as_ref().and_then(|c| c.span.as_ref()) {
@@ -258,7 +279,12 @@ where
                         }
                     };
                     let result = match polled {
-                        Poll::Ready(r) => r.map_err(|e| e.into_error().into_kind()),
+                        Poll::Ready(r) => {
+                            if known.is_none() {
+                                known = rampart_core::record::take_outcome();
+                            }
+                            r.map_err(|e| e.into_error().into_kind())
+                        }
                         Poll::Pending => {
                             let Some(cold) = this.cold.as_mut() else {
                                 return Poll::Pending;
@@ -273,6 +299,13 @@ where
                                 Err(ErrorKind::Timeout(rampart_core::Timeout::new(after)))
                             } else {
                                 let attempts = *this.attempts;
+                                let reached = attempts.saturating_sub(cold.rejected);
+                                let elapsed = cold.elapsed();
+                                rampart_core::record::update(|r| {
+                                    r.attempt(true, Outcome::TRANSIENT);
+                                    r.stop = Some(rampart_core::record::StopReason::DeadlineExceeded);
+                                    r.elapsed = elapsed;
+                                });
                                 notify_finish(
                                     this.observer,
                                     &this.shared.config,
@@ -285,8 +318,8 @@ where
                                     "deadline exceeded during an attempt; giving up"
                                 );
                                 let err = Error::new(ErrorKind::DeadlineExceeded(None))
-                                    .with_attempts(attempts)
-                                    .with_elapsed(cold.elapsed());
+                                    .with_attempts(reached)
+                                    .with_elapsed(elapsed);
                                 return Poll::Ready(Err(err));
                             }
                         }
@@ -294,15 +327,14 @@ where
                     this.state.set(State::Done);
 
                     let attempts = *this.attempts;
-                    let (outcome, open_in) = match &result {
-                        Ok(res) => (this.classifier.classify(Ok(res)), None),
-                        Err(ErrorKind::Inner(e)) => (this.classifier.classify(Err(e)), None),
-                        Err(ErrorKind::Timeout(_)) => (Outcome::TRANSIENT, None),
-                        Err(ErrorKind::CircuitOpen(open)) => {
-                            (Outcome::Rejected, Some(open.retry_in))
-                        }
-                        // Another layer already gave up (a nested retry): never retry that.
-                        Err(_) => (Outcome::Permanent, None),
+                    // rampart's one mapping (a nested retry's give-up is permanent; an open
+                    // circuit is rejected, and waited for below).
+                    let outcome = known.unwrap_or_else(|| {
+                        rampart_core::classify::outcome(&*this.classifier, result.as_ref())
+                    });
+                    let open_in = match &result {
+                        Err(ErrorKind::CircuitOpen(open)) => Some(open.retry_in),
+                        _ => None,
                     };
                     if attempts > 1 {
                         this.observer.on_attempt(&AttemptEvent {
@@ -311,6 +343,8 @@ where
                             outcome,
                         });
                     }
+                    let rejected_now = open_in.is_some();
+                    rampart_core::record::update(|r| r.attempt(!rejected_now, outcome));
                     if outcome.is_success() {
                         if attempts > 1 {
                             notify_finish(this.observer, &this.shared.config, attempts, None);
@@ -318,14 +352,19 @@ where
                         return Poll::Ready(result.map_err(|kind| {
                             let elapsed =
                                 this.cold.as_ref().map(|c| c.elapsed()).unwrap_or_default();
+                            let rejected = this.cold.as_ref().map_or(0, |c| c.rejected);
                             Error::new(kind)
-                                .with_attempts(attempts)
+                                .with_attempts(attempts.saturating_sub(rejected))
                                 .with_elapsed(elapsed)
                         }));
                     }
 
                     // The failure path: from here on the cold part exists.
                     let cold = this.cold.get_or_insert_with(Cold::new);
+                    if rejected_now {
+                        *cold.as_mut().project().rejected += 1;
+                    }
+                    let reached = attempts.saturating_sub(cold.rejected);
                     let plan = if open_in.is_none() && !outcome.is_retryable() {
                         Err(GiveUp::NotRetryable)
                     } else {
@@ -352,8 +391,12 @@ where
                             );
                             notify_finish(this.observer, &this.shared.config, attempts, Some(why));
                             let elapsed = cold.elapsed();
+                            rampart_core::record::update(|r| {
+                                r.stop = Some(why.stop_reason());
+                                r.elapsed = elapsed;
+                            });
                             let reason = cold.as_mut().project().not_replayable.take();
-                            return Poll::Ready(give_up(result, why, attempts, elapsed, reason));
+                            return Poll::Ready(give_up(result, why, reached, elapsed, reason));
                         }
                     };
 
@@ -390,7 +433,8 @@ where
                 }
                 StateProj::Readying => {
                     if let Err(e) = ready!(this.service.poll_ready(cx)) {
-                        let attempts = *this.attempts;
+                        let rejected = this.cold.as_ref().map_or(0, |c| c.rejected);
+                        let attempts = this.attempts.saturating_sub(rejected);
                         this.state.set(State::Done);
                         let elapsed = this.cold.as_ref().map(|c| c.elapsed()).unwrap_or_default();
                         let err = e.into_error().with_attempts(attempts).with_elapsed(elapsed);
@@ -476,17 +520,39 @@ fn plan_retry(
         .get_or_insert_with(|| backoff.schedule(stream));
 
     let (delay, hinted) = if let Some(retry_in) = open_in {
-        // Wait for the breaker only if its probe window opens before the deadline.
+        // Wait for the breaker only if its probe window opens before the deadline. Never at
+        // once: at least the base delay, and spread with jitter over a quarter of the wait
+        // so that the callers waiting on one circuit do not all wake at the same instant.
+        let wait = retry_in.max(backoff.base_delay()).max(Duration::from_millis(1));
+        let spread = (wait / 4).max(backoff.base_delay());
+        let delay = wait.saturating_add(spread.mul_f64(unit(stream, attempts)));
         match deadline_at {
-            Some(at) if instant_after(now, retry_in) < at => {
-                schedule.skip_with(retry_in);
-                (retry_in, true)
+            Some(at) if instant_after(now, delay) < at => {
+                schedule.skip_with(delay);
+                // Waiting on the circuit spends no retry-budget token: nothing reaches the
+                // dependency while it is open, and the budget is for the retries that do.
+                return Ok(Retrying {
+                    delay,
+                    hinted: true,
+                });
             }
             _ => return Err(GiveUp::CircuitOpen),
         }
     } else if let Some(hint) = outcome.retry_after() {
-        let delay = hint.min(backoff.max_delay());
-        schedule.skip_with(delay);
+        // Never before the server's hint; a hint past `max_delay` or the deadline stops
+        // the call as throttled instead of retrying early.
+        if hint > backoff.max_delay() {
+            return Err(GiveUp::Throttled);
+        }
+        if let Some(at) = deadline_at {
+            if instant_after(now, hint) >= at {
+                return Err(GiveUp::Throttled);
+            }
+        }
+        let delay = match schedule.next() {
+            Some(d) => d.max(hint),
+            None => return Err(GiveUp::Exhausted),
+        };
         (delay, true)
     } else {
         match schedule.next() {
@@ -505,6 +571,19 @@ fn plan_retry(
         }
     }
     Ok(Retrying { delay, hinted })
+}
+
+/// A reproducible draw in [0, 1) for call `stream`'s `attempt` (splitmix64).
+fn unit(stream: u64, attempt: u32) -> f64 {
+    let mut z = stream
+        .rotate_left(17)
+        .wrapping_add(u64::from(attempt).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    #[allow(clippy::cast_precision_loss)]
+    let u = (z >> 11) as f64 / (1u64 << 53) as f64;
+    u
 }
 
 /// The final result when the layer stops retrying.
@@ -531,7 +610,9 @@ fn give_up<Res, E>(
             },
             None => kind,
         },
-        GiveUp::NotRetryable | GiveUp::Exhausted | GiveUp::CircuitOpen => kind,
+        GiveUp::NotRetryable | GiveUp::Exhausted | GiveUp::CircuitOpen | GiveUp::Throttled => {
+            kind
+        }
     };
     Err(Error::new(kind)
         .with_attempts(attempts)

@@ -23,6 +23,9 @@ pub enum GiveUp {
     NotReplayable,
     /// A circuit breaker is open and will not admit a probe before the deadline.
     CircuitOpen,
+    /// The service asked to wait (`Retry-After`) longer than `max_delay` or the time left
+    /// before the deadline.
+    Throttled,
 }
 
 impl GiveUp {
@@ -35,6 +38,21 @@ impl GiveUp {
             GiveUp::DeadlineExceeded => "deadline_exceeded",
             GiveUp::NotReplayable => "not_replayable",
             GiveUp::CircuitOpen => "circuit_open",
+            GiveUp::Throttled => "throttled",
+        }
+    }
+
+    /// The same reason, as the per-call record names it.
+    pub const fn stop_reason(&self) -> rampart_core::record::StopReason {
+        use rampart_core::record::StopReason;
+        match self {
+            GiveUp::NotRetryable => StopReason::NotRetryable,
+            GiveUp::Exhausted => StopReason::RetriesExhausted,
+            GiveUp::BudgetExhausted => StopReason::BudgetExhausted,
+            GiveUp::DeadlineExceeded => StopReason::DeadlineExceeded,
+            GiveUp::NotReplayable => StopReason::NotReplayable,
+            GiveUp::CircuitOpen => StopReason::CircuitOpen,
+            GiveUp::Throttled => StopReason::Throttled,
         }
     }
 }

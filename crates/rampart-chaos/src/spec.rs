@@ -90,7 +90,8 @@ pub struct Window {
 impl Window {
     /// `true` if `t` (after the epoch) falls inside.
     pub fn contains(&self, t: Duration) -> bool {
-        t.checked_sub(self.start).is_some_and(|into| into < self.len)
+        t.checked_sub(self.start)
+            .is_some_and(|into| into < self.len)
     }
 }
 
@@ -182,14 +183,9 @@ fn parse_rate(clause: &str, field: &str, v: &str) -> Result<f64, SpecError> {
         Some(n) => (n.trim(), 100.0),
         None => (v, 1.0),
     };
-    let x: f64 = num.parse().map_err(|_| {
-        SpecError::new(
-            clause,
-            field,
-            v,
-            "expected a rate such as 20% or 0.2",
-        )
-    })?;
+    let x: f64 = num
+        .parse()
+        .map_err(|_| SpecError::new(clause, field, v, "expected a rate such as 20% or 0.2"))?;
     let rate = x / scale;
     if !(0.0..=1.0).contains(&rate) || rate.is_nan() {
         return Err(SpecError::new(
@@ -246,9 +242,9 @@ fn parse_latency(clause: &str, field: &str, v: &str) -> Result<Latency, SpecErro
             .map(str::trim)
     };
     if let Some(args) = inner("uniform(") {
-        let (lo, hi) = args.split_once("..").ok_or_else(|| {
-            SpecError::new(clause, field, v, "expected uniform(LOW..HIGH)")
-        })?;
+        let (lo, hi) = args
+            .split_once("..")
+            .ok_or_else(|| SpecError::new(clause, field, v, "expected uniform(LOW..HIGH)"))?;
         let (lo, hi) = (parse_dur(clause, field, lo)?, parse_dur(clause, field, hi)?);
         if lo > hi {
             return Err(SpecError::new(
@@ -301,9 +297,9 @@ impl FromStr for ChaosSpec {
                 }
                 None => (None, clause),
             };
-            let (name, value) = item.split_once('=').ok_or_else(|| {
-                SpecError::new(clause, item.trim(), "", "expected NAME=VALUE")
-            })?;
+            let (name, value) = item
+                .split_once('=')
+                .ok_or_else(|| SpecError::new(clause, item.trim(), "", "expected NAME=VALUE"))?;
             let name = name.trim();
             let field = match key {
                 Some(k) => format!("key({k}).{name}"),
@@ -370,10 +366,7 @@ impl FromStr for ChaosSpec {
                     clause,
                     &field,
                     value.trim(),
-                    format!(
-                        "the rates add up to {:.4}%, more than 100%",
-                        total * 100.0
-                    ),
+                    format!("the rates add up to {:.4}%, more than 100%", total * 100.0),
                 ));
             }
         }

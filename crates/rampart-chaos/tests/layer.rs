@@ -29,7 +29,13 @@ fn svc(
 }
 
 /// The kind of each of `n` calls (None = passed), one every `every`.
-async fn run(spec: &str, seed: u64, n: u32, every: Duration, key: &'static str) -> Vec<Option<FaultKind>> {
+async fn run(
+    spec: &str,
+    seed: u64,
+    n: u32,
+    every: Duration,
+    key: &'static str,
+) -> Vec<Option<FaultKind>> {
     let (s, _) = svc(spec, seed);
     let mut out = Vec::new();
     for i in 0..n {
@@ -45,18 +51,50 @@ async fn run(spec: &str, seed: u64, n: u32, every: Duration, key: &'static str) 
 
 #[tokio::test(start_paused = true)]
 async fn rates_are_what_the_spec_says() {
-    let kinds = run("transient=20%, throttled=5%, permanent=1%", 3, 20_000, Duration::ZERO, "a").await;
+    let kinds = run(
+        "transient=20%, throttled=5%, permanent=1%",
+        3,
+        20_000,
+        Duration::ZERO,
+        "a",
+    )
+    .await;
     let share = |k| kinds.iter().filter(|x| **x == Some(k)).count() as f64 / 20_000.0;
-    assert!((share(FaultKind::Transient) - 0.20).abs() < 0.015, "{}", share(FaultKind::Transient));
+    assert!(
+        (share(FaultKind::Transient) - 0.20).abs() < 0.015,
+        "{}",
+        share(FaultKind::Transient)
+    );
     assert!((share(FaultKind::Throttled) - 0.05).abs() < 0.008);
     assert!((share(FaultKind::Permanent) - 0.01).abs() < 0.004);
 }
 
 #[tokio::test(start_paused = true)]
 async fn same_seed_same_faults_other_seed_others() {
-    let a = run("transient=30%, latency=exp(5ms)", 42, 500, Duration::from_millis(3), "a").await;
-    let b = run("transient=30%, latency=exp(5ms)", 42, 500, Duration::from_millis(3), "a").await;
-    let c = run("transient=30%, latency=exp(5ms)", 43, 500, Duration::from_millis(3), "a").await;
+    let a = run(
+        "transient=30%, latency=exp(5ms)",
+        42,
+        500,
+        Duration::from_millis(3),
+        "a",
+    )
+    .await;
+    let b = run(
+        "transient=30%, latency=exp(5ms)",
+        42,
+        500,
+        Duration::from_millis(3),
+        "a",
+    )
+    .await;
+    let c = run(
+        "transient=30%, latency=exp(5ms)",
+        43,
+        500,
+        Duration::from_millis(3),
+        "a",
+    )
+    .await;
     assert_eq!(a, b);
     assert_ne!(a, c);
 }
@@ -101,11 +139,17 @@ async fn latency_distributions() {
         let t = Instant::now();
         s.clone().oneshot(("a", i)).await.unwrap();
         let d = t.elapsed();
-        assert!(d >= Duration::from_millis(100) && d <= Duration::from_millis(301), "{d:?}");
+        assert!(
+            d >= Duration::from_millis(100) && d <= Duration::from_millis(301),
+            "{d:?}"
+        );
         total += d;
     }
     let mean = total / 2_000;
-    assert!(mean > Duration::from_millis(190) && mean < Duration::from_millis(210), "{mean:?}");
+    assert!(
+        mean > Duration::from_millis(190) && mean < Duration::from_millis(210),
+        "{mean:?}"
+    );
 
     let (s, _) = svc("latency=exp(50ms)", 1);
     let mut total = Duration::ZERO;
@@ -115,14 +159,31 @@ async fn latency_distributions() {
         total += t.elapsed();
     }
     let mean = total / 4_000;
-    assert!(mean > Duration::from_millis(45) && mean < Duration::from_millis(55), "{mean:?}");
+    assert!(
+        mean > Duration::from_millis(45) && mean < Duration::from_millis(55),
+        "{mean:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn per_key_faults_hit_only_their_key() {
-    let down = run("key(b).transient=100%, transient=10%", 5, 2_000, Duration::ZERO, "b").await;
+    let down = run(
+        "key(b).transient=100%, transient=10%",
+        5,
+        2_000,
+        Duration::ZERO,
+        "b",
+    )
+    .await;
     assert!(down.iter().all(|k| *k == Some(FaultKind::Transient)));
-    let other = run("key(b).transient=100%, transient=10%", 5, 2_000, Duration::ZERO, "a").await;
+    let other = run(
+        "key(b).transient=100%, transient=10%",
+        5,
+        2_000,
+        Duration::ZERO,
+        "a",
+    )
+    .await;
     let share = other.iter().filter(|k| k.is_some()).count() as f64 / 2_000.0;
     assert!((share - 0.10).abs() < 0.03, "{share}");
 }
@@ -136,7 +197,10 @@ async fn the_spec_can_change_while_running() {
     h.set_spec(ChaosSpec::none());
     assert!(s.clone().oneshot(("a", 3)).await.is_ok());
     let st = h.stats();
-    assert_eq!((st.calls, st.passed, st.transient, st.faults()), (3, 2, 1, 1));
+    assert_eq!(
+        (st.calls, st.passed, st.transient, st.faults()),
+        (3, 2, 1, 1)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -152,6 +216,9 @@ async fn an_injected_fault_never_reaches_the_inner_service() {
     for i in 0..1_000 {
         let _ = s.clone().oneshot(i).await;
     }
-    assert_eq!(u64::from(reached.load(std::sync::atomic::Ordering::Relaxed)), h.stats().passed);
+    assert_eq!(
+        u64::from(reached.load(std::sync::atomic::Ordering::Relaxed)),
+        h.stats().passed
+    );
     assert!(h.stats().passed > 400 && h.stats().passed < 600);
 }

@@ -20,7 +20,11 @@ fn clause() -> impl Strategy<Value = String> {
         (0u32..=25).prop_map(|p| format!("rejected={p}%")),
         dur().prop_map(|d| format!("retry_after={d}")),
         dur().prop_map(|d| format!("latency={d}")),
-        (0u64..10_000, 0u64..10_000).prop_map(|(a, b)| format!("latency=uniform({}ms..{}ms)", a.min(b), a.max(b))),
+        (0u64..10_000, 0u64..10_000).prop_map(|(a, b)| format!(
+            "latency=uniform({}ms..{}ms)",
+            a.min(b),
+            a.max(b)
+        )),
         dur().prop_map(|d| format!("latency=exp({d})")),
         (dur(), dur()).prop_map(|(a, b)| format!("outage={a}+{b}")),
         (dur(), dur(), dur()).prop_map(|(a, b, c)| format!("storm={a}+{b}@{c}")),
@@ -77,7 +81,11 @@ proptest! {
 #[test]
 fn errors_name_the_field_and_value() {
     let cases = [
-        ("transient=20%, latency=uniform(5ms)", "latency", "uniform(5ms)"),
+        (
+            "transient=20%, latency=uniform(5ms)",
+            "latency",
+            "uniform(5ms)",
+        ),
         ("latency=uniform(2s..1s)", "latency", "uniform(2s..1s)"),
         ("outage=60s", "outage", "60s"),
         ("storm=60s+30s", "storm", "60s+30s"),

@@ -29,18 +29,47 @@ fn table_svg_and_png_from_a_real_run() {
     let prefix = dir.path().join("plot");
     let prefix = prefix.to_str().unwrap();
     let args = [
-        "-p", "tts", "-p", "database", "--scenario", "outage-then-recovery", "--duration", "120s",
-        "--rate", "40", "--compare", "naive", "--seed", "3", "--plot", prefix,
+        "-p",
+        "tts",
+        "-p",
+        "database",
+        "--scenario",
+        "outage-then-recovery",
+        "--duration",
+        "120s",
+        "--rate",
+        "40",
+        "--compare",
+        "naive",
+        "--seed",
+        "3",
+        "--plot",
+        prefix,
     ];
     let o = simulate(&args);
     let (stdout, stderr) = out(&o);
     assert!(o.status.success(), "{stderr}");
-    assert!(stdout.starts_with("scenario outage-then-recovery"), "{stdout}");
-    for col in ["policy", "success", "attempts/call", "peak load÷offered", "p50", "p99", "breaker", "dead letters"] {
+    assert!(
+        stdout.starts_with("scenario outage-then-recovery"),
+        "{stdout}"
+    );
+    for col in [
+        "policy",
+        "success",
+        "attempts/call",
+        "peak load÷offered",
+        "p50",
+        "p99",
+        "breaker",
+        "dead letters",
+    ] {
         assert!(stdout.contains(col), "{col}: {stdout}");
     }
     for row in ["tts ", "database ", "naive (reference) "] {
-        assert!(stdout.lines().any(|l| l.starts_with(row)), "{row}: {stdout}");
+        assert!(
+            stdout.lines().any(|l| l.starts_with(row)),
+            "{row}: {stdout}"
+        );
     }
     // Progress went to stderr.
     assert!(stderr.contains("tts: 4800 calls"), "{stderr}");
@@ -51,7 +80,16 @@ fn table_svg_and_png_from_a_real_run() {
 
     let svg = std::fs::read_to_string(format!("{prefix}.svg")).unwrap();
     assert!(svg.starts_with("<svg"), "{}", &svg[..80.min(svg.len())]);
-    for s in ["calls per second", "upstream attempts", "offered", "success % of calls started", "breaker state", "naive (reference)", "database", "half-open"] {
+    for s in [
+        "calls per second",
+        "upstream attempts",
+        "offered",
+        "success % of calls started",
+        "breaker state",
+        "naive (reference)",
+        "database",
+        "half-open",
+    ] {
         assert!(svg.contains(s), "{s} missing from the SVG");
     }
     assert!(svg.matches("<polyline").count() >= 3 * 4, "too few series");
@@ -59,7 +97,12 @@ fn table_svg_and_png_from_a_real_run() {
     let png = image::open(format!("{prefix}.png")).unwrap().to_rgb8();
     assert!(png.width() >= 3 * 500 && png.height() >= 800);
     // Every series' colour is drawn somewhere.
-    for (name, rgb) in [("offered", [31, 119, 180]), ("attempts", [214, 39, 40]), ("success", [44, 160, 44]), ("breaker", [148, 103, 189])] {
+    for (name, rgb) in [
+        ("offered", [31, 119, 180]),
+        ("attempts", [214, 39, 40]),
+        ("success", [44, 160, 44]),
+        ("breaker", [148, 103, 189]),
+    ] {
         let n = png.pixels().filter(|p| p.0 == rgb).count();
         assert!(n > 100, "{name}: {n} pixels");
     }
@@ -77,7 +120,13 @@ fn a_scenario_file_runs_and_a_bad_one_names_field_and_line() {
         "duration = \"60s\"\n\n[[load]]\nat = \"0s\"\nrate = 20\n\n[[load]]\nat = \"30s\"\nrate = 60\n\n[[chaos]]\nat = \"0s\"\nspec = \"transient=10%\"\n",
     )
     .unwrap();
-    let o = simulate(&["-p", "redis", "--scenario", good.to_str().unwrap(), "--no-plot"]);
+    let o = simulate(&[
+        "-p",
+        "redis",
+        "--scenario",
+        good.to_str().unwrap(),
+        "--no-plot",
+    ]);
     let (stdout, stderr) = out(&o);
     assert!(o.status.success(), "{stderr}");
     assert!(stderr.contains("redis: 2400 calls"), "{stderr}");
@@ -89,7 +138,13 @@ fn a_scenario_file_runs_and_a_bad_one_names_field_and_line() {
         "duration = \"60s\"\n[[load]]\nat = \"0s\"\nrate = 20\n[[chaos]]\nat = \"0s\"\nspec = \"transient=10%, latency=uniform(9s..1s)\"\n",
     )
     .unwrap();
-    let o = simulate(&["-p", "redis", "--scenario", bad.to_str().unwrap(), "--no-plot"]);
+    let o = simulate(&[
+        "-p",
+        "redis",
+        "--scenario",
+        bad.to_str().unwrap(),
+        "--no-plot",
+    ]);
     let (_, stderr) = out(&o);
     assert_eq!(o.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("line 7"), "{stderr}");
@@ -101,7 +156,10 @@ fn bad_arguments_are_usage_errors() {
     let o = simulate(&["-p", "nosuch", "--no-plot"]);
     let (_, stderr) = out(&o);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr.contains("\"nosuch\"") && stderr.contains("gemini_api"), "{stderr}");
+    assert!(
+        stderr.contains("\"nosuch\"") && stderr.contains("gemini_api"),
+        "{stderr}"
+    );
 
     let o = simulate(&["--scenario", "outgae", "--no-plot"]);
     let (_, stderr) = out(&o);
@@ -117,7 +175,16 @@ fn help_explains_scenarios_and_files() {
     let o = simulate(&["--help"]);
     let (stdout, _) = out(&o);
     assert!(o.status.success());
-    for s in ["outage-then-recovery", "retry-after-storm", "one-key-down", "flapping", "[[load]]", "[[chaos]]", "--compare", "naive"] {
+    for s in [
+        "outage-then-recovery",
+        "retry-after-storm",
+        "one-key-down",
+        "flapping",
+        "[[load]]",
+        "[[chaos]]",
+        "--compare",
+        "naive",
+    ] {
         assert!(stdout.contains(s), "{s}: {stdout}");
     }
 }

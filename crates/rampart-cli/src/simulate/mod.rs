@@ -109,7 +109,9 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     if r > 0.0 && r <= 100_000.0 {
         Ok(r)
     } else {
-        Err(format!("{r}: calls a second must be more than 0 and at most 100000"))
+        Err(format!(
+            "{r}: calls a second must be more than 0 and at most 100000"
+        ))
     }
 }
 
@@ -132,7 +134,9 @@ impl Classify<(), ChaosError<Infallible>> for SimClassifier {
         match (self.naive, r) {
             (_, Ok(())) => Outcome::Success,
             (true, Err(_)) => Outcome::TRANSIENT,
-            (false, r) => ChaosClassifier(|_: Result<&(), &Infallible>| Outcome::Success).classify(r),
+            (false, r) => {
+                ChaosClassifier(|_: Result<&(), &Infallible>| Outcome::Success).classify(r)
+            }
         }
     }
 }
@@ -178,7 +182,9 @@ fn lock(r: &Mutex<Rec>) -> std::sync::MutexGuard<'_, Rec> {
 }
 
 fn sec_index(t: Duration, len: usize) -> usize {
-    usize::try_from(t.as_secs()).unwrap_or(usize::MAX).min(len.saturating_sub(1))
+    usize::try_from(t.as_secs())
+        .unwrap_or(usize::MAX)
+        .min(len.saturating_sub(1))
 }
 
 /// Runs `policy` through `scenario` on a fresh paused runtime.
@@ -348,10 +354,7 @@ async fn simulate(
     progress.set_position(scenario.duration.as_secs());
 
     let mut rec = lock(&rec);
-    let Rec {
-        seconds,
-        latencies,
-    } = &mut *rec;
+    let Rec { seconds, latencies } = &mut *rec;
     latencies.sort_unstable();
     let pct = |p: f64| -> Duration {
         if latencies.is_empty() {
@@ -531,7 +534,9 @@ pub(crate) fn main(args: SimulateArgs) -> Result<(), crate::Fail> {
             Some(scenario.duration.as_secs()),
             ProgressDrawTarget::stderr(),
         );
-        if let Ok(style) = ProgressStyle::with_template("{prefix:>20} [{bar:30}] {pos}/{len} virtual s") {
+        if let Ok(style) =
+            ProgressStyle::with_template("{prefix:>20} [{bar:30}] {pos}/{len} virtual s")
+        {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_prefix(name.clone());
@@ -613,13 +618,18 @@ mod tests {
         let run = |name: &str| run_one(name, &p, false, &sc(name, 300, 20.0), 1, &bar).unwrap();
         let ok_share = |r: &Run, from: usize, to: usize| {
             let w = &r.seconds[from..to];
-            w.iter().map(|s| s.ok).sum::<u64>() as f64 / w.iter().map(|s| s.done).sum::<u64>() as f64
+            w.iter().map(|s| s.ok).sum::<u64>() as f64
+                / w.iter().map(|s| s.done).sum::<u64>() as f64
         };
 
         let t = run("transient=20%");
         assert_eq!(t.calls, 6_000);
         assert_eq!(t.attempts, 6_000);
-        assert!((ok_share(&t, 0, 300) - 0.8).abs() < 0.02, "{}", ok_share(&t, 0, 300));
+        assert!(
+            (ok_share(&t, 0, 300) - 0.8).abs() < 0.02,
+            "{}",
+            ok_share(&t, 0, 300)
+        );
 
         let o = run("outage");
         assert_eq!(ok_share(&o, 0, 60), 1.0);
@@ -665,7 +675,12 @@ mod tests {
         let n = run_one("naive", &naive, true, &s, 1, &bar).unwrap();
         let good = runs_of(&["gemini_api"], &s, 1).remove(0);
         assert!(n.peak_load > 3.5, "naive peak {}", n.peak_load);
-        assert!(good.peak_load < n.peak_load / 2.0, "{} vs {}", good.peak_load, n.peak_load);
+        assert!(
+            good.peak_load < n.peak_load / 2.0,
+            "{} vs {}",
+            good.peak_load,
+            n.peak_load
+        );
         assert!(good.opens >= 1);
         assert_eq!(n.opens, 0);
     }

@@ -40,12 +40,21 @@ pub(crate) fn write(runs: &[Run], title: &str, svg: &Path, png: &Path) -> Result
 
 type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
-fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, runs: &[Run], title: &str) -> DrawResult<DB> {
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    runs: &[Run],
+    title: &str,
+) -> DrawResult<DB> {
     root.fill(&WHITE)?;
     let root = root.titled(title, (FAMILY, 24))?;
     let n = runs.len().max(1);
     let areas = root.split_evenly((3, n));
-    let secs = runs.iter().map(|r| r.seconds.len()).max().unwrap_or(1).max(1) as f64;
+    let secs = runs
+        .iter()
+        .map(|r| r.seconds.len())
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
     let max_calls = runs
         .iter()
         .flat_map(|r| r.seconds.iter())
@@ -71,16 +80,28 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, runs: &[Run], title: 
                 .y_label_formatter(&|v| format!("{v:.0}"))
                 .light_line_style(WHITE)
                 .draw()?;
-            let offered = run.seconds.iter().enumerate().map(|(i, s)| (i as f64 + 0.5, s.offered as f64));
+            let offered = run
+                .seconds
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i as f64 + 0.5, s.offered as f64));
             chart
                 .draw_series(LineSeries::new(offered, OFFERED.stroke_width(2)))?
                 .label("offered")
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], OFFERED.stroke_width(2)));
-            let attempts = run.seconds.iter().enumerate().map(|(i, s)| (i as f64 + 0.5, s.attempts as f64));
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], OFFERED.stroke_width(2))
+                });
+            let attempts = run
+                .seconds
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i as f64 + 0.5, s.attempts as f64));
             chart
                 .draw_series(LineSeries::new(attempts, ATTEMPTS.stroke_width(2)))?
                 .label("upstream attempts")
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], ATTEMPTS.stroke_width(2)));
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], ATTEMPTS.stroke_width(2))
+                });
             chart
                 .configure_series_labels()
                 .label_font((FAMILY, 12))
@@ -92,7 +113,10 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, runs: &[Run], title: 
         // Success rate.
         if let Some(area) = areas.get(n + c) {
             let mut chart = ChartBuilder::on(area)
-                .caption(format!("{}: success % of calls started", run.name), (FAMILY, 17))
+                .caption(
+                    format!("{}: success % of calls started", run.name),
+                    (FAMILY, 17),
+                )
                 .margin(10)
                 .x_label_area_size(32)
                 .y_label_area_size(48)
@@ -105,9 +129,12 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, runs: &[Run], title: 
                 .y_label_formatter(&|v| format!("{v:.0}"))
                 .light_line_style(WHITE)
                 .draw()?;
-            let ok = run.seconds.iter().enumerate().filter(|(_, s)| s.done > 0).map(|(i, s)| {
-                (i as f64 + 0.5, s.ok as f64 * 100.0 / s.done as f64)
-            });
+            let ok = run
+                .seconds
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.done > 0)
+                .map(|(i, s)| (i as f64 + 0.5, s.ok as f64 * 100.0 / s.done as f64));
             chart.draw_series(LineSeries::new(ok, SUCCESS.stroke_width(2)))?;
         }
         // Breaker state.

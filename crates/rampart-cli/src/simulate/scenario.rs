@@ -16,13 +16,34 @@ const MAX_CALLS: f64 = 20_000_000.0;
 
 /// The built-in scenarios and what they do (for `--help` and errors).
 pub(crate) const BUILT_IN: &[(&str, &str)] = &[
-    ("transient=20%", "20 % of calls fail transiently, all the time"),
-    ("outage", "the upstream is down from 20 % of the run to its end"),
-    ("outage-then-recovery", "down for 10 % of the run (30 s of 300 s) from 20 %, then healthy"),
-    ("retry-after-storm", "429s with Retry-After: 5s for 20 % of the run, from 20 %"),
-    ("latency-spike", "exp(20ms) latency, 1-3 s for 20 % of the run from 20 %"),
-    ("one-key-down", "one key of ten (k3) always fails; the others are healthy"),
-    ("flapping", "down 10 s of every 30 s from 20 % of the run to 80 %"),
+    (
+        "transient=20%",
+        "20 % of calls fail transiently, all the time",
+    ),
+    (
+        "outage",
+        "the upstream is down from 20 % of the run to its end",
+    ),
+    (
+        "outage-then-recovery",
+        "down for 10 % of the run (30 s of 300 s) from 20 %, then healthy",
+    ),
+    (
+        "retry-after-storm",
+        "429s with Retry-After: 5s for 20 % of the run, from 20 %",
+    ),
+    (
+        "latency-spike",
+        "exp(20ms) latency, 1-3 s for 20 % of the run from 20 %",
+    ),
+    (
+        "one-key-down",
+        "one key of ten (k3) always fails; the others are healthy",
+    ),
+    (
+        "flapping",
+        "down 10 s of every 30 s from 20 % of the run to 80 %",
+    ),
 ];
 
 /// Offered load and chaos over time.
@@ -215,16 +236,18 @@ impl Scenario {
                     "steps go in order and start within the duration",
                 ));
             }
-            let spec: ChaosSpec = step.spec.get_ref().parse().map_err(
-                |e: rampart::chaos::SpecError| {
-                    at(
-                        step.spec.span(),
-                        &format!("chaos[{i}].spec: {}", e.field()),
-                        e.value(),
-                        &e.to_string(),
-                    )
-                },
-            )?;
+            let spec: ChaosSpec =
+                step.spec
+                    .get_ref()
+                    .parse()
+                    .map_err(|e: rampart::chaos::SpecError| {
+                        at(
+                            step.spec.span(),
+                            &format!("chaos[{i}].spec: {}", e.field()),
+                            e.value(),
+                            &e.to_string(),
+                        )
+                    })?;
             chaos.push((t, spec));
         }
         let s = Scenario {
@@ -311,13 +334,29 @@ spec = "outage=30s+20s, latency=exp(10ms)"
     #[test]
     fn bad_fields_are_named_with_their_line() {
         let cases = [
-            (GOOD.replace("transient=5%", "transient=500%"), "chaos[0].spec: transient", 15),
+            (
+                GOOD.replace("transient=5%", "transient=500%"),
+                "chaos[0].spec: transient",
+                15,
+            ),
             (GOOD.replace("\"120s\"", "\"soon\""), "duration", 2),
             (GOOD.replace("rate = 200", "rate = -3"), "load[1].rate", 11),
-            (GOOD.replace("at = \"60s\"", "at = \"600s\""), "load[1].at", 10),
-            (GOOD.replace("rate = 200", "rat = 200"), "unknown field `rat`", 11),
+            (
+                GOOD.replace("at = \"60s\"", "at = \"600s\""),
+                "load[1].at",
+                10,
+            ),
+            (
+                GOOD.replace("rate = 200", "rat = 200"),
+                "unknown field `rat`",
+                11,
+            ),
             (GOOD.replace("keys = 4", "keys = 0"), "keys", 3),
-            (GOOD.replace("outage=30s+20s", "outage=30s"), "chaos[1].spec: outage", 19),
+            (
+                GOOD.replace("outage=30s+20s", "outage=30s"),
+                "chaos[1].spec: outage",
+                19,
+            ),
         ];
         for (text, field, line) in cases {
             let e = Scenario::from_toml("s.toml", &text).unwrap_err();
@@ -332,7 +371,9 @@ spec = "outage=30s+20s, latency=exp(10ms)"
             let s = Scenario::built_in(name, Duration::from_secs(300), 100.0).unwrap();
             assert!(!s.chaos.is_empty(), "{name}");
         }
-        assert!(Scenario::built_in("transient=35%, latency=5ms", Duration::from_secs(60), 10.0).is_ok());
+        assert!(
+            Scenario::built_in("transient=35%, latency=5ms", Duration::from_secs(60), 10.0).is_ok()
+        );
         let e = Scenario::built_in("outgae", Duration::from_secs(60), 10.0).unwrap_err();
         assert!(e.contains("outage-then-recovery"), "{e}");
         let e = Scenario::built_in("outage", Duration::from_secs(86_400), 100_000.0).unwrap_err();

@@ -153,6 +153,11 @@ impl Policy {
     /// (5 / 0.5 s / 10 s / ×2), `database` (3 / 0.1 s / 2 s / ×2), `redis` (3 / 0.1 s / 1 s /
     /// ×2); each with the rate-based breaker of [`default_breaker`] (the reference's 5 /
     /// 60 s / 3 mapped onto a failure-rate window). `None` for other names.
+    ///
+    /// How each preset behaves under 20 % transient failures, an outage, an outage and
+    /// recovery, a `Retry-After` storm, a latency spike, one key down and a flapping
+    /// dependency, beside the reference design's plain retry: the `rampart simulate` tables
+    /// in the repository's docs/simulate.md.
     pub fn preset(name: &str) -> Option<PolicyBuilder> {
         let (retries, base_ms, max_ms) = match name {
             "tts" => (3, 1_000, 30_000),

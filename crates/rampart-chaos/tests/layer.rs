@@ -1,5 +1,7 @@
 //! The layer injects what the spec says, measured at the caller, on tokio's paused clock.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::convert::Infallible;
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! The spec parser: canonical forms round-trip, bad input is an error naming the field,
 //! no input panics.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use proptest::prelude::*;
 use rampart_chaos::ChaosSpec;
 

@@ -131,6 +131,12 @@ impl Scenario {
     }
 
     fn check_size(&self) -> Result<(), String> {
+        if self.duration.is_zero() || self.duration > MAX_SCENARIO {
+            return Err(format!(
+                "duration {}: must be more than 0 and at most 24h",
+                humantime::format_duration(self.duration)
+            ));
+        }
         let max = self.load.iter().map(|(_, r)| *r).fold(0.0, f64::max);
         if max * self.duration.as_secs_f64() > MAX_CALLS {
             return Err(format!(
@@ -378,5 +384,7 @@ spec = "outage=30s+20s, latency=exp(10ms)"
         assert!(e.contains("outage-then-recovery"), "{e}");
         let e = Scenario::built_in("outage", Duration::from_secs(86_400), 100_000.0).unwrap_err();
         assert!(e.contains("at most"), "{e}");
+        let e = Scenario::built_in("outage", Duration::from_secs(86_401), 0.01).unwrap_err();
+        assert!(e.contains("duration"), "{e}");
     }
 }

@@ -33,7 +33,7 @@
 //! use rampart_chaos::ChaosSpec;
 //!
 //! let spec: ChaosSpec = "transient=20%, latency=exp(40ms), outage=60s+30s, key(eu).throttled=50%".parse()?;
-//! assert_eq!(spec.to_string(), "transient=20%, latency=exp(40ms), outage=60s+30s, key(eu).throttled=50%");
+//! assert_eq!(spec.to_string(), "transient=20%, latency=exp(40ms), outage=1m+30s, key(eu).throttled=50%");
 //!
 //! let err = "transient=120%".parse::<ChaosSpec>().unwrap_err();
 //! assert_eq!(err.field(), "transient");

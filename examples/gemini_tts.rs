@@ -126,15 +126,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .seed(Some(args.seed))
         .attempt_timeout(Some(args.attempt_timeout))
         .deadline(Some(Duration::from_secs(20)))
-        // A 20 % fault rate needs more than the default 10 % retry budget.
-        .budget(Some(rampart::BudgetSettings {
-            ratio: 0.5,
-            min_per_sec: 20,
-            max_tokens: 200,
-        }))
+        // The preset's rate-based breaker (≥ 50 % failures over 10 s, at least 10 calls;
+        // 3 probes, 2 failures reopen), opening for the demo's shorter recovery timeout at
+        // first and growing to 4× it. The policy's default budget (30 % + 10/s) funds the
+        // 20 % fault rate.
         .breaker(Some(
             CircuitBreakerConfig::builder()
-                .consecutive_failures(Some(5))
+                .consecutive_failures(None)
+                .window(rampart::default_breaker().window())
+                .failure_rate(0.5)
+                .minimum_calls(10)
                 .recovery_timeout(args.recovery_timeout)
                 .max_recovery_timeout(args.recovery_timeout.saturating_mul(4))
                 .build()?,

@@ -39,8 +39,15 @@
 //!
 //! [services.gemini_api.circuit_breaker]
 //! enabled = true
-//! failure_threshold = 5
-//! recovery_timeout = "60s"
+//! # Rate-based unless `failure_threshold` is set without a window: the reference design's
+//! # 5 failures / 60 s / 3 successes map onto >= 50 % failures over 10 s with at least 10
+//! # calls, open 5 s doubling after failed probe rounds up to 60 s, 3 probes of which 2
+//! # failures reopen (see `rampart::default_breaker`).
+//! window_seconds = 10
+//! failure_rate = 0.5
+//! minimum_calls = 10
+//! recovery_timeout = "5s"
+//! max_recovery_timeout = "60s"
 //! success_threshold = 3
 //!
 //! [services.gemini_api.dead_letter]
@@ -142,7 +149,10 @@ pub struct BreakerConfig {
     /// On or off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    /// Consecutive failures that open the circuit (the reference `failure_threshold`).
+    /// Consecutive failures that open the circuit (the reference `failure_threshold`). Set
+    /// without a window, it replaces the policy's rate-based breaker with the reference's
+    /// consecutive count; unset, the breaker trips on `failure_rate` over `window_seconds`
+    /// (10 s) once it holds `minimum_calls` (10 — twice the reference's 5).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_threshold: Option<u32>,
     /// How long the circuit stays open.

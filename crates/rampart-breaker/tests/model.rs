@@ -45,7 +45,7 @@ fn op() -> impl Strategy<Value = Op> {
 enum MState {
     Closed,
     Open { until: u64 },
-    HalfOpen { successes: u32 },
+    HalfOpen { successes: u32, failures: u32 },
 }
 
 /// The reference: the rules of the crate docs, written as plainly as possible.
@@ -84,7 +84,10 @@ impl Model {
             MState::Closed => Ok(false),
             MState::Open { until } if now < until => Err(until - now),
             MState::Open { .. } => {
-                self.state = MState::HalfOpen { successes: 0 };
+                self.state = MState::HalfOpen {
+                    successes: 0,
+                    failures: 0,
+                };
                 Ok(true)
             }
             MState::HalfOpen { .. } => Ok(true),
@@ -94,13 +97,25 @@ impl Model {
     /// The outcome of an admitted call, completing at `now`.
     fn complete(&mut self, probe: bool, fail: bool, slow: bool, now: u64) {
         if probe {
-            let MState::HalfOpen { successes } = self.state else {
+            let MState::HalfOpen {
+                successes,
+                failures,
+            } = self.state
+            else {
                 return;
             };
-            if fail || slow {
+            // With a window, the round is judged by its failure rate: ceil(RATE · SUCCESSES)
+            // failed probes reopen the circuit.
+            let fail_limit = (RATE * f64::from(SUCCESSES)).ceil().max(1.0) as u32;
+            if (fail || slow) && failures + 1 >= fail_limit {
                 let until = now + self.open_for();
                 self.trips += 1;
                 self.state = MState::Open { until };
+            } else if fail || slow {
+                self.state = MState::HalfOpen {
+                    successes,
+                    failures: failures + 1,
+                };
             } else if successes + 1 >= SUCCESSES {
                 self.state = MState::Closed;
                 self.consecutive = 0;
@@ -109,6 +124,7 @@ impl Model {
             } else {
                 self.state = MState::HalfOpen {
                     successes: successes + 1,
+                    failures,
                 };
             }
             return;

@@ -36,7 +36,7 @@
 //! assert_eq!(rec.tries, 2);
 //! ```
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::time::Duration;
 
 use crate::Outcome;
@@ -119,7 +119,7 @@ impl CallRecord {
 }
 
 thread_local! {
-    static CURRENT: Cell<Option<CallRecord>> = const { Cell::new(None) };
+    static CURRENT: RefCell<Option<CallRecord>> = const { RefCell::new(None) };
 }
 
 /// Lends `record` to the layers polled inside `f` (see the [module docs](self)), and takes
@@ -132,12 +132,20 @@ pub fn in_scope<R>(record: &mut CallRecord, f: impl FnOnce() -> R) -> R {
     impl Drop for Restore<'_> {
         fn drop(&mut self) {
             let outer = self.outer.take();
-            if let Some(mine) = CURRENT.with(|c| c.replace(outer)) {
+            let mine = CURRENT.with(|c| match c.try_borrow_mut() {
+                Ok(mut slot) => std::mem::replace(&mut *slot, outer),
+                Err(_) => None,
+            });
+            if let Some(mine) = mine {
                 *self.record = mine;
             }
         }
     }
-    let outer = CURRENT.with(|c| c.replace(Some(*record)));
+    let lent = *record;
+    let outer = CURRENT.with(|c| match c.try_borrow_mut() {
+        Ok(mut slot) => slot.replace(lent),
+        Err(_) => None,
+    });
     let _restore = Restore { record, outer };
     f()
 }
@@ -145,16 +153,17 @@ pub fn in_scope<R>(record: &mut CallRecord, f: impl FnOnce() -> R) -> R {
 /// Updates the record of the call being polled; does nothing outside [`in_scope`].
 pub fn update(f: impl FnOnce(&mut CallRecord)) {
     CURRENT.with(|c| {
-        if let Some(mut r) = c.get() {
-            f(&mut r);
-            c.set(Some(r));
+        if let Ok(mut slot) = c.try_borrow_mut() {
+            if let Some(r) = slot.as_mut() {
+                f(r);
+            }
         }
     });
 }
 
 /// `true` inside [`in_scope`]: a layer above keeps a record of this call.
 pub fn is_recording() -> bool {
-    CURRENT.with(|c| c.get().is_some())
+    CURRENT.with(|c| c.try_borrow().is_ok_and(|r| r.is_some()))
 }
 
 /// Publishes the outcome of the attempt that just finished (a breaker does, having

@@ -185,10 +185,13 @@ where
                 "throttled by {service} beyond the policy's limit (asked to wait {:?}); {reached} of {tries} attempts reached it ({text})",
                 record.hint.unwrap_or_default()
             ),
-            r => format!(
-                "{} for {service}; {reached} of {tries} attempts reached it ({text})",
+            // A failed response carries no count of its own: say it.
+            r if result.is_ok() => format!(
+                "{text}; {} for {service} after {reached} of {tries} attempts reached it",
                 r.as_str().replace('_', " ")
             ),
+            // The error's own text already counts the attempts that reached the service.
+            _ => text,
         };
     }
     Some((reason, last, attempts, text))

@@ -175,6 +175,7 @@ pub(crate) struct Run {
 struct Rec {
     seconds: Vec<Second>,
     latencies: Vec<Duration>,
+    late_attempts: u64,
 }
 
 fn lock(r: &Mutex<Rec>) -> std::sync::MutexGuard<'_, Rec> {
@@ -217,6 +218,7 @@ async fn simulate(
     let rec = Arc::new(Mutex::new(Rec {
         seconds: vec![Second::default(); secs],
         latencies: Vec::new(),
+        late_attempts: 0,
     }));
     let start = Instant::now();
 
@@ -233,9 +235,15 @@ async fn simulate(
     let upstream = chaos.layer(service_fn(|_: Call| async { Ok::<(), Infallible>(()) }));
     let counted = {
         let rec = rec.clone();
+        let end = scenario.duration;
         tower::util::MapRequest::new(upstream, move |c: Call| {
-            let i = sec_index(start.elapsed(), secs);
-            if let Some(s) = lock(&rec).seconds.get_mut(i) {
+            let t = start.elapsed();
+            let mut r = lock(&rec);
+            if t >= end {
+                // Retries of the last calls, after the offered load ended: in the totals,
+                // not in the plot.
+                r.late_attempts += 1;
+            } else if let Some(s) = r.seconds.get_mut(sec_index(t, secs)) {
                 s.attempts += 1;
             }
             c
@@ -354,7 +362,11 @@ async fn simulate(
     progress.set_position(scenario.duration.as_secs());
 
     let mut rec = lock(&rec);
-    let Rec { seconds, latencies } = &mut *rec;
+    let Rec {
+        seconds,
+        latencies,
+        late_attempts,
+    } = &mut *rec;
     latencies.sort_unstable();
     let pct = |p: f64| -> Duration {
         if latencies.is_empty() {
@@ -365,7 +377,7 @@ async fn simulate(
     };
     let calls_n: u64 = seconds.iter().map(|s| s.done).sum();
     let ok: u64 = seconds.iter().map(|s| s.ok).sum();
-    let attempts: u64 = seconds.iter().map(|s| s.attempts).sum();
+    let attempts: u64 = seconds.iter().map(|s| s.attempts).sum::<u64>() + *late_attempts;
     let peak_load = seconds
         .windows(10.min(seconds.len()).max(1))
         .map(|w| {

@@ -46,6 +46,7 @@
 //! | `reqwest` | `reqwest::ReqwestService` (a `reqwest::Client` as a tower service), `reqwest::ReqwestClassifier`, `reqwest::ReqwestReplay` | no |
 //! | `sqlx` | `sqlx::SqlxClassifier`, `sqlx::TxService` (PostgreSQL driver only) | no |
 //! | `http` | replay `http::Request`s with streaming bodies (`BufferBodyLayer`, `HttpReplay`) | no |
+//! | `chaos` | `chaos::ChaosLayer`: seeded fault injection from a parseable spec | no |
 //! | `full` | everything | no |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -53,6 +54,12 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+/// Fault injection: [`ChaosLayer`](chaos::ChaosLayer) and its spec.
+#[cfg(feature = "chaos")]
+#[cfg_attr(docsrs, doc(cfg(feature = "chaos")))]
+pub mod chaos {
+    pub use rampart_chaos::*;
+}
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub mod client;

@@ -153,6 +153,11 @@ impl Policy {
     /// (5 / 0.5 s / 10 s / ×2), `database` (3 / 0.1 s / 2 s / ×2), `redis` (3 / 0.1 s / 1 s /
     /// ×2); each with the rate-based breaker of [`default_breaker`] (the reference's 5 /
     /// 60 s / 3 mapped onto a failure-rate window). `None` for other names.
+    ///
+    /// How each preset behaves under 20 % transient failures, an outage, an outage and
+    /// recovery, a `Retry-After` storm, a latency spike, one key down and a flapping
+    /// dependency, beside the reference design's plain retry: the `rampart simulate` tables
+    /// in the repository's docs/simulate.md.
     pub fn preset(name: &str) -> Option<PolicyBuilder> {
         let (retries, base_ms, max_ms) = match name {
             "tts" => (3, 1_000, 30_000),
@@ -231,6 +236,30 @@ impl Policy {
     /// Dead-lettering, if on.
     pub fn dead_letter(&self) -> Option<DeadLetterSettings> {
         self.dead_letter
+    }
+
+    /// The same policy with its backoff jitter seeded, so that a run on a paused clock is
+    /// repeatable (`rampart simulate` seeds every policy it runs).
+    ///
+    /// ```
+    /// let p = rampart::Policy::preset("redis").expect("a preset").build()?.with_seed(7);
+    /// assert_eq!(p.backoff().seed(), Some(7));
+    /// # Ok::<(), rampart::ConfigError>(())
+    /// ```
+    pub fn with_seed(mut self, seed: u64) -> Policy {
+        let b = self.backoff;
+        if let Ok(seeded) = Backoff::builder()
+            .max_retries(b.max_retries())
+            .base_delay(b.base_delay())
+            .max_delay(b.max_delay())
+            .factor(b.factor())
+            .jitter(b.jitter())
+            .seed(seed)
+            .build()
+        {
+            self.backoff = seeded;
+        }
+        self
     }
 
     /// The whole stack as one layer, outermost first: dead-lettering, retry (attempts,

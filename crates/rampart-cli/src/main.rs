@@ -1,4 +1,5 @@
-//! `rampart`: inspect, requeue, redrive and purge dead letters.
+//! `rampart`: inspect, requeue, redrive and purge dead letters; simulate policies against
+//! injected faults (`rampart simulate`).
 //!
 //! Exit codes: 0 success, 1 the operation failed (an unknown id, an unreachable store, a
 //! corrupt store, a failed redrive), 2 a usage error (a bad flag or value, or a destructive
@@ -9,6 +10,7 @@
 //! `service`, `reason`, `classification`, `error`, `attempts`, `max_attempts`,
 //! `first_attempt_at`, `last_attempt_at`, `redrive_count`, `request { summary, payload }`.
 
+mod simulate;
 mod store;
 
 use std::collections::BTreeMap;
@@ -48,6 +50,10 @@ enum Command {
     /// Dead letters: list, show, stats, requeue, redrive, delete, purge, export, import.
     #[command(subcommand)]
     Dlq(Dlq),
+    /// Run policies against a fault scenario on a virtual clock: a table and a plot.
+    ///
+    /// Example: rampart simulate -p tts --scenario outage-then-recovery --compare naive
+    Simulate(simulate::SimulateArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -381,7 +387,11 @@ fn confirm(what: &str, n: usize, yes: bool) -> Result<bool, Fail> {
 }
 
 async fn run(cli: Cli) -> Result<(), Fail> {
-    let Command::Dlq(cmd) = cli.command;
+    let cmd = match cli.command {
+        Command::Dlq(cmd) => cmd,
+        // main() runs it on its own runtimes before this one starts.
+        Command::Simulate(_) => return Err(usage("simulate does not run here")),
+    };
     let create = matches!(cmd, Dlq::Import { .. });
     let (store, label) = store::open(&cli.store, create).await.map_err(op)?;
     let mut out = std::io::stdout().lock();
@@ -979,6 +989,16 @@ async fn redrive(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let spec = cli.store.clone();
+    if let Command::Simulate(args) = cli.command {
+        // Its own paused-clock runtimes, one per policy.
+        return match simulate::main(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(Fail(msg, code)) => {
+                eprintln!("rampart: error: {msg}");
+                ExitCode::from(code)
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

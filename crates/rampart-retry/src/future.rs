@@ -50,63 +50,97 @@ pin_project! {
         shared: Arc<Shared>,
         stream: u64,
         attempts: u32,
-        cold: Option<Pin<Box<Cold>>>,
+        // The call's timer, inline and pinned with the future: an attempt timeout or a
+        // deadline arms it on every call, so it must not cost an allocation.
+        #[pin]
+        timer: Timer,
+        cold: Option<Box<Cold>>,
     }
 }
 
-pin_project! {
-    /// The failure-path state of one logical call.
-    struct Cold {
-        // When the call started (with timers) or first failed (without).
-        started: Option<Instant>,
-        #[pin]
-        timer: Option<Sleep>,
-        timer_role: TimerRole,
-        schedule: Option<Schedule>,
-        span: Option<tracing::Span>,
-        not_replayable: Option<NotReplayable>,
-    }
+/// The failure-path state of one logical call, allocated on its first failure.
+struct Cold {
+    schedule: Option<Schedule>,
+    span: Option<tracing::Span>,
+    not_replayable: Option<NotReplayable>,
 }
 
 impl Cold {
-    fn new() -> Pin<Box<Cold>> {
-        Box::pin(Cold {
-            started: None,
-            timer: None,
-            timer_role: TimerRole::AttemptTimeout,
+    fn new() -> Box<Cold> {
+        Box::new(Cold {
             schedule: None,
             span: None,
             not_replayable: None,
         })
     }
+}
+
+pin_project! {
+    /// One timer per call (attempt timeout, deadline or backoff wait) and when the call
+    /// started. Without timers the clock is read only on the first failure.
+    struct Timer {
+        // When the call started (with timers) or first failed (without).
+        started: Option<Instant>,
+        #[pin]
+        sleep: Option<Sleep>,
+        role: TimerRole,
+    }
+}
+
+impl Timer {
+    /// No timer; the clock is not read.
+    const IDLE: Timer = Timer {
+        started: None,
+        sleep: None,
+        role: TimerRole::AttemptTimeout,
+    };
+
+    /// The first attempt's timer, armed now if a timeout or a deadline is set.
+    fn first(config: &Config, timed: bool) -> Timer {
+        if !timed {
+            return Timer::IDLE;
+        }
+        let now = Instant::now();
+        match attempt_bound(config, now, now) {
+            Some((at, role)) => Timer {
+                started: Some(now),
+                sleep: Some(sleep_until(at)),
+                role,
+            },
+            None => Timer {
+                started: Some(now),
+                ..Timer::IDLE
+            },
+        }
+    }
+
+    fn armed(&self) -> bool {
+        self.sleep.is_some()
+    }
 
     /// Sets the timer to fire at `at`, reusing its registration when there is one.
-    fn set_timer(self: Pin<&mut Self>, at: Instant, role: TimerRole) {
+    fn set(self: Pin<&mut Self>, at: Instant, role: TimerRole) {
         let mut this = self.project();
-        *this.timer_role = role;
-        match this.timer.as_mut().as_pin_mut() {
+        *this.role = role;
+        match this.sleep.as_mut().as_pin_mut() {
             Some(timer) => timer.reset(at),
-            None => this.timer.set(Some(sleep_until(at))),
+            None => this.sleep.set(Some(sleep_until(at))),
         }
     }
 
     /// Arms the timer that bounds one attempt: the per-attempt timeout or the overall
     /// deadline, whichever comes first. Disarms it if neither is configured.
-    fn arm_attempt_timer(mut self: Pin<&mut Self>, config: &Config, now: Instant) {
+    fn arm_attempt(mut self: Pin<&mut Self>, config: &Config, now: Instant) {
         let started = *self.as_mut().project().started.get_or_insert(now);
-        let by_timeout = config.attempt_timeout.map(|t| instant_after(now, t));
-        let by_deadline = config.deadline.map(|d| instant_after(started, d));
-        match (by_timeout, by_deadline) {
-            (Some(t), Some(d)) if d <= t => self.set_timer(d, TimerRole::Deadline),
-            (Some(t), _) => self.set_timer(t, TimerRole::AttemptTimeout),
-            (None, Some(d)) => self.set_timer(d, TimerRole::Deadline),
-            (None, None) => self.project().timer.set(None),
+        match attempt_bound(config, now, started) {
+            Some((at, role)) => self.set(at, role),
+            None => self.project().sleep.set(None),
         }
     }
 
     /// `true` once the armed timer has fired.
-    fn timer_fired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
-        match self.project().timer.as_pin_mut() {
+    fn fired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
+        match self.project().sleep.as_pin_mut() {
             Some(timer) => timer.poll(cx).is_ready(),
             None => false,
         }
@@ -114,6 +148,18 @@ impl Cold {
 
     fn elapsed(&self) -> Duration {
         self.started.map(|s| s.elapsed()).unwrap_or_default()
+    }
+}
+
+/// When an attempt starting at `now` of a call that started at `started` must end, and why.
+fn attempt_bound(config: &Config, now: Instant, started: Instant) -> Option<(Instant, TimerRole)> {
+    let by_timeout = config.attempt_timeout.map(|t| instant_after(now, t));
+    let by_deadline = config.deadline.map(|d| instant_after(started, d));
+    match (by_timeout, by_deadline) {
+        (Some(t), Some(d)) if d <= t => Some((d, TimerRole::Deadline)),
+        (Some(t), _) => Some((t, TimerRole::AttemptTimeout)),
+        (None, Some(d)) => Some((d, TimerRole::Deadline)),
+        (None, None) => None,
     }
 }
 
@@ -145,10 +191,11 @@ where
         stream: u64,
     ) -> Self {
         let (request, cold) = match request {
-            Some(Ok(request)) if !timed => (Some(request), None),
-            None if !timed => (None, None),
-            other => Self::cold_start(other, &shared.config, timed),
+            Some(Ok(request)) => (Some(request), None),
+            None => (None, None),
+            Some(Err(reason)) => (None, Some(Self::not_replayable(reason))),
         };
+        let timer = Timer::first(&shared.config, timed);
         ResponseFuture {
             state: State::Called { future },
             service,
@@ -159,6 +206,7 @@ where
             shared,
             stream,
             attempts: 1,
+            timer,
             cold,
         }
     }
@@ -168,29 +216,13 @@ impl<S, Req, C, R, O> ResponseFuture<S, Req, C, R, O>
 where
     S: Service<Req>,
 {
-    /// The start of a call that needs the cold part at once: it has timers, or its request
-    /// could not be copied.
+    /// The cold part of a call whose request could not be copied.
     #[cold]
     #[inline(never)]
-    #[allow(clippy::type_complexity)]
-    fn cold_start(
-        request: Option<Result<Req, NotReplayable>>,
-        config: &Config,
-        timed: bool,
-    ) -> (Option<Req>, Option<Pin<Box<Cold>>>) {
+    fn not_replayable(reason: NotReplayable) -> Box<Cold> {
         let mut cold = Cold::new();
-        let request = match request {
-            Some(Ok(r)) => Some(r),
-            Some(Err(reason)) => {
-                *cold.as_mut().project().not_replayable = Some(reason);
-                None
-            }
-            None => None,
-        };
-        if timed {
-            cold.as_mut().arm_attempt_timer(config, Instant::now());
-        }
-        (request, Some(cold))
+        cold.not_replayable = Some(reason);
+        cold
     }
 }
 
@@ -214,7 +246,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         // The hot path: a first attempt without timers that succeeds.
-        if this.cold.is_none() {
+        if this.cold.is_none() && !this.timer.armed() {
             if let StateProj::Called { future } = this.state.as_mut().project() {
                 return match future.poll(cx) {
                     Poll::Pending => Poll::Pending,
@@ -260,15 +292,12 @@ where
                     let result = match polled {
                         Poll::Ready(r) => r.map_err(|e| e.into_error().into_kind()),
                         Poll::Pending => {
-                            let Some(cold) = this.cold.as_mut() else {
-                                return Poll::Pending;
-                            };
-                            if !cold.as_mut().timer_fired(cx) {
+                            if !this.timer.as_mut().fired(cx) {
                                 return Poll::Pending;
                             }
                             // The attempt ran out of time: cancel it.
                             this.state.set(State::Done);
-                            if cold.timer_role == TimerRole::AttemptTimeout {
+                            if this.timer.role == TimerRole::AttemptTimeout {
                                 let after = this.shared.config.attempt_timeout.unwrap_or_default();
                                 Err(ErrorKind::Timeout(rampart_core::Timeout::new(after)))
                             } else {
@@ -286,7 +315,7 @@ where
                                 );
                                 let err = Error::new(ErrorKind::DeadlineExceeded(None))
                                     .with_attempts(attempts)
-                                    .with_elapsed(cold.elapsed());
+                                    .with_elapsed(this.timer.elapsed());
                                 return Poll::Ready(Err(err));
                             }
                         }
@@ -316,8 +345,7 @@ where
                             notify_finish(this.observer, &this.shared.config, attempts, None);
                         }
                         return Poll::Ready(result.map_err(|kind| {
-                            let elapsed =
-                                this.cold.as_ref().map(|c| c.elapsed()).unwrap_or_default();
+                            let elapsed = this.timer.elapsed();
                             Error::new(kind)
                                 .with_attempts(attempts)
                                 .with_elapsed(elapsed)
@@ -334,7 +362,8 @@ where
                             this.shared.budget.as_ref(),
                             *this.stream,
                             attempts,
-                            cold.as_mut(),
+                            cold,
+                            this.timer.as_mut().project().started,
                             this.request.is_some(),
                             outcome,
                             open_in,
@@ -351,8 +380,8 @@ where
                                 "giving up"
                             );
                             notify_finish(this.observer, &this.shared.config, attempts, Some(why));
-                            let elapsed = cold.elapsed();
-                            let reason = cold.as_mut().project().not_replayable.take();
+                            let elapsed = this.timer.elapsed();
+                            let reason = cold.not_replayable.take();
                             return Poll::Ready(give_up(result, why, attempts, elapsed, reason));
                         }
                     };
@@ -375,16 +404,15 @@ where
                     if delay.is_zero() {
                         this.state.set(State::Readying);
                     } else {
-                        cold.as_mut()
-                            .set_timer(instant_after(Instant::now(), delay), TimerRole::Backoff);
+                        this.timer
+                            .as_mut()
+                            .set(instant_after(Instant::now(), delay), TimerRole::Backoff);
                         this.state.set(State::Waiting);
                     }
                 }
                 StateProj::Waiting => {
-                    if let Some(cold) = this.cold.as_mut() {
-                        if !cold.as_mut().timer_fired(cx) {
-                            return Poll::Pending;
-                        }
+                    if !this.timer.as_mut().fired(cx) {
+                        return Poll::Pending;
                     }
                     this.state.set(State::Readying);
                 }
@@ -392,7 +420,7 @@ where
                     if let Err(e) = ready!(this.service.poll_ready(cx)) {
                         let attempts = *this.attempts;
                         this.state.set(State::Done);
-                        let elapsed = this.cold.as_ref().map(|c| c.elapsed()).unwrap_or_default();
+                        let elapsed = this.timer.elapsed();
                         let err = e.into_error().with_attempts(attempts).with_elapsed(elapsed);
                         return Poll::Ready(Err(err));
                     }
@@ -405,7 +433,7 @@ where
                             Ok(copy) => *this.request = Some(copy),
                             Err(reason) => {
                                 if let Some(cold) = this.cold.as_mut() {
-                                    *cold.as_mut().project().not_replayable = Some(reason);
+                                    cold.not_replayable = Some(reason);
                                 }
                             }
                         }
@@ -413,9 +441,10 @@ where
                     let future = this.service.call(request);
                     *this.attempts += 1;
                     let cold = this.cold.get_or_insert_with(Cold::new);
-                    cold.as_mut()
-                        .arm_attempt_timer(&this.shared.config, Instant::now());
-                    *cold.as_mut().project().span = Some(tracing::debug_span!(
+                    this.timer
+                        .as_mut()
+                        .arm_attempt(&this.shared.config, Instant::now());
+                    cold.span = Some(tracing::debug_span!(
                         "retry_attempt",
                         service = %this.shared.config.name,
                         attempt = *this.attempts,
@@ -451,7 +480,8 @@ fn plan_retry(
     budget: Option<&RetryBudget>,
     stream: u64,
     attempts: u32,
-    cold: Pin<&mut Cold>,
+    cold: &mut Cold,
+    started: &mut Option<Instant>,
     have_request: bool,
     outcome: Outcome,
     open_in: Option<Duration>,
@@ -460,7 +490,6 @@ fn plan_retry(
     if attempts > backoff.max_retries() {
         return Err(GiveUp::Exhausted);
     }
-    let cold = cold.project();
     if !have_request {
         return Err(if cold.not_replayable.is_some() {
             GiveUp::NotReplayable
@@ -469,7 +498,7 @@ fn plan_retry(
         });
     }
     let now = Instant::now();
-    let started = *cold.started.get_or_insert(now);
+    let started = *started.get_or_insert(now);
     let deadline_at = config.deadline.map(|d| instant_after(started, d));
     let schedule = cold
         .schedule

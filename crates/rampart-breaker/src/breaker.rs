@@ -92,14 +92,28 @@ impl Breaker {
     /// Asks to make a call.
     #[inline(always)]
     pub(crate) fn acquire(&self) -> Result<Admit, CircuitOpen> {
+        self.admit().map_err(|retry_in| self.open(retry_in))
+    }
+
+    /// [`acquire`](Self::acquire) with the rejection as its `retry_in` alone: a 16-byte
+    /// value that a service keeps between `poll_ready` and `call` (the `CircuitOpen`, with
+    /// the service's name, is made only for a rejected call).
+    #[inline(always)]
+    pub(crate) fn admit(&self) -> Result<Admit, Duration> {
         if let Some(admit) = self.control.closed() {
             return Ok(admit);
         }
         self.acquire_slow()
     }
 
+    /// The error of a call rejected with `retry_in`.
+    #[cold]
+    pub(crate) fn open(&self, retry_in: Duration) -> CircuitOpen {
+        CircuitOpen::new(self.name.clone(), retry_in)
+    }
+
     #[inline(never)]
-    fn acquire_slow(&self) -> Result<Admit, CircuitOpen> {
+    fn acquire_slow(&self) -> Result<Admit, Duration> {
         #[allow(clippy::cast_possible_truncation)]
         let permitted = self.cfg.permitted_probes as u16;
         match self.control.acquire(|| self.now_ms(), permitted) {
@@ -113,16 +127,13 @@ impl Breaker {
                 if let Some(calls) = &self.events.calls {
                     calls(&self.name, self.key.as_deref(), CallOutcome::Rejected);
                 }
-                Err(CircuitOpen::new(
-                    self.name.clone(),
-                    match deny {
-                        Deny::Open(until) => self.retry_in(until),
-                        // Never "now": the probes in flight decide within about one
-                        // attempt, so come back after a fraction of the recovery timeout.
-                        Deny::ProbesBusy => self.cfg.probes_busy_retry_in(),
-                        Deny::Forced => Duration::MAX,
-                    },
-                ))
+                Err(match deny {
+                    Deny::Open(until) => self.retry_in(until),
+                    // Never "now": the probes in flight decide within about one
+                    // attempt, so come back after a fraction of the recovery timeout.
+                    Deny::ProbesBusy => self.cfg.probes_busy_retry_in(),
+                    Deny::Forced => Duration::MAX,
+                })
             }
         }
     }

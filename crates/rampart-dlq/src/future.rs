@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use rampart_core::record::{CallRecord, StopReason};
@@ -43,7 +44,6 @@ pin_project! {
         #[pin]
         state: State<F>,
         request: Option<Req>,
-        started: Timestamp,
         shared: Arc<Shared<St, X, C>>,
         span: tracing::Span,
         // What the layers below saw of this call (see `rampart_core::record`).
@@ -67,12 +67,7 @@ impl<F: Future, Req, St, X, C> ResponseFuture<F, Req, St, X, C>
 where
     F::Output: Settle,
 {
-    pub(crate) fn new(
-        future: F,
-        request: Req,
-        started: Timestamp,
-        shared: Arc<Shared<St, X, C>>,
-    ) -> Self {
+    pub(crate) fn new(future: F, request: Req, shared: Arc<Shared<St, X, C>>) -> Self {
         // One span per logical call; the retry layer's `retry_attempt` spans nest inside it.
         let span = tracing::debug_span!(
             "rampart_call",
@@ -83,7 +78,6 @@ where
         ResponseFuture {
             state: State::Called { future },
             request: Some(request),
-            started,
             shared,
             span,
             record: CallRecord::default(),
@@ -244,6 +238,13 @@ where
                         Some(req) => shared.extractor.extract_whole(&req),
                         None => Default::default(),
                     };
+                    // The clock is read only here, for a call being dead-lettered: the first
+                    // attempt's time is derived from the elapsed time the retry layer
+                    // reports (measured from the start with timers, from the first failure
+                    // without), so a successful call reads no clock in this layer.
+                    let now = Timestamp::now();
+                    let elapsed = result.as_ref().err().map_or(Duration::ZERO, Error::elapsed);
+                    let first = now.before(elapsed);
                     let record = DeadLetterRecord {
                         version: RECORD_VERSION,
                         id: RecordId::new(),
@@ -253,8 +254,8 @@ where
                         error: shared.redactor.text(&error),
                         attempts,
                         max_attempts: shared.max_attempts.max(attempts),
-                        first_attempt_at: *this.started,
-                        last_attempt_at: Timestamp::now(),
+                        first_attempt_at: first,
+                        last_attempt_at: now,
                         redrive_count: 0,
                         request: extracted.part,
                         truncated: extracted.truncated,

@@ -194,6 +194,31 @@ impl Timestamp {
         Timestamp(SystemTime::UNIX_EPOCH + ms)
     }
 
+    /// `elapsed` before this time, to the millisecond (this time if that would be before
+    /// the epoch).
+    ///
+    /// ```
+    /// use rampart_dlq::Timestamp;
+    /// use std::time::{Duration, SystemTime};
+    ///
+    /// let t = Timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(5_000));
+    /// assert_eq!(t.before(Duration::from_micros(1_500_400)).0, SystemTime::UNIX_EPOCH + Duration::from_millis(3_499));
+    /// assert_eq!(t.before(Duration::from_secs(9)), t);
+    /// ```
+    pub fn before(self, elapsed: Duration) -> Timestamp {
+        let since = self
+            .0
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        match since.checked_sub(elapsed) {
+            Some(d) => Timestamp(
+                SystemTime::UNIX_EPOCH
+                    + Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            ),
+            None => self,
+        }
+    }
+
     /// How long ago this was (zero if in the future).
     pub fn age(&self) -> Duration {
         SystemTime::now().duration_since(self.0).unwrap_or_default()
@@ -256,7 +281,11 @@ pub struct DeadLetterRecord {
     pub attempts: u32,
     /// Attempts allowed.
     pub max_attempts: u32,
-    /// When the first attempt started.
+    /// When the first attempt started, as far as the layers below tell: the dead-letter
+    /// layer reads no clock on a successful call, so this is derived from the error's
+    /// elapsed time — from the call's start when the retry layer has a deadline or an
+    /// attempt timeout, from the first failure otherwise — and equals `last_attempt_at` for
+    /// a failure without one (a failed response, a single attempt).
     pub first_attempt_at: Timestamp,
     /// When the last attempt ended.
     pub last_attempt_at: Timestamp,

@@ -8,7 +8,6 @@ use tower_service::Service;
 use crate::extract::Extract;
 use crate::future::ResponseFuture;
 use crate::layer::{stats, DeadLetterStats, Shared};
-use crate::record::Timestamp;
 use crate::store::DeadLetterStore;
 
 /// Records requests that finally fail. Made by [`DeadLetterLayer`](crate::DeadLetterLayer).
@@ -101,6 +100,6 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let copy = req.clone();
         let future = self.inner.call(req);
-        ResponseFuture::new(future, copy, Timestamp::now(), self.shared.clone())
+        ResponseFuture::new(future, copy, self.shared.clone())
     }
 }

@@ -381,10 +381,9 @@ async fn an_open_breaker_defers_jobs_to_its_half_open_time() {
         .recovery_timeout(Duration::from_secs(120))
         .build()
         .unwrap();
-    let breaker = CircuitBreakerLayer::new(
-        config,
-        rampart_core::classify::ErrorsAre(rampart_core::Outcome::TRANSIENT),
-    );
+    let breaker = CircuitBreakerLayer::new(config).classifier(rampart_core::classify::ErrorsAre(
+        rampart_core::Outcome::TRANSIENT,
+    ));
     let handle = breaker.handle();
     handle.force_open();
     let up = Upstream::new(|_, _| Act::Ok);

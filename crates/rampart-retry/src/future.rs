@@ -50,66 +50,100 @@ pin_project! {
         shared: Arc<Shared>,
         stream: u64,
         attempts: u32,
-        cold: Option<Pin<Box<Cold>>>,
+        // The call's timer, inline and pinned with the future: an attempt timeout or a
+        // deadline arms it on every call, so it must not cost an allocation.
+        #[pin]
+        timer: Timer,
+        cold: Option<Box<Cold>>,
     }
 }
 
-pin_project! {
-    /// The failure-path state of one logical call.
-    struct Cold {
-        // When the call started (with timers) or first failed (without).
-        started: Option<Instant>,
-        #[pin]
-        timer: Option<Sleep>,
-        timer_role: TimerRole,
-        schedule: Option<Schedule>,
-        span: Option<tracing::Span>,
-        not_replayable: Option<NotReplayable>,
-        // Attempts a circuit breaker rejected: they never reached the service.
-        rejected: u32,
-    }
+/// The failure-path state of one logical call, allocated on its first failure.
+struct Cold {
+    schedule: Option<Schedule>,
+    span: Option<tracing::Span>,
+    not_replayable: Option<NotReplayable>,
+    // Attempts a circuit breaker rejected: they never reached the service.
+    rejected: u32,
 }
 
 impl Cold {
-    fn new() -> Pin<Box<Cold>> {
-        Box::pin(Cold {
-            started: None,
-            timer: None,
-            timer_role: TimerRole::AttemptTimeout,
+    fn new() -> Box<Cold> {
+        Box::new(Cold {
             schedule: None,
             span: None,
             not_replayable: None,
             rejected: 0,
         })
     }
+}
+
+pin_project! {
+    /// One timer per call (attempt timeout, deadline or backoff wait) and when the call
+    /// started. Without timers the clock is read only on the first failure.
+    struct Timer {
+        // When the call started (with timers) or first failed (without).
+        started: Option<Instant>,
+        #[pin]
+        sleep: Option<Sleep>,
+        role: TimerRole,
+    }
+}
+
+impl Timer {
+    /// No timer; the clock is not read.
+    const IDLE: Timer = Timer {
+        started: None,
+        sleep: None,
+        role: TimerRole::AttemptTimeout,
+    };
+
+    /// The first attempt's timer, armed now if a timeout or a deadline is set.
+    fn first(config: &Config, timed: bool) -> Timer {
+        if !timed {
+            return Timer::IDLE;
+        }
+        let now = Instant::now();
+        match attempt_bound(config, now, now) {
+            Some((at, role)) => Timer {
+                started: Some(now),
+                sleep: Some(sleep_until(at)),
+                role,
+            },
+            None => Timer {
+                started: Some(now),
+                ..Timer::IDLE
+            },
+        }
+    }
+
+    fn armed(&self) -> bool {
+        self.sleep.is_some()
+    }
 
     /// Sets the timer to fire at `at`, reusing its registration when there is one.
-    fn set_timer(self: Pin<&mut Self>, at: Instant, role: TimerRole) {
+    fn set(self: Pin<&mut Self>, at: Instant, role: TimerRole) {
         let mut this = self.project();
-        *this.timer_role = role;
-        match this.timer.as_mut().as_pin_mut() {
+        *this.role = role;
+        match this.sleep.as_mut().as_pin_mut() {
             Some(timer) => timer.reset(at),
-            None => this.timer.set(Some(sleep_until(at))),
+            None => this.sleep.set(Some(sleep_until(at))),
         }
     }
 
     /// Arms the timer that bounds one attempt: the per-attempt timeout or the overall
     /// deadline, whichever comes first. Disarms it if neither is configured.
-    fn arm_attempt_timer(mut self: Pin<&mut Self>, config: &Config, now: Instant) {
+    fn arm_attempt(mut self: Pin<&mut Self>, config: &Config, now: Instant) {
         let started = *self.as_mut().project().started.get_or_insert(now);
-        let by_timeout = config.attempt_timeout.map(|t| instant_after(now, t));
-        let by_deadline = config.deadline.map(|d| instant_after(started, d));
-        match (by_timeout, by_deadline) {
-            (Some(t), Some(d)) if d <= t => self.set_timer(d, TimerRole::Deadline),
-            (Some(t), _) => self.set_timer(t, TimerRole::AttemptTimeout),
-            (None, Some(d)) => self.set_timer(d, TimerRole::Deadline),
-            (None, None) => self.project().timer.set(None),
+        match attempt_bound(config, now, started) {
+            Some((at, role)) => self.set(at, role),
+            None => self.project().sleep.set(None),
         }
     }
 
     /// `true` once the armed timer has fired.
-    fn timer_fired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
-        match self.project().timer.as_pin_mut() {
+    fn fired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
+        match self.project().sleep.as_pin_mut() {
             Some(timer) => timer.poll(cx).is_ready(),
             None => false,
         }
@@ -117,6 +151,18 @@ impl Cold {
 
     fn elapsed(&self) -> Duration {
         self.started.map(|s| s.elapsed()).unwrap_or_default()
+    }
+}
+
+/// When an attempt starting at `now` of a call that started at `started` must end, and why.
+fn attempt_bound(config: &Config, now: Instant, started: Instant) -> Option<(Instant, TimerRole)> {
+    let by_timeout = config.attempt_timeout.map(|t| instant_after(now, t));
+    let by_deadline = config.deadline.map(|d| instant_after(started, d));
+    match (by_timeout, by_deadline) {
+        (Some(t), Some(d)) if d <= t => Some((d, TimerRole::Deadline)),
+        (Some(t), _) => Some((t, TimerRole::AttemptTimeout)),
+        (None, Some(d)) => Some((d, TimerRole::Deadline)),
+        (None, None) => None,
     }
 }
 
@@ -148,10 +194,11 @@ where
         stream: u64,
     ) -> Self {
         let (request, cold) = match request {
-            Some(Ok(request)) if !timed => (Some(request), None),
-            None if !timed => (None, None),
-            other => Self::cold_start(other, &shared.config, timed),
+            Some(Ok(request)) => (Some(request), None),
+            None => (None, None),
+            Some(Err(reason)) => (None, Some(Self::not_replayable(reason))),
         };
+        let timer = Timer::first(&shared.config, timed);
         ResponseFuture {
             state: State::Called { future },
             service,
@@ -162,6 +209,7 @@ where
             shared,
             stream,
             attempts: 1,
+            timer,
             cold,
         }
     }
@@ -171,29 +219,13 @@ impl<S, Req, C, R, O> ResponseFuture<S, Req, C, R, O>
 where
     S: Service<Req>,
 {
-    /// The start of a call that needs the cold part at once: it has timers, or its request
-    /// could not be copied.
+    /// The cold part of a call whose request could not be copied.
     #[cold]
     #[inline(never)]
-    #[allow(clippy::type_complexity)]
-    fn cold_start(
-        request: Option<Result<Req, NotReplayable>>,
-        config: &Config,
-        timed: bool,
-    ) -> (Option<Req>, Option<Pin<Box<Cold>>>) {
+    fn not_replayable(reason: NotReplayable) -> Box<Cold> {
         let mut cold = Cold::new();
-        let request = match request {
-            Some(Ok(r)) => Some(r),
-            Some(Err(reason)) => {
-                *cold.as_mut().project().not_replayable = Some(reason);
-                None
-            }
-            None => None,
-        };
-        if timed {
-            cold.as_mut().arm_attempt_timer(config, Instant::now());
-        }
-        (request, Some(cold))
+        cold.not_replayable = Some(reason);
+        cold
     }
 }
 
@@ -217,7 +249,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         // The hot path: a first attempt without timers that succeeds.
-        if this.cold.is_none() {
+        if this.cold.is_none() && !this.timer.armed() {
             if let StateProj::Called { future } = this.state.as_mut().project() {
                 return match future.poll(cx) {
                     Poll::Pending => Poll::Pending,
@@ -286,21 +318,19 @@ where
                             r.map_err(|e| e.into_error().into_kind())
                         }
                         Poll::Pending => {
-                            let Some(cold) = this.cold.as_mut() else {
-                                return Poll::Pending;
-                            };
-                            if !cold.as_mut().timer_fired(cx) {
+                            if !this.timer.as_mut().fired(cx) {
                                 return Poll::Pending;
                             }
                             // The attempt ran out of time: cancel it.
                             this.state.set(State::Done);
-                            if cold.timer_role == TimerRole::AttemptTimeout {
+                            if this.timer.role == TimerRole::AttemptTimeout {
                                 let after = this.shared.config.attempt_timeout.unwrap_or_default();
                                 Err(ErrorKind::Timeout(rampart_core::Timeout::new(after)))
                             } else {
                                 let attempts = *this.attempts;
-                                let reached = attempts.saturating_sub(cold.rejected);
-                                let elapsed = cold.elapsed();
+                                let rejected = this.cold.as_ref().map_or(0, |c| c.rejected);
+                                let reached = attempts.saturating_sub(rejected);
+                                let elapsed = this.timer.elapsed();
                                 rampart_core::record::update(|r| {
                                     r.attempt(true, Outcome::TRANSIENT);
                                     r.stop =
@@ -351,8 +381,7 @@ where
                             notify_finish(this.observer, &this.shared.config, attempts, None);
                         }
                         return Poll::Ready(result.map_err(|kind| {
-                            let elapsed =
-                                this.cold.as_ref().map(|c| c.elapsed()).unwrap_or_default();
+                            let elapsed = this.timer.elapsed();
                             let rejected = this.cold.as_ref().map_or(0, |c| c.rejected);
                             Error::new(kind)
                                 .with_attempts(attempts.saturating_sub(rejected))
@@ -363,7 +392,7 @@ where
                     // The failure path: from here on the cold part exists.
                     let cold = this.cold.get_or_insert_with(Cold::new);
                     if rejected_now {
-                        *cold.as_mut().project().rejected += 1;
+                        cold.rejected += 1;
                     }
                     let reached = attempts.saturating_sub(cold.rejected);
                     let plan = if open_in.is_none() && !outcome.is_retryable() {
@@ -374,7 +403,8 @@ where
                             this.shared.budget.as_ref(),
                             *this.stream,
                             attempts,
-                            cold.as_mut(),
+                            cold,
+                            this.timer.as_mut().project().started,
                             this.request.is_some(),
                             outcome,
                             open_in,
@@ -391,12 +421,12 @@ where
                                 "giving up"
                             );
                             notify_finish(this.observer, &this.shared.config, attempts, Some(why));
-                            let elapsed = cold.elapsed();
+                            let elapsed = this.timer.elapsed();
                             rampart_core::record::update(|r| {
                                 r.stop = Some(why.stop_reason());
                                 r.elapsed = elapsed;
                             });
-                            let reason = cold.as_mut().project().not_replayable.take();
+                            let reason = cold.not_replayable.take();
                             return Poll::Ready(give_up(result, why, reached, elapsed, reason));
                         }
                     };
@@ -419,16 +449,15 @@ where
                     if delay.is_zero() {
                         this.state.set(State::Readying);
                     } else {
-                        cold.as_mut()
-                            .set_timer(instant_after(Instant::now(), delay), TimerRole::Backoff);
+                        this.timer
+                            .as_mut()
+                            .set(instant_after(Instant::now(), delay), TimerRole::Backoff);
                         this.state.set(State::Waiting);
                     }
                 }
                 StateProj::Waiting => {
-                    if let Some(cold) = this.cold.as_mut() {
-                        if !cold.as_mut().timer_fired(cx) {
-                            return Poll::Pending;
-                        }
+                    if !this.timer.as_mut().fired(cx) {
+                        return Poll::Pending;
                     }
                     this.state.set(State::Readying);
                 }
@@ -437,7 +466,7 @@ where
                         let rejected = this.cold.as_ref().map_or(0, |c| c.rejected);
                         let attempts = this.attempts.saturating_sub(rejected);
                         this.state.set(State::Done);
-                        let elapsed = this.cold.as_ref().map(|c| c.elapsed()).unwrap_or_default();
+                        let elapsed = this.timer.elapsed();
                         let err = e.into_error().with_attempts(attempts).with_elapsed(elapsed);
                         return Poll::Ready(Err(err));
                     }
@@ -450,7 +479,7 @@ where
                             Ok(copy) => *this.request = Some(copy),
                             Err(reason) => {
                                 if let Some(cold) = this.cold.as_mut() {
-                                    *cold.as_mut().project().not_replayable = Some(reason);
+                                    cold.not_replayable = Some(reason);
                                 }
                             }
                         }
@@ -458,9 +487,10 @@ where
                     let future = this.service.call(request);
                     *this.attempts += 1;
                     let cold = this.cold.get_or_insert_with(Cold::new);
-                    cold.as_mut()
-                        .arm_attempt_timer(&this.shared.config, Instant::now());
-                    *cold.as_mut().project().span = Some(tracing::debug_span!(
+                    this.timer
+                        .as_mut()
+                        .arm_attempt(&this.shared.config, Instant::now());
+                    cold.span = Some(tracing::debug_span!(
                         "retry_attempt",
                         service = %this.shared.config.name,
                         attempt = *this.attempts,
@@ -496,7 +526,8 @@ fn plan_retry(
     budget: Option<&RetryBudget>,
     stream: u64,
     attempts: u32,
-    cold: Pin<&mut Cold>,
+    cold: &mut Cold,
+    started: &mut Option<Instant>,
     have_request: bool,
     outcome: Outcome,
     open_in: Option<Duration>,
@@ -505,7 +536,6 @@ fn plan_retry(
     if attempts > backoff.max_retries() {
         return Err(GiveUp::Exhausted);
     }
-    let cold = cold.project();
     if !have_request {
         return Err(if cold.not_replayable.is_some() {
             GiveUp::NotReplayable
@@ -514,7 +544,7 @@ fn plan_retry(
         });
     }
     let now = Instant::now();
-    let started = *cold.started.get_or_insert(now);
+    let started = *started.get_or_insert(now);
     let deadline_at = config.deadline.map(|d| instant_after(started, d));
     let schedule = cold
         .schedule

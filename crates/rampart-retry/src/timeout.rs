@@ -87,18 +87,22 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         TimeoutFuture {
             inner: self.inner.call(req),
-            sleep: self.timeout.map(|t| Box::pin(sleep(t))),
+            // Inline and pinned with the future: no allocation per call. `sleep` reads the
+            // clock once; the instant is kept within tokio's timer wheel.
+            sleep: self.timeout.map(sleep),
             after: self.timeout.unwrap_or_default(),
         }
     }
 }
 
 pin_project! {
-    /// The response future of [`AttemptTimeout`].
+    /// The response future of [`AttemptTimeout`]: the inner call and, when a timeout is
+    /// set, its timer, both pinned in place (nothing is boxed).
     pub struct TimeoutFuture<F> {
         #[pin]
         inner: F,
-        sleep: Option<Pin<Box<Sleep>>>,
+        #[pin]
+        sleep: Option<Sleep>,
         after: Duration,
     }
 }
@@ -116,8 +120,8 @@ where
         if let Poll::Ready(r) = this.inner.poll(cx) {
             return Poll::Ready(r.map_err(IntoError::into_error));
         }
-        if let Some(s) = this.sleep.as_mut() {
-            ready!(s.as_mut().poll(cx));
+        if let Some(s) = this.sleep.as_pin_mut() {
+            ready!(s.poll(cx));
             return Poll::Ready(Err(Error::from(Timeout::new(*this.after))));
         }
         Poll::Pending

@@ -8,10 +8,10 @@
 //! dead-lettered once.
 //!
 //! ```text
-//! cargo run --example tts_worker --features jobs,gemini,redis -- produce -n 50
-//! cargo run --example tts_worker --features jobs,gemini,redis -- work --base-delay 1s --for 20s
-//! cargo run --example tts_worker --features jobs,gemini,redis -- --backend redis://127.0.0.1:6379 produce -n 50
-//! cargo run --example tts_worker --features jobs,gemini,redis -- --backend redis://127.0.0.1:6379 work --base-delay 1s
+//! cargo run -p rampart-demo --example tts_worker -- produce -n 50
+//! cargo run -p rampart-demo --example tts_worker -- work --base-delay 1s --for 20s
+//! cargo run -p rampart-demo --example tts_worker -- --backend redis://127.0.0.1:6379 produce -n 50
+//! cargo run -p rampart-demo --example tts_worker -- --backend redis://127.0.0.1:6379 work --base-delay 1s
 //! ```
 
 use std::future::Future;
@@ -27,14 +27,13 @@ use http::Response;
 use rampart::breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer};
 use rampart::client::{HttpClient, HttpError};
 use rampart::dlq::{DeadLetterStore, ListQuery, SqliteStore};
-use rampart::gemini::{
-    decode_audio, tts_request, wav, FakeGemini, FaultMix, GeminiClassifier, SAMPLE_RATE,
-};
+use rampart::gemini::{decode_audio, tts_request, GeminiClassifier, SAMPLE_RATE};
 use rampart::jobs::apalis_core::backend::ext::{with_codec::WithCodec, BackendExt};
 use rampart::jobs::apalis_core::worker::builder::WorkerBuilder;
 use rampart::jobs::{apalis_redis, apalis_sqlite};
 use rampart::jobs::{BackendScheduler, Job, JobCodec, JobLayer, JobPolicy, JobQueue, Reschedule};
 use rampart::{BoxError, Classify, Outcome};
+use rampart_demo::{wav, FakeGemini, FaultMix};
 use serde::{Deserialize, Serialize};
 use tower::{Layer, Service};
 
@@ -102,7 +101,7 @@ impl Service<TtsJob> for Tts {
     type Future = BoxFuture<'static, Result<Response<Bytes>, Self::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.client.poll_ready(cx)
+        Service::<http::Request<Bytes>>::poll_ready(&mut self.client, cx)
     }
 
     fn call(&mut self, job: TtsJob) -> Self::Future {
@@ -204,10 +203,9 @@ async fn main() -> Result<(), BoxError> {
                 }
             };
             let breaker = CircuitBreakerLayer::new(
-                CircuitBreakerConfig::default(),
-                GeminiClassifier::default(),
+                CircuitBreakerConfig::builder().name("gemini_api").build()?,
             )
-            .name("gemini_api");
+            .classifier(GeminiClassifier::default());
             let handler = Tts {
                 client: breaker.layer(HttpClient::new()),
                 base: base.into(),

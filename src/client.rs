@@ -180,6 +180,12 @@ pub struct RequestMethod {
 }
 
 impl RequestMethod {
+    /// A method and whether repeating the request is safe (for request types other than
+    /// `http::Request`).
+    pub(crate) fn new(method: Method, idempotent: bool) -> Self {
+        RequestMethod { method, idempotent }
+    }
+
     /// The method of `req`, idempotent by method or by an `Idempotency-Key` header.
     pub fn of<B>(req: &Request<B>) -> Self {
         RequestMethod {
@@ -725,12 +731,23 @@ impl HttpClassifier {
     /// assert_eq!(HttpClassifier::default().response_outcome(&res), Outcome::Permanent);
     /// ```
     pub fn response_outcome<B>(&self, res: &Response<B>) -> Outcome {
-        let outcome = status_outcome(res.status(), retry_after(res.headers()));
+        self.outcome_of(res.status(), res.headers(), res.extensions())
+    }
+
+    /// [`response_outcome`](Self::response_outcome) from a response's parts, for response
+    /// types other than `http::Response` (reqwest's).
+    pub(crate) fn outcome_of(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Outcome {
+        let outcome = status_outcome(status, retry_after(headers));
         if !outcome.is_retryable() || self.retry_non_idempotent {
             return outcome;
         }
-        match res.extensions().get::<RequestMethod>() {
-            Some(m) if !m.idempotent && !(self.not_processed)(res.status(), res.headers()) => {
+        match extensions.get::<RequestMethod>() {
+            Some(m) if !m.idempotent && !(self.not_processed)(status, headers) => {
                 // It may have been processed: repeating it could do it twice.
                 Outcome::Permanent
             }

@@ -138,9 +138,6 @@ pub mod dlq {
 #[cfg_attr(docsrs, doc(cfg(feature = "dlq")))]
 pub use rampart_dlq::{DeadLetter, DeadLetterLayer, DeadLetterRecord, DeadLetterStore};
 
-#[doc = include_str!("../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;
 /// Durable job retries on apalis workers: [`JobLayer`](jobs::JobLayer), [`JobPolicy`](jobs::JobPolicy)
 /// (`tts_task`), countdowns in the backend, the breaker's deferral, dead letters once.
 #[cfg(feature = "jobs")]

@@ -54,9 +54,7 @@ use rampart_core::{Classify, NotReplayable, Outcome};
 use rampart_retry::Replay;
 use tower_service::Service;
 
-use crate::client::{
-    is_idempotent, retry_after, status_outcome, HttpClassifier, HttpError, HttpErrorKind,
-};
+use crate::client::{is_idempotent, HttpClassifier, HttpError, HttpErrorKind};
 
 /// A `reqwest::Client` as a tower service from `reqwest::Request` to `reqwest::Response`
 /// (the body left to the caller to read), with [`HttpError`]s that say whether the request
@@ -154,8 +152,16 @@ impl Service<::reqwest::Request> for ReqwestService {
         let idempotent = is_idempotent(&method, req.headers());
         let fut = self.client.execute(req);
         Box::pin(async move {
-            fut.await
-                .map_err(|e| HttpError::new(error_kind(&e), method, idempotent, e))
+            match fut.await {
+                Ok(mut res) => {
+                    // The method-safety rule applies to responses too: a 5xx to a POST
+                    // without an Idempotency-Key is not retried (see `HttpClassifier`).
+                    res.extensions_mut()
+                        .insert(crate::client::RequestMethod::new(method, idempotent));
+                    Ok(res)
+                }
+                Err(e) => Err(HttpError::new(error_kind(&e), method, idempotent, e)),
+            }
         })
     }
 }
@@ -166,7 +172,7 @@ impl Service<::reqwest::Request> for ReqwestService {
 impl Classify<::reqwest::Response, HttpError> for HttpClassifier {
     fn classify(&self, result: Result<&::reqwest::Response, &HttpError>) -> Outcome {
         match result {
-            Ok(res) => status_outcome(res.status(), retry_after(res.headers())),
+            Ok(res) => self.outcome_of(res.status(), res.headers(), res.extensions()),
             Err(e) if is_builder_error(e) => Outcome::Rejected,
             Err(e) => self.error_outcome(e),
         }

@@ -166,6 +166,7 @@ async fn metrics_report_exactly_what_happened() {
             .unwrap_or_else(|| panic!("{k} missing from:\n{body}"))
     };
     let s = "service=\"gemini_api\"";
+
     assert_eq!(
         get(&format!("retry_attempts_total{{{s},status=\"success\"}}")),
         1.0

@@ -132,10 +132,49 @@ async fn statuses_are_retried_or_returned_as_the_http_classifier_says() {
 }
 
 #[tokio::test]
+async fn a_post_answered_5xx_is_not_retried_without_an_idempotency_key() {
+    let (addr, counts) = serve().await;
+    let client = reqwest::Client::new();
+    for status in [500, 502, 503, 504] {
+        // No key: the server may have processed it; the 5xx comes back after one attempt.
+        let key = format!("post{status}");
+        let req = client
+            .post(format!("http://{addr}/s/{key}/2/{status}"))
+            .body("order")
+            .build()
+            .unwrap();
+        let res = api(&client, 3).oneshot(req).await.unwrap();
+        assert_eq!(res.status().as_u16(), status);
+        assert_eq!(calls(&counts, &key), 1, "POST on {status} is sent once");
+        // With an Idempotency-Key it is retried to success.
+        let key = format!("keyed{status}");
+        let req = client
+            .post(format!("http://{addr}/s/{key}/2/{status}"))
+            .header("idempotency-key", "k-1")
+            .body("order")
+            .build()
+            .unwrap();
+        let res = api(&client, 3).oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(calls(&counts, &key), 3, "keyed POST on {status} is retried");
+    }
+    // 429 says it was not processed: retried even without a key.
+    let req = client
+        .post(format!("http://{addr}/s/busy/2/429"))
+        .body("order")
+        .build()
+        .unwrap();
+    let res = api(&client, 3).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(calls(&counts, "busy"), 3);
+}
+
+#[tokio::test]
 async fn retry_after_in_both_forms_sets_the_delay() {
     let (addr, counts) = serve().await;
     let client = reqwest::Client::new();
-    // The backoff alone waits 1 ms; Retry-After (capped at max_delay, 200 ms) waits longer.
+    // The backoff alone would wait 1 ms; a Retry-After (either form) longer than max_delay
+    // (200 ms) is never undercut: the call stops at once, throttled, with the response.
     for (key, ra) in [("secs", "5"), ("date", "date+5")] {
         let req = client
             .get(format!("http://{addr}/s/{key}/1/503"))
@@ -144,13 +183,28 @@ async fn retry_after_in_both_forms_sets_the_delay() {
             .unwrap();
         let t = Instant::now();
         let res = api(&client, 2).oneshot(req).await.unwrap();
-        assert_eq!(res.status(), 200);
-        assert!(
-            t.elapsed() >= Duration::from_millis(190),
-            "{ra}: waited {:?}",
-            t.elapsed()
-        );
-        assert_eq!(calls(&counts, key), 2);
+        assert_eq!(res.status(), 503, "{ra}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{ra}: did not wait");
+        assert_eq!(calls(&counts, key), 1, "{ra}: no retry before the hint");
+    }
+    // The date form, read off a real response.
+    let res = client
+        .get(format!("http://{addr}/s/direct-date/1/503"))
+        .header("x-ra", "date+30")
+        .send()
+        .await
+        .unwrap();
+    match Classify::<_, HttpError>::classify(&HttpClassifier::default(), Ok(&res)) {
+        Outcome::Transient {
+            retry_after: Some(d),
+        }
+        | Outcome::Throttled {
+            retry_after: Some(d),
+        } => assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        ),
+        other => panic!("date form not read: {other:?}"),
     }
     // The classifier reads both forms off a real response.
     let res = client

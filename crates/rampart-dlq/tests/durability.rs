@@ -212,18 +212,17 @@ fn a_writer_process_killed_three_times_loses_no_acknowledged_record() {
 fn a_process_opening_and_listing_the_store_never_loses_the_writers_records() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shared.sqlite");
-    let total = 3_000u64;
-    let mut child = spawn_writer(&path, Some(total));
+    // The writer writes until it is killed: the reader's opens overlap its writes however
+    // fast or slow this machine is (no timing assumption), and the kill is a crash too.
+    const OPENS: u32 = 20;
+    let mut child = spawn_writer(&path, None);
     let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
-        let ids: Vec<RecordId> = BufReader::new(stdout)
+        BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
             .filter_map(|l| ack(&l).ok())
-            .collect();
-        let _ = tx.send(());
-        ids
+            .collect::<Vec<RecordId>>()
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -233,7 +232,11 @@ fn a_process_opening_and_listing_the_store_never_loses_the_writers_records() {
     // `rampart dlq list` in a loop does): each open must leave the writer's records alone.
     let mut opens = 0;
     let mut last = 0;
-    while rx.try_recv().is_err() {
+    while opens < OPENS {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the writer stopped on its own"
+        );
         if !path.exists() {
             std::thread::sleep(Duration::from_millis(5));
             continue;
@@ -253,10 +256,10 @@ fn a_process_opening_and_listing_the_store_never_loses_the_writers_records() {
             opens += 1;
         });
     }
+    child.kill().unwrap();
+    child.wait().unwrap();
     let acked = reader.join().unwrap();
-    assert!(child.wait().unwrap().success());
-    assert_eq!(acked.len() as u64, total);
-    assert!(opens > 5, "the reader opened the store only {opens} times");
+    assert!(!acked.is_empty(), "the writer acknowledged nothing");
     assert_eq!(integrity_check(&path), "ok");
     rt.block_on(async {
         let store = SqliteStore::open_existing(&path).unwrap();
@@ -266,9 +269,12 @@ fn a_process_opening_and_listing_the_store_never_loses_the_writers_records() {
             missing, 0,
             "records lost while another process opened the store"
         );
-        assert_eq!(seen.len() as u64, total);
+        assert!(seen.values().all(|n| *n == 1), "each record exactly once");
     });
-    eprintln!("the reader opened the store {opens} times while the writer wrote");
+    eprintln!(
+        "the reader opened the store {opens} times while the writer wrote {} acknowledged records",
+        acked.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -534,7 +534,13 @@ fn plan_retry(
 ) -> Result<Retrying, GiveUp> {
     let backoff = &config.backoff;
     if attempts > backoff.max_retries() {
-        return Err(GiveUp::Exhausted);
+        // The last try met an open circuit: that, not the retry count, is what stopped the
+        // call (the dependency never saw it), and the dead letter says so.
+        return Err(if open_in.is_some() {
+            GiveUp::CircuitOpen
+        } else {
+            GiveUp::Exhausted
+        });
     }
     if !have_request {
         return Err(if cold.not_replayable.is_some() {

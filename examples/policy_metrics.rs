@@ -47,7 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         async move {
             match i % 10 {
                 0 | 1 => Err(io::Error::from(io::ErrorKind::ConnectionReset)),
-                2 if x % 50 == 0 => Err(io::Error::from(io::ErrorKind::PermissionDenied)),
+                2 if x.is_multiple_of(50) => Err(io::Error::from(io::ErrorKind::PermissionDenied)),
                 _ => Ok(x),
             }
         }

@@ -774,7 +774,7 @@ fn request_of(r: &DeadLetterRecord, target: &http::Uri) -> Result<http::Request<
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
     let digits = s.as_bytes();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     digits

@@ -397,7 +397,7 @@ async fn redrive_removes_what_succeeds_and_bumps_what_fails_again() {
         store.push(r).await.unwrap();
     }
     let even_ok = service_fn(|n: u64| async move {
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             Ok(())
         } else {
             Err(io::Error::from(io::ErrorKind::ConnectionRefused))

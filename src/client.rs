@@ -182,6 +182,7 @@ pub struct RequestMethod {
 impl RequestMethod {
     /// A method and whether repeating the request is safe (for request types other than
     /// `http::Request`).
+    #[cfg(feature = "reqwest")]
     pub(crate) fn new(method: Method, idempotent: bool) -> Self {
         RequestMethod { method, idempotent }
     }

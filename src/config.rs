@@ -40,12 +40,12 @@
 //! [services.gemini_api.circuit_breaker]
 //! enabled = true
 //! # Rate-based unless `failure_threshold` is set without a window: the reference design's
-//! # 5 failures / 60 s / 3 successes map onto >= 50 % failures over 10 s with at least 10
+//! # 5 failures / 60 s / 3 successes map onto >= 50 % failures over 10 s with at least 20
 //! # calls, open 5 s doubling after failed probe rounds up to 60 s, 3 probes of which 2
 //! # failures reopen (see `rampart::default_breaker`).
 //! window_seconds = 10
 //! failure_rate = 0.5
-//! minimum_calls = 10
+//! minimum_calls = 20
 //! recovery_timeout = "5s"
 //! max_recovery_timeout = "60s"
 //! success_threshold = 3
@@ -152,7 +152,7 @@ pub struct BreakerConfig {
     /// Consecutive failures that open the circuit (the reference `failure_threshold`). Set
     /// without a window, it replaces the policy's rate-based breaker with the reference's
     /// consecutive count; unset, the breaker trips on `failure_rate` over `window_seconds`
-    /// (10 s) once it holds `minimum_calls` (10 — twice the reference's 5).
+    /// (10 s) once it holds `minimum_calls` (20 — four times the reference's 5).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_threshold: Option<u32>,
     /// How long the circuit stays open.

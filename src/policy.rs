@@ -627,6 +627,9 @@ where
 /// The reference design's `failure_threshold`, mapped: at least this many failures (at the
 /// failure rate over twice as many calls) open a policy's circuit.
 const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
+/// A policy breaker's `minimum_calls` per failure of the reference's `failure_threshold`
+/// (see [`breaker_for`]).
+const MINIMUM_CALLS_PER_FAILURE: u32 = 4;
 /// The failure rate over the window that opens a policy's circuit.
 const DEFAULT_FAILURE_RATE: f64 = 0.5;
 /// The window a policy's failure rate is measured over, in seconds.
@@ -658,7 +661,7 @@ const DEFAULT_FIRST_OPEN: Duration = Duration::from_secs(5);
 /// let b = default_breaker();
 /// assert_eq!(b.consecutive_failures(), None);
 /// assert_eq!(b.window(), Some(Window::Time(10)));
-/// assert_eq!((b.failure_rate(), b.minimum_calls()), (0.5, 10));
+/// assert_eq!((b.failure_rate(), b.minimum_calls()), (0.5, 20));
 /// assert_eq!(b.recovery_timeout(), Duration::from_secs(5));
 /// assert_eq!(b.max_recovery_timeout(), Duration::from_secs(60));
 /// assert_eq!((b.success_threshold(), b.probe_fail_limit()), (3, 2));
@@ -684,15 +687,20 @@ pub fn default_breaker() -> CircuitBreakerConfig {
 ///
 /// // The production profile: 10 failures / 120 s.
 /// let b = breaker_for(10, Duration::from_secs(120), 3);
-/// assert_eq!(b.minimum_calls(), 20);
+/// assert_eq!(b.minimum_calls(), 40);
 /// assert_eq!(b.max_recovery_timeout(), Duration::from_secs(120));
 /// ```
 pub fn breaker_for(failures: u32, recovery: Duration, successes: u32) -> CircuitBreakerConfig {
+    // `minimum_calls` = 4 x the reference's `failure_threshold`: with 2 x (10 calls) the
+    // window tripped by chance in its first second at 100 calls/s under 20 % independent
+    // failures (P(>= 5 of the first 10 fail) ~ 3 %; `rampart simulate --scenario
+    // 'transient=20%'`, seed 1: 507 calls rejected, 98.3 % success); with 4 x (20 calls)
+    // ~ 0.3 %, and every seed tried succeeded >= 99.99 %.
     let built = CircuitBreakerConfig::builder()
         .consecutive_failures(None)
         .window(Some(rampart_breaker::Window::Time(DEFAULT_WINDOW_SECONDS)))
         .failure_rate(DEFAULT_FAILURE_RATE)
-        .minimum_calls(failures.max(1).saturating_mul(2))
+        .minimum_calls(failures.max(1).saturating_mul(MINIMUM_CALLS_PER_FAILURE))
         .recovery_timeout(DEFAULT_FIRST_OPEN.min(recovery))
         .max_recovery_timeout(recovery)
         .permitted_probes(successes)
@@ -704,7 +712,7 @@ pub fn breaker_for(failures: u32, recovery: Duration, successes: u32) -> Circuit
         if let Ok(d) = CircuitBreakerConfig::builder()
             .consecutive_failures(None)
             .window(Some(rampart_breaker::Window::Time(DEFAULT_WINDOW_SECONDS)))
-            .minimum_calls(DEFAULT_FAILURE_THRESHOLD * 2)
+            .minimum_calls(DEFAULT_FAILURE_THRESHOLD * MINIMUM_CALLS_PER_FAILURE)
             .recovery_timeout(DEFAULT_FIRST_OPEN)
             .max_recovery_timeout(rampart_breaker::config::DEFAULT_RECOVERY_TIMEOUT)
             .build()

@@ -49,7 +49,7 @@ fn presets_carry_the_reference_numbers() {
                 b.max_recovery_timeout(),
                 b.success_threshold()
             ),
-            (None, 10, Duration::from_secs(5), Duration::from_secs(60), 3),
+            (None, 20, Duration::from_secs(5), Duration::from_secs(60), 3),
             "{name}"
         );
         assert_eq!(
@@ -75,7 +75,7 @@ fn the_production_profile_applies_its_numbers() {
             b.minimum_calls(),
             b.max_recovery_timeout()
         ),
-        (None, 20, Duration::from_secs(120))
+        (None, 40, Duration::from_secs(120))
     );
     assert_eq!(numbers(&p, "gemini_api"), (3, MS(1000), MS(30_000), 2.0));
     assert_eq!(

@@ -175,7 +175,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .consecutive_failures(None)
                 .window(rampart::default_breaker().window())
                 .failure_rate(0.5)
-                .minimum_calls(10)
+                .minimum_calls(rampart::default_breaker().minimum_calls())
                 .recovery_timeout(args.recovery_timeout)
                 .max_recovery_timeout(args.recovery_timeout.saturating_mul(4))
                 .build()?,

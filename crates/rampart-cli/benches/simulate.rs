@@ -1,6 +1,6 @@
 //! Wall time of `rampart simulate`: 300 virtual seconds at 100 calls/s (30,000 calls through
 //! the real layers), one policy, as a real process. The goal is under 10 s in release; run
-//! `cargo bench -p rampart-cli --bench simulate`. Prints the times; fails nothing (a shared
+//! `cargo bench -p rampart-cli --features simulate --bench simulate`. Prints the times; fails nothing (a shared
 //! machine's wall time is noisy).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]

@@ -10,7 +10,9 @@
 //! `service`, `reason`, `classification`, `error`, `attempts`, `max_attempts`,
 //! `first_attempt_at`, `last_attempt_at`, `redrive_count`, `request { summary, payload }`.
 
+#[cfg(feature = "simulate")]
 mod simulate;
+mod simulate_args;
 mod store;
 
 use std::collections::BTreeMap;
@@ -53,7 +55,7 @@ enum Command {
     /// Run policies against a fault scenario on a virtual clock: a table and a plot.
     ///
     /// Example: rampart simulate -p tts --scenario outage-then-recovery --compare naive
-    Simulate(simulate::SimulateArgs),
+    Simulate(simulate_args::SimulateArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -991,7 +993,16 @@ fn main() -> ExitCode {
     let spec = cli.store.clone();
     if let Command::Simulate(args) = cli.command {
         // Its own paused-clock runtimes, one per policy.
-        return match simulate::main(args) {
+        #[cfg(not(feature = "simulate"))]
+        let run = {
+            let _ = args;
+            Err(usage(
+                "simulate is not in this build: run it with `cargo run --release -p rampart-cli --features simulate -- simulate …` (plotters, the chaos layer and the config loader stay out of the default CLI, so that it reuses the demo's build)",
+            ))
+        };
+        #[cfg(feature = "simulate")]
+        let run = simulate::main(args);
+        return match run {
             Ok(()) => ExitCode::SUCCESS,
             Err(Fail(msg, code)) => {
                 eprintln!("rampart: error: {msg}");

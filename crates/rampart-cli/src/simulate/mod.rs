@@ -5,7 +5,6 @@ mod plot;
 pub(crate) mod scenario;
 
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 

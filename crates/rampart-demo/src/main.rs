@@ -42,8 +42,9 @@ struct Args {
     )]
     faults: FaultMix,
     /// An outage of the embedded server, START+LENGTH from the first request: every request
-    /// gets a 503 (the circuit breaker opens). "none" for no outage.
-    #[arg(long, default_value = "1s+1s")]
+    /// gets a 503. The breaker trips on >= 50 % failures over 10 s, so the default 8 s opens
+    /// it (a blip of a second or two does not). "none" for no outage.
+    #[arg(long, default_value = "1s+8s")]
     outage: String,
     /// The API's base URL; the real one is https://generativelanguage.googleapis.com.
     /// Used only with GEMINI_API_KEY set.

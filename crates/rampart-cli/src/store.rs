@@ -89,7 +89,7 @@ pub(crate) async fn open(spec: &str, create: bool) -> Result<(AnyStore, String),
             "{spec}: the file journal store was retired in favour of SQLite; pass --store sqlite:PATH"
         ));
     }
-    let path = PathBuf::from(spec.strip_prefix("sqlite:").unwrap_or(spec));
+    let path = sqlite_path(spec);
     if !create && !path.exists() {
         return Err(format!(
             "no dead-letter store at {} (run the demo first: `cargo run --release -p rampart-demo`, or pass --store sqlite:PATH or --store redis://HOST:PORT/DB)",
@@ -236,9 +236,37 @@ impl DeadLetterStore for AnyStore {
     }
 }
 
+/// The file of a SQLite store spec: `sqlite:PATH`, the URL form apalis and sqlx print
+/// (`sqlite://relative.db`, `sqlite:///absolute.db`), or a bare path.
+fn sqlite_path(spec: &str) -> PathBuf {
+    PathBuf::from(
+        spec.strip_prefix("sqlite://")
+            .or_else(|| spec.strip_prefix("sqlite:"))
+            .unwrap_or(spec),
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{mask_url, scrub};
+    use super::{mask_url, scrub, sqlite_path};
+    use std::path::PathBuf;
+
+    #[test]
+    fn sqlite_specs_name_the_file() {
+        assert_eq!(
+            sqlite_path("sqlite:target/x.db"),
+            PathBuf::from("target/x.db")
+        );
+        assert_eq!(
+            sqlite_path("sqlite://tts-dlq.db"),
+            PathBuf::from("tts-dlq.db")
+        );
+        assert_eq!(
+            sqlite_path("sqlite:///var/dlq.db"),
+            PathBuf::from("/var/dlq.db")
+        );
+        assert_eq!(sqlite_path("dlq.db"), PathBuf::from("dlq.db"));
+    }
 
     #[test]
     fn passwords_never_shown() {

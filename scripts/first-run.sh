@@ -51,8 +51,8 @@ measure() { # NAME REV
   cargo fetch --locked -q
   local demo cli
   if [ -d crates/rampart-demo ]; then
-    demo=(cargo run --locked --release -p rampart-demo)
-    cli=(cargo run --locked --release -p rampart-cli -- dlq list --limit 3)
+    demo=(cargo run --locked -p rampart-demo)
+    cli=(cargo run --locked -p rampart-cli -- dlq list --limit 3)
   else
     demo=(cargo run --locked --release --example gemini_tts)
     cli=(cargo run --locked -p rampart-cli -- dlq list --limit 3)

@@ -92,7 +92,7 @@ pub(crate) async fn open(spec: &str, create: bool) -> Result<(AnyStore, String),
     let path = sqlite_path(spec);
     if !create && !path.exists() {
         return Err(format!(
-            "no dead-letter store at {} (run the demo first: `cargo run --release -p rampart-demo`, or pass --store sqlite:PATH or --store redis://HOST:PORT/DB)",
+            "no dead-letter store at {} (run the demo first: `cargo run -p rampart-demo`, or pass --store sqlite:PATH or --store redis://HOST:PORT/DB)",
             path.display()
         ));
     }

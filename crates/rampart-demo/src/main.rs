@@ -3,7 +3,7 @@
 //! a durable file dead-letter queue — against an embedded Gemini-shaped server that injects
 //! faults (or, with `GEMINI_API_KEY` and `--base-url`, the real API).
 //!
-//! Run with `cargo run --release -p rampart-demo` (`-- --help` for the flags).
+//! Run with `cargo run -p rampart-demo` (`-- --help` for the flags).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,8 +28,12 @@ struct Args {
     /// Requests to make.
     #[arg(short = 'n', long, default_value_t = 200)]
     requests: u32,
-    /// Requests in flight at once.
-    #[arg(short, long, default_value_t = 16)]
+    /// Requests started per second (an open loop, like real traffic: a request starts on
+    /// time whether or not earlier ones have finished).
+    #[arg(long, default_value_t = 40.0)]
+    rate: f64,
+    /// At most this many requests in flight at once (later ones wait for a slot).
+    #[arg(short, long, default_value_t = 256)]
     concurrency: usize,
     /// Seed of the embedded server's faults and of the retry jitter.
     #[arg(long, default_value_t = 7)]
@@ -42,9 +46,10 @@ struct Args {
     )]
     faults: FaultMix,
     /// An outage of the embedded server, START+LENGTH from the first request: every request
-    /// gets a 503. The breaker trips on >= 50 % failures over 10 s, so the default 8 s opens
-    /// it (a blip of a second or two does not). "none" for no outage.
-    #[arg(long, default_value = "1s+8s")]
+    /// gets a 503. The breaker trips on >= 50 % failures over 10 s once it has seen 20 calls,
+    /// so at the default rate the default outage opens it within a second. "none" for no
+    /// outage.
+    #[arg(long, default_value = "1s+2500ms")]
     outage: String,
     /// The API's base URL; the real one is https://generativelanguage.googleapis.com.
     /// Used only with GEMINI_API_KEY set.
@@ -59,6 +64,9 @@ struct Args {
     /// Per-attempt timeout.
     #[arg(long, default_value = "1s", value_parser = humantime_duration)]
     attempt_timeout: Duration,
+    /// Overall deadline of one request, retries and waits included.
+    #[arg(long, default_value = "6s", value_parser = humantime_duration)]
+    deadline: Duration,
     /// How long the circuit stays open before it lets probes through.
     #[arg(long, default_value = "500ms", value_parser = humantime_duration)]
     recovery_timeout: Duration,
@@ -166,7 +174,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("no gemini_api preset")?
         .seed(Some(args.seed))
         .attempt_timeout(Some(args.attempt_timeout))
-        .deadline(Some(Duration::from_secs(20)))
+        .deadline(Some(args.deadline))
         // The preset's rate-based breaker (≥ 50 % failures over 10 s, at least 10 calls;
         // 3 probes, 2 failures reopen), opening for the demo's shorter recovery timeout at
         // first and growing to 4× it. The policy's default budget (30 % + 10/s) funds the
@@ -230,14 +238,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{spinner} [{elapsed_precise}] {bar:40.cyan/blue} {pos}/{len} requests  {msg}",
     )?);
     let tally = Arc::new(Mutex::new(Tally::default()));
-    let next = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    // Open loop: request i starts at i / rate seconds, each in its own task, at most
+    // `concurrency` in flight.
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        return Err(format!(
+            "--rate {}: expected a positive number of requests per second",
+            args.rate
+        )
+        .into());
+    }
+    let interval = Duration::try_from_secs_f64(1.0 / args.rate)
+        .map_err(|e| format!("--rate {}: {e}", args.rate))?
+        .max(Duration::from_nanos(1));
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        args.concurrency.clamp(1, 1 << 20),
+    ));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut workers = Vec::new();
-    for _ in 0..args.concurrency.max(1) {
-        let (svc, bar, tally, next, attempts, breaker) = (
+    for i in 0..args.requests {
+        tick.tick().await;
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (svc, bar, tally, attempts, breaker) = (
             svc.clone(),
             bar.clone(),
             tally.clone(),
-            next.clone(),
             attempts.clone(),
             breaker.clone(),
         );
@@ -248,62 +275,56 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             args.voice.clone(),
             args.out.clone(),
         );
-        let total = args.requests;
         workers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= total {
-                    break;
+            let _slot = slot;
+            let id = format!("req-{i:05}");
+            let text = format!("Say cheerfully: have a wonderful day! ({id})");
+            let mut req = match tts_request(&base, &model, &key, &text, &voice) {
+                Ok(r) => r,
+                Err(e) => {
+                    bar.println(format!("{id}: cannot build the request: {e}"));
+                    return;
                 }
-                let id = format!("req-{i:05}");
-                let text = format!("Say cheerfully: have a wonderful day! ({id})");
-                let mut req = match tts_request(&base, &model, &key, &text, &voice) {
-                    Ok(r) => r,
+            };
+            let Ok(value) = http::HeaderValue::from_str(&id) else {
+                return;
+            };
+            req.headers_mut().insert("x-request-id", value.clone());
+            // generateContent is a POST: an Idempotency-Key makes it safe to retry after a
+            // connection reset (rampart's method-safety rule).
+            req.headers_mut().insert("idempotency-key", value);
+            let t = Instant::now();
+            let mut svc = svc.clone();
+            let result = match svc.ready().await {
+                Ok(s) => s.call(req).await,
+                Err(e) => Err(e),
+            };
+            let took = t.elapsed();
+            let ok = match &result {
+                Ok(res) if res.status().is_success() => match decode_audio(res.body()) {
+                    Ok(pcm) => std::fs::write(
+                        out.join("wav").join(format!("{id}.wav")),
+                        wav(&pcm, SAMPLE_RATE),
+                    )
+                    .is_ok(),
                     Err(e) => {
-                        bar.println(format!("{id}: cannot build the request: {e}"));
-                        continue;
+                        bar.println(format!("{id}: {e}"));
+                        false
                     }
-                };
-                let Ok(value) = http::HeaderValue::from_str(&id) else {
-                    continue;
-                };
-                req.headers_mut().insert("x-request-id", value.clone());
-                // generateContent is a POST: an Idempotency-Key makes it safe to retry after a
-                // connection reset (rampart's method-safety rule).
-                req.headers_mut().insert("idempotency-key", value);
-                let t = Instant::now();
-                let mut svc = svc.clone();
-                let result = match svc.ready().await {
-                    Ok(s) => s.call(req).await,
-                    Err(e) => Err(e),
-                };
-                let took = t.elapsed();
-                let ok = match &result {
-                    Ok(res) if res.status().is_success() => match decode_audio(res.body()) {
-                        Ok(pcm) => std::fs::write(
-                            out.join("wav").join(format!("{id}.wav")),
-                            wav(&pcm, SAMPLE_RATE),
-                        )
-                        .is_ok(),
-                        Err(e) => {
-                            bar.println(format!("{id}: {e}"));
-                            false
-                        }
-                    },
-                    _ => false,
-                };
-                {
-                    let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
-                    t.latencies.push(took);
-                    match (ok, attempts.get(&id)) {
-                        (true, 0 | 1) => t.first_try += 1,
-                        (true, _) => t.after_retry += 1,
-                        (false, _) => t.failed += 1,
-                    }
+                },
+                _ => false,
+            };
+            {
+                let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
+                t.latencies.push(took);
+                match (ok, attempts.get(&id)) {
+                    (true, 0 | 1) => t.first_try += 1,
+                    (true, _) => t.after_retry += 1,
+                    (false, _) => t.failed += 1,
                 }
-                bar.set_message(format!("breaker {}", breaker.state()));
-                bar.inc(1);
             }
+            bar.set_message(format!("breaker {}", breaker.state()));
+            bar.inc(1);
         }));
     }
     for w in workers {
@@ -328,9 +349,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!();
     println!(
-        "  rampart × Gemini TTS — {} requests, concurrency {}, against {}",
+        "  rampart × Gemini TTS — {} requests at {}/s, against {}",
         args.requests,
-        args.concurrency,
+        args.rate,
         if fake.is_some() {
             "the embedded fault-injecting server"
         } else {
@@ -386,10 +407,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     if dlq_path == std::path::Path::new("target/gemini_tts/dlq.sqlite") {
-        println!("  inspect them:  cargo run --release -p rampart-cli -- dlq list");
+        println!("  inspect them:  cargo run -p rampart-cli -- dlq list");
     } else {
         println!(
-            "  inspect them:  cargo run --release -p rampart-cli -- --store sqlite:{} dlq list",
+            "  inspect them:  cargo run -p rampart-cli -- --store sqlite:{} dlq list",
             dlq_path.display()
         );
     }

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
@@ -40,6 +41,52 @@ pub(crate) fn write(runs: &[Run], title: &str, svg: &Path, png: &Path) -> Result
 
 type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
+type Panel<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// One panel: its caption, axes over `0..secs` virtual seconds and `y`, and the mesh with
+/// `y_label` formatting the y axis (`y_labels`: how many y labels, if not plotters' default).
+fn panel<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: String,
+    secs: f64,
+    y: std::ops::Range<f64>,
+    y_label_area: u32,
+    y_labels: Option<usize>,
+    y_label: &dyn Fn(&f64) -> String,
+) -> Result<Panel<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, (FAMILY, 17))
+        .margin(10)
+        .x_label_area_size(32)
+        .y_label_area_size(y_label_area)
+        .build_cartesian_2d(0f64..secs, y)?;
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc("virtual seconds")
+        .label_style((FAMILY, 12))
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(y_label)
+        .light_line_style(WHITE);
+    if let Some(n) = y_labels {
+        mesh.y_labels(n);
+    }
+    mesh.draw()?;
+    Ok(chart)
+}
+
+fn whole(v: &f64) -> String {
+    format!("{v:.0}")
+}
+
+fn breaker_state(v: &f64) -> String {
+    match v.round() as i64 {
+        0 => "closed",
+        1 => "half-open",
+        2 => "open",
+        _ => "",
+    }
+    .to_owned()
+}
+
 fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     runs: &[Run],
@@ -66,20 +113,8 @@ fn draw<DB: DrawingBackend>(
     for (c, run) in runs.iter().enumerate() {
         // Calls a second.
         if let Some(area) = areas.get(c) {
-            let mut chart = ChartBuilder::on(area)
-                .caption(format!("{}: calls per second", run.name), (FAMILY, 17))
-                .margin(10)
-                .x_label_area_size(32)
-                .y_label_area_size(48)
-                .build_cartesian_2d(0f64..secs, 0f64..max_calls)?;
-            chart
-                .configure_mesh()
-                .x_desc("virtual seconds")
-                .label_style((FAMILY, 12))
-                .x_label_formatter(&|v| format!("{v:.0}"))
-                .y_label_formatter(&|v| format!("{v:.0}"))
-                .light_line_style(WHITE)
-                .draw()?;
+            let caption = format!("{}: calls per second", run.name);
+            let mut chart = panel(area, caption, secs, 0f64..max_calls, 48, None, &whole)?;
             let offered = run
                 .seconds
                 .iter()
@@ -112,23 +147,8 @@ fn draw<DB: DrawingBackend>(
         }
         // Success rate.
         if let Some(area) = areas.get(n + c) {
-            let mut chart = ChartBuilder::on(area)
-                .caption(
-                    format!("{}: success % of calls started", run.name),
-                    (FAMILY, 17),
-                )
-                .margin(10)
-                .x_label_area_size(32)
-                .y_label_area_size(48)
-                .build_cartesian_2d(0f64..secs, 0f64..105f64)?;
-            chart
-                .configure_mesh()
-                .x_desc("virtual seconds")
-                .label_style((FAMILY, 12))
-                .x_label_formatter(&|v| format!("{v:.0}"))
-                .y_label_formatter(&|v| format!("{v:.0}"))
-                .light_line_style(WHITE)
-                .draw()?;
+            let caption = format!("{}: success % of calls started", run.name);
+            let mut chart = panel(area, caption, secs, 0f64..105f64, 48, None, &whole)?;
             let ok = run
                 .seconds
                 .iter()
@@ -139,36 +159,20 @@ fn draw<DB: DrawingBackend>(
         }
         // Breaker state.
         if let Some(area) = areas.get(2 * n + c) {
-            let mut chart = ChartBuilder::on(area)
-                .caption(
-                    if run.breaker_off {
-                        format!("{}: breaker state (no breaker)", run.name)
-                    } else {
-                        format!("{}: breaker state", run.name)
-                    },
-                    (FAMILY, 17),
-                )
-                .margin(10)
-                .x_label_area_size(32)
-                .y_label_area_size(78)
-                .build_cartesian_2d(0f64..secs, -0.2f64..2.3f64)?;
-            chart
-                .configure_mesh()
-                .x_desc("virtual seconds")
-                .label_style((FAMILY, 12))
-                .y_labels(3)
-                .x_label_formatter(&|v| format!("{v:.0}"))
-                .y_label_formatter(&|v| {
-                    match v.round() as i64 {
-                        0 => "closed",
-                        1 => "half-open",
-                        2 => "open",
-                        _ => "",
-                    }
-                    .to_owned()
-                })
-                .light_line_style(WHITE)
-                .draw()?;
+            let caption = if run.breaker_off {
+                format!("{}: breaker state (no breaker)", run.name)
+            } else {
+                format!("{}: breaker state", run.name)
+            };
+            let mut chart = panel(
+                area,
+                caption,
+                secs,
+                -0.2f64..2.3f64,
+                78,
+                Some(3),
+                &breaker_state,
+            )?;
             let steps = run.seconds.iter().enumerate().flat_map(|(i, s)| {
                 let y = f64::from(s.breaker);
                 [(i as f64, y), (i as f64 + 1.0, y)]

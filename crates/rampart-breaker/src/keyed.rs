@@ -109,7 +109,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -257,13 +257,25 @@ enum Route<'a> {
     First(&'a Arc<Local>),
 }
 
-/// What every service and clone made by one layer shares.
+/// What every service and clone made by one layer shares. The two limits are atomics so that
+/// the layer's setters change them in place, for every clone, service and handle at once.
 struct Settings {
     name: Name,
     cfg: CircuitBreakerConfig,
     events: Events,
-    max_keys: usize,
-    idle_ttl: Duration,
+    max_keys: AtomicUsize,
+    /// Milliseconds.
+    idle_ttl: AtomicU64,
+}
+
+impl Settings {
+    fn max_keys(&self) -> usize {
+        self.max_keys.load(Ordering::Relaxed)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 struct Registry<K> {
@@ -287,7 +299,7 @@ impl<K> Registry<K> {
             settings.cfg.clone(),
             settings.events.clone(),
         );
-        let filter = Filter::new(settings.max_keys);
+        let filter = Filter::new(settings.max_keys());
         Registry {
             settings,
             map: papaya::HashMap::new(),
@@ -342,7 +354,7 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
         }
         let now = self.now_ms();
         self.drop_idle(&mut clock, &guard, now);
-        if clock.len() >= self.settings.max_keys && !self.evict_one(&mut clock, &guard, now) {
+        if clock.len() >= self.settings.max_keys() && !self.evict_one(&mut clock, &guard, now) {
             drop(clock);
             self.overflowed.fetch_add(1, Ordering::Relaxed);
             return f(Route::Breaker(&self.overflow));
@@ -418,7 +430,7 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
     /// Lets the hand look at a few keys, dropping closed breakers whose key has gone unused
     /// for `idle_ttl`.
     fn drop_idle(&self, clock: &mut Clock<K>, guard: &impl papaya::Guard, now: u64) {
-        let ttl = u64::try_from(self.settings.idle_ttl.as_millis()).unwrap_or(u64::MAX);
+        let ttl = self.settings.idle_ttl.load(Ordering::Relaxed);
         for _ in 0..IDLE_CHECKS {
             let Some(k) = clock.ring.front() else {
                 return;
@@ -527,49 +539,44 @@ impl<C, F, K> KeyedCircuitBreakerLayer<C, F, K> {
                 name: config.name.clone(),
                 events: Events::new(&config),
                 cfg: config,
-                max_keys: DEFAULT_MAX_KEYS,
-                idle_ttl: DEFAULT_IDLE_TTL,
+                max_keys: AtomicUsize::new(DEFAULT_MAX_KEYS),
+                idle_ttl: AtomicU64::new(millis(DEFAULT_IDLE_TTL)),
             })),
             classifier,
             key,
         }
     }
 
-    /// Starts a new, empty registry with the current settings changed by `f`.
-    fn with_settings(mut self, f: impl FnOnce(&mut Settings)) -> Self {
-        let old = &self.registry.settings;
-        let mut s = Settings {
-            name: old.name.clone(),
-            cfg: old.cfg.clone(),
-            events: Events::new(&old.cfg),
-            max_keys: old.max_keys,
-            idle_ttl: old.idle_ttl,
-        };
-        f(&mut s);
-        self.registry = Arc::new(Registry::new(s));
-        self
-    }
-
     /// The most keys held at once (at least 1). Past it, a new key evicts a closed breaker,
     /// or shares the overflow breaker if every held breaker is open, half-open or forced.
     ///
-    /// Set it right after [`new`](Self::new): like [`idle_ttl`](Self::idle_ttl), it starts a
-    /// new, empty registry, so handles and services taken before it keep the old one.
+    /// Like [`idle_ttl`](Self::idle_ttl), it changes the one registry that this layer, its
+    /// clones, the services it made and every [`handle`](Self::handle) share: nothing taken
+    /// earlier is left on an old registry. Lowering it below the keys held evicts as new keys
+    /// arrive. The first-call filter is sized from it (two slots per key) while the registry
+    /// has no other owner yet, so set it right after [`new`](Self::new) to size the filter.
     ///
     /// Defaults to 1,000.
-    pub fn max_keys(self, n: usize) -> Self {
-        self.with_settings(|s| s.max_keys = n.max(1))
+    pub fn max_keys(mut self, n: usize) -> Self {
+        let n = n.max(1);
+        self.registry.settings.max_keys.store(n, Ordering::Relaxed);
+        if let Some(registry) = Arc::get_mut(&mut self.registry) {
+            registry.filter = Filter::new(n);
+        }
+        self
     }
 
     /// How long a key must go unused before its closed breaker is dropped as new keys arrive,
-    /// even below [`max_keys`](Self::max_keys).
-    ///
-    /// Set it right after [`new`](Self::new) (it starts a new, empty registry, like
-    /// [`max_keys`](Self::max_keys)).
+    /// even below [`max_keys`](Self::max_keys). Changes the registry shared by every clone,
+    /// service and handle of this layer.
     ///
     /// Defaults to 10 minutes.
     pub fn idle_ttl(self, ttl: Duration) -> Self {
-        self.with_settings(|s| s.idle_ttl = ttl)
+        self.registry
+            .settings
+            .idle_ttl
+            .store(millis(ttl), Ordering::Relaxed);
+        self
     }
 
     /// The operator's handle on every key's breaker.
@@ -594,7 +601,7 @@ impl<C, F, K> fmt::Debug for KeyedCircuitBreakerLayer<C, F, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedCircuitBreakerLayer")
             .field("name", &self.registry.settings.name)
-            .field("max_keys", &self.registry.settings.max_keys)
+            .field("max_keys", &self.registry.settings.max_keys())
             .finish_non_exhaustive()
     }
 }
@@ -759,7 +766,7 @@ impl<K> KeyedHandle<K> {
 
     /// The most keys held at once.
     pub fn max_keys(&self) -> usize {
-        self.registry.settings.max_keys
+        self.registry.settings.max_keys()
     }
 }
 

@@ -669,3 +669,35 @@ proptest::proptest! {
         });
     }
 }
+
+/// Issue 12: a setter never starts a fresh registry behind the back of a handle, a clone or a
+/// service taken before it; the limits change for all of them at once.
+#[tokio::test(start_paused = true)]
+async fn setters_change_the_shared_registry_and_orphan_nothing() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let layer = KeyedCircuitBreakerLayer::new(consecutive(1), IoErrors, key_of as fn(&Req) -> u64);
+    let early_handle = layer.handle();
+    let early_clone = layer.clone();
+    let mut early_svc: Keyed = layer.layer(Inner {
+        calls: calls.clone(),
+    });
+    let layer = layer.max_keys(2).idle_ttl(Duration::from_secs(1));
+    assert_eq!(early_handle.max_keys(), 2);
+    assert_eq!(early_clone.handle().max_keys(), 2);
+    let mut svc: Keyed = layer.layer(Inner {
+        calls: calls.clone(),
+    });
+
+    // A breaker made through the service built before the setter is seen by the handle
+    // taken before it and by a service built after it: one registry.
+    admit(&mut early_svc, 7).await;
+    assert!(send(&mut early_svc, 7, Do::Fail).await.is_err());
+    assert_eq!(early_handle.get(&7).unwrap().state(), State::Open);
+    let err = send(&mut svc, 7, Do::Ok).await.unwrap_err();
+    assert!(err.circuit_open().is_some(), "{err}");
+
+    // The new bound holds for the early service too.
+    churn(&mut early_svc, &early_handle, 100..110).await;
+    assert!(early_handle.len() <= 2, "{}", early_handle.len());
+    assert_eq!(layer.handle().len(), early_handle.len());
+}

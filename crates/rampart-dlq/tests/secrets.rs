@@ -848,51 +848,6 @@ mod properties {
     }
 }
 
-/// Redaction throughput on 1 MiB bodies, for BENCHMARKS-style numbers:
-/// `cargo test --release -p rampart-dlq --features http --test secrets -- --ignored --nocapture`
-#[test]
-#[ignore = "a measurement, run in release"]
-fn redaction_throughput() {
-    let r = rampart_dlq::Redactor::default();
-    let _ = r.url("warm=up");
-    let json_body = serde_json::to_vec(&json!({
-        "contents": (0..2000).map(|i| json!({ "parts": [{ "text": format!("sentence number {i} of a long request, nothing secret here at all; padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding") }] })).collect::<Vec<_>>(),
-        "api_key": "k",
-    }))
-    .unwrap();
-    let form: Vec<u8> = (0..40_000)
-        .map(|i| format!("field{i}=value{i}&"))
-        .collect::<String>()
-        .into_bytes();
-    let binary: Vec<u8> = (0..(1 << 20))
-        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
-    let prose: Vec<u8> =
-        "The quick brown fox jumps over the lazy dog. Error: upstream said no; retry later. "
-            .repeat(13_000)
-            .into_bytes();
-    for (label, body) in [
-        ("json", &json_body),
-        ("form", &form),
-        ("binary", &binary),
-        ("prose", &prose),
-    ] {
-        let n = 20;
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            std::hint::black_box(r.body(std::hint::black_box(body)));
-        }
-        let per = t.elapsed() / n;
-        let mib = body.len() as f64 / (1024.0 * 1024.0);
-        println!(
-            "{label:<7} {:>5.2} MiB  {:>8.2?} per body  {:>7.1} MiB/s",
-            mib,
-            per,
-            mib / per.as_secs_f64()
-        );
-    }
-}
-
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_store_keeps_no_secret() {

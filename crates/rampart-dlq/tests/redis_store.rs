@@ -414,6 +414,38 @@ async fn concurrent_pushes_go_in_batches_each_acked_with_its_own_answer() {
     assert_eq!(kept, all[all.len() - 300..], "the newest 300 are kept");
 }
 
+/// The writer sends `EVALSHA` itself (not through redis-rs's `ScriptInvocation`): a server
+/// that lost its scripts (a restart, `SCRIPT FLUSH`, a failover) gets the push script loaded
+/// again, and the push goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_after_the_server_lost_its_scripts_loads_the_script_again() {
+    let Some(server) = support::RedisServer::start() else {
+        return support::skip("redis-server is not installed");
+    };
+    let mut con = raw(&server).await;
+    let store = RedisStore::connect(&server.url(), "noscript", 100)
+        .await
+        .unwrap();
+    let (a, b) = (record(1), record(2));
+    assert_eq!(store.push(a.clone()).await.unwrap(), Pushed::Stored);
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(store.push(b.clone()).await.unwrap(), Pushed::Stored);
+    assert_eq!(store.push(a).await.unwrap(), Pushed::Duplicate);
+    assert_eq!(
+        store
+            .list(ListQuery::newest(10))
+            .await
+            .unwrap()
+            .records
+            .len(),
+        2
+    );
+}
+
 #[tokio::test]
 async fn keys_share_one_hash_tag_and_an_empty_prefix_is_not_the_empty_tag() {
     let Some(server) = support::RedisServer::start() else {

@@ -33,7 +33,10 @@ struct Seen {
 }
 
 /// Answers `/down` with 503 and anything else with 200 and the request's version as body.
-async fn answer(req: Request<hyper::body::Incoming>, seen: Arc<Seen>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    req: Request<hyper::body::Incoming>,
+    seen: Arc<Seen>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
     seen.requests
         .lock()
@@ -236,7 +239,11 @@ mod http2 {
         // The streaming client speaks it too.
         let res = client
             .streaming()
-            .oneshot(Request::get(format!("http://{addr}/s")).body(Full::new(Bytes::new())).unwrap())
+            .oneshot(
+                Request::get(format!("http://{addr}/s"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
             .await
             .unwrap();
         assert_eq!(res.version(), Version::HTTP_2);

@@ -288,7 +288,10 @@ where
                     .and_then(Error::inner)
                     .and_then(BoxedError::find::<E>)
             })
-            .or_else(|| any.downcast_ref::<BoxedError>().and_then(BoxedError::find::<E>))
+            .or_else(|| {
+                any.downcast_ref::<BoxedError>()
+                    .and_then(BoxedError::find::<E>)
+            })
             .or_else(|| {
                 any.downcast_ref::<BoxError>()
                     .and_then(|b| rampart_core::error_chain_find::<E>(&**b))

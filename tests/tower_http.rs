@@ -211,6 +211,12 @@ fn gzip_routes() -> Vec<(&'static str, Route)> {
             route(503).header("content-encoding", "gzip").body(ITEMS_GZ),
         ),
         (
+            "/corrupt",
+            route(200)
+                .header("content-encoding", "gzip")
+                .body(b"this is not gzip"),
+        ),
+        (
             "/zeros",
             route(200).header("content-encoding", "gzip").body(ZEROS_GZ),
         ),
@@ -295,10 +301,40 @@ async fn streaming_client_takes_any_body_and_limits_while_streaming() {
 
 #[tokio::test]
 async fn streaming_body_is_bounded_by_the_request_timeout() {
-    // Headers at once, then a body that never ends.
+    let addr = hanging_server(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial").await;
+    let client = HttpClient::builder()
+        .request_timeout(Some(Duration::from_millis(200)))
+        .build()
+        .streaming();
+    let res = client
+        .clone()
+        .oneshot(get(&format!("http://{addr}/")))
+        .await
+        .unwrap();
+    let err = res.into_body().collect().await.unwrap_err();
+    assert_eq!(err.kind(), HttpErrorKind::Timeout);
+    // Through a decoder and `CollectBodyLayer`, the kind survives.
+    let mut gz_head =
+        b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: 100\r\n\r\n".to_vec();
+    gz_head.extend_from_slice(&ITEMS_GZ[..12]);
+    let addr = hanging_server(Box::leak(gz_head.into_boxed_slice())).await;
+    let collected = ServiceBuilder::new()
+        .layer(CollectBodyLayer::default())
+        .layer(DecompressionLayer::new())
+        .service(client);
+    let err = collected
+        .oneshot(get(&format!("http://{addr}/")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), HttpErrorKind::Timeout, "{err:?}");
+}
+
+/// A server that reads a request head, writes `reply` (a head and part of its body) and
+/// holds the connection open.
+async fn hanging_server(reply: &'static [u8]) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let held = tokio::spawn(async move {
+    tokio::spawn(async move {
         let mut conns = Vec::new();
         while let Ok((mut c, _)) = listener.accept().await {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -311,23 +347,11 @@ async fn streaming_body_is_bounded_by_the_request_timeout() {
                     Ok(n) => head.extend_from_slice(&buf[..n]),
                 }
             }
-            let _ = c
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
-                .await;
+            let _ = c.write_all(reply).await;
             conns.push(c);
         }
     });
-    let client = HttpClient::builder()
-        .request_timeout(Some(Duration::from_millis(200)))
-        .build()
-        .streaming();
-    let res = client
-        .oneshot(get(&format!("http://{addr}/")))
-        .await
-        .unwrap();
-    let err = res.into_body().collect().await.unwrap_err();
-    assert_eq!(err.kind(), HttpErrorKind::Timeout);
-    held.abort();
+    addr
 }
 
 // ===== DecompressionLayer above and below the policy =====
@@ -405,6 +429,13 @@ async fn collect_above_decompression_limits_the_decompressed_size() {
         .unwrap_err();
     assert_eq!(err.kind(), HttpErrorKind::TooLarge);
     assert!(err.reached_server());
+    // A body the layer below cannot decode is a typed body error.
+    let err = collected
+        .clone()
+        .oneshot(get(&s.url("/corrupt")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), HttpErrorKind::Body);
     // Under a policy: permanent, sent once.
     let svc = policy(HttpClassifier::default()).layer(collected);
     let err = svc.oneshot(get(&s.url("/zeros"))).await.unwrap_err();

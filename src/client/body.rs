@@ -355,7 +355,13 @@ where
                                 let e: BoxError = e.into();
                                 let e = match e.downcast::<HttpError>() {
                                     Ok(http) => *http,
-                                    Err(other) => this.method.error(HttpErrorKind::Body, other),
+                                    Err(other) => {
+                                        // A layer between (a decoder) may have wrapped the
+                                        // client's error: keep its kind (timeout, too large).
+                                        let kind = find_http_error(&*other)
+                                            .map_or(HttpErrorKind::Body, HttpError::kind);
+                                        this.method.error(kind, other)
+                                    }
                                 };
                                 return Poll::Ready(Err(e.into()));
                             }
@@ -371,5 +377,48 @@ where
                 }
             }
         }
+    }
+}
+
+/// The [`HttpError`] in an error's chain, looking into `io::Error`s too (whose `source()`
+/// skips the error they wrap).
+fn find_http_error<'a>(mut err: &'a (dyn std::error::Error + 'static)) -> Option<&'a HttpError> {
+    // Bounded: a chain longer than this is a cycle or a pathology.
+    for _ in 0..64 {
+        if let Some(http) = err.downcast_ref::<HttpError>() {
+            return Some(http);
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            err = inner;
+            continue;
+        }
+        err = err.source()?;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_client_error_inside_io_errors_and_chains() {
+        let timeout = HttpError::new(
+            HttpErrorKind::Timeout,
+            http::Method::GET,
+            true,
+            RequestTimedOut {
+                after: Duration::from_secs(1),
+            },
+        );
+        // A decoder's `io::Error` around it: `source()` alone would skip it.
+        let wrapped = std::io::Error::other(timeout);
+        let found = find_http_error(&wrapped).map(HttpError::kind);
+        assert_eq!(found, Some(HttpErrorKind::Timeout));
+        let plain = std::io::Error::other("not ours");
+        assert!(find_http_error(&plain).is_none());
     }
 }

@@ -22,6 +22,36 @@
 //! (a tower-http stack, your own hyper client). A response without it is classified by status
 //! alone. Change the rule with [`HttpClassifier::retry_non_idempotent`] (retry every
 //! failure) or [`HttpClassifier::not_processed`] (which responses mean "not processed").
+//!
+//! # Bodies: collected or streaming
+//!
+//! [`HttpClient`] takes a `Request<Bytes>` or `Request<Full<Bytes>>` and reads the response
+//! whole, up to [`max_response_bytes`](HttpClientBuilder::max_response_bytes), into a
+//! `Response<Bytes>`: what a classifier that reads bodies (Gemini's), a dead-letter record or
+//! a JSON caller wants. [`HttpClient::streaming`] gives the same client (same pool) as a
+//! [`StreamingHttpClient`], the shape of hyper's and tower-http's services: a request with
+//! any [`http_body::Body`] and a `Response<`[`ResponseBody`]`>` that streams, with the size
+//! limit and the request timeout enforced while it streams. tower-http's body layers
+//! (`DecompressionLayer`, `TraceLayer`, `FollowRedirectLayer`) stack on it directly;
+//! [`CollectBodyLayer`] reads a streamed (for example, decompressed) body back into `Bytes`,
+//! with a limit, wherever the stack needs whole bodies.
+//!
+//! ```
+//! use rampart::client::{CollectBodyLayer, HttpClient};
+//! use tower::ServiceBuilder;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let client = HttpClient::new();
+//! // Any request body, streamed response bodies: for tower-http layers.
+//! let streaming = client.streaming();
+//! // Any request body, whole responses (at most 1 MiB) again.
+//! let collected = ServiceBuilder::new()
+//!     .layer(CollectBodyLayer::new(1 << 20))
+//!     .service(streaming.clone());
+//! # let _ = collected;
+//! # }
+//! ```
 
 use std::fmt;
 use std::future::Future;
@@ -31,12 +61,22 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Either, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rampart_core::{Classify, Outcome};
+use rampart_core::{BoxError, Classify, Outcome};
 use tower_service::Service;
+
+mod body;
+#[cfg(feature = "tower-http")]
+mod tower_http_classify;
+
+pub use body::{CollectBody, CollectBodyFuture, CollectBodyLayer, ResponseBody};
+#[cfg(feature = "tower-http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower-http")))]
+pub use tower_http_classify::{FromTowerHttp, IntoTowerHttp, OutcomeFailure};
 
 /// What went wrong with an HTTP call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +244,15 @@ impl RequestMethod {
     pub fn idempotent(&self) -> bool {
         self.idempotent
     }
+
+    /// An [`HttpError`] of `kind` for this request.
+    pub(crate) fn error(
+        &self,
+        kind: HttpErrorKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> HttpError {
+        HttpError::new(kind, self.method.clone(), self.idempotent, source)
+    }
 }
 
 /// Puts a [`RequestMethod`] into every response's extensions, so that [`HttpClassifier`]
@@ -305,9 +354,15 @@ pub fn is_idempotent(method: &Method, headers: &HeaderMap) -> bool {
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
-/// An HTTP/1.1 client over hyper-util with rustls (webpki roots, or yours) for `https`, as a
-/// tower service from `Request<Bytes>` to `Response<Bytes>` (the body read whole, up to a
-/// limit). Cloning shares the connection pool. Configure it with [`HttpClient::builder`].
+/// The request body the pooled hyper client sends: a whole body as it is, any other boxed.
+type SendBody = Either<Full<Bytes>, UnsyncBoxBody<Bytes, BoxError>>;
+
+/// An HTTP client over hyper-util with rustls (webpki roots, or yours) for `https`, as a
+/// tower service from `Request<Bytes>` (or `Request<Full<Bytes>>`) to `Response<Bytes>`: the
+/// response body read whole, up to a limit. HTTP/1.1, and HTTP/2 with the `http2` feature
+/// (ALPN, or `HttpClientBuilder::http2_only`). Cloning shares the connection
+/// pool. Configure it with [`HttpClient::builder`]; for streamed bodies and requests with any
+/// [`http_body::Body`], see [`HttpClient::streaming`].
 ///
 /// # Example
 ///
@@ -323,9 +378,52 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 /// ```
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<Connector, Full<Bytes>>,
+    inner: Client<Connector, SendBody>,
     max_response_bytes: usize,
     request_timeout: Option<Duration>,
+}
+
+/// [`HttpClient`] with streamed bodies, as hyper and tower-http stack it: a tower service from
+/// `Request<B>` for any [`http_body::Body`] `B` (data [`Bytes`], errors convertible into a
+/// `BoxError`) to `Response<`[`ResponseBody`]`>`, whose body enforces the client's
+/// [`max_response_bytes`](HttpClientBuilder::max_response_bytes) and
+/// [`request_timeout`](HttpClientBuilder::request_timeout) as it streams. Made by
+/// [`HttpClient::streaming`]; shares its pool.
+///
+/// The call completes with the response head; the [`RequestMethod`] is in its extensions, so
+/// [`HttpClassifier`] classifies it (status, `Retry-After`, method safety) before the body is
+/// read. A retry or a breaker above it sees only the head: a body that fails later fails to
+/// whoever reads it.
+///
+/// # Example
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::{BodyExt, Full};
+/// use rampart::client::HttpClient;
+/// use tower::ServiceExt;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # tokio::spawn(async move {
+/// #     let (tcp, _) = listener.accept().await.unwrap();
+/// #     let svc = hyper::service::service_fn(|_req| async {
+/// #         Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from("pong"))))
+/// #     });
+/// #     let _ = hyper::server::conn::http1::Builder::new()
+/// #         .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc).await;
+/// # });
+/// let client = HttpClient::new().streaming();
+/// let req = http::Request::post(format!("http://{addr}/ping")).body(Full::new(Bytes::from("ping")))?;
+/// let res = client.oneshot(req).await?;
+/// assert_eq!(res.into_body().collect().await?.to_bytes(), "pong");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct StreamingHttpClient {
+    client: HttpClient,
 }
 
 /// The default response size limit of [`HttpClient`]: 32 MiB.
@@ -360,18 +458,22 @@ pub struct HttpClientBuilder {
     pool_max_idle_per_host: usize,
     max_response_bytes: usize,
     tls: Option<rustls::ClientConfig>,
+    #[cfg(feature = "http2")]
+    http2_only: bool,
 }
 
 impl fmt::Debug for HttpClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpClientBuilder")
-            .field("connect_timeout", &self.connect_timeout)
+        let mut d = f.debug_struct("HttpClientBuilder");
+        d.field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("pool_idle_timeout", &self.pool_idle_timeout)
             .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
             .field("max_response_bytes", &self.max_response_bytes)
-            .field("custom_tls", &self.tls.is_some())
-            .finish()
+            .field("custom_tls", &self.tls.is_some());
+        #[cfg(feature = "http2")]
+        d.field("http2_only", &self.http2_only);
+        d.finish()
     }
 }
 
@@ -384,6 +486,8 @@ impl Default for HttpClientBuilder {
             pool_max_idle_per_host: usize::MAX,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             tls: None,
+            #[cfg(feature = "http2")]
+            http2_only: false,
         }
     }
 }
@@ -398,7 +502,8 @@ impl HttpClientBuilder {
 
     /// How long the whole call — connect, send, read the response body — may take; `None`
     /// for no limit (the default; a policy's per-attempt timeout usually bounds it). A call
-    /// that runs past it fails with [`HttpErrorKind::Timeout`].
+    /// that runs past it fails with [`HttpErrorKind::Timeout`]; with a
+    /// [`StreamingHttpClient`], a body still streaming then fails with it.
     pub fn request_timeout(mut self, d: Option<Duration>) -> Self {
         self.request_timeout = d;
         self
@@ -417,17 +522,63 @@ impl HttpClientBuilder {
     }
 
     /// The largest response body read, in bytes; a larger one fails with
-    /// [`HttpErrorKind::TooLarge`] (source: [`ResponseTooLarge`]) without being read whole.
-    /// Defaults to [`DEFAULT_MAX_RESPONSE_BYTES`] (32 MiB).
+    /// [`HttpErrorKind::TooLarge`] (source: [`ResponseTooLarge`]) without being read whole:
+    /// at once if its `Content-Length` says so, else as soon as the bytes received pass the
+    /// limit (also while a [`StreamingHttpClient`]'s body streams). Defaults to
+    /// [`DEFAULT_MAX_RESPONSE_BYTES`] (32 MiB).
     pub fn max_response_bytes(mut self, limit: usize) -> Self {
         self.max_response_bytes = limit;
         self
     }
 
     /// The rustls configuration for `https` (your own root certificates, client
-    /// certificates). Defaults to the webpki roots. ALPN is set by the client (HTTP/1.1).
-    pub fn tls_config(mut self, config: rustls::ClientConfig) -> Self {
+    /// certificates). Defaults to the webpki roots. ALPN is the client's: any
+    /// `alpn_protocols` in `config` are replaced (`http/1.1`, and `h2` with the `http2`
+    /// feature).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart::client::HttpClient;
+    /// use std::sync::Arc;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let roots = rustls::RootCertStore::empty(); // add your CA: roots.add(ca_der)?
+    /// let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    ///     .with_safe_default_protocol_versions()?
+    ///     .with_root_certificates(roots)
+    ///     .with_no_client_auth();
+    /// let client = HttpClient::builder().tls_config(tls).build();
+    /// # let _ = client;
+    /// # Ok(()) }
+    /// ```
+    pub fn tls_config(mut self, mut config: rustls::ClientConfig) -> Self {
+        // hyper-rustls panics on a config with ALPN protocols set: it sets them itself.
+        config.alpn_protocols.clear();
         self.tls = Some(config);
+        self
+    }
+
+    /// Speak only HTTP/2: over `http`, without TLS (h2c with prior knowledge), and over
+    /// `https` with ALPN `h2` only. Defaults to `false`: with the `http2` feature, `https`
+    /// connections offer `h2` and `http/1.1` by ALPN and use what the server picks, and
+    /// `http` connections use HTTP/1.1.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // An internal h2c service (gRPC-style gateways, Envoy sidecars).
+    /// let client = rampart::client::HttpClient::builder().http2_only(true).build();
+    /// # let _ = client;
+    /// # }
+    /// ```
+    #[cfg(feature = "http2")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http2")))]
+    pub fn http2_only(mut self, yes: bool) -> Self {
+        self.http2_only = yes;
         self
     }
 
@@ -440,9 +591,15 @@ impl HttpClientBuilder {
             Some(config) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config),
             None => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
         }
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
+        .https_or_http();
+        #[cfg(feature = "http2")]
+        let https = if self.http2_only {
+            https.enable_http2().wrap_connector(http)
+        } else {
+            https.enable_all_versions().wrap_connector(http)
+        };
+        #[cfg(not(feature = "http2"))]
+        let https = https.enable_http1().wrap_connector(http);
         let mut client = Client::builder(TokioExecutor::new());
         client
             .pool_idle_timeout(self.pool_idle_timeout)
@@ -450,6 +607,8 @@ impl HttpClientBuilder {
         if self.pool_idle_timeout.is_some() {
             client.pool_timer(hyper_util::rt::TokioTimer::new());
         }
+        #[cfg(feature = "http2")]
+        client.http2_only(self.http2_only);
         HttpClient {
             inner: client.build(https),
             max_response_bytes: self.max_response_bytes,
@@ -460,7 +619,19 @@ impl HttpClientBuilder {
 
 impl fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpClient").finish_non_exhaustive()
+        f.debug_struct("HttpClient")
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for StreamingHttpClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamingHttpClient")
+            .field("max_response_bytes", &self.client.max_response_bytes)
+            .field("request_timeout", &self.client.request_timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -476,14 +647,27 @@ impl HttpClient {
         HttpClient::builder().build()
     }
 
-    /// A builder: timeouts, pool, TLS roots, response size limit.
+    /// A builder: timeouts, pool, TLS roots, HTTP/2, response size limit.
     pub fn builder() -> HttpClientBuilder {
         HttpClientBuilder::default()
+    }
+
+    /// This client with streamed bodies: requests with any [`http_body::Body`], responses
+    /// whose [`ResponseBody`] streams (see [`StreamingHttpClient`]). Shares the pool and the
+    /// settings.
+    pub fn streaming(&self) -> StreamingHttpClient {
+        StreamingHttpClient {
+            client: self.clone(),
+        }
     }
 }
 
 /// The client's response future.
 pub type HttpFuture = Pin<Box<dyn Future<Output = Result<Response<Bytes>, HttpError>> + Send>>;
+
+/// The [`StreamingHttpClient`]'s response future: it completes with the response head.
+pub type StreamingFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, HttpError>> + Send>>;
 
 impl Service<Request<Bytes>> for HttpClient {
     type Response = Response<Bytes>;
@@ -495,12 +679,13 @@ impl Service<Request<Bytes>> for HttpClient {
     }
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
-        self.send(req.map(Full::new))
+        self.send(req.map(|b| Either::Left(Full::new(b))))
     }
 }
 
 /// Requests whose body is an [`http_body::Body`](http_body_util::Full) (`Full<Bytes>`), as
-/// tower-http's `TraceLayer` and other body-generic layers need.
+/// tower-http's `TraceLayer`, `FollowRedirectLayer` and other body-generic layers need. For
+/// any other body type use [`HttpClient::streaming`] (and [`CollectBodyLayer`]).
 impl Service<Request<Full<Bytes>>> for HttpClient {
     type Response = Response<Bytes>;
     type Error = HttpError;
@@ -511,62 +696,84 @@ impl Service<Request<Full<Bytes>>> for HttpClient {
     }
 
     fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
-        self.send(req)
+        self.send(req.map(Either::Left))
+    }
+}
+
+impl<B> Service<Request<B>> for StreamingHttpClient
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = HttpError;
+    type Future = StreamingFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        Box::pin(
+            self.client
+                .head(req.map(|b| Either::Right(b.map_err(Into::into).boxed_unsync()))),
+        )
     }
 }
 
 impl HttpClient {
-    fn send(&self, req: Request<Full<Bytes>>) -> HttpFuture {
+    /// Reads the response whole (the body enforces the limit and the deadline).
+    fn send(&self, req: Request<SendBody>) -> HttpFuture {
+        let head = self.head(req);
+        Box::pin(async move {
+            let (parts, body) = head.await?.into_parts();
+            let bytes = body.collect().await?.to_bytes();
+            Ok(Response::from_parts(parts, bytes))
+        })
+    }
+
+    /// Sends the request; completes with the response head and a body that streams.
+    fn head(
+        &self,
+        req: Request<SendBody>,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, HttpError>> + Send + 'static {
         let stamp = RequestMethod::of(&req);
-        let method = req.method().clone();
-        let idempotent = stamp.idempotent;
         let fut = self.inner.request(req);
         let limit = self.max_response_bytes;
         let timeout = self.request_timeout;
-        let (timeout_method, timeout_idempotent) = (method.clone(), idempotent);
-        let call = async move {
-            let res = fut.await.map_err(|e| {
+        async move {
+            // The deadline counts from the first poll, as tower's `Timeout` does.
+            let deadline = timeout.and_then(|after| {
+                tokio::time::Instant::now()
+                    .checked_add(after)
+                    .map(|at| (at, after))
+            });
+            let res = match deadline {
+                None => fut.await,
+                Some((at, after)) => match tokio::time::timeout_at(at, fut).await {
+                    Ok(res) => res,
+                    Err(_) => {
+                        return Err(stamp.error(HttpErrorKind::Timeout, RequestTimedOut { after }))
+                    }
+                },
+            };
+            let res = res.map_err(|e| {
                 let kind = if e.is_connect() {
                     HttpErrorKind::Connect
                 } else {
                     HttpErrorKind::Request
                 };
-                HttpError::new(kind, method.clone(), idempotent, e)
+                stamp.error(kind, e)
             })?;
-            let (mut parts, body) = res.into_parts();
-            parts.extensions.insert(stamp);
-            let bytes = http_body_util::Limited::new(body, limit)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        HttpError::new(
-                            HttpErrorKind::TooLarge,
-                            method.clone(),
-                            idempotent,
-                            ResponseTooLarge { limit },
-                        )
-                    } else {
-                        HttpError::new(HttpErrorKind::Body, method.clone(), idempotent, e)
-                    }
-                })?
-                .to_bytes();
-            Ok(Response::from_parts(parts, bytes))
-        };
-        Box::pin(async move {
-            match timeout {
-                None => call.await,
-                Some(after) => match tokio::time::timeout(after, call).await {
-                    Ok(r) => r,
-                    Err(_) => Err(HttpError::new(
-                        HttpErrorKind::Timeout,
-                        timeout_method,
-                        timeout_idempotent,
-                        RequestTimedOut { after },
-                    )),
-                },
+            let (mut parts, incoming) = res.into_parts();
+            let declared = http_body::Body::size_hint(&incoming).lower();
+            if declared > u64::try_from(limit).unwrap_or(u64::MAX) {
+                return Err(stamp.error(HttpErrorKind::TooLarge, ResponseTooLarge { limit }));
             }
-        })
+            parts.extensions.insert(stamp.clone());
+            let body = ResponseBody::new(incoming, limit, stamp, deadline);
+            Ok(Response::from_parts(parts, body))
+        }
     }
 }
 

@@ -40,7 +40,9 @@
 //! | `config` | `Policies::load`: TOML file + environment, presets and profiles | no |
 //! | `metrics` | the reference design's series through the `metrics` facade | no |
 //! | `prometheus` | `observe::prometheus_builder` with the reference buckets | no |
-//! | `client` | `client::HttpClient` (hyper-util + rustls) and `client::HttpClassifier` | no (implied by `gemini`) |
+//! | `client` | `client::HttpClient` (hyper-util + rustls; collected or streamed bodies) and `client::HttpClassifier` | no (implied by `gemini`) |
+//! | `http2` | HTTP/2 for `client::HttpClient` (ALPN `h2`, `http2_only` for h2c) | no |
+//! | `tower-http` | `client::FromTowerHttp` / `client::IntoTowerHttp`: tower-http's response classifiers as rampart's and back | no |
 //! | `gemini` | `gemini::GeminiClassifier`, TTS request and audio decoding helpers | no |
 //! | `grpc` | `grpc::GrpcClassifier` (status in headers or trailers, A6 mapping per method, pushback, `RetryInfo`), `grpc::GrpcLayer` for a tonic `Channel` | no |
 //! | `reqwest` | `reqwest::ReqwestService` (a `reqwest::Client` as a tower service), `reqwest::ReqwestClassifier`, `reqwest::ReqwestReplay` | no |

@@ -6,7 +6,7 @@
 //! | series | type | labels | meaning |
 //! |---|---|---|---|
 //! | `retry_attempts_total` | counter | `service`, `status` | every attempt after the first; `status` is `success` or `failed` |
-//! | `retry_delay_seconds` | histogram | `service` | each backoff wait (buckets 0.1 0.5 1 2 5 10 30 60 with [`prometheus_builder`]) |
+//! | `retry_delay_seconds` | histogram | `service` | each backoff wait (buckets 0.1 0.5 1 2 5 10 30 60 with `prometheus_builder`, feature `prometheus`) |
 //! | `retry_budget_exhausted_total` | counter | `service` | calls whose retries the budget stopped |
 //! | `circuit_breaker_state` | gauge | `service`, `state` | 1 for the current state, 0 for the others |
 //! | `circuit_breaker_calls_total` | counter | `service`, `outcome` | `success`, `failure`, `slow`, `rejected` |

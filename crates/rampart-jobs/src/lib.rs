@@ -69,6 +69,8 @@ mod supervise;
 
 pub use job::{Job, JobCodec};
 pub use policy::JobPolicy;
+#[cfg(feature = "redis")]
+pub use queue::{redis_config, REDIS_IDEMPOTENCY_TTL};
 pub use queue::{JobQueue, NotAJob, QueueError};
 pub use schedule::{BackendScheduler, Reschedule};
 pub use service::{record_id, JobError, JobFuture, JobLayer, JobOutcome, JobService, Refusal};

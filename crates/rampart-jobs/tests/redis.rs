@@ -81,6 +81,31 @@ async fn a_thousand_jobs_settle_exactly_once_on_redis() {
     cleanup(&mut conn, &q).await;
 }
 
+/// A retry pushed twice for one attempt (a worker died between the push and its
+/// acknowledgement, and the attempt ran again) is stored once: its key `{origin}#{attempt}`
+/// is kept (see `redis_config`; apalis-redis' default config would delete it at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_pushed_twice_is_stored_once_on_redis() {
+    use rampart_jobs::Reschedule;
+    let Some(mut conn) = connect().await else {
+        return;
+    };
+    let q = queue();
+    let scheduler =
+        BackendScheduler::new(backend(conn.clone(), config(&q, Duration::from_secs(30))));
+    let retry = Job::new("tts", &1u64).unwrap().next_attempt("origin-1");
+    for _ in 0..2 {
+        scheduler
+            .schedule(retry.clone(), Duration::from_secs(60), "origin-1#1".into())
+            .await
+            .unwrap();
+    }
+    let tasks: usize = conn.hlen(format!("{q}:data")).await.unwrap();
+    let scheduled: usize = conn.zcard(format!("{q}:scheduled")).await.unwrap();
+    cleanup(&mut conn, &q).await;
+    assert_eq!((tasks, scheduled), (1, 1));
+}
+
 // ---------------------------------------------------------------------------------------
 // Two worker processes on one queue, one SIGKILLed mid-job.
 

@@ -33,11 +33,10 @@ pub fn queue() -> String {
     format!("rampart-jobs-test-{}", uuid::Uuid::now_v7())
 }
 
-/// The apalis config of the tests: heartbeat `heartbeat`, a worker dead after three missed
-/// heartbeats, batches of 25.
+/// The apalis config of the tests: rampart's (idempotency keys kept), heartbeat
+/// `heartbeat`, a worker dead after three missed heartbeats, batches of 25.
 pub fn config(queue: &str, heartbeat: Duration) -> Config {
-    Config::default()
-        .queue(queue)
+    rampart_jobs::redis_config(queue)
         .heartbeat_interval(heartbeat)
         .missed_heartbeats(3)
         .batch_size(25)

@@ -52,6 +52,11 @@ pub async fn cleanup(conn: &mut ConnectionManager, queue: &str) {
     for k in keys {
         let _: () = conn.del(k).await.unwrap();
     }
+    // apalis lists every queue a worker registered on.
+    let _: () = conn
+        .zrem("core:apalis:queues:list", format!("{queue}:workers"))
+        .await
+        .unwrap();
 }
 
 pub fn now_secs() -> f64 {

@@ -47,7 +47,7 @@ async fn jobs_settle_exactly_once_on_postgres() {
         pool: pool.clone(),
         queue: q.clone(),
     };
-    let checked = settle(&mut ctl, &up, &store, JOBS, twenty_percent).await;
+    let checked = settle(&mut ctl, &up, &store, JOBS, &scheduler).await;
     running.stop().await;
     let records = all_records(&store).await;
     let seen = scheduler.seen();

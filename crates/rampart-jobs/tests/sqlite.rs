@@ -45,7 +45,7 @@ async fn a_thousand_jobs_settle_exactly_once_with_countdowns_in_the_backend() {
     let running = spawn(|stop| worker.run_until(stop));
 
     // The countdown is in the backend: each retry is seen waiting, due when the policy says.
-    let checked = settle(&mut Control(pool), &up, &store, JOBS, twenty_percent).await;
+    let checked = settle(&mut Control(pool), &up, &store, JOBS, &scheduler).await;
     running.stop().await;
 
     let records = all_records(&store).await;

@@ -63,7 +63,7 @@ pub struct Control {
 impl TimeControl for Control {
     async fn waiting(&mut self) -> Vec<Waiting> {
         let rows: Vec<(String, Vec<u8>, f64)> = sqlx::query_as(
-            "SELECT id, job, EXTRACT(EPOCH FROM run_at - now())::float8 FROM apalis.jobs \
+            "SELECT id, job, EXTRACT(EPOCH FROM run_at)::float8 FROM apalis.jobs \
              WHERE job_type = $1 AND status = 'Pending' AND run_at > now()",
         )
         .bind(&self.queue)
@@ -71,10 +71,10 @@ impl TimeControl for Control {
         .await
         .unwrap();
         rows.into_iter()
-            .map(|(id, b, due_in)| Waiting {
+            .map(|(id, b, run_at)| Waiting {
                 id,
                 job: serde_json::from_slice(&b).unwrap(),
-                due_in,
+                run_at,
             })
             .collect()
     }

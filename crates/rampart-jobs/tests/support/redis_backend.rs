@@ -90,7 +90,7 @@ impl TimeControl for Control {
             out.push(Waiting {
                 id,
                 job: serde_json::from_slice(&bytes).unwrap(),
-                due_in: score - now,
+                run_at: score,
             });
         }
         out

@@ -64,7 +64,7 @@ impl TimeControl for Control {
             .map(|(id, b, at)| Waiting {
                 id,
                 job: serde_json::from_slice(&b).unwrap(),
-                due_in: (at - now) as f64,
+                run_at: at as f64,
             })
             .collect()
     }

@@ -240,11 +240,9 @@ async fn main() -> Result<(), BoxError> {
                     Supervisor::default()
                         .run_until(stop, |stop| {
                             WorkerBuilder::new("tts-worker")
-                                .backend(
-                                    backend
-                                        .clone()
-                                        .poll_with_interval(Duration::from_millis(100)),
-                                )
+                                .backend(backend.clone().poll_with_strategy(
+                                    rampart::jobs::PollEvery::new(Duration::from_millis(100)),
+                                ))
                                 .build(layer.layer(handler.clone()))
                                 .run_until(stop)
                         })

@@ -54,6 +54,9 @@
 //!
 //! [`Backoff`]: rampart_core::Backoff
 //!
+//! Poll backends with [`PollEvery`] rather than apalis' `poll_with_interval`, whose timer can
+//! miss a tick and leave a worker idle until its next heartbeat.
+//!
 //! With the `metrics` feature every run is counted under the request path's series names
 //! (`retry_attempts_total`, `retry_delay_seconds`, `dead_letters_total`) plus `jobs_total`
 //! and `jobs_scheduled_retries`.
@@ -62,6 +65,7 @@
 mod job;
 mod observe;
 mod policy;
+mod poll;
 mod queue;
 mod schedule;
 mod service;
@@ -69,6 +73,7 @@ mod supervise;
 
 pub use job::{Job, JobCodec};
 pub use policy::JobPolicy;
+pub use poll::PollEvery;
 #[cfg(feature = "redis")]
 pub use queue::{redis_config, REDIS_IDEMPOTENCY_TTL};
 pub use queue::{JobQueue, NotAJob, QueueError};

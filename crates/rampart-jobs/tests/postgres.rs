@@ -39,7 +39,9 @@ async fn jobs_settle_exactly_once_on_postgres() {
         scheduler.clone(),
     );
     let worker = WorkerBuilder::new(format!("{q}-w1"))
-        .backend(backend.poll_with_interval(Duration::from_millis(20)))
+        .backend(
+            backend.poll_with_strategy(rampart_jobs::PollEvery::new(Duration::from_millis(20))),
+        )
         .build(layer.typed::<u64>().layer(up.clone()));
     let running = spawn(|stop| worker.run_until(stop));
 

@@ -59,7 +59,9 @@ async fn a_thousand_jobs_settle_exactly_once_on_redis() {
         scheduler.clone(),
     );
     let worker = WorkerBuilder::new(format!("{q}-w1"))
-        .backend(backend.poll_with_interval(Duration::from_millis(20)))
+        .backend(
+            backend.poll_with_strategy(rampart_jobs::PollEvery::new(Duration::from_millis(20))),
+        )
         .build(layer.typed::<u64>().layer(up.clone()));
     let running = spawn(|stop| worker.run_until(stop));
 
@@ -253,7 +255,9 @@ fn worker_child() {
             BackendScheduler::new(backend.clone()),
         );
         WorkerBuilder::new(name)
-            .backend(backend.poll_with_interval(Duration::from_millis(20)))
+            .backend(
+                backend.poll_with_strategy(rampart_jobs::PollEvery::new(Duration::from_millis(20))),
+            )
             .build(layer.typed::<u64>().layer(handler))
             .run()
             .await
@@ -522,11 +526,9 @@ async fn a_supervised_worker_survives_a_redis_restart() {
                         // The connection manager reconnects by itself; a new worker is
                         // needed because apalis' dies with its backend.
                         WorkerBuilder::new(name.clone())
-                            .backend(
-                                backend
-                                    .clone()
-                                    .poll_with_interval(Duration::from_millis(20)),
-                            )
+                            .backend(backend.clone().poll_with_strategy(
+                                rampart_jobs::PollEvery::new(Duration::from_millis(20)),
+                            ))
                             .build(layer.layer(up.clone()))
                             .run_until(stop)
                     },

@@ -40,7 +40,9 @@ async fn a_thousand_jobs_settle_exactly_once_with_countdowns_in_the_backend() {
         scheduler.clone(),
     );
     let worker = WorkerBuilder::new("sqlite-1")
-        .backend(backend.poll_with_interval(Duration::from_millis(20)))
+        .backend(
+            backend.poll_with_strategy(rampart_jobs::PollEvery::new(Duration::from_millis(20))),
+        )
         .build(layer.typed::<u64>().layer(up.clone()));
     let running = spawn(|stop| worker.run_until(stop));
 
@@ -111,7 +113,9 @@ async fn bad_jobs_are_dead_lettered_with_a_reason_and_the_worker_keeps_going() {
         BackendScheduler::new(backend.clone()),
     );
     let worker = WorkerBuilder::new("sqlite-bad")
-        .backend(backend.poll_with_interval(Duration::from_millis(20)))
+        .backend(
+            backend.poll_with_strategy(rampart_jobs::PollEvery::new(Duration::from_millis(20))),
+        )
         .build(layer.typed::<u64>().layer(up.clone()));
     let running = spawn(|stop| worker.run_until(stop));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -223,7 +227,7 @@ async fn a_worker_killed_mid_job_loses_nothing() {
             .backend(
                 backend
                     .clone()
-                    .poll_with_interval(Duration::from_millis(20)),
+                    .poll_with_strategy(rampart_jobs::PollEvery::new(Duration::from_millis(20))),
             )
             .build(layer.typed::<u64>().layer(hung.clone()));
         rt.spawn(worker.run());
@@ -258,7 +262,9 @@ async fn a_worker_killed_mid_job_loses_nothing() {
         BackendScheduler::new(backend.clone()),
     );
     let worker = WorkerBuilder::new("sqlite-survivor")
-        .backend(backend.poll_with_interval(Duration::from_millis(20)))
+        .backend(
+            backend.poll_with_strategy(rampart_jobs::PollEvery::new(Duration::from_millis(20))),
+        )
         .build(layer.typed::<u64>().layer(up.clone()));
     let running = spawn(|stop| worker.run_until(stop));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -366,11 +372,9 @@ async fn a_supervised_worker_outlasts_a_locked_database() {
                     move |stop| {
                         starts.fetch_add(1, Ordering::SeqCst);
                         WorkerBuilder::new("sqlite-supervised")
-                            .backend(
-                                backend
-                                    .clone()
-                                    .poll_with_interval(Duration::from_millis(20)),
-                            )
+                            .backend(backend.clone().poll_with_strategy(
+                                rampart_jobs::PollEvery::new(Duration::from_millis(20)),
+                            ))
                             .build(layer.layer(up.clone()))
                             .run_until(stop)
                     },

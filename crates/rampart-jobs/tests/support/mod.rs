@@ -454,3 +454,13 @@ pub async fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> boo
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The distinct retries among `seen` (job, attempt): one attempt is scheduled twice when its
+/// first schedule or its acknowledgement failed (SQLite busy under load) and apalis ran it
+/// again — the second push is a no-op by key, so the backend holds one row for both.
+pub fn distinct_retries(seen: &[(u64, u32, Duration)]) -> usize {
+    seen.iter()
+        .map(|(n, a, _)| (*n, *a))
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}

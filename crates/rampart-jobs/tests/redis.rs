@@ -76,7 +76,7 @@ async fn a_thousand_jobs_settle_exactly_once_on_redis() {
     check_settled(&up, &records, &seen, JOBS, twenty_percent).await;
     assert_eq!(
         checked,
-        seen.len(),
+        support::distinct_retries(&seen),
         "retries checked in the backend vs scheduled"
     );
     assert!(seen.len() > 150, "only {} retries scheduled", seen.len());

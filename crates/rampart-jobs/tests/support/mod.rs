@@ -197,12 +197,14 @@ impl tower_service::Service<u64> for Upstream {
     }
 }
 
+/// A scheduled retry: (job, attempt scheduled, countdown, when it was scheduled).
+pub type Scheduled = (u64, u32, Duration, std::time::SystemTime);
+
 /// A scheduler that records every countdown it is asked for and passes the job on.
 #[derive(Clone)]
 pub struct Recording<R> {
     pub inner: R,
-    /// (job, attempt scheduled, countdown, when it was scheduled).
-    pub seen: Arc<Mutex<Vec<(u64, u32, Duration, std::time::SystemTime)>>>,
+    pub seen: Arc<Mutex<Vec<Scheduled>>>,
 }
 
 impl<R> Recording<R> {

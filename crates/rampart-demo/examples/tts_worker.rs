@@ -31,7 +31,9 @@ use rampart::gemini::{decode_audio, tts_request, GeminiClassifier, SAMPLE_RATE};
 use rampart::jobs::apalis_core::backend::ext::{with_codec::WithCodec, BackendExt};
 use rampart::jobs::apalis_core::worker::builder::WorkerBuilder;
 use rampart::jobs::{apalis_redis, apalis_sqlite};
-use rampart::jobs::{BackendScheduler, Job, JobCodec, JobLayer, JobPolicy, JobQueue, Reschedule};
+use rampart::jobs::{
+    BackendScheduler, Job, JobCodec, JobLayer, JobPolicy, JobQueue, Reschedule, Supervisor,
+};
 use rampart::{BoxError, Classify, Outcome};
 use rampart_demo::{wav, FakeGemini, FaultMix};
 use serde::{Deserialize, Serialize};
@@ -224,6 +226,8 @@ async fn main() -> Result<(), BoxError> {
             let done = Arc::new(Mutex::new(0u32));
             let started = Instant::now();
             let stop = tokio::time::sleep(run_for);
+            // Supervised: a backend that goes away (Redis restarting, the SQLite file locked)
+            // ends apalis' worker; the supervisor logs it, backs off and starts it again.
             macro_rules! run {
                 ($backend:expr) => {{
                     let backend = WithCodec::new($backend, JobCodec);
@@ -233,13 +237,14 @@ async fn main() -> Result<(), BoxError> {
                     };
                     let layer =
                         JobLayer::new(policy, classify, store.clone(), scheduler).typed::<TtsJob>();
-                    let worker = WorkerBuilder::new("tts-worker")
-                        .backend(backend.poll_with_interval(Duration::from_millis(100)))
-                        .build(layer.layer(handler));
-                    worker
-                        .run_until(async move {
-                            stop.await;
-                            Ok::<(), std::io::Error>(())
+                    Supervisor::default()
+                        .run_until(stop, |stop| {
+                            WorkerBuilder::new("tts-worker")
+                                .backend(backend.clone().poll_with_strategy(
+                                    rampart::jobs::PollEvery::new(Duration::from_millis(100)),
+                                ))
+                                .build(layer.layer(handler.clone()))
+                                .run_until(stop)
                         })
                         .await?;
                 }};
@@ -254,7 +259,7 @@ async fn main() -> Result<(), BoxError> {
                 run!(apalis_sqlite::SqliteStorage::<Job>::new(&pool).with_config(config));
             } else {
                 let conn = apalis_redis::connect(args.backend.as_str()).await?;
-                let config = apalis_redis::Config::default().queue(&args.queue);
+                let config = rampart::jobs::redis_config(&args.queue);
                 run!(apalis_redis::RedisStorage::<Job>::new(conn).with_config(config));
             }
             let wavs = std::fs::read_dir(&out)?.count();

@@ -47,6 +47,16 @@
 //! # Ok(()) }
 //! ```
 //!
+//! apalis ends a worker when its backend fails (a Redis restart, a locked SQLite file); run it
+//! under a [`Supervisor`], which logs the error, backs off (rampart's [`Backoff`]) and starts
+//! it again — nothing in the backend is lost, and the worker's own in-flight jobs are handed
+//! back when it registers again.
+//!
+//! [`Backoff`]: rampart_core::Backoff
+//!
+//! Poll backends with [`PollEvery`] rather than apalis' `poll_with_interval`, whose timer can
+//! miss a tick and leave a worker idle until its next heartbeat.
+//!
 //! With the `metrics` feature every run is counted under the request path's series names
 //! (`retry_attempts_total`, `retry_delay_seconds`, `dead_letters_total`) plus `jobs_total`
 //! and `jobs_scheduled_retries`.
@@ -55,15 +65,21 @@
 mod job;
 mod observe;
 mod policy;
+mod poll;
 mod queue;
 mod schedule;
 mod service;
+mod supervise;
 
 pub use job::{Job, JobCodec};
 pub use policy::JobPolicy;
+pub use poll::PollEvery;
+#[cfg(feature = "redis")]
+pub use queue::{redis_config, REDIS_IDEMPOTENCY_TTL};
 pub use queue::{JobQueue, NotAJob, QueueError};
 pub use schedule::{BackendScheduler, Reschedule};
-pub use service::{record_id, JobError, JobLayer, JobOutcome, JobService, Refusal};
+pub use service::{record_id, JobError, JobFuture, JobLayer, JobOutcome, JobService, Refusal};
+pub use supervise::{Stop, SuperviseError, Supervisor};
 
 /// apalis' core, re-exported so that workers build against the version this crate uses.
 pub use apalis_core;

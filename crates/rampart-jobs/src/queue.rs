@@ -95,6 +95,34 @@ pub enum QueueError {
     },
 }
 
+/// How long [`redis_config`] has apalis-redis keep an idempotency key: 7 days, far longer
+/// than the window in which one attempt's retry can be pushed twice (a worker dying between
+/// the push and its acknowledgement, then the orphan timeout).
+#[cfg(feature = "redis")]
+pub const REDIS_IDEMPOTENCY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The apalis-redis config for queue `queue` that rampart's retries need: apalis' defaults,
+/// except that idempotency keys are kept for [`REDIS_IDEMPOTENCY_TTL`]. apalis-redis 1.0's
+/// default (`idempotency_ttl: None`, documented as "keys do not expire") has its push script
+/// `EXPIRE` each key with 0 seconds, which deletes it at once: a retry pushed twice for the
+/// same attempt would then be stored twice. Use this config for workers and producers alike.
+///
+/// # Example
+///
+/// ```
+/// use rampart_jobs::{redis_config, REDIS_IDEMPOTENCY_TTL};
+///
+/// let config = redis_config("tts");
+/// assert_eq!(config.queue.as_ref(), "tts");
+/// assert_eq!(config.idempotency_ttl, Some(REDIS_IDEMPOTENCY_TTL));
+/// ```
+#[cfg(feature = "redis")]
+pub fn redis_config(queue: &str) -> apalis_redis::Config {
+    apalis_redis::Config::default()
+        .queue(queue)
+        .idempotency_ttl(Some(REDIS_IDEMPOTENCY_TTL))
+}
+
 /// An apalis queue named by URL — `sqlite://PATH` (apalis-sqlite; created if missing),
 /// `redis://…` (apalis-redis) or `postgres://…` (apalis-postgres) — and a queue name.
 ///
@@ -190,8 +218,8 @@ impl JobQueue {
             let conn = apalis_redis::connect(url)
                 .await
                 .map_err(|e| backend_err(Box::new(e)))?;
-            let config = apalis_redis::Config::default().queue(queue);
-            let storage = apalis_redis::RedisStorage::<Job>::new(conn).with_config(config);
+            let storage =
+                apalis_redis::RedisStorage::<Job>::new(conn).with_config(redis_config(queue));
             return Ok(JobQueue {
                 url: shown,
                 inner: Inner::Redis(WithCodec::new(storage, JobCodec)),

@@ -2,15 +2,18 @@
 
 use std::{
     fmt,
+    future::Future,
     hash::{Hash, Hasher},
     marker::PhantomData,
+    pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
+    task::{ready, Context, Poll},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use apalis_core::task::Task;
 use futures_util::future::BoxFuture;
+use pin_project_lite::pin_project;
 use rampart_core::{BoxError, CircuitOpen, Classify, Outcome};
 use rampart_dlq::{
     DeadLetterReason, DeadLetterRecord, DeadLetterStore, Pushed, RecordId, RequestPart, StoreError,
@@ -287,18 +290,16 @@ impl<S: fmt::Debug, C, St, R, A> fmt::Debug for JobService<S, C, St, R, A> {
 
 impl<S, C, St, R, A> Service<Task<Job>> for JobService<S, C, St, R, A>
 where
-    S: Service<A> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
-    S::Error: Refusal + fmt::Display + Send + 'static,
+    S: Service<A> + Clone,
+    S::Error: Refusal + fmt::Display,
     C: Classify<S::Response, S::Error> + Send + Sync + 'static,
     St: DeadLetterStore,
     R: Reschedule,
-    A: DeserializeOwned + Send + 'static,
+    A: DeserializeOwned,
 {
     type Response = JobOutcome;
     type Error = JobError;
-    type Future = BoxFuture<'static, Result<JobOutcome, JobError>>;
+    type Future = JobFuture<S::Future, C, St, R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Honest readiness: a job is taken only when the handler can run it.
@@ -308,168 +309,304 @@ where
     }
 
     fn call(&mut self, task: Task<Job>) -> Self::Future {
-        // Take the handler that was made ready; leave a clone for the next poll_ready.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let shared = Arc::clone(&self.shared);
         let (job, ctx) = task.take();
         let job_id = ctx
             .task_id()
             .map(ToString::to_string)
             .unwrap_or_else(|| "unknown".to_owned());
-        Box::pin(async move {
-            let service = shared.policy.kind().to_owned();
-            let attempt = job.attempt;
-            let out = run(shared, inner, job, job_id).await;
-            if let Ok(o) = &out {
-                crate::observe::record(&service, attempt, o);
-            }
-            out
-        })
+        let origin = job.origin.clone().unwrap_or_else(|| job_id.clone());
+        let shared = Arc::clone(&self.shared);
+        let attempt = job.attempt;
+        let args = match runnable::<A>(&shared.policy, &job) {
+            Ok(args) => args,
+            Err(step) => return JobFuture::settling(shared, job, job_id, origin, step),
+        };
+        // The breaker is open: wait for it in the backend, not in a worker slot.
+        if let Some(wait) = shared.policy.breaker_wait() {
+            return JobFuture::settling(shared, job, job_id, origin, Step::Defer { wait });
+        }
+        // Take the handler that was made ready; leave a clone for the next poll_ready.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        JobFuture {
+            state: State::Calling {
+                future: inner.call(args),
+            },
+            shared,
+            job: Some(job),
+            job_id,
+            origin,
+            attempt,
+        }
     }
 }
 
-async fn run<S, C, St, R, A>(
-    shared: Arc<Shared<C, St, R>>,
-    mut inner: S,
-    job: Job,
-    job_id: String,
-) -> Result<JobOutcome, JobError>
-where
-    S: Service<A>,
-    S::Error: Refusal + fmt::Display,
-    C: Classify<S::Response, S::Error>,
-    St: DeadLetterStore,
-    R: Reschedule,
-    A: DeserializeOwned,
-{
-    let origin = job.origin.clone().unwrap_or_else(|| job_id.clone());
-    let attempts = job.attempt.saturating_add(1);
-    let policy = &shared.policy;
-
-    // Jobs that cannot run at all.
-    let unrunnable = if let Some(e) = &job.undecodable {
-        Some(format!("payload is not a job: {e}"))
+/// The job's arguments, or why it cannot run at all (not a job, a type this worker does not
+/// handle, arguments the handler cannot read): a permanent dead letter, no attempt made.
+fn runnable<A: DeserializeOwned>(policy: &JobPolicy, job: &Job) -> Result<A, Step> {
+    let why = if let Some(e) = &job.undecodable {
+        format!("payload is not a job: {e}")
     } else if job.kind != policy.kind() {
-        Some(format!(
+        format!(
             "unknown job type {:?} (this worker handles {:?})",
             job.kind,
             policy.kind()
-        ))
-    } else {
-        None
-    };
-    if let Some(why) = unrunnable {
-        return dead_letter(
-            &shared,
-            &job,
-            &job_id,
-            &origin,
-            DeadLetterReason::Permanent,
-            "permanent",
-            &why,
-            job.attempt,
         )
-        .await;
-    }
-    let args: A = match serde_json::from_value(job.args.clone()) {
-        Ok(a) => a,
-        Err(e) => {
-            let why = format!("arguments do not fit the {:?} handler: {e}", policy.kind());
-            return dead_letter(
-                &shared,
-                &job,
-                &job_id,
-                &origin,
-                DeadLetterReason::Permanent,
-                "permanent",
-                &why,
-                job.attempt,
-            )
-            .await;
+    } else {
+        match serde_json::from_value(job.args.clone()) {
+            Ok(a) => return Ok(a),
+            Err(e) => format!("arguments do not fit the {:?} handler: {e}", policy.kind()),
         }
     };
+    Err(Step::DeadLetter {
+        reason: DeadLetterReason::Permanent,
+        classification: "permanent",
+        error: why,
+        attempts: job.attempt,
+    })
+}
 
-    // The breaker is open: wait for it in the backend, not in a worker slot.
-    if let Some(wait) = policy.breaker_wait() {
-        return defer(&shared, &job, &job_id, &origin, wait).await;
+/// What is left to make durable after the handler ran (or instead of running it).
+enum Step {
+    /// Enqueue the next attempt after `countdown`.
+    Retry { countdown: Duration },
+    /// Enqueue the same attempt for when the breaker half-opens.
+    Defer { wait: Duration },
+    /// Store the dead letter.
+    DeadLetter {
+        reason: DeadLetterReason,
+        classification: &'static str,
+        error: String,
+        attempts: u32,
+    },
+}
+
+pin_project! {
+    /// The future of [`JobService`]: runs the handler, then settles the job — done, or its
+    /// decision made durable (a retry enqueued, a deferral enqueued, a dead letter stored)
+    /// before it resolves. A successful job costs no allocation here; the settling steps
+    /// (backend or store I/O, rare) are boxed, as the store's and scheduler's futures are.
+    pub struct JobFuture<F, C, St, R> {
+        #[pin]
+        state: State<F>,
+        shared: Arc<Shared<C, St, R>>,
+        job: Option<Job>,
+        job_id: String,
+        origin: String,
+        attempt: u32,
     }
+}
 
-    let result = inner.call(args).await;
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Calling {
+            #[pin]
+            future: F,
+        },
+        Settling {
+            future: BoxFuture<'static, Result<JobOutcome, JobError>>,
+        },
+        Done,
+    }
+}
+
+impl<F, C, St, R> fmt::Debug for JobFuture<F, C, St, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobFuture")
+            .field("job_id", &self.job_id)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, C, St, R> JobFuture<F, C, St, R>
+where
+    C: Send + Sync + 'static,
+    St: DeadLetterStore,
+    R: Reschedule,
+{
+    fn settling(
+        shared: Arc<Shared<C, St, R>>,
+        job: Job,
+        job_id: String,
+        origin: String,
+        step: Step,
+    ) -> Self {
+        let attempt = job.attempt;
+        let future = settle(
+            Arc::clone(&shared),
+            job,
+            job_id.clone(),
+            origin.clone(),
+            step,
+        );
+        JobFuture {
+            state: State::Settling { future },
+            shared,
+            job: None,
+            job_id,
+            origin,
+            attempt,
+        }
+    }
+}
+
+impl<F, T, E, C, St, R> Future for JobFuture<F, C, St, R>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Refusal + fmt::Display,
+    C: Classify<T, E> + Send + Sync + 'static,
+    St: DeadLetterStore,
+    R: Reschedule,
+{
+    type Output = Result<JobOutcome, JobError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let out = match this.state.as_mut().project() {
+                StateProj::Calling { future } => {
+                    let result = ready!(future.poll(cx));
+                    let Some(job) = this.job.take() else {
+                        return Poll::Pending;
+                    };
+                    match decide(&**this.shared, &job, this.origin, result) {
+                        Ok(outcome) => Ok(outcome),
+                        Err(step) => {
+                            let future = settle(
+                                Arc::clone(this.shared),
+                                job,
+                                this.job_id.clone(),
+                                this.origin.clone(),
+                                step,
+                            );
+                            this.state.set(State::Settling { future });
+                            continue;
+                        }
+                    }
+                }
+                StateProj::Settling { future } => ready!(future.as_mut().poll(cx)),
+                // Polled after completion: the contract of `Future` allows anything but UB.
+                StateProj::Done => return Poll::Pending,
+            };
+            this.state.set(State::Done);
+            if let Ok(o) = &out {
+                crate::observe::record(this.shared.policy.kind(), *this.attempt, o);
+            }
+            return Poll::Ready(out);
+        }
+    }
+}
+
+/// The handler's result, classified: done now, or the step that settles the job.
+fn decide<T, E, C, St, R>(
+    shared: &Shared<C, St, R>,
+    job: &Job,
+    origin: &str,
+    result: Result<T, E>,
+) -> Result<JobOutcome, Step>
+where
+    E: Refusal + fmt::Display,
+    C: Classify<T, E>,
+{
+    let policy = &shared.policy;
+    let attempts = job.attempt.saturating_add(1);
     if let Err(e) = &result {
         if let Some(open) = e.circuit_open() {
             let wait = open.retry_in.saturating_add(policy.jitter());
-            return defer(&shared, &job, &job_id, &origin, wait).await;
+            return Err(Step::Defer { wait });
         }
     }
     let outcome = shared.classifier.classify(result.as_ref());
-    let error_text = match &result {
+    let error = |result: &Result<T, E>| match result {
         Ok(_) => String::new(),
         Err(e) => e.to_string(),
     };
+    // The same job gets the same jitter sequence on whichever worker runs it.
+    let stream = stable_hash(origin, 0);
     match outcome {
         Outcome::Success => Ok(JobOutcome::Done { attempts }),
         Outcome::Transient { .. } | Outcome::Throttled { .. } => {
-            match policy.countdown(job.attempt, outcome, stream_of(&origin)) {
-                Some(countdown) => {
-                    let next = job.next_attempt(&origin);
-                    let key = format!("{origin}#{}", next.attempt);
-                    shared
-                        .scheduler
-                        .schedule(next, countdown, key)
-                        .await
-                        .map_err(|source| JobError::Schedule {
-                            job_id: job_id.clone(),
-                            attempt: attempts.saturating_add(1),
-                            source,
-                        })?;
-                    Ok(JobOutcome::Retried {
-                        next_attempt: attempts.saturating_add(1),
-                        countdown,
-                    })
-                }
-                None => {
-                    dead_letter(
-                        &shared,
-                        &job,
-                        &job_id,
-                        &origin,
-                        DeadLetterReason::RetriesExhausted,
-                        outcome.as_str(),
-                        &error_text,
-                        attempts,
-                    )
-                    .await
-                }
+            match policy.countdown(job.attempt, outcome, stream) {
+                Some(countdown) => Err(Step::Retry { countdown }),
+                None => Err(Step::DeadLetter {
+                    reason: DeadLetterReason::RetriesExhausted,
+                    classification: outcome.as_str(),
+                    error: error(&result),
+                    attempts,
+                }),
             }
         }
-        Outcome::Rejected => {
-            dead_letter(
-                &shared,
-                &job,
-                &job_id,
-                &origin,
-                DeadLetterReason::Rejected,
-                outcome.as_str(),
-                &error_text,
-                attempts,
-            )
-            .await
-        }
-        _ => {
-            dead_letter(
-                &shared,
-                &job,
-                &job_id,
-                &origin,
-                DeadLetterReason::Permanent,
-                outcome.as_str(),
-                &error_text,
-                attempts,
-            )
-            .await
-        }
+        Outcome::Rejected => Err(Step::DeadLetter {
+            reason: DeadLetterReason::Rejected,
+            classification: outcome.as_str(),
+            error: error(&result),
+            attempts,
+        }),
+        _ => Err(Step::DeadLetter {
+            reason: DeadLetterReason::Permanent,
+            classification: outcome.as_str(),
+            error: error(&result),
+            attempts,
+        }),
     }
+}
+
+/// Makes `step` durable; the future owns everything it needs.
+fn settle<C, St, R>(
+    shared: Arc<Shared<C, St, R>>,
+    job: Job,
+    job_id: String,
+    origin: String,
+    step: Step,
+) -> BoxFuture<'static, Result<JobOutcome, JobError>>
+where
+    C: Send + Sync + 'static,
+    St: DeadLetterStore,
+    R: Reschedule,
+{
+    Box::pin(async move {
+        match step {
+            Step::Retry { countdown } => {
+                let attempts = job.attempt.saturating_add(1);
+                let next = job.next_attempt(&origin);
+                let key = format!("{origin}#{}", next.attempt);
+                shared
+                    .scheduler
+                    .schedule(next, countdown, key)
+                    .await
+                    .map_err(|source| JobError::Schedule {
+                        job_id,
+                        attempt: attempts.saturating_add(1),
+                        source,
+                    })?;
+                Ok(JobOutcome::Retried {
+                    next_attempt: attempts.saturating_add(1),
+                    countdown,
+                })
+            }
+            Step::Defer { wait } => defer(&shared, &job, &job_id, &origin, wait).await,
+            Step::DeadLetter {
+                reason,
+                classification,
+                error,
+                attempts,
+            } => {
+                dead_letter(
+                    &shared,
+                    &job,
+                    &job_id,
+                    &origin,
+                    reason,
+                    classification,
+                    &error,
+                    attempts,
+                )
+                .await
+            }
+        }
+    })
 }
 
 async fn defer<C, St, R: Reschedule>(
@@ -575,10 +712,6 @@ pub fn record_id(origin: &str, enqueued_at_ms: u64) -> RecordId {
     bytes[6] = (bytes[6] & 0x0F) | 0x70;
     bytes[8] = (bytes[8] & 0x3F) | 0x80;
     RecordId::from_bytes(bytes)
-}
-
-fn stream_of(origin: &str) -> u64 {
-    stable_hash(origin, 0)
 }
 
 /// FNV-1a: stable across processes and Rust versions (unlike `DefaultHasher`).

@@ -1,4 +1,6 @@
-//! Shared pieces of the job tests: a counting upstream, a recording scheduler, checks.
+//! Shared pieces of the job tests: a counting upstream, a recording scheduler, checks, the
+//! backends (with backend time control), the settle loop every backend's 1,000-job test runs,
+//! a worker running in the background, and a private `redis-server`.
 #![allow(
     dead_code,
     unreachable_pub,
@@ -17,10 +19,19 @@ use std::{
     time::Duration,
 };
 
+use apalis_core::error::WorkerError;
 use futures_util::future::BoxFuture;
 use rampart_core::{BoxError, CircuitOpen, Outcome};
 use rampart_dlq::{DeadLetterRecord, DeadLetterStore, ListQuery};
 use rampart_jobs::{Job, Refusal, Reschedule};
+
+#[cfg(feature = "postgres")]
+pub mod pg_backend;
+#[cfg(feature = "redis")]
+pub mod redis_backend;
+pub mod redis_server;
+#[cfg(feature = "sqlite")]
+pub mod sqlite_backend;
 
 /// What the upstream does with call `attempt` (0-based) of job `n`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +41,14 @@ pub enum Act {
     Throttled(u64),
     Permanent,
     Hang,
+    /// Succeeds after this many milliseconds (real time).
+    OkAfter(u64),
+}
+
+impl Act {
+    pub fn succeeds(self) -> bool {
+        matches!(self, Act::Ok | Act::OkAfter(_))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +111,8 @@ pub struct Upstream {
     pub calls: Arc<Mutex<HashMap<u64, u32>>>,
     pub successes: Arc<Mutex<HashMap<u64, u32>>>,
     pub plan: Arc<dyn Fn(u64, u32) -> Act + Send + Sync>,
+    /// When set, `OkAfter` calls run one at a time.
+    pub serial: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Upstream {
@@ -100,6 +121,16 @@ impl Upstream {
             calls: Arc::default(),
             successes: Arc::default(),
             plan: Arc::new(plan),
+            serial: None,
+        }
+    }
+
+    /// An upstream whose `OkAfter` calls run one at a time (the worker still takes every job
+    /// it can; they wait here, in flight).
+    pub fn serial(plan: impl Fn(u64, u32) -> Act + Send + Sync + 'static) -> Self {
+        Upstream {
+            serial: Some(Arc::new(tokio::sync::Semaphore::new(1))),
+            ..Upstream::new(plan)
         }
     }
 
@@ -140,9 +171,19 @@ impl tower_service::Service<u64> for Upstream {
         };
         let act = (self.plan)(n, attempt);
         let successes = Arc::clone(&self.successes);
+        let serial = self.serial.clone();
         Box::pin(async move {
             match act {
                 Act::Ok => {
+                    *successes.lock().unwrap().entry(n).or_insert(0) += 1;
+                    Ok(())
+                }
+                Act::OkAfter(ms) => {
+                    let _permit = match &serial {
+                        Some(s) => Some(s.acquire().await.unwrap()),
+                        None => None,
+                    };
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
                     *successes.lock().unwrap().entry(n).or_insert(0) += 1;
                     Ok(())
                 }
@@ -156,11 +197,14 @@ impl tower_service::Service<u64> for Upstream {
     }
 }
 
+/// A scheduled retry: (job, attempt scheduled, countdown, when it was scheduled).
+pub type Scheduled = (u64, u32, Duration, std::time::SystemTime);
+
 /// A scheduler that records every countdown it is asked for and passes the job on.
 #[derive(Clone)]
 pub struct Recording<R> {
     pub inner: R,
-    pub seen: Arc<Mutex<Vec<(u64, u32, Duration)>>>,
+    pub seen: Arc<Mutex<Vec<Scheduled>>>,
 }
 
 impl<R> Recording<R> {
@@ -172,7 +216,28 @@ impl<R> Recording<R> {
     }
 
     pub fn seen(&self) -> Vec<(u64, u32, Duration)> {
-        self.seen.lock().unwrap().clone()
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, a, d, _)| (*n, *a, *d))
+            .collect()
+    }
+
+    /// When the retry of job `n` for `attempt` was due, by its countdown: the scheduling time
+    /// plus the countdown, in seconds since the Unix epoch.
+    pub fn due_at(&self, n: u64, attempt: u32) -> Option<f64> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(m, a, _, _)| *m == n && *a == attempt)
+            .map(|(_, _, d, at)| {
+                (*at + *d)
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs_f64()
+            })
     }
 }
 
@@ -184,7 +249,10 @@ impl<R: Reschedule> Reschedule for Recording<R> {
         key: String,
     ) -> BoxFuture<'static, Result<(), BoxError>> {
         let n = job.args.as_u64().unwrap_or(u64::MAX);
-        self.seen.lock().unwrap().push((n, job.attempt, after));
+        self.seen
+            .lock()
+            .unwrap()
+            .push((n, job.attempt, after, std::time::SystemTime::now()));
         self.inner.schedule(job, after, key)
     }
 }
@@ -255,7 +323,7 @@ pub async fn check_settled(
         );
         // What the plan says must have happened.
         let calls = up.calls(n);
-        let expect_dead = (0..calls).all(|a| plan(n, a) != Act::Ok);
+        let expect_dead = (0..calls).all(|a| !plan(n, a).succeeds());
         assert_eq!(is_dead, expect_dead, "job {n}: {calls} calls");
         if let Some(r) = dead.get(&n) {
             if plan(n, calls - 1) == Act::Permanent {
@@ -274,4 +342,127 @@ pub async fn check_settled(
         };
         check_countdown(attempt - 1, d, hint);
     }
+}
+
+/// A retry waiting in the backend for its countdown.
+#[derive(Debug)]
+pub struct Waiting {
+    /// The backend's id of the task.
+    pub id: String,
+    pub job: Job,
+    /// When it is due, in seconds since the Unix epoch.
+    pub run_at: f64,
+}
+
+/// Backend time control: what waits for a countdown, and making it due now.
+#[allow(async_fn_in_trait)]
+pub trait TimeControl {
+    /// The retries that are due later than now.
+    async fn waiting(&mut self) -> Vec<Waiting>;
+    /// Makes these retries due now.
+    async fn make_due(&mut self, ids: &[String]);
+}
+
+/// Drives a running worker to settlement: every 50 ms each retry that has appeared in the
+/// backend since the last look is checked and made due now — only the retries checked, so
+/// none is fast-forwarded unseen however slowly the loop runs. The check: the retry is one the
+/// worker scheduled (`recording`), and the backend has it due at the scheduling time plus the
+/// countdown the policy chose (within the backend's whole seconds) — an absolute time, so the
+/// check does not depend on how late the loop looks. (The countdowns themselves are checked
+/// against 60·2ⁿ ±20 % / Retry-After by `check_settled`.) Returns how many retries were
+/// checked; every test compares it with the retries the worker scheduled.
+pub async fn settle<R>(
+    ctl: &mut impl TimeControl,
+    up: &Upstream,
+    store: &impl DeadLetterStore,
+    jobs: u64,
+    recording: &Recording<R>,
+) -> usize {
+    let mut checked = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let waiting = ctl.waiting().await;
+        for w in &waiting {
+            let n = w.job.args.as_u64().unwrap();
+            let Some(due) = recording.due_at(n, w.job.attempt) else {
+                panic!(
+                    "job {n} attempt {} waits in the backend, but was never scheduled",
+                    w.job.attempt
+                );
+            };
+            assert!(
+                (w.run_at - due.floor()).abs() <= 1.0,
+                "job {n} attempt {}: due at {} in the backend, scheduled for {due}",
+                w.job.attempt,
+                w.run_at
+            );
+        }
+        checked += waiting.len();
+        let ids: Vec<String> = waiting.into_iter().map(|w| w.id).collect();
+        if !ids.is_empty() {
+            ctl.make_due(&ids).await;
+        }
+        let dead = all_records(store).await.len();
+        if up.done() + dead == usize::try_from(jobs).unwrap() {
+            return checked;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled: {} done, {dead} dead",
+            up.done()
+        );
+    }
+}
+
+/// A worker running in the background until [`Running::stop`].
+pub struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), WorkerError>>,
+}
+
+/// Spawns `run(stop)` — typically `|stop| worker.run_until(stop)`.
+pub fn spawn<F, Fut>(run: F) -> Running
+where
+    F: FnOnce(BoxFuture<'static, Result<(), std::io::Error>>) -> Fut,
+    Fut: Future<Output = Result<(), WorkerError>> + Send + 'static,
+{
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let signal: BoxFuture<'static, Result<(), std::io::Error>> = Box::pin(async move {
+        let _ = rx.await;
+        Ok(())
+    });
+    Running {
+        stop,
+        task: tokio::spawn(run(signal)),
+    }
+}
+
+impl Running {
+    /// Lets a straggler show up as a second run (300 ms), then stops the worker gracefully
+    /// and checks that it ended without error.
+    pub async fn stop(self) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after `limit`.
+pub async fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The distinct retries among `seen` (job, attempt): one attempt is scheduled twice when its
+/// first schedule or its acknowledgement failed (SQLite busy under load) and apalis ran it
+/// again — the second push is a no-op by key, so the backend holds one row for both.
+pub fn distinct_retries(seen: &[(u64, u32, Duration)]) -> usize {
+    seen.iter()
+        .map(|(n, a, _)| (*n, *a))
+        .collect::<std::collections::HashSet<_>>()
+        .len()
 }

@@ -76,6 +76,8 @@ pub mod grpc;
 #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
 pub mod observe;
 #[cfg(feature = "policy")]
+mod breaker_key;
+#[cfg(feature = "policy")]
 mod policy;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
@@ -96,6 +98,12 @@ pub use policy::{
     breaker_for, default_breaker, BudgetSettings, DeadLetterSettings, KeyedPolicyService, Policies,
     Policy, PolicyBuilder, PolicyLayer, PolicyService,
 };
+#[cfg(feature = "policy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
+pub use breaker_key::BreakerKey;
+#[cfg(feature = "policy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
+pub use policy::{HttpPolicyService, PolicyBreaker, PolicyBreakerLayer, MAX_BREAKER_KEYS};
 
 pub use rampart_core::{
     backoff, classify, leaf_error, time, Backoff, BackoffBuilder, BoxError, CircuitOpen, Classify,

@@ -119,11 +119,7 @@ impl FromStr for BreakerKey {
             "authority" => Ok(BreakerKey::Authority),
             "method" => Ok(BreakerKey::Method),
             "path" => Ok(BreakerKey::Path),
-            _ => Err(ConfigError::raw(
-                "key",
-                s,
-                format!("expected {EXPECTED}"),
-            )),
+            _ => Err(ConfigError::raw("key", s, format!("expected {EXPECTED}"))),
         }
     }
 }

@@ -60,6 +60,8 @@ pub struct ReadmeDoctests;
 pub mod chaos {
     pub use rampart_chaos::*;
 }
+#[cfg(feature = "policy")]
+mod breaker_key;
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub mod client;
@@ -75,8 +77,6 @@ pub mod grpc;
 #[cfg(feature = "policy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
 pub mod observe;
-#[cfg(feature = "policy")]
-mod breaker_key;
 #[cfg(feature = "policy")]
 mod policy;
 #[cfg(feature = "postgres")]
@@ -94,13 +94,13 @@ pub mod sqlx;
 
 #[cfg(feature = "policy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
+pub use breaker_key::BreakerKey;
+#[cfg(feature = "policy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
 pub use policy::{
     breaker_for, default_breaker, BudgetSettings, DeadLetterSettings, KeyedPolicyService, Policies,
     Policy, PolicyBuilder, PolicyLayer, PolicyService,
 };
-#[cfg(feature = "policy")]
-#[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
-pub use breaker_key::BreakerKey;
 #[cfg(feature = "policy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
 pub use policy::{HttpPolicyService, PolicyBreaker, PolicyBreakerLayer, MAX_BREAKER_KEYS};

@@ -309,7 +309,11 @@ fn bad_inputs_each_get_their_own_error_naming_key_value_and_origin() {
             file: "[services.gemini_api.circuit_breaker]\nenabled = true\nkey = \"hots\"\n",
             env: &[],
             field: "services.gemini_api.circuit_breaker.key",
-            says: &["hots", "line 3", "host, authority, method, path or header:<name>"],
+            says: &[
+                "hots",
+                "line 3",
+                "host, authority, method, path or header:<name>",
+            ],
         },
         Case {
             file: "[services.gemini_api.circuit_breaker]\nkey = \"header:x voice\"\n",
@@ -441,7 +445,10 @@ fn a_breaker_key_from_the_file_and_the_environment() {
     );
     let p = Loader::new()
         .file(&path)
-        .env(env(&[("TTS_BREAKER_KEY", "method"), ("TTS_BREAKER_MAX_KEYS", "8")]))
+        .env(env(&[
+            ("TTS_BREAKER_KEY", "method"),
+            ("TTS_BREAKER_MAX_KEYS", "8"),
+        ]))
         .load()
         .unwrap();
     let g = p.get("gemini_api").unwrap();

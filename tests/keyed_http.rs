@@ -126,7 +126,11 @@ async fn a_config_file_key_gives_each_voice_its_own_breaker_over_loopback_http()
         );
     }
     assert!(refused > 0);
-    assert!(hits["Puck"] < 60, "Puck reached the server {} times", hits["Puck"]);
+    assert!(
+        hits["Puck"] < 60,
+        "Puck reached the server {} times",
+        hits["Puck"]
+    );
     // Every failed call (Puck's 60) is one dead letter: retries exhausted until its breaker
     // opened, refused by the open circuit after.
     let records = store.list(ListQuery::newest(1000)).await.unwrap().records;

@@ -139,7 +139,11 @@ async fn transient_20pct_succeeds_at_low_cost() {
 async fn transient_20pct_three_retry_presets_reach_their_cap() {
     let presets = ["tts", "database", "redis"];
     for (p, r) in each_preset_of(&presets, Scenario::transient(), |p| p).await {
-        assert_eq!(p.backoff().max_retries(), 3, "the reference design's number");
+        assert_eq!(
+            p.backoff().max_retries(),
+            3,
+            "the reference design's number"
+        );
         let calls = r.calls as f64;
         let q = floor_of_failures(0.2, 3);
         let expected = calls * q;

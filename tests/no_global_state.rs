@@ -27,10 +27,7 @@ const ALLOWED_STATIC_TYPES: &[&str] = &["LazyLock<Script>", "LazyLock<Lua>"];
 /// The one scoped thread-local allowed (see the module docs): file suffix and the line's code.
 const ALLOWED_SCOPED: &[(&str, &str)] = &[
     ("crates/rampart-core/src/record.rs", "thread_local!"),
-    (
-        "crates/rampart-core/src/record.rs",
-        "static CURRENT: Scope",
-    ),
+    ("crates/rampart-core/src/record.rs", "static CURRENT: Scope"),
 ];
 
 /// Things library code must not contain at all.

@@ -278,8 +278,15 @@ async fn a_breaker_inside_the_service_leaves_the_policys_record_its_own() {
     let err = svc.oneshot(9).await.unwrap_err();
     assert!(err.circuit_open().is_some(), "the client's refusal: {err}");
     let reached = reached.load(Ordering::SeqCst);
-    assert_eq!(up.calls.load(Ordering::SeqCst), 1, "the client's breaker opened");
-    assert_eq!(reached, 2, "the retry after 0.5 s met the client's open breaker");
+    assert_eq!(
+        up.calls.load(Ordering::SeqCst),
+        1,
+        "the client's breaker opened"
+    );
+    assert_eq!(
+        reached, 2,
+        "the retry after 0.5 s met the client's open breaker"
+    );
     let rs = records(&store).await;
     assert_eq!(rs.len(), 1);
     assert_eq!(rs[0].attempts, reached, "{}", rs[0].error);

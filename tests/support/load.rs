@@ -674,7 +674,8 @@ pub async fn run(scenario: &Scenario, kind: &Kind, rate: u32, secs: u32, scale: 
 /// "rampart NAME", plus `max_retries=N` when it is not the preset's.
 fn label(p: &Policy) -> String {
     let name = p.name();
-    let preset = Policy::preset(name.as_str()).map(|b| b.build().map(|q| q.backoff().max_retries()));
+    let preset =
+        Policy::preset(name.as_str()).map(|b| b.build().map(|q| q.backoff().max_retries()));
     match preset {
         Some(Ok(n)) if n != p.backoff().max_retries() => {
             format!("rampart {name} max_retries={}", p.backoff().max_retries())

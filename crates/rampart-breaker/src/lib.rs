@@ -104,8 +104,7 @@ pub use events::{CallObserver, CallOutcome, Listener, Reason, State, Transition}
 
 pub use keyed::{
     KeyOf, KeyedCircuitBreaker, KeyedCircuitBreakerLayer, KeyedHandle, DEFAULT_IDLE_TTL,
-    DEFAULT_MAX_KEYS,
-    EVICTION_STEPS, MAX_FILTER_SLOTS, MAX_LABEL_BYTES, OVERFLOW_KEY,
+    DEFAULT_MAX_KEYS, EVICTION_STEPS, MAX_FILTER_SLOTS, MAX_LABEL_BYTES, OVERFLOW_KEY,
 };
 pub use layer::CircuitBreakerLayer;
 pub use service::CircuitBreaker;

@@ -307,9 +307,8 @@ where
                         Poll::Ready(r)
                     } else {
                         let breaker_below = this.shared.config.breaker_below;
-                        let poll = || {
-                            rampart_core::record::poll_retry(breaker_below, || future.poll(cx))
-                        };
+                        let poll =
+                            || rampart_core::record::poll_retry(breaker_below, || future.poll(cx));
                         match this.cold.as_ref().and_then(|c| c.span.as_ref()) {
                             Some(span) => span.in_scope(poll),
                             None => poll(),
@@ -370,9 +369,7 @@ where
                         // below admitted it: that breaker published the dependency's answer
                         // (transient, with `retry_in` as its hint), and the call reached the
                         // service.
-                        (Err(ErrorKind::CircuitOpen(_)), Some(o)) if o != Outcome::Rejected => {
-                            None
-                        }
+                        (Err(ErrorKind::CircuitOpen(_)), Some(o)) if o != Outcome::Rejected => None,
                         // The breaker below refused it (or no breaker publishes here).
                         (Err(ErrorKind::CircuitOpen(open)), _) => Some(open.retry_in),
                         _ => None,

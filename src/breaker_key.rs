@@ -181,8 +181,8 @@ impl<B> rampart_breaker::KeyOf<http::Request<B>> for BreakerKey {
     /// assert_eq!(BreakerKey::Host.key_of(&req), "api.example.com");
     /// assert_eq!(BreakerKey::Authority.key_of(&req), "api.example.com:8443");
     /// // Userinfo never becomes a key.
-    /// let req = http::Request::get("https://user:secret@db.example:5432/").body(())?;
-    /// assert_eq!(BreakerKey::Authority.key_of(&req), "db.example:5432");
+    /// let with_creds = http::Request::get("https://user:secret@db.example:5432/").body(())?;
+    /// assert_eq!(BreakerKey::Authority.key_of(&with_creds), "db.example:5432");
     /// assert_eq!(BreakerKey::Method.key_of(&req), "POST");
     /// assert_eq!(BreakerKey::Path.key_of(&req), "/v1/models/tts:generate");
     /// assert_eq!(BreakerKey::header("X-Voice")?.key_of(&req), "Kore");

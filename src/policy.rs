@@ -386,7 +386,7 @@ impl Policy {
     ///
     /// ```
     /// use rampart::{BreakerKey, Policy};
-    /// use rampart::dlq::{JsonExtractor, MemoryStore};
+    /// use rampart::dlq::{MemoryStore, RequestPart};
     /// use http::{Request, Response};
     /// use tower::{service_fn, Layer, ServiceExt};
     ///
@@ -400,7 +400,11 @@ impl Policy {
     ///     Ok(resp) if resp.status().is_success() => rampart::Outcome::Success,
     ///     _ => rampart::Outcome::TRANSIENT,
     /// };
-    /// let layer = policy.http_layer(classify, MemoryStore::default(), JsonExtractor::default());
+    /// let extract = |req: &Request<()>| RequestPart {
+    ///     summary: req.uri().to_string(),
+    ///     payload: Default::default(),
+    /// };
+    /// let layer = policy.http_layer(classify, MemoryStore::default(), extract);
     /// let breakers = layer.keyed_breakers().expect("keyed by x-voice");
     /// let svc = layer.layer(service_fn(|_req: Request<()>| async {
     ///     Ok::<_, std::io::Error>(Response::new(()))

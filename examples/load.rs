@@ -137,8 +137,21 @@ async fn all(a: &Args) {
         for name in &a.presets {
             let p = preset(name, timeout);
             let mut kinds = vec![Kind::Rampart(p.clone())];
+            if scenario.name == "transient_20pct" && p.backoff().max_retries() < 4 {
+                // The documented override for the 3-retry presets (docs/load.md).
+                if let Ok(four) = p.to_builder().max_retries(4).build() {
+                    kinds.push(Kind::Rampart(four));
+                }
+            }
             if scenario.name == "one_key_down" {
                 kinds.push(Kind::RampartKeyed(p.clone()));
+                // The key named in a config file (`key = "header:x-key"`), over http::Request.
+                #[cfg(any(feature = "http", feature = "client", feature = "grpc"))]
+                if let Ok(key) = rampart::BreakerKey::header("x-key") {
+                    if let Ok(keyed) = p.to_builder().breaker_key(Some(key)).build() {
+                        kinds.push(Kind::RampartHttp(keyed));
+                    }
+                }
             }
             kinds.push(Kind::Naive(load::naive_policy(name, timeout)));
             kinds.push(Kind::Tower(p.clone()));

@@ -49,6 +49,11 @@
 //! recovery_timeout = "5s"
 //! max_recovery_timeout = "60s"
 //! success_threshold = 3
+//! # One breaker per voice instead of one for the service (applied by `Policy::http_layer`):
+//! # "host", "authority", "method", "path" or "header:<name>" (see `rampart::BreakerKey`).
+//! key = "header:x-voice"
+//! max_keys = 1000                       # keys held at once (1 to 1,000,000)
+//! idle_ttl = "10m"                      # an unused key's closed breaker is dropped after this
 //!
 //! [services.gemini_api.dead_letter]
 //! enabled = true
@@ -69,6 +74,7 @@ use rampart_breaker::{CircuitBreakerConfig, Window};
 use rampart_core::{ConfigError, Jitter};
 use serde::{Deserialize, Serialize};
 
+use crate::breaker_key::BreakerKey;
 use crate::policy::{
     production_overrides, BudgetSettings, DeadLetterSettings, Policies, Policy, PolicyBuilder,
 };
@@ -185,6 +191,33 @@ pub struct BreakerConfig {
     /// The slow-call rate that opens the circuit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slow_call_rate: Option<f64>,
+    /// One breaker per value of this part of an HTTP request: `host`, `authority`,
+    /// `method`, `path` or `header:<name>` (see [`BreakerKey`]); applied by
+    /// [`Policy::http_layer`](crate::Policy). Unset: one breaker for the service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<BreakerKey>,
+    /// The most keys held at once (1 to [`MAX_BREAKER_KEYS`](crate::MAX_BREAKER_KEYS));
+    /// 1,000 if unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_keys: Option<usize>,
+    /// How long an unused key's closed breaker is kept; 10 minutes if unset.
+    #[serde(default, with = "dur", skip_serializing_if = "Option::is_none")]
+    pub idle_ttl: Option<Duration>,
+}
+
+impl Serialize for BreakerKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for BreakerKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(|e: ConfigError| {
+            serde::de::Error::invalid_value(serde::de::Unexpected::Str(&text), &e.reason())
+        })
+    }
 }
 
 /// Dead-lettering's settings.
@@ -363,6 +396,9 @@ const ENV_FIELDS: &[(&str, &str)] = &[
     ("RECOVERY_TIMEOUT", "circuit_breaker.recovery_timeout"),
     ("SUCCESS_THRESHOLD", "circuit_breaker.success_threshold"),
     ("CIRCUIT_BREAKER_ENABLED", "circuit_breaker.enabled"),
+    ("BREAKER_KEY", "circuit_breaker.key"),
+    ("BREAKER_MAX_KEYS", "circuit_breaker.max_keys"),
+    ("BREAKER_IDLE_TTL", "circuit_breaker.idle_ttl"),
     ("DEAD_LETTER_ENABLED", "dead_letter.enabled"),
     ("DLQ_MAX_SIZE", "dead_letter.max_size"),
 ];
@@ -780,6 +816,15 @@ fn build(cfg: &Config, env: &HashMap<String, String>) -> Result<Policies, Config
             }
             if let Some(d) = c.slow_call_duration {
                 cb = cb.slow_call(d, c.slow_call_rate.unwrap_or(1.0));
+            }
+            if c.key.is_some() {
+                b = b.breaker_key(c.key.clone());
+            }
+            if let Some(n) = c.max_keys {
+                b = b.breaker_max_keys(n);
+            }
+            if let Some(d) = c.idle_ttl {
+                b = b.breaker_idle_ttl(d);
             }
             let built = cb.build().map_err(|e| {
                 let f = format!("circuit_breaker.{}", e.field());

@@ -62,6 +62,8 @@ pub struct ReadmeDoctests;
 pub mod chaos {
     pub use rampart_chaos::*;
 }
+#[cfg(feature = "policy")]
+mod breaker_key;
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub mod client;
@@ -94,10 +96,16 @@ pub mod sqlx;
 
 #[cfg(feature = "policy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
+pub use breaker_key::BreakerKey;
+#[cfg(feature = "policy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
 pub use policy::{
     breaker_for, default_breaker, BudgetSettings, DeadLetterSettings, KeyedPolicyService, Policies,
     Policy, PolicyBuilder, PolicyLayer, PolicyService,
 };
+#[cfg(feature = "policy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
+pub use policy::{HttpPolicyService, PolicyBreaker, PolicyBreakerLayer, MAX_BREAKER_KEYS};
 
 pub use rampart_core::{
     backoff, classify, leaf_error, time, Backoff, BackoffBuilder, BoxError, CircuitOpen, Classify,

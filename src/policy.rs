@@ -16,6 +16,7 @@ use rampart_retry::{
 };
 use tower_layer::Layer;
 
+use crate::breaker_key::BreakerKey;
 use crate::observe::PolicyObserver;
 
 /// The retry budget's settings (see [`RetryBudget`]).
@@ -103,8 +104,31 @@ pub struct Policy {
     deadline: Option<Duration>,
     attempt_timeout: Option<Duration>,
     breaker: Option<CircuitBreakerConfig>,
+    keys: KeySettings,
     dead_letter: Option<DeadLetterSettings>,
 }
+
+/// A policy's per-key breakers: which key, how many held, how long an idle one is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeySettings {
+    key: Option<BreakerKey>,
+    max_keys: usize,
+    idle_ttl: Duration,
+}
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        KeySettings {
+            key: None,
+            max_keys: rampart_breaker::DEFAULT_MAX_KEYS,
+            idle_ttl: rampart_breaker::DEFAULT_IDLE_TTL,
+        }
+    }
+}
+
+/// The most keys a policy's keyed breaker may be set to hold
+/// ([`PolicyBuilder::breaker_max_keys`]): 1,000,000.
+pub const MAX_BREAKER_KEYS: usize = 1_000_000;
 
 /// Builds a [`Policy`]; every setter's default is the reference design's.
 #[derive(Debug, Clone)]
@@ -122,6 +146,7 @@ pub struct PolicyBuilder {
     deadline: Option<Duration>,
     attempt_timeout: Option<Duration>,
     breaker: Option<CircuitBreakerConfig>,
+    keys: KeySettings,
     dead_letter: Option<DeadLetterSettings>,
 }
 
@@ -145,6 +170,7 @@ impl Policy {
             deadline: None,
             attempt_timeout: None,
             breaker: Some(default_breaker()),
+            keys: KeySettings::default(),
             dead_letter: Some(DeadLetterSettings::default()),
         }
     }
@@ -201,6 +227,7 @@ impl Policy {
             deadline: self.deadline,
             attempt_timeout: self.attempt_timeout,
             breaker: self.breaker.clone(),
+            keys: self.keys.clone(),
             dead_letter: self.dead_letter,
         }
     }
@@ -237,6 +264,19 @@ impl Policy {
     pub fn dead_letter(&self) -> Option<DeadLetterSettings> {
         self.dead_letter
     }
+    /// The named key of the per-key breakers [`http_layer`](Self::http_layer) builds, if
+    /// any (see [`PolicyBuilder::breaker_key`]).
+    pub fn breaker_key(&self) -> Option<&BreakerKey> {
+        self.keys.key.as_ref()
+    }
+    /// The most keys a keyed breaker of this policy holds at once.
+    pub fn breaker_max_keys(&self) -> usize {
+        self.keys.max_keys
+    }
+    /// How long a key's closed breaker may go unused before it is dropped.
+    pub fn breaker_idle_ttl(&self) -> Duration {
+        self.keys.idle_ttl
+    }
 
     /// The same policy with its backoff jitter seeded, so that a run on a paused clock is
     /// repeatable (`rampart simulate` seeds every policy it runs).
@@ -267,31 +307,30 @@ impl Policy {
     /// switched off passes calls through (retry with no retries, a disabled breaker that
     /// still counts, a dead-letter layer that records nothing).
     ///
+    /// One breaker for the whole service: a [`breaker_key`](PolicyBuilder::breaker_key) is
+    /// not applied here, since a request of any type has no host or header to read. For
+    /// HTTP requests use [`http_layer`](Self::http_layer), which applies it; for any key
+    /// of your own, [`keyed_layer`](Self::keyed_layer).
+    ///
     /// With the `metrics` feature every part reports the reference design's series through
     /// the `metrics` facade (see [`observe`](crate::observe)).
     pub fn layer<C, St, X>(&self, classifier: C, store: St, extractor: X) -> PolicyLayer<C, St, X>
     where
         C: Clone,
     {
-        // The breaker's config was validated when the policy was built, and naming it or
-        // adding observers cannot make it invalid: the fallback (unobserved) is unreachable.
-        let breaker_cfg = self.breaker.clone().unwrap_or_default();
-        let breaker_cfg = crate::observe::breaker(breaker_cfg.to_builder().name(self.name.clone()))
-            .build()
-            .unwrap_or(breaker_cfg);
-        let breaker = CircuitBreakerLayer::new(breaker_cfg).classifier(classifier.clone());
-        if self.breaker.is_none() {
-            breaker.handle().disable();
-        }
-        crate::observe::breaker_built(&breaker.handle());
+        let breaker = self.single_breaker(classifier.clone());
         self.assemble(classifier, store, extractor, breaker)
     }
 
     /// Like [`layer`](Self::layer), with one breaker per key instead of one for the whole
-    /// service: `key` picks the key (voice, host, tenant) from a request, so that one failing
-    /// key trips only its own circuit. The breakers sit below the retry layer and above the
-    /// per-attempt timeout, so they see every attempt and its timeouts; at most 1,024 keys
-    /// are held at once (see [`KeyedCircuitBreakerLayer`]).
+    /// service: `key` picks the key (voice, host, tenant) from a request — a closure
+    /// `Fn(&Req) -> K`, a [`BreakerKey`], or any [`KeyOf`](rampart_breaker::KeyOf) — so that
+    /// one failing key trips only its own circuit. The breakers sit below the retry layer and
+    /// above the per-attempt timeout, so they see every attempt and its timeouts; at most
+    /// [`breaker_max_keys`](PolicyBuilder::breaker_max_keys) keys (1,000 by default) are held
+    /// at once, and a closed breaker unused for
+    /// [`breaker_idle_ttl`](PolicyBuilder::breaker_idle_ttl) (10 minutes) is dropped (see
+    /// [`KeyedCircuitBreakerLayer`]).
     ///
     /// With no breaker configured, the keyed breakers count but never trip.
     ///
@@ -304,7 +343,7 @@ impl Policy {
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let policy = Policy::preset("tts").expect("a preset").build()?;
+    /// let policy = Policy::preset("tts").expect("a preset").breaker_max_keys(64).build()?;
     /// let layer = policy.keyed_layer(
     ///     |r: Result<&u16, &std::io::Error>| match r {
     ///         Ok(200) => rampart::Outcome::Success,
@@ -320,7 +359,7 @@ impl Policy {
     ///     .service(service_fn(|_voice: &'static str| async { Ok::<u16, std::io::Error>(200) }));
     /// assert_eq!(svc.clone().oneshot("Kore").await?, 200);
     /// assert_eq!(svc.oneshot("Kore").await?, 200);
-    /// assert_eq!(breakers.len(), 1);
+    /// assert_eq!((breakers.len(), breakers.max_keys()), (1, 64));
     /// # Ok(()) }
     /// ```
     pub fn keyed_layer<C, St, X, F, K>(
@@ -333,6 +372,91 @@ impl Policy {
     where
         C: Clone,
     {
+        let breaker = self.keyed_breaker(classifier.clone(), key);
+        self.assemble(classifier, store, extractor, breaker)
+    }
+
+    /// The stack for `http::Request`s as this policy describes it: per-key breakers as in
+    /// [`keyed_layer`](Self::keyed_layer), keyed by the policy's
+    /// [`breaker_key`](PolicyBuilder::breaker_key) when it has one (and a breaker), else
+    /// [`layer`](Self::layer)'s single breaker. This is how a key chosen in a config file
+    /// (`key = "host"` under a service's `[circuit_breaker]`) takes effect.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart::{BreakerKey, Policy};
+    /// use rampart::dlq::{MemoryStore, RequestPart};
+    /// use http::{Request, Response};
+    /// use tower::{service_fn, Layer, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let policy = Policy::preset("gemini_api")
+    ///     .expect("a preset")
+    ///     .breaker_key(Some(BreakerKey::header("x-voice")?))
+    ///     .build()?;
+    /// let classify = |r: Result<&Response<()>, &std::io::Error>| match r {
+    ///     Ok(resp) if resp.status().is_success() => rampart::Outcome::Success,
+    ///     _ => rampart::Outcome::TRANSIENT,
+    /// };
+    /// let extract = |req: &Request<()>| RequestPart {
+    ///     summary: req.uri().to_string(),
+    ///     payload: Default::default(),
+    /// };
+    /// let layer = policy.http_layer(classify, MemoryStore::default(), extract);
+    /// let breakers = layer.keyed_breakers().expect("keyed by x-voice");
+    /// let svc = layer.layer(service_fn(|_req: Request<()>| async {
+    ///     Ok::<_, std::io::Error>(Response::new(()))
+    /// }));
+    /// for _ in 0..2 {
+    ///     let req = Request::post("http://tts.local/speak").header("x-voice", "Kore").body(())?;
+    ///     svc.clone().oneshot(req).await?;
+    /// }
+    /// assert!(breakers.get(&"Kore".to_string()).is_some());
+    /// # Ok(()) }
+    /// ```
+    #[cfg(any(feature = "http", feature = "client", feature = "grpc"))]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "http", feature = "client", feature = "grpc")))
+    )]
+    pub fn http_layer<C, St, X>(
+        &self,
+        classifier: C,
+        store: St,
+        extractor: X,
+    ) -> PolicyLayer<C, St, X, PolicyBreakerLayer<C>>
+    where
+        C: Clone,
+    {
+        let breaker = match (&self.keys.key, &self.breaker) {
+            (Some(key), Some(_)) => {
+                PolicyBreakerLayer::Keyed(self.keyed_breaker(classifier.clone(), key.clone()))
+            }
+            _ => PolicyBreakerLayer::Single(self.single_breaker(classifier.clone())),
+        };
+        self.assemble(classifier, store, extractor, breaker)
+    }
+
+    /// The policy's one breaker, named and observed.
+    fn single_breaker<C>(&self, classifier: C) -> CircuitBreakerLayer<C> {
+        // The breaker's config was validated when the policy was built, and naming it or
+        // adding observers cannot make it invalid: the fallback (unobserved) is unreachable.
+        let breaker_cfg = self.breaker.clone().unwrap_or_default();
+        let breaker_cfg = crate::observe::breaker(breaker_cfg.to_builder().name(self.name.clone()))
+            .build()
+            .unwrap_or(breaker_cfg);
+        let breaker = CircuitBreakerLayer::new(breaker_cfg).classifier(classifier);
+        if self.breaker.is_none() {
+            breaker.handle().disable();
+        }
+        crate::observe::breaker_built(&breaker.handle());
+        breaker
+    }
+
+    /// The policy's per-key breakers, keyed by `key`.
+    fn keyed_breaker<C, F, K>(&self, classifier: C, key: F) -> KeyedCircuitBreakerLayer<C, F, K> {
         // Switched off: breakers that count but, needing 2^32 - 1 failures in a row, never
         // trip.
         let cfg = self.breaker.clone().unwrap_or_else(|| {
@@ -342,12 +466,14 @@ impl Policy {
                 .build()
                 .unwrap_or_default()
         });
-        // Named and observed like the single breaker (valid as validated: see `layer`).
+        // Named and observed like the single breaker (valid as validated: see above).
         let cfg = crate::observe::breaker(cfg.to_builder().name(self.name.clone()))
             .build()
             .unwrap_or(cfg);
-        let breaker = KeyedCircuitBreakerLayer::new(cfg, classifier.clone(), key);
-        self.assemble(classifier, store, extractor, breaker)
+        // `max_keys` and `idle_ttl` each start a fresh registry: set right after `new`.
+        KeyedCircuitBreakerLayer::new(cfg, classifier, key)
+            .max_keys(self.keys.max_keys)
+            .idle_ttl(self.keys.idle_ttl)
     }
 
     #[allow(clippy::unit_arg)] // the observer is `()` without the `metrics` feature
@@ -361,9 +487,12 @@ impl Policy {
     where
         C: Clone,
     {
+        // The breaker right below classifies each attempt once and hands the outcome up;
+        // nothing inside the service writes into the call's record.
         let mut retry = RetryLayer::new(classifier.clone())
             .name(self.name.clone())
-            .deadline_opt(self.deadline);
+            .deadline_opt(self.deadline)
+            .breaker_below(true);
         retry = if self.retry {
             retry.backoff(self.backoff)
         } else {
@@ -467,6 +596,45 @@ impl PolicyBuilder {
         self.dead_letter = d;
         self
     }
+    /// One breaker per value of this part of an HTTP request (host, authority, method, path,
+    /// a header), applied by [`Policy::http_layer`]; `None` keeps one breaker for the
+    /// service. (A key function of your own, being code, goes to [`Policy::keyed_layer`].)
+    /// The config file's `key` under a service's `[circuit_breaker]`. Defaults to none.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart::{BreakerKey, Policy};
+    /// use std::time::Duration;
+    ///
+    /// let p = Policy::preset("gemini_api")
+    ///     .expect("a preset")
+    ///     .breaker_key(Some(BreakerKey::Path)) // one breaker per model endpoint
+    ///     .breaker_max_keys(100)
+    ///     .breaker_idle_ttl(Duration::from_secs(300))
+    ///     .build()?;
+    /// assert_eq!(p.breaker_key(), Some(&BreakerKey::Path));
+    /// let bad = Policy::builder("tts").breaker_max_keys(0).build().unwrap_err();
+    /// assert_eq!(bad.field(), "tts.circuit_breaker.max_keys");
+    /// # Ok::<(), rampart::ConfigError>(())
+    /// ```
+    pub fn breaker_key(mut self, key: Option<BreakerKey>) -> Self {
+        self.keys.key = key;
+        self
+    }
+    /// The most keys held at once by a keyed breaker (1 to [`MAX_BREAKER_KEYS`]); past it a
+    /// new key evicts an idle closed breaker or shares the overflow breaker (see
+    /// [`KeyedCircuitBreakerLayer`]). Defaults to 1,000.
+    pub fn breaker_max_keys(mut self, n: usize) -> Self {
+        self.keys.max_keys = n;
+        self
+    }
+    /// How long a key's closed breaker may go unused before it is dropped. Defaults to 10
+    /// minutes.
+    pub fn breaker_idle_ttl(mut self, ttl: Duration) -> Self {
+        self.keys.idle_ttl = ttl;
+        self
+    }
 
     /// Validates and returns the policy.
     ///
@@ -474,8 +642,9 @@ impl PolicyBuilder {
     ///
     /// A [`ConfigError`] whose field is `<service>.<field>`: invalid backoff values, an
     /// invalid budget, a zero timeout or deadline, a deadline shorter than the per-attempt
-    /// timeout, or a duration (delay, deadline, timeout, retention) longer than
-    /// [`MAX_DURATION`](rampart_core::MAX_DURATION), 365 days.
+    /// timeout, `breaker_max_keys` outside 1 to [`MAX_BREAKER_KEYS`], a zero
+    /// `breaker_idle_ttl`, or a duration (delay, deadline, timeout, retention, idle TTL)
+    /// longer than [`MAX_DURATION`](rampart_core::MAX_DURATION), 365 days.
     pub fn build(self) -> Result<Policy, ConfigError> {
         let svc = self.name.as_str();
         let at = |e: ConfigError| {
@@ -531,6 +700,24 @@ impl PolicyBuilder {
                 ));
             }
         }
+        if self.keys.max_keys == 0 || self.keys.max_keys > MAX_BREAKER_KEYS {
+            return Err(ConfigError::new(
+                format!("{svc}.circuit_breaker.max_keys"),
+                self.keys.max_keys,
+                format!("must be between 1 and {MAX_BREAKER_KEYS}"),
+            ));
+        }
+        if self.keys.idle_ttl == Duration::ZERO {
+            return Err(ConfigError::new(
+                format!("{svc}.circuit_breaker.idle_ttl"),
+                Duration::ZERO,
+                "must be positive",
+            ));
+        }
+        rampart_core::time::check_duration(
+            format!("{svc}.circuit_breaker.idle_ttl"),
+            self.keys.idle_ttl,
+        )?;
         if let Some(d) = self.dead_letter {
             if d.max_size == 0 {
                 return Err(ConfigError::new(
@@ -548,6 +735,7 @@ impl PolicyBuilder {
             deadline: self.deadline,
             attempt_timeout: self.attempt_timeout,
             breaker: self.breaker,
+            keys: self.keys,
             dead_letter: self.dead_letter,
         })
     }
@@ -609,6 +797,94 @@ pub type KeyedPolicyService<S, C, St, X, F, K> = DeadLetter<
     X,
     C,
 >;
+
+/// The service a [`PolicyLayer`] from [`Policy::http_layer`] makes.
+pub type HttpPolicyService<S, C, St, X> = DeadLetter<
+    Retry<PolicyBreaker<AttemptTimeout<S>, C>, C, CloneReplay, PolicyObserver>,
+    St,
+    X,
+    C,
+>;
+
+impl<C, St, X> PolicyLayer<C, St, X, PolicyBreakerLayer<C>> {
+    /// The single breaker's handle, if the policy has no [`BreakerKey`].
+    pub fn breaker(&self) -> Option<rampart_breaker::BreakerHandle> {
+        match &self.breaker {
+            PolicyBreakerLayer::Single(b) => Some(b.handle()),
+            PolicyBreakerLayer::Keyed(_) => None,
+        }
+    }
+
+    /// The keyed breakers' handle, if the policy has a [`BreakerKey`].
+    pub fn keyed_breakers(&self) -> Option<KeyedHandle<String>> {
+        match &self.breaker {
+            PolicyBreakerLayer::Single(_) => None,
+            PolicyBreakerLayer::Keyed(b) => Some(b.handle()),
+        }
+    }
+}
+
+/// The breaker of a [`Policy::http_layer`]: one for the service, or one per value of the
+/// policy's [`BreakerKey`].
+#[derive(Clone, Debug)]
+pub enum PolicyBreakerLayer<C> {
+    /// One breaker for the whole service.
+    Single(CircuitBreakerLayer<C>),
+    /// One breaker per key.
+    Keyed(KeyedCircuitBreakerLayer<C, BreakerKey, String>),
+}
+
+impl<S, C: Clone> Layer<S> for PolicyBreakerLayer<C> {
+    type Service = PolicyBreaker<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        match self {
+            PolicyBreakerLayer::Single(b) => PolicyBreaker::Single(b.layer(inner)),
+            PolicyBreakerLayer::Keyed(b) => PolicyBreaker::Keyed(b.layer(inner)),
+        }
+    }
+}
+
+/// The service a [`PolicyBreakerLayer`] makes. It serves the requests a [`BreakerKey`] can
+/// read (`http::Request<B>` with the `http`, `client` or `grpc` feature).
+#[derive(Clone, Debug)]
+pub enum PolicyBreaker<S, C> {
+    /// One breaker for the whole service.
+    Single(CircuitBreaker<S, C>),
+    /// One breaker per key.
+    Keyed(KeyedCircuitBreaker<S, C, BreakerKey, String>),
+}
+
+impl<S, C, Req> tower_service::Service<Req> for PolicyBreaker<S, C>
+where
+    S: tower_service::Service<Req>,
+    S::Error: rampart_core::IntoError,
+    C: rampart_core::Classify<S::Response, <S::Error as rampart_core::IntoError>::Inner> + Clone,
+    BreakerKey: rampart_breaker::KeyOf<Req, Key = String>,
+{
+    type Response = S::Response;
+    type Error = rampart_core::Error<<S::Error as rampart_core::IntoError>::Inner>;
+    type Future = rampart_breaker::future::ResponseFuture<S::Future, C>;
+
+    #[inline]
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        match self {
+            PolicyBreaker::Single(s) => tower_service::Service::poll_ready(s, cx),
+            PolicyBreaker::Keyed(s) => tower_service::Service::poll_ready(s, cx),
+        }
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self {
+            PolicyBreaker::Single(s) => tower_service::Service::call(s, req),
+            PolicyBreaker::Keyed(s) => tower_service::Service::call(s, req),
+        }
+    }
+}
 
 impl<S, C: Clone, St, X, B> Layer<S> for PolicyLayer<C, St, X, B>
 where

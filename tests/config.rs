@@ -205,6 +205,9 @@ fn the_example_file_loads_and_covers_every_key() {
         "minimum_calls",
         "slow_call_duration",
         "slow_call_rate",
+        "key",
+        "max_keys",
+        "idle_ttl",
         "max_size",
         "retention",
     ] {
@@ -303,6 +306,64 @@ fn bad_inputs_each_get_their_own_error_naming_key_value_and_origin() {
             says: &["not both"],
         },
         Case {
+            file: "[services.gemini_api.circuit_breaker]\nenabled = true\nkey = \"hots\"\n",
+            env: &[],
+            field: "services.gemini_api.circuit_breaker.key",
+            says: &[
+                "hots",
+                "line 3",
+                "host, authority, method, path or header:<name>",
+            ],
+        },
+        Case {
+            file: "[services.gemini_api.circuit_breaker]\nkey = \"header:x voice\"\n",
+            env: &[],
+            field: "services.gemini_api.circuit_breaker.key",
+            says: &["header:x voice", "line 2", "header:<name>"],
+        },
+        Case {
+            file: "[services.gemini_api.circuit_breaker]\nkey = \"header:\"\n",
+            env: &[],
+            field: "services.gemini_api.circuit_breaker.key",
+            says: &["header:", "line 2"],
+        },
+        Case {
+            file: "[services.tts.circuit_breaker]\nkey = \"header:Authorization\"\n",
+            env: &[],
+            field: "services.tts.circuit_breaker.key",
+            says: &["header:Authorization", "line 2", "not a secret"],
+        },
+        Case {
+            file: "[services.tts.circuit_breaker]\nkey = 3\n",
+            env: &[],
+            field: "services.tts.circuit_breaker.key",
+            says: &["3", "line 2"],
+        },
+        Case {
+            file: "[services.tts.circuit_breaker]\nkey = \"host\"\nmax_keys = 0\n",
+            env: &[],
+            field: "services.tts.circuit_breaker.max_keys",
+            says: &["0", "between 1 and 1000000"],
+        },
+        Case {
+            file: "[services.tts.circuit_breaker]\nmax_keys = 5000000\n",
+            env: &[],
+            field: "services.tts.circuit_breaker.max_keys",
+            says: &["5000000", "between 1 and 1000000"],
+        },
+        Case {
+            file: "[services.tts.circuit_breaker]\nidle_ttl = \"0s\"\n",
+            env: &[],
+            field: "services.tts.circuit_breaker.idle_ttl",
+            says: &["must be positive"],
+        },
+        Case {
+            file: "",
+            env: &[("GEMINI_API_BREAKER_KEY", "voice")],
+            field: "services.gemini_api.circuit_breaker.key",
+            says: &["voice", "environment variable GEMINI_API_BREAKER_KEY"],
+        },
+        Case {
             file: "[services.tts.dead_letter]\nmax_size = 0\n",
             env: &[],
             field: "services.tts.dead_letter.max_size",
@@ -363,4 +424,49 @@ fn bad_inputs_each_get_their_own_error_naming_key_value_and_origin() {
         .load()
         .unwrap_err();
     assert!(err.to_string().contains("cannot be read"), "{err}");
+}
+
+/// A keyed breaker from the file (and the environment): the named key, `max_keys` and
+/// `idle_ttl` reach the policy; services without a key keep one breaker; a service whose
+/// breaker is off keeps no key.
+#[test]
+fn a_breaker_key_from_the_file_and_the_environment() {
+    use rampart::BreakerKey;
+    let (_d, path) = file(
+        "[services.gemini_api.circuit_breaker]\n\
+         key = \"Header:X-Voice\"\n\
+         max_keys = 64\n\
+         idle_ttl = \"2m\"\n\
+         [services.hosts.circuit_breaker]\n\
+         key = \"host\"\n\
+         [services.off.circuit_breaker]\n\
+         enabled = false\n\
+         key = \"path\"\n",
+    );
+    let p = Loader::new()
+        .file(&path)
+        .env(env(&[
+            ("TTS_BREAKER_KEY", "method"),
+            ("TTS_BREAKER_MAX_KEYS", "8"),
+        ]))
+        .load()
+        .unwrap();
+    let g = p.get("gemini_api").unwrap();
+    assert_eq!(g.breaker_key(), Some(&BreakerKey::Header("x-voice".into())));
+    assert_eq!(
+        (g.breaker_max_keys(), g.breaker_idle_ttl()),
+        (64, Duration::from_secs(120))
+    );
+    let h = p.get("hosts").unwrap();
+    assert_eq!(h.breaker_key(), Some(&BreakerKey::Host));
+    assert_eq!(
+        (h.breaker_max_keys(), h.breaker_idle_ttl()),
+        (1_000, Duration::from_secs(600))
+    );
+    let tts = p.get("tts").unwrap();
+    assert_eq!(tts.breaker_key(), Some(&BreakerKey::Method));
+    assert_eq!(tts.breaker_max_keys(), 8);
+    assert!(p.get("off").unwrap().breaker().is_none());
+    assert!(p.get("off").unwrap().breaker_key().is_none());
+    assert!(p.get("database").unwrap().breaker_key().is_none());
 }

@@ -30,8 +30,16 @@ async fn each_preset(
     scenario: Scenario,
     adjust: impl Fn(Policy) -> Policy,
 ) -> Vec<(Policy, Report)> {
+    each_preset_of(&PRESETS, scenario, adjust).await
+}
+
+async fn each_preset_of(
+    presets: &[&str],
+    scenario: Scenario,
+    adjust: impl Fn(Policy) -> Policy,
+) -> Vec<(Policy, Report)> {
     let mut out = Vec::new();
-    for name in PRESETS {
+    for &name in presets {
         let p = adjust(preset(name));
         let r = run(&scenario, &Kind::Rampart(p.clone()), RATE, SECS, 1.0).await;
         println!(
@@ -80,26 +88,99 @@ fn dead_letters_true(r: &Report) {
     );
 }
 
+/// The share of calls that fail when each of `retries + 1` independent attempts fails with
+/// probability `p`: `p^(retries + 1)`.
+fn floor_of_failures(p: f64, retries: u32) -> f64 {
+    p.powi(i32::try_from(retries).unwrap_or(i32::MAX).saturating_add(1))
+}
+
+/// The goal — 20 % independent transient failures, ≥ 99.9 % success at ≤ 1.3 attempts per
+/// call — for the preset whose retries can reach it: gemini_api (5 retries: at most
+/// 0.2^6 = 0.0064 % of calls can fail).
+///
+/// The reference design gives tts, database and redis 3 retries, and its numbers are
+/// requirements, so the presets keep them; a call then fails when all 4 independent attempts
+/// fail, 0.2^4 = 0.16 %, and no budget or breaker can do better than 99.84 %. Those presets
+/// are held to that mathematical cap (next test), and the documented override,
+/// `max_retries = 4`, to the goal (the test after).
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn transient_20pct_succeeds_at_low_cost() {
-    for (p, r) in each_preset(Scenario::transient(), |p| p).await {
-        // The goal is 99.9 %. With `max_retries` r a call fails when all r + 1 independent
-        // attempts fail: 0.2^(r+1). The 3-retry presets (tts, database, redis) therefore cap
-        // at 99.84 % whatever the budget and breaker do; they are held to that ceiling less
-        // 0.1 point, gemini_api (5 retries, 99.994 %) to the goal itself.
-        let retries = i32::try_from(p.backoff().max_retries()).unwrap_or(i32::MAX);
-        let ceiling = 1.0 - 0.2f64.powi(retries + 1);
-        let want = if ceiling >= 0.9995 {
-            0.999
-        } else {
-            ceiling - 0.001
-        };
+    let r = run(
+        &Scenario::transient(),
+        &Kind::Rampart(preset("gemini_api")),
+        RATE,
+        SECS,
+        1.0,
+    )
+    .await;
+    println!(
+        "{:<16} {:<24} success {:>7.3}%  attempts/call {:.3}",
+        r.scenario,
+        r.stack,
+        r.success() * 100.0,
+        r.attempts_per_call()
+    );
+    assert!(r.success() >= 0.999, "{}: success {}", r.stack, r.success());
+    assert!(
+        r.attempts_per_call() <= 1.3,
+        "{}: attempts/call {}",
+        r.stack,
+        r.attempts_per_call()
+    );
+    dead_letters_true(&r);
+}
+
+/// The 3-retry presets (tts, database, redis) reach their mathematical cap, 1 − 0.2^4 =
+/// 99.84 %, within noise, at ≤ 1.3 attempts per call: the failed calls number 0.2^4 of all
+/// calls (48 of 30,000) within four standard deviations (±28), so neither the retry budget
+/// nor the breaker loses a call the retries could have saved — and, the other way, the test
+/// shows the cap is real: more successes than that would mean attempts were not independent.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn transient_20pct_three_retry_presets_reach_their_cap() {
+    let presets = ["tts", "database", "redis"];
+    for (p, r) in each_preset_of(&presets, Scenario::transient(), |p| p).await {
+        assert_eq!(
+            p.backoff().max_retries(),
+            3,
+            "the reference design's number"
+        );
+        let calls = r.calls as f64;
+        let q = floor_of_failures(0.2, 3);
+        let expected = calls * q;
+        let sigma = (calls * q * (1.0 - q)).sqrt();
+        let failed = r.failed() as f64;
         assert!(
-            r.success() >= want,
-            "{}: success {} (want {want}, ceiling {ceiling})",
+            (failed - expected).abs() <= 4.0 * sigma,
+            "{}: {failed} failed calls, the cap allows {expected:.0} ± {:.0}",
+            r.stack,
+            4.0 * sigma
+        );
+        assert!(
+            r.success() < 0.999,
+            "{}: {} — above the cap?",
             r.stack,
             r.success()
         );
+        assert!(
+            r.attempts_per_call() <= 1.3,
+            "{}: attempts/call {}",
+            r.stack,
+            r.attempts_per_call()
+        );
+        dead_letters_true(&r);
+    }
+}
+
+/// The documented override for the 3-retry presets — one more retry, `max_retries = 4`
+/// (`TTS_MAX_RETRIES=4`, `[services.tts] max_retries = 4`), nothing else changed — meets
+/// the goal: ≥ 99.9 % success (cap 1 − 0.2^5 = 99.968 %) at ≤ 1.3 attempts per call
+/// (1 + 0.2 + 0.04 + 0.008 + 0.0016 ≈ 1.25).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn transient_20pct_with_the_documented_override_meets_the_goal() {
+    let presets = ["tts", "database", "redis"];
+    let four = |p: Policy| p.to_builder().max_retries(4).build().expect("valid");
+    for (_, r) in each_preset_of(&presets, Scenario::transient(), four).await {
+        assert!(r.success() >= 0.999, "{}: success {}", r.stack, r.success());
         assert!(
             r.attempts_per_call() <= 1.3,
             "{}: attempts/call {}",
@@ -181,6 +262,70 @@ async fn one_key_down_leaves_the_healthy_keys_whole() {
         assert!(healthy >= 1.0, "{}: healthy keys at {healthy}", r.stack);
         dead_letters_true(&r);
     }
+}
+
+/// The keyed breaker chosen in a config file: every preset with
+/// `[services.NAME.circuit_breaker] key = "header:x-key"`, loaded by the config loader and
+/// applied by `Policy::http_layer` over `http::Request`s that carry their key in `x-key`.
+/// One key of three down → 100 % on the healthy keys. The same policies without the key
+/// (one breaker for the service) lose healthy calls: the key is what protects them.
+#[cfg(all(
+    feature = "config",
+    any(feature = "http", feature = "client", feature = "grpc")
+))]
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn one_key_down_keyed_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rampart.toml");
+    let mut text = String::new();
+    for name in PRESETS {
+        text.push_str(&format!(
+            "[services.{name}.circuit_breaker]\nkey = \"header:x-key\"\nmax_keys = 16\nidle_ttl = \"5m\"\n\n"
+        ));
+    }
+    std::fs::write(&path, text).unwrap();
+    let policies = rampart::config::Loader::new()
+        .file(&path)
+        .env(|_| None)
+        .load()
+        .unwrap();
+    let scenario = Scenario::one_key_down();
+    for name in PRESETS {
+        let p = policies.get(name).unwrap().clone().with_seed(7);
+        assert_eq!(
+            p.breaker_key(),
+            Some(&rampart::BreakerKey::Header("x-key".into()))
+        );
+        assert_eq!(
+            (p.breaker_max_keys(), p.breaker_idle_ttl()),
+            (16, Duration::from_secs(300))
+        );
+        let r = run(&scenario, &Kind::RampartHttp(p), RATE, SECS, 1.0).await;
+        let (healthy, n) = load::success(&r.done, 0.0, f64::MAX, |d| d.call.key != 2);
+        println!(
+            "{:<16} {:<40} healthy keys {:>7.3}% of {n}  attempts/call {:.3}",
+            r.scenario,
+            r.stack,
+            healthy * 100.0,
+            r.attempts_per_call()
+        );
+        assert!(healthy >= 1.0, "{}: healthy keys at {healthy}", r.stack);
+        dead_letters_true(&r);
+    }
+    // Without the key the same stack has one breaker, which the failing key trips.
+    let unkeyed = Policy::preset("gemini_api")
+        .unwrap()
+        .seed(Some(7))
+        .build()
+        .unwrap();
+    assert!(unkeyed.breaker_key().is_none());
+    let r = run(&scenario, &Kind::RampartHttp(unkeyed), RATE, SECS, 1.0).await;
+    let (healthy, _) = load::success(&r.done, 0.0, f64::MAX, |d| d.call.key != 2);
+    assert!(
+        healthy < 0.9,
+        "{}: healthy keys at {healthy} with one breaker",
+        r.stack
+    );
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]

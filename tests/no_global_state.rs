@@ -11,9 +11,10 @@
 //!
 //! One scoped thread-local, not process-global state: `rampart_core::record`'s `CURRENT`,
 //! the per-call record the dead-letter future lends to the layers below *while it polls
-//! them* (set and restored around each poll, also on unwind, nested scopes kept apart — as
-//! tracing lends its current span). Nothing in it outlives a poll; the record itself lives
-//! in the call's future. It is the only `thread_local!` allowed, in that one file.
+//! them*, with the stage that says which of them may write into it (both set and restored
+//! around each poll, also on unwind, nested scopes kept apart — as tracing lends its current
+//! span). Nothing in it outlives a poll; the record itself lives in the call's future. It is
+//! the only `thread_local!` allowed, in that one file.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,10 +27,7 @@ const ALLOWED_STATIC_TYPES: &[&str] = &["LazyLock<Script>", "LazyLock<Lua>"];
 /// The one scoped thread-local allowed (see the module docs): file suffix and the line's code.
 const ALLOWED_SCOPED: &[(&str, &str)] = &[
     ("crates/rampart-core/src/record.rs", "thread_local!"),
-    (
-        "crates/rampart-core/src/record.rs",
-        "static CURRENT: RefCell<Option<CallRecord>>",
-    ),
+    ("crates/rampart-core/src/record.rs", "static CURRENT: Scope"),
 ];
 
 /// Things library code must not contain at all.

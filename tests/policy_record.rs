@@ -226,3 +226,129 @@ async fn a_hint_within_max_delay_is_a_floor() {
         );
     }
 }
+
+/// Counts the calls that reach the service a policy wraps (its attempts that reached it).
+fn counting<S>(
+    inner: S,
+    count: Arc<AtomicU32>,
+) -> impl tower::Service<u32, Response = Resp, Error = S::Error, Future = impl Send> + Clone
+where
+    S: tower::Service<u32, Response = Resp> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+{
+    service_fn(move |id: u32| {
+        count.fetch_add(1, Ordering::SeqCst);
+        inner.clone().oneshot(id)
+    })
+}
+
+/// A policy without a breaker of its own calls a client that has one (a bare
+/// `CircuitBreakerLayer`, opened by the first failure for 60 s). That breaker is the
+/// client's: it writes nothing into the policy's record, so the dead letter counts the
+/// policy's own attempts that reached the client — the ones the client's breaker refused
+/// included — and gives the policy's own reason. It does not say "circuit open for
+/// gemini_api": gemini_api has no breaker. (Before the record was scoped to the policy's
+/// own layers, the client's refusals were counted as this policy's open circuit: "circuit
+/// open for gemini_api; 1 of 6 attempts reached it".)
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_breaker_inside_the_service_leaves_the_policys_record_its_own() {
+    let policy = Policy::preset("gemini_api")
+        .unwrap()
+        .breaker(None)
+        .build()
+        .unwrap();
+    let client_breaker = CircuitBreakerConfig::builder()
+        .name("client")
+        .consecutive_failures(Some(1))
+        .window(None)
+        .recovery_timeout(Duration::from_secs(60))
+        .max_recovery_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let up = Upstream::default();
+    let client = rampart::CircuitBreakerLayer::new(client_breaker)
+        .classifier(classify)
+        .layer(up.service((503, None)));
+    let reached = Arc::new(AtomicU32::new(0));
+    let store = MemoryStore::default();
+    let svc = policy
+        .layer(classify, store.clone(), extract)
+        .layer(counting(client, reached.clone()));
+    let err = svc.oneshot(9).await.unwrap_err();
+    assert!(err.circuit_open().is_some(), "the client's refusal: {err}");
+    let reached = reached.load(Ordering::SeqCst);
+    assert_eq!(
+        up.calls.load(Ordering::SeqCst),
+        1,
+        "the client's breaker opened"
+    );
+    assert_eq!(
+        reached, 2,
+        "the retry after 0.5 s met the client's open breaker"
+    );
+    let rs = records(&store).await;
+    assert_eq!(rs.len(), 1);
+    assert_eq!(rs[0].attempts, reached, "{}", rs[0].error);
+    // The client asked to wait ~60 s, past gemini_api's 10 s max_delay: the policy's own
+    // reason is that it was throttled beyond its limit.
+    assert_eq!(rs[0].reason.as_str(), "throttled", "{}", rs[0].error);
+    // (~59.5 s: 60 s less the jittered 0.5 s backoff.)
+    assert!(
+        rs[0]
+            .error
+            .starts_with("throttled by gemini_api beyond the policy's limit (asked to wait 59."),
+        "{}",
+        rs[0].error
+    );
+    assert!(
+        rs[0].error.contains("; 2 of 2 attempts reached it (")
+            && !rs[0].error.contains("circuit open for gemini_api"),
+        "{}",
+        rs[0].error
+    );
+}
+
+/// A policy calls a client that retries on its own (a bare `RetryLayer`, 2 retries): the
+/// client's attempts are the client's. The policy's dead letter counts the policy's two
+/// attempts, not the six the upstream saw.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_retry_layer_inside_the_service_leaves_the_policys_counts_its_own() {
+    let policy = Policy::preset("redis")
+        .unwrap()
+        .max_retries(1)
+        .build()
+        .unwrap();
+    let up = Upstream::default();
+    let client = rampart::RetryLayer::new(classify)
+        .backoff(
+            rampart::Backoff::builder()
+                .max_retries(2)
+                .base_delay(Duration::from_millis(10))
+                .build()
+                .unwrap(),
+        )
+        .no_budget()
+        .layer(up.service((503, None)));
+    let reached = Arc::new(AtomicU32::new(0));
+    let store = MemoryStore::default();
+    let svc = policy
+        .layer(classify, store.clone(), extract)
+        .layer(counting(client, reached.clone()));
+    assert_eq!(svc.oneshot(5).await.unwrap(), (503, None));
+    assert_eq!(reached.load(Ordering::SeqCst), 2);
+    assert_eq!(up.calls.load(Ordering::SeqCst), 6);
+    let rs = records(&store).await;
+    assert_eq!(rs.len(), 1);
+    assert_eq!(
+        (rs[0].attempts, rs[0].reason.as_str()),
+        (2, "retries_exhausted"),
+        "{}",
+        rs[0].error
+    );
+    assert!(
+        rs[0].error.ends_with("after 2 of 2 attempts reached it"),
+        "{}",
+        rs[0].error
+    );
+}

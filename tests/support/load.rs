@@ -438,6 +438,37 @@ pub fn rampart_keyed_stack(policy: &Policy, upstream: Upstream, store: MemorySto
     BoxCloneService::new(svc)
 }
 
+/// A policy for HTTP requests (`Policy::http_layer`, so the policy's own `BreakerKey`
+/// applies — e.g. `key = "header:x-key"` from a config file) in front of `upstream`: each
+/// call travels through the policy as an `http::Request<()>` with its key in the `x-key`
+/// header and the call itself in the request's extensions.
+#[cfg(any(feature = "http", feature = "client", feature = "grpc"))]
+pub fn rampart_http_stack(policy: &Policy, upstream: Upstream, store: MemoryStore) -> Stack {
+    fn call_of(req: &http::Request<()>) -> Call {
+        req.extensions().get::<Call>().copied().unwrap_or(Call {
+            id: u64::MAX,
+            key: 0,
+        })
+    }
+    let layer = policy.http_layer(classify, store, |req: &http::Request<()>| {
+        extract(&call_of(req))
+    });
+    let svc = tower::ServiceBuilder::new()
+        .map_request(|call: Call| {
+            let mut req = http::Request::new(());
+            if let Ok(v) = http::HeaderValue::try_from(call.key.to_string()) {
+                req.headers_mut().insert("x-key", v);
+            }
+            req.extensions_mut().insert(call);
+            req
+        })
+        .layer(layer)
+        .map_request(|req: http::Request<()>| call_of(&req))
+        .service(upstream)
+        .map_err(BoxError::from);
+    BoxCloneService::new(svc)
+}
+
 /// The reference design's numbers taken literally: the preset's retries and backoff, no
 /// retry budget, a breaker that opens after 5 consecutive failures for 60 s and closes after
 /// 3 successful probes. (This was also rampart's preset before the load work.)
@@ -583,6 +614,10 @@ pub enum Kind {
     Rampart(Policy),
     /// The policy with a per-key breaker.
     RampartKeyed(Policy),
+    /// The policy over `http::Request`s (`Policy::http_layer`): keyed by its own
+    /// `BreakerKey` if it has one (requests carry their key in `x-key`).
+    #[cfg(any(feature = "http", feature = "client", feature = "grpc"))]
+    RampartHttp(Policy),
     /// The reference design's naive numbers for this preset.
     Naive(Policy),
     /// tower retry + TpsBudget with this preset's retries and backoff.
@@ -597,11 +632,19 @@ pub async fn run(scenario: &Scenario, kind: &Kind, rate: u32, secs: u32, scale: 
     let (stack, label) = match kind {
         Kind::Rampart(p) => (
             rampart_stack(&scaled(p, scale), upstream.clone(), store.clone()),
-            format!("rampart {}", p.name()),
+            label(p),
         ),
         Kind::RampartKeyed(p) => (
             rampart_keyed_stack(&scaled(p, scale), upstream.clone(), store.clone()),
             format!("rampart {} keyed", p.name()),
+        ),
+        #[cfg(any(feature = "http", feature = "client", feature = "grpc"))]
+        Kind::RampartHttp(p) => (
+            rampart_http_stack(&scaled(p, scale), upstream.clone(), store.clone()),
+            match p.breaker_key() {
+                Some(k) => format!("rampart {} http keyed by {k}", p.name()),
+                None => format!("rampart {} http", p.name()),
+            },
         ),
         Kind::Naive(p) => (
             rampart_stack(&scaled(p, scale), upstream.clone(), store.clone()),
@@ -625,6 +668,19 @@ pub async fn run(scenario: &Scenario, kind: &Kind, rate: u32, secs: u32, scale: 
         done,
         upstream,
         dead,
+    }
+}
+
+/// "rampart NAME", plus `max_retries=N` when it is not the preset's.
+fn label(p: &Policy) -> String {
+    let name = p.name();
+    let preset =
+        Policy::preset(name.as_str()).map(|b| b.build().map(|q| q.backoff().max_retries()));
+    match preset {
+        Some(Ok(n)) if n != p.backoff().max_retries() => {
+            format!("rampart {name} max_retries={}", p.backoff().max_retries())
+        }
+        _ => format!("rampart {name}"),
     }
 }
 

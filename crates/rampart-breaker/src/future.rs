@@ -120,7 +120,10 @@ where
                 None => Poll::Pending,
             },
             KindProj::Called { future } => {
-                let result = ready!(future.poll(cx)).map_err(IntoError::into_error);
+                // Whatever the service's own layers do, they write nothing into the call's
+                // record (see `rampart_core::record`).
+                let polled = rampart_core::record::poll_breaker(|| future.poll(cx));
+                let result = ready!(polled).map_err(IntoError::into_error);
                 // rampart's one mapping (another breaker's rejection is no news about this
                 // dependency: rejected, not counted).
                 let outcome = rampart_core::classify::outcome(
@@ -131,7 +134,17 @@ where
                     guard.record(outcome, *this.started);
                 }
                 // The layer above (a policy's retry) takes this instead of classifying again.
-                rampart_core::record::publish_outcome(outcome);
+                // A breaker inside the service that refused the call is, to that layer, the
+                // dependency's answer "not now, try in `retry_in`": this breaker admitted the
+                // call and it reached the service. (Only this breaker's own refusals, which
+                // publish nothing, are calls that never reached it.)
+                let published = match result.as_ref().map_err(Error::kind) {
+                    Err(rampart_core::ErrorKind::CircuitOpen(open)) => Outcome::Transient {
+                        retry_after: Some(open.retry_in),
+                    },
+                    _ => outcome,
+                };
+                rampart_core::record::publish_outcome(published);
                 Poll::Ready(result)
             }
         }

@@ -249,6 +249,49 @@ impl Filter {
     }
 }
 
+/// Picks a request's key for a [`KeyedCircuitBreakerLayer`]: any `Fn(&Req) -> K` closure
+/// or function, or a type of its own (the `rampart` facade's `BreakerKey` names the usual
+/// keys of an `http::Request`: host, authority, method, path, a header), so that a key
+/// chosen in a config file is a value rather than code.
+///
+/// # Example
+///
+/// ```
+/// use rampart_breaker::KeyOf;
+///
+/// /// The tenant of a request, as a type of its own.
+/// #[derive(Clone)]
+/// struct Tenant;
+/// impl KeyOf<(String, u32)> for Tenant {
+///     type Key = String;
+///     fn key_of(&self, req: &(String, u32)) -> String {
+///         req.0.clone()
+///     }
+/// }
+/// assert_eq!(Tenant.key_of(&("acme".to_string(), 7)), "acme");
+/// // Any closure over a reference to the request is one too.
+/// let by_id = |req: &(String, u32)| req.1;
+/// assert_eq!(by_id.key_of(&("acme".to_string(), 7)), 7);
+/// ```
+pub trait KeyOf<Req> {
+    /// The key type.
+    type Key;
+    /// The key of `req`.
+    fn key_of(&self, req: &Req) -> Self::Key;
+}
+
+impl<Req, K, F> KeyOf<Req> for F
+where
+    F: Fn(&Req) -> K,
+{
+    type Key = K;
+
+    #[inline]
+    fn key_of(&self, req: &Req) -> K {
+        self(req)
+    }
+}
+
 /// Which breaker a call goes through.
 enum Route<'a> {
     /// The key's own breaker, or the overflow breaker: admission and outcome both counted.
@@ -460,7 +503,8 @@ impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
     }
 }
 
-/// One circuit breaker per key, chosen by a closure over the request.
+/// One circuit breaker per key, chosen from the request by a closure or any other
+/// [`KeyOf`].
 ///
 /// Every service made by this layer, and every clone, shares one registry of breakers,
 /// bounded by [`max_keys`](Self::max_keys).
@@ -660,7 +704,7 @@ where
     S: Service<Req>,
     S::Error: IntoError,
     C: Classify<S::Response, <S::Error as IntoError>::Inner> + Clone,
-    F: Fn(&Req) -> K,
+    F: KeyOf<Req, Key = K>,
     K: Hash + Eq + Clone + fmt::Display,
 {
     type Response = S::Response;
@@ -672,7 +716,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let key = (self.key)(&req);
+        let key = self.key.key_of(&req);
         let admitted = self.registry.with(&key, |route| match route {
             Route::Breaker(local) => local
                 .breaker

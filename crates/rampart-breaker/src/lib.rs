@@ -103,8 +103,8 @@ pub use config::{CircuitBreakerConfig, CircuitBreakerConfigBuilder, FailureKinds
 pub use events::{CallObserver, CallOutcome, Listener, Reason, State, Transition};
 
 pub use keyed::{
-    KeyedCircuitBreaker, KeyedCircuitBreakerLayer, KeyedHandle, DEFAULT_IDLE_TTL, DEFAULT_MAX_KEYS,
-    EVICTION_STEPS, MAX_FILTER_SLOTS, MAX_LABEL_BYTES, OVERFLOW_KEY,
+    KeyOf, KeyedCircuitBreaker, KeyedCircuitBreakerLayer, KeyedHandle, DEFAULT_IDLE_TTL,
+    DEFAULT_MAX_KEYS, EVICTION_STEPS, MAX_FILTER_SLOTS, MAX_LABEL_BYTES, OVERFLOW_KEY,
 };
 pub use layer::CircuitBreakerLayer;
 pub use service::CircuitBreaker;

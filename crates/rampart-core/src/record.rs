@@ -15,6 +15,16 @@
 //! poll (nested stacks each lend their own and restore the outer one). Outside a scope,
 //! [`update`] does nothing, so every layer still works on its own.
 //!
+//! # Whose record it is
+//!
+//! Only the stack that opened the record writes into it: the first retry layer polled
+//! inside the scope ([`poll_retry`]) and, if that retry layer asked for it, the first
+//! breaker polled inside that retry layer — in a `Policy`, its own breaker, which sits right
+//! below it. Each of them closes the record to everything it polls below itself, so the
+//! layers of the *service* (a bare `CircuitBreakerLayer` or `RetryLayer` inside a client
+//! that the policy calls) never count their attempts or publish their outcomes into this
+//! call's record: the dead letter says what this stack did.
+//!
 //! # Example
 //!
 //! ```
@@ -36,7 +46,7 @@
 //! assert_eq!(rec.tries, 2);
 //! ```
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 use crate::Outcome;
@@ -120,12 +130,66 @@ impl CallRecord {
     }
 }
 
+/// Which layer polled right now may write into the record in scope.
+///
+/// A record belongs to one stack: the dead-letter layer that opened it, the first retry
+/// layer polled below it, and the breaker that retry layer put right below itself. A
+/// service further down may well hold layers of its own (a bare `CircuitBreakerLayer` in a
+/// client, another retry); their counts and outcomes are theirs, not this call's, so every
+/// participating layer closes the record to everything it polls below itself, except that
+/// the record's retry opens it to its own breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// No record in scope: every layer works alone.
+    Off,
+    /// Lent by [`in_scope`]: the first retry layer polled takes it ([`poll_retry`]).
+    Retry,
+    /// Inside the record's retry, which asked for its breaker's outcomes: the first breaker
+    /// polled publishes into it ([`poll_breaker`], [`publish_outcome`]).
+    Breaker,
+    /// Below the record's layers: nothing polled here writes into it.
+    Closed,
+}
+
+/// What the current thread is lent while a dead-letter future polls the layers below: the
+/// record and who may write into it.
+struct Scope {
+    record: RefCell<Option<CallRecord>>,
+    stage: Cell<Stage>,
+}
+
 thread_local! {
-    static CURRENT: RefCell<Option<CallRecord>> = const { RefCell::new(None) };
+    static CURRENT: Scope = const {
+        Scope {
+            record: RefCell::new(None),
+            stage: Cell::new(Stage::Off),
+        }
+    };
+}
+
+fn stage() -> Stage {
+    CURRENT.with(|c| c.stage.get())
+}
+
+/// Puts the stage back when dropped (also on unwind).
+struct RestoreStage(Stage);
+
+impl Drop for RestoreStage {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.stage.set(self.0));
+    }
+}
+
+/// Runs `f` with the stage set to `during`, then restores the current one.
+#[inline]
+fn with_stage<R>(during: Stage, f: impl FnOnce() -> R) -> R {
+    let _restore = RestoreStage(CURRENT.with(|c| c.stage.replace(during)));
+    f()
 }
 
 /// Lends `record` to the layers polled inside `f` (see the [module docs](self)), and takes
-/// it back, with their updates, when `f` returns or unwinds.
+/// it back, with their updates, when `f` returns or unwinds. The first retry layer polled
+/// inside `f` is the record's (see [`poll_retry`]).
 pub fn in_scope<R>(record: &mut CallRecord, f: impl FnOnce() -> R) -> R {
     struct Restore<'a> {
         record: &'a mut CallRecord,
@@ -134,7 +198,7 @@ pub fn in_scope<R>(record: &mut CallRecord, f: impl FnOnce() -> R) -> R {
     impl Drop for Restore<'_> {
         fn drop(&mut self) {
             let outer = self.outer.take();
-            let mine = CURRENT.with(|c| match c.try_borrow_mut() {
+            let mine = CURRENT.with(|c| match c.record.try_borrow_mut() {
                 Ok(mut slot) => std::mem::replace(&mut *slot, outer),
                 Err(_) => None,
             });
@@ -144,18 +208,49 @@ pub fn in_scope<R>(record: &mut CallRecord, f: impl FnOnce() -> R) -> R {
         }
     }
     let lent = *record;
-    let outer = CURRENT.with(|c| match c.try_borrow_mut() {
+    let outer = CURRENT.with(|c| match c.record.try_borrow_mut() {
         Ok(mut slot) => slot.replace(lent),
         Err(_) => None,
     });
     let _restore = Restore { record, outer };
-    f()
+    with_stage(Stage::Retry, f)
 }
 
-/// Updates the record of the call being polled; does nothing outside [`in_scope`].
+/// Polls the inner future of a retry layer (`f`). If the record in scope is open to a retry
+/// layer, this one takes it: while `f` runs, the record is open only to the first breaker
+/// polled (when `breaker_below` is set: the retry layer's own breaker, placed right below
+/// it, as a `rampart::Policy` does) and closed to everything else; after `f`,
+/// [`update`] and [`take_outcome`] reach it again. A retry layer polled anywhere else
+/// (nested in the service of another stack) closes the record to everything below it.
+#[inline]
+pub fn poll_retry<R>(breaker_below: bool, f: impl FnOnce() -> R) -> R {
+    match stage() {
+        Stage::Off => f(),
+        Stage::Retry if breaker_below => with_stage(Stage::Breaker, f),
+        _ => with_stage(Stage::Closed, f),
+    }
+}
+
+/// Polls the inner future of a circuit breaker (`f`), closing the record to everything
+/// below: a breaker, retry or other layer inside the service writes nothing into this
+/// call's record. After `f`, a breaker polled where the record is open to it may
+/// [`publish_outcome`].
+#[inline]
+pub fn poll_breaker<R>(f: impl FnOnce() -> R) -> R {
+    match stage() {
+        Stage::Off => f(),
+        _ => with_stage(Stage::Closed, f),
+    }
+}
+
+/// Updates the record of the call being polled; does nothing outside [`in_scope`], and
+/// nothing for a layer the record is not open to (see [`poll_retry`]).
 pub fn update(f: impl FnOnce(&mut CallRecord)) {
+    if stage() != Stage::Retry {
+        return;
+    }
     CURRENT.with(|c| {
-        if let Ok(mut slot) = c.try_borrow_mut() {
+        if let Ok(mut slot) = c.record.try_borrow_mut() {
             if let Some(r) = slot.as_mut() {
                 f(r);
             }
@@ -163,18 +258,31 @@ pub fn update(f: impl FnOnce(&mut CallRecord)) {
     });
 }
 
-/// `true` inside [`in_scope`]: a layer above keeps a record of this call.
+/// `true` inside [`in_scope`] where the layer polled may write into the record: a layer
+/// above keeps a record of this call.
 pub fn is_recording() -> bool {
-    CURRENT.with(|c| c.try_borrow().is_ok_and(|r| r.is_some()))
+    matches!(stage(), Stage::Retry | Stage::Breaker)
+        && CURRENT.with(|c| c.record.try_borrow().is_ok_and(|r| r.is_some()))
 }
 
 /// Publishes the outcome of the attempt that just finished (a breaker does, having
-/// classified it) for the layer above.
+/// classified it) for the retry layer above. Only the breaker the record's retry layer
+/// opened it to can: anywhere else this does nothing (see [`poll_retry`]).
 pub fn publish_outcome(outcome: Outcome) {
-    update(|r| r.pending = Some(outcome));
+    if stage() != Stage::Breaker {
+        return;
+    }
+    CURRENT.with(|c| {
+        if let Ok(mut slot) = c.record.try_borrow_mut() {
+            if let Some(r) = slot.as_mut() {
+                r.pending = Some(outcome);
+            }
+        }
+    });
 }
 
-/// Takes the outcome a layer below published for the attempt that just finished, if any.
+/// Takes the outcome the retry layer's own breaker published for the attempt that just
+/// finished, if any.
 pub fn take_outcome() -> Option<Outcome> {
     let mut out = None;
     update(|r| out = r.pending.take());
@@ -193,7 +301,7 @@ mod tests {
             update(|r| r.attempt(true, Outcome::Success));
             in_scope(&mut inner, || {
                 update(|r| r.attempt(false, Outcome::Rejected));
-                publish_outcome(Outcome::Permanent);
+                poll_retry(true, || publish_outcome(Outcome::Permanent));
             });
             assert_eq!(
                 take_outcome(),
@@ -208,6 +316,44 @@ mod tests {
         assert!(!is_recording());
     }
 
+    /// Only the record's retry layer counts, and only its own breaker (the first one polled
+    /// inside it, when it asked for one) publishes: the layers of the service below write
+    /// nothing.
+    #[test]
+    fn only_the_records_own_layers_write_into_it() {
+        let mut rec = CallRecord::default();
+        in_scope(&mut rec, || {
+            // The record's retry layer, with its breaker right below.
+            poll_retry(true, || {
+                // Its breaker polls the service...
+                poll_breaker(|| {
+                    // ...in which a bare breaker and a bare retry layer of the service run.
+                    publish_outcome(Outcome::Rejected);
+                    poll_retry(true, || publish_outcome(Outcome::Permanent));
+                    update(|r| r.attempt(true, Outcome::Permanent));
+                    assert!(!is_recording());
+                    assert_eq!(take_outcome(), None);
+                });
+                // ...and, the attempt over, publishes its own classification.
+                publish_outcome(Outcome::TRANSIENT);
+                update(|r| r.tries = 99); // not the retry layer's stage: ignored
+            });
+            assert_eq!(take_outcome(), Some(Outcome::TRANSIENT));
+            update(|r| r.attempt(true, Outcome::TRANSIENT));
+
+            // A retry layer that did not ask for its breaker's outcomes: none is published,
+            // not even by the first breaker below it.
+            poll_retry(false, || {
+                poll_breaker(|| ());
+                publish_outcome(Outcome::Success);
+            });
+            assert_eq!(take_outcome(), None);
+        });
+        assert_eq!((rec.tries, rec.reached), (1, 1));
+        assert_eq!(rec.last, Some(Outcome::TRANSIENT));
+        assert_eq!(stage(), Stage::Off);
+    }
+
     #[test]
     fn a_panic_inside_the_scope_restores_the_outer_record() {
         let mut rec = CallRecord::default();
@@ -220,5 +366,6 @@ mod tests {
         assert!(r.is_err());
         assert_eq!(rec.tries, 3);
         assert!(!is_recording());
+        assert_eq!(stage(), Stage::Off);
     }
 }

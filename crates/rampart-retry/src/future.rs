@@ -251,7 +251,8 @@ where
         // The hot path: a first attempt without timers that succeeds.
         if this.cold.is_none() && !this.timer.armed() {
             if let StateProj::Called { future } = this.state.as_mut().project() {
-                return match future.poll(cx) {
+                let breaker_below = this.shared.config.breaker_below;
+                return match rampart_core::record::poll_retry(breaker_below, || future.poll(cx)) {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(r) => {
                         // Each attempt is classified once: by the breaker below, if there is
@@ -305,9 +306,12 @@ where
                         known = o;
                         Poll::Ready(r)
                     } else {
+                        let breaker_below = this.shared.config.breaker_below;
+                        let poll =
+                            || rampart_core::record::poll_retry(breaker_below, || future.poll(cx));
                         match this.cold.as_ref().and_then(|c| c.span.as_ref()) {
-                            Some(span) => span.in_scope(|| future.poll(cx)),
-                            None => future.poll(cx),
+                            Some(span) => span.in_scope(poll),
+                            None => poll(),
                         }
                     };
                     let result = match polled {
@@ -360,13 +364,19 @@ where
                     let attempts = *this.attempts;
                     // rampart's one mapping (a nested retry's give-up is permanent; an open
                     // circuit is rejected, and waited for below).
+                    let open_in = match (&result, known) {
+                        // A breaker inside the service refused the call after the breaker
+                        // below admitted it: that breaker published the dependency's answer
+                        // (transient, with `retry_in` as its hint), and the call reached the
+                        // service.
+                        (Err(ErrorKind::CircuitOpen(_)), Some(o)) if o != Outcome::Rejected => None,
+                        // The breaker below refused it (or no breaker publishes here).
+                        (Err(ErrorKind::CircuitOpen(open)), _) => Some(open.retry_in),
+                        _ => None,
+                    };
                     let outcome = known.unwrap_or_else(|| {
                         rampart_core::classify::outcome(&*this.classifier, result.as_ref())
                     });
-                    let open_in = match &result {
-                        Err(ErrorKind::CircuitOpen(open)) => Some(open.retry_in),
-                        _ => None,
-                    };
                     if attempts > 1 {
                         this.observer.on_attempt(&AttemptEvent {
                             service: this.shared.config.name.clone(),

@@ -52,6 +52,7 @@ impl<C> RetryLayer<C> {
                 backoff: Backoff::default(),
                 deadline: None,
                 attempt_timeout: None,
+                breaker_below: false,
             },
             budget: Some(budget),
             clones: Arc::new(AtomicU32::new(0)),
@@ -101,6 +102,35 @@ impl<C, R, O> RetryLayer<C, R, O> {
     /// Defaults to none.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.config.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// Takes each attempt's outcome from the circuit breaker placed right below this layer
+    /// instead of classifying it a second time, when a dead-letter layer above keeps a
+    /// record of the call (see `rampart_core::record`). That breaker must use the same
+    /// classifier; a `rampart::Policy` sets this for its own breaker. Only the first breaker
+    /// polled below may publish: breakers and retry layers inside the service write nothing
+    /// into the call's record either way.
+    ///
+    /// With it, a `CircuitOpen` error from inside the service (a breaker of the service's
+    /// own, which the breaker below admitted the call past) is, to this layer, an attempt
+    /// that reached the service and was told to wait `retry_in`: a transient failure with
+    /// that hint, retried like a `Retry-After`. Only the breaker below's own refusals are
+    /// waited for as an open circuit and are not counted as attempts.
+    ///
+    /// Defaults to off: every attempt is classified here.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart_core::classify::IoErrors;
+    /// use rampart_retry::RetryLayer;
+    ///
+    /// let layer = RetryLayer::new(IoErrors).breaker_below(true);
+    /// # let _ = layer;
+    /// ```
+    pub fn breaker_below(mut self, on: bool) -> Self {
+        self.config.breaker_below = on;
         self
     }
 

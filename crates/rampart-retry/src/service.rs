@@ -20,6 +20,8 @@ pub(crate) struct Config {
     pub(crate) backoff: Backoff,
     pub(crate) deadline: Option<Duration>,
     pub(crate) attempt_timeout: Option<Duration>,
+    /// Take each attempt's outcome from the breaker right below (`RetryLayer::breaker_below`).
+    pub(crate) breaker_below: bool,
 }
 
 /// What one service instance's calls share: the settings and the budget. The layer makes one

@@ -96,6 +96,9 @@ pub use policy::{
     breaker_for, default_breaker, BudgetSettings, DeadLetterSettings, KeyedPolicyService, Policies,
     Policy, PolicyBuilder, PolicyLayer, PolicyService,
 };
+#[cfg(all(feature = "policy", feature = "http"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "policy", feature = "http"))))]
+pub use policy::{StreamingPolicyLayer, StreamingPolicyService};
 
 pub use rampart_core::{
     backoff, classify, leaf_error, time, Backoff, BackoffBuilder, BoxError, CircuitOpen, Classify,

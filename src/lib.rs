@@ -54,6 +54,17 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+/// The shapes a tower user gets wrong must not compile (E0277, with rampart's message): each
+/// case of `crates/rampart-ui/tests/ui` (whose trybuild test pins the messages' text) as a
+/// `compile_fail` doctest, checked against the crate as built for the other tests.
+#[cfg(all(doctest, feature = "http"))]
+#[doc = concat!("```compile_fail,E0277\n", include_str!("../crates/rampart-ui/tests/ui/box_service.rs"), "```")]
+#[doc = concat!("```compile_fail,E0277\n", include_str!("../crates/rampart-ui/tests/ui/streaming_body.rs"), "```")]
+#[doc = concat!("```compile_fail,E0277\n", include_str!("../crates/rampart-ui/tests/ui/json_extractor.rs"), "```")]
+#[doc = concat!("```compile_fail,E0277\n", include_str!("../crates/rampart-ui/tests/ui/foreign_error.rs"), "```")]
+#[doc = concat!("```compile_fail,E0277\n", include_str!("../crates/rampart-ui/tests/ui/boxed_error_classifier.rs"), "```")]
+pub struct CompileFailDoctests;
+
 /// Fault injection: [`ChaosLayer`](chaos::ChaosLayer) and its spec.
 #[cfg(feature = "chaos")]
 #[cfg_attr(docsrs, doc(cfg(feature = "chaos")))]

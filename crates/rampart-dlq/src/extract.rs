@@ -25,7 +25,8 @@ use crate::redact::{truncate, Redactor};
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot describe a `{Req}` for a dead-letter record",
     label = "this extractor does not implement `Extract<{Req}>`",
-    note = "`JsonExtractor` needs `{Req}: serde::Serialize`; for `http::Request`s use `rampart::dlq::HttpExtractor`, (feature `http`), a closure `|req: &{Req}| -> RequestPart`, or `impl Extract<{Req}> for YourExtractor`"
+    note = "`JsonExtractor` describes `serde::Serialize` requests; `HttpExtractor` (feature `http`) describes `http::Request`s whose body it can read without consuming it (`Bytes`, `String`, `Vec<u8>`, or the buffered body `Policy::layer_streaming` hands on for a streaming body)",
+    note = "a closure `|req: &{Req}| -> RequestPart` is an extractor too, or `impl Extract<{Req}> for YourExtractor`"
 )]
 pub trait Extract<Req> {
     /// Describes `req`.

@@ -56,7 +56,8 @@ pub struct ReadmeDoctests;
 
 /// The shapes a tower user gets wrong must not compile (E0277, with rampart's message): each
 /// case of `crates/rampart-ui/tests/ui` (whose trybuild test pins the messages' text) as a
-/// `compile_fail` doctest, checked against the crate as built for the other tests.
+/// `compile_fail` doctest too, checked against this crate with the features under test
+/// (about 1 s for the five).
 #[cfg(all(doctest, feature = "http"))]
 #[doc = concat!("```compile_fail,E0277\n", include_str!("../crates/rampart-ui/tests/ui/box_service.rs"), "```")]
 #[doc = concat!("```compile_fail,E0277\n", include_str!("../crates/rampart-ui/tests/ui/streaming_body.rs"), "```")]

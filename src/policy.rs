@@ -646,7 +646,7 @@ impl PolicyBuilder {
 /// `R` copies each request for the retries and for the dead-letter record: `CloneReplay`
 /// (the default, for `Clone` requests), or any `Replay` set with
 /// [`replay`](Self::replay). For requests with streaming bodies see
-/// [`Policy::layer_streaming`] / [`streaming`](Self::streaming).
+/// `Policy::layer_streaming` / `PolicyLayer::streaming` (feature `http`).
 ///
 /// The service under it must be `Clone` (see [`CloneService`]): each retry calls it again
 /// through its own handle.

@@ -676,6 +676,11 @@ impl<B: Body> Replay<Request<ReplayBody<B>>> for GrpcReplay {
         );
         Ok(copy)
     }
+
+    /// The request as it was made (no attempt count), for a dead-letter record.
+    fn keep(&self, req: &Request<ReplayBody<B>>) -> Option<Request<ReplayBody<B>>> {
+        HttpReplay.keep(req)
+    }
 }
 
 #[cfg(test)]

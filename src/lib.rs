@@ -56,6 +56,18 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+/// The shapes a tower user gets wrong must not compile (E0277, with rampart's message): each
+/// case of `crates/rampart-ui/tests/ui` (whose trybuild test pins the messages' text) as a
+/// `compile_fail` doctest too, checked against this crate with the features under test
+/// (about 1 s for the five).
+#[cfg(all(doctest, feature = "http"))]
+#[doc = concat!("```compile_fail,E0277\n", include_str!("../crates/rampart-ui/tests/ui/box_service.rs"), "```")]
+#[doc = concat!("```compile_fail,E0277\n", include_str!("../crates/rampart-ui/tests/ui/streaming_body.rs"), "```")]
+#[doc = concat!("```compile_fail,E0277\n", include_str!("../crates/rampart-ui/tests/ui/json_extractor.rs"), "```")]
+#[doc = concat!("```compile_fail,E0277\n", include_str!("../crates/rampart-ui/tests/ui/foreign_error.rs"), "```")]
+#[doc = concat!("```compile_fail,E0277\n", include_str!("../crates/rampart-ui/tests/ui/boxed_error_classifier.rs"), "```")]
+pub struct CompileFailDoctests;
+
 /// Fault injection: [`ChaosLayer`](chaos::ChaosLayer) and its spec.
 #[cfg(feature = "chaos")]
 #[cfg_attr(docsrs, doc(cfg(feature = "chaos")))]
@@ -106,6 +118,9 @@ pub use policy::{
 #[cfg(feature = "policy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
 pub use policy::{HttpPolicyService, PolicyBreaker, PolicyBreakerLayer, MAX_BREAKER_KEYS};
+#[cfg(all(feature = "policy", feature = "http"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "policy", feature = "http"))))]
+pub use policy::{StreamingPolicyLayer, StreamingPolicyService};
 
 pub use rampart_core::{
     backoff, classify, leaf_error, time, Backoff, BackoffBuilder, BoxError, CircuitOpen, Classify,

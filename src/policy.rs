@@ -12,8 +12,10 @@ use rampart_breaker::{
 use rampart_core::{Backoff, ConfigError, Jitter, Name};
 use rampart_dlq::{DeadLetter, DeadLetterConfig, DeadLetterLayer};
 use rampart_retry::{
-    AttemptTimeout, AttemptTimeoutLayer, CloneReplay, Retry, RetryBudget, RetryLayer,
+    AttemptTimeout, AttemptTimeoutLayer, CloneReplay, CloneService, Retry, RetryBudget, RetryLayer,
 };
+#[cfg(feature = "http")]
+use rampart_retry::{BufferBody, BufferBodyLayer, HttpReplay};
 use tower_layer::Layer;
 
 use crate::breaker_key::BreakerKey;
@@ -314,12 +316,96 @@ impl Policy {
     ///
     /// With the `metrics` feature every part reports the reference design's series through
     /// the `metrics` facade (see [`observe`](crate::observe)).
+    ///
+    /// Requests are copied by cloning (`CloneReplay`), for each retry and for the
+    /// dead-letter record, so `Req` must be `Clone`; for `http::Request`s whose body streams
+    /// use `Policy::layer_streaming` (feature `http`), for other requests
+    /// [`PolicyLayer::replay`]. The service under the layer must be `Clone` too (see
+    /// [`CloneService`]).
     pub fn layer<C, St, X>(&self, classifier: C, store: St, extractor: X) -> PolicyLayer<C, St, X>
     where
         C: Clone,
     {
         let breaker = self.single_breaker(classifier.clone());
         self.assemble(classifier, store, extractor, breaker)
+    }
+
+    /// Like [`layer`](Self::layer), for `http::Request`s whose body streams (hyper's
+    /// `Incoming`, axum's `Body`, a `StreamBody`, any `http_body::Body<Data = Bytes> +
+    /// Unpin`): a `BufferBodyLayer` above the policy reads each body once, up to a limit
+    /// (1 MiB; [`StreamingPolicyLayer::body_limit`] changes it), and the retry and
+    /// dead-letter layers both copy the request with `HttpReplay`, so every attempt and the
+    /// dead-letter record share that one buffer (one copy of the body per call).
+    ///
+    /// A body over the limit is not held back: the call is made once, streaming the body
+    /// whole. If that attempt fails in a retryable way, the error is
+    /// [`ErrorKind::NotReplayable`](crate::ErrorKind::NotReplayable) naming the limit (a
+    /// failed *response* is handed back as it is), and the dead-letter record, reason
+    /// `not_replayable`, keeps the body's start marked `body_truncated`, so that redrive
+    /// skips it. The services below see `Request<ReplayBody<B>>`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::{BodyExt, StreamBody};
+    /// use hyper::body::Frame;
+    /// use rampart::dlq::{HttpExtractor, MemoryStore};
+    /// use rampart::retry::ReplayBody;
+    /// use rampart::{Outcome, Policy};
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    /// use tower::{service_fn, ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// type Upload = StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>>;
+    ///
+    /// // The first attempt gets a 503, the retry a 200; both read the whole body.
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let s = seen.clone();
+    /// let blobs = service_fn(move |req: http::Request<ReplayBody<Upload>>| {
+    ///     let s = s.clone();
+    ///     async move {
+    ///         let body = req.into_body().collect().await?.to_bytes();
+    ///         let mut seen = s.lock().unwrap();
+    ///         seen.push(body);
+    ///         let mut res = http::Response::new(());
+    ///         if seen.len() == 1 {
+    ///             *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    ///         }
+    ///         Ok::<_, std::io::Error>(res)
+    ///     }
+    /// });
+    /// let classify = |r: Result<&http::Response<()>, &std::io::Error>| match r {
+    ///     Ok(res) if res.status().is_server_error() => Outcome::TRANSIENT,
+    ///     Ok(_) => Outcome::Success,
+    ///     Err(_) => Outcome::TRANSIENT,
+    /// };
+    /// let policy = Policy::builder("blobs").base_delay(Duration::from_millis(10)).build()?;
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(policy.layer_streaming(classify, MemoryStore::default(), HttpExtractor::default()).body_limit(64 * 1024))
+    ///     .service(blobs);
+    ///
+    /// let chunks = vec![Ok(Frame::data(Bytes::from("part 1, "))), Ok(Frame::data(Bytes::from("part 2")))];
+    /// let req = http::Request::put("http://blobs.internal/k").body(StreamBody::new(futures_util::stream::iter(chunks)))?;
+    /// assert_eq!(svc.oneshot(req).await?.status(), 200);
+    /// assert_eq!(*seen.lock().unwrap(), ["part 1, part 2", "part 1, part 2"]);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+    pub fn layer_streaming<C, St, X>(
+        &self,
+        classifier: C,
+        store: St,
+        extractor: X,
+    ) -> StreamingPolicyLayer<C, St, X>
+    where
+        C: Clone,
+    {
+        self.layer(classifier, store, extractor)
+            .streaming(rampart_retry::http::DEFAULT_BUFFER_LIMIT)
     }
 
     /// Like [`layer`](Self::layer), with one breaker per key instead of one for the whole
@@ -744,36 +830,89 @@ impl PolicyBuilder {
 /// The layer a [`Policy`] builds: dead-letter → retry → breaker → per-attempt timeout. The
 /// breaker is one for the service ([`Policy::layer`]) or one per key
 /// ([`Policy::keyed_layer`]).
+///
+/// `R` copies each request for the retries and for the dead-letter record: `CloneReplay`
+/// (the default, for `Clone` requests), or any `Replay` set with
+/// [`replay`](Self::replay). For requests with streaming bodies see
+/// `Policy::layer_streaming` / `PolicyLayer::streaming` (feature `http`).
+///
+/// The service under it must be `Clone` (see [`CloneService`]): each retry calls it again
+/// through its own handle.
 #[derive(Clone)]
-pub struct PolicyLayer<C, St, X, B = CircuitBreakerLayer<C>> {
-    dlq: DeadLetterLayer<St, X, C>,
-    retry: RetryLayer<C, CloneReplay, PolicyObserver>,
+pub struct PolicyLayer<C, St, X, B = CircuitBreakerLayer<C>, R = CloneReplay> {
+    dlq: DeadLetterLayer<St, X, C, R>,
+    retry: RetryLayer<C, R, PolicyObserver>,
     breaker: B,
     timeout: AttemptTimeoutLayer,
 }
 
-impl<C, St, X> PolicyLayer<C, St, X> {
+impl<C, St, X, R> PolicyLayer<C, St, X, CircuitBreakerLayer<C>, R> {
     /// The breaker's operator handle.
     pub fn breaker(&self) -> rampart_breaker::BreakerHandle {
         self.breaker.handle()
     }
 }
 
-impl<C, St, X, F, K> PolicyLayer<C, St, X, KeyedCircuitBreakerLayer<C, F, K>> {
+impl<C, St, X, F, K, R> PolicyLayer<C, St, X, KeyedCircuitBreakerLayer<C, F, K>, R> {
     /// The keyed breakers' operator handle.
     pub fn keyed_breakers(&self) -> KeyedHandle<K> {
         self.breaker.handle()
     }
 }
 
-impl<C, St, X, B> PolicyLayer<C, St, X, B> {
+impl<C, St, X, B, R> PolicyLayer<C, St, X, B, R> {
     /// The dead-letter layer's counters.
     pub fn dead_letters(&self) -> rampart_dlq::DeadLetterStats {
         self.dlq.stats()
     }
+
+    /// Copies requests with `replay` — for the retries' attempts and for the dead-letter
+    /// record alike (`Replay::replay` and `Replay::keep`) — instead of cloning them.
+    /// The layer's breaker, budget and dead-letter counters are kept.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart::classify::IoErrors;
+    /// use rampart::dlq::{JsonExtractor, MemoryStore};
+    /// use rampart::{NotReplayable, Policy};
+    /// use tower::{service_fn, ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // A request that is not `Clone`, copied by hand.
+    /// #[derive(serde::Serialize)]
+    /// struct Job { id: u64 }
+    /// let layer = Policy::builder("jobs").build()?
+    ///     .layer(IoErrors, MemoryStore::default(), JsonExtractor::default())
+    ///     .replay(|j: &Job| -> Result<Job, NotReplayable> { Ok(Job { id: j.id }) });
+    /// let svc = ServiceBuilder::new().layer(layer).service(service_fn(|j: Job| async move { Ok::<_, std::io::Error>(j.id) }));
+    /// assert_eq!(svc.oneshot(Job { id: 7 }).await?, 7);
+    /// # Ok(()) }
+    /// ```
+    pub fn replay<R2: Clone>(self, replay: R2) -> PolicyLayer<C, St, X, B, R2> {
+        PolicyLayer {
+            dlq: self.dlq.replay(replay.clone()),
+            retry: self.retry.replay(replay),
+            breaker: self.breaker,
+            timeout: self.timeout,
+        }
+    }
+
+    /// This policy for `http::Request`s whose body streams, buffering up to `body_limit`
+    /// bytes of each body once for the retries and the dead-letter record (see
+    /// [`Policy::layer_streaming`]; this form also serves [`Policy::keyed_layer`]).
+    #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+    pub fn streaming(self, body_limit: usize) -> StreamingPolicyLayer<C, St, X, B> {
+        StreamingPolicyLayer {
+            buffer: BufferBodyLayer::new(body_limit),
+            policy: self.replay(HttpReplay),
+        }
+    }
 }
 
-impl<C, St, X, B> fmt::Debug for PolicyLayer<C, St, X, B> {
+impl<C, St, X, B, R> fmt::Debug for PolicyLayer<C, St, X, B, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PolicyLayer")
             .field("dlq", &self.dlq)
@@ -783,6 +922,9 @@ impl<C, St, X, B> fmt::Debug for PolicyLayer<C, St, X, B> {
 }
 
 /// The service a [`PolicyLayer`] makes.
+///
+/// (With another replayer, [`PolicyLayer::replay`], the `R` of `Retry` and `DeadLetter` is
+/// that replayer.)
 pub type PolicyService<S, C, St, X> = DeadLetter<
     Retry<CircuitBreaker<AttemptTimeout<S>, C>, C, CloneReplay, PolicyObserver>,
     St,
@@ -806,7 +948,7 @@ pub type HttpPolicyService<S, C, St, X> = DeadLetter<
     C,
 >;
 
-impl<C, St, X> PolicyLayer<C, St, X, PolicyBreakerLayer<C>> {
+impl<C, St, X, R> PolicyLayer<C, St, X, PolicyBreakerLayer<C>, R> {
     /// The single breaker's handle, if the policy has no [`BreakerKey`].
     pub fn breaker(&self) -> Option<rampart_breaker::BreakerHandle> {
         match &self.breaker {
@@ -886,11 +1028,12 @@ where
     }
 }
 
-impl<S, C: Clone, St, X, B> Layer<S> for PolicyLayer<C, St, X, B>
+impl<S, C: Clone, St, X, B, R: Clone> Layer<S> for PolicyLayer<C, St, X, B, R>
 where
+    S: CloneService,
     B: Layer<AttemptTimeout<S>>,
 {
-    type Service = DeadLetter<Retry<B::Service, C, CloneReplay, PolicyObserver>, St, X, C>;
+    type Service = DeadLetter<Retry<B::Service, C, R, PolicyObserver>, St, X, C, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
         let s = self.timeout.layer(inner);
@@ -899,6 +1042,74 @@ where
         self.dlq.layer(s)
     }
 }
+
+/// A [`PolicyLayer`] for `http::Request`s whose body streams: a `BufferBodyLayer` above the
+/// policy, whose retry and dead-letter layers copy requests with `HttpReplay`. Made by
+/// [`Policy::layer_streaming`] or [`PolicyLayer::streaming`].
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+#[derive(Clone)]
+pub struct StreamingPolicyLayer<C, St, X, B = CircuitBreakerLayer<C>> {
+    buffer: BufferBodyLayer,
+    policy: PolicyLayer<C, St, X, B, HttpReplay>,
+}
+
+#[cfg(feature = "http")]
+impl<C, St, X, B> StreamingPolicyLayer<C, St, X, B> {
+    /// Buffers at most `bytes` of each body (1 MiB by default); a larger body is sent once
+    /// and never retried.
+    #[must_use]
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.buffer = BufferBodyLayer::new(bytes);
+        self
+    }
+
+    /// The buffer's limit, in bytes.
+    pub fn limit(&self) -> usize {
+        self.buffer.limit()
+    }
+
+    /// The policy under the buffer (its breaker handle, its dead-letter counters).
+    pub fn policy(&self) -> &PolicyLayer<C, St, X, B, HttpReplay> {
+        &self.policy
+    }
+}
+
+#[cfg(feature = "http")]
+impl<C, St, X, B> fmt::Debug for StreamingPolicyLayer<C, St, X, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamingPolicyLayer")
+            .field("buffer", &self.buffer)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+#[cfg(feature = "http")]
+impl<S, C, St, X, B> Layer<S> for StreamingPolicyLayer<C, St, X, B>
+where
+    PolicyLayer<C, St, X, B, HttpReplay>: Layer<S>,
+{
+    type Service = BufferBody<<PolicyLayer<C, St, X, B, HttpReplay> as Layer<S>>::Service>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        self.buffer.layer(self.policy.layer(inner))
+    }
+}
+
+/// The service a [`StreamingPolicyLayer`] made by [`Policy::layer_streaming`] makes; it
+/// serves `http::Request<B>` and calls `S` with `http::Request<ReplayBody<B>>`.
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub type StreamingPolicyService<S, C, St, X> = BufferBody<
+    DeadLetter<
+        Retry<CircuitBreaker<AttemptTimeout<S>, C>, C, HttpReplay, PolicyObserver>,
+        St,
+        X,
+        C,
+        HttpReplay,
+    >,
+>;
 
 /// The reference design's `failure_threshold`, mapped: at least this many failures (at the
 /// failure rate over twice as many calls) open a policy's circuit.

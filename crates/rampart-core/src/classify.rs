@@ -45,6 +45,9 @@ pub trait Classify<Res, E> {
     fn classify(&self, result: Result<&Res, &E>) -> Outcome;
 }
 
+// Not recommended to the compiler: a classifier of the wrong type is reported with the
+// notes on `Classify`, not as "expected an `Fn(Result<&Res, &E>)` closure".
+#[diagnostic::do_not_recommend]
 impl<F, Res, E> Classify<Res, E> for F
 where
     F: Fn(Result<&Res, &E>) -> Outcome,

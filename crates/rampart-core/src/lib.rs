@@ -45,6 +45,7 @@ mod leaf;
 mod name;
 mod outcome;
 pub mod record;
+pub mod replay;
 pub mod time;
 
 pub use backoff::{Backoff, BackoffBuilder, Jitter, Schedule};

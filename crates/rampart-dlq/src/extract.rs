@@ -25,7 +25,8 @@ use crate::redact::{truncate, Redactor};
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot describe a `{Req}` for a dead-letter record",
     label = "this extractor does not implement `Extract<{Req}>`",
-    note = "`JsonExtractor` needs `{Req}: serde::Serialize`; for `http::Request`s use `rampart::dlq::HttpExtractor`, (feature `http`), a closure `|req: &{Req}| -> RequestPart`, or `impl Extract<{Req}> for YourExtractor`"
+    note = "`JsonExtractor` describes `serde::Serialize` requests; `HttpExtractor` (feature `http`) describes `http::Request`s whose body it can read without consuming it (`Bytes`, `String`, `Vec<u8>`, or the buffered body `Policy::layer_streaming` hands on for a streaming body)",
+    note = "a closure `|req: &{Req}| -> RequestPart` is an extractor too, or `impl Extract<{Req}> for YourExtractor`"
 )]
 pub trait Extract<Req> {
     /// Describes `req`.
@@ -91,6 +92,9 @@ fn size64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
+// Not recommended to the compiler (nor is `JsonExtractor`'s `Serialize` impl): a request
+// the extractor cannot describe is reported with the notes on `Extract`.
+#[diagnostic::do_not_recommend]
 impl<F, Req> Extract<Req> for F
 where
     F: Fn(&Req) -> RequestPart,
@@ -152,6 +156,7 @@ impl JsonExtractor {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<Req: Serialize> Extract<Req> for JsonExtractor {
     fn extract(&self, req: &Req) -> RequestPart {
         self.extract_whole(req).part
@@ -332,9 +337,48 @@ mod http_impl {
     use super::*;
 
     /// Request bodies whose bytes can be read without consuming them.
+    #[diagnostic::on_unimplemented(
+        message = "`HttpExtractor` cannot read a `{Self}` body without consuming it",
+        label = "not a body held in memory",
+        note = "a streaming body (hyper `Incoming`, axum `Body`, `StreamBody`) is read once: use `Policy::layer_streaming` (feature `http`), whose `BufferBodyLayer` buffers it once for the retries and the record, or implement `rampart::dlq::BodyBytes` for a body you hold in memory"
+    )]
     pub trait BodyBytes {
         /// The body's bytes, if they are in memory.
         fn body_bytes(&self) -> Option<&[u8]>;
+
+        /// `None` (the default) when [`body_bytes`](Self::body_bytes) is the whole body;
+        /// `Some(size)` when it is only the body's start (a streaming body over the replay
+        /// buffer's limit): the body has at least `size` bytes. [`HttpExtractor`] then
+        /// marks the record truncated, so that it is never redriven.
+        fn cut_from(&self) -> Option<u64> {
+            None
+        }
+    }
+
+    /// A body `rampart-retry`'s `BufferBodyLayer` buffered: its bytes when it was held
+    /// whole, otherwise the start it kept, marked cut.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use rampart_dlq::{BodyBytes, Extract, HttpExtractor};
+    /// use rampart_retry::ReplayBody;
+    ///
+    /// let body: ReplayBody<String> = ReplayBody::full(Bytes::from_static(b"{\"n\":1}"));
+    /// assert_eq!(body.body_bytes(), Some(&b"{\"n\":1}"[..]));
+    /// let req = http::Request::post("http://orders.local/v1").body(body)?;
+    /// assert_eq!(HttpExtractor::default().extract(&req).payload["body"], "{\"n\":1}");
+    /// # Ok::<(), http::Error>(())
+    /// ```
+    impl<B: http_body::Body> BodyBytes for rampart_retry::ReplayBody<B> {
+        fn body_bytes(&self) -> Option<&[u8]> {
+            Some(self.buffered())
+        }
+
+        fn cut_from(&self) -> Option<u64> {
+            self.cut()
+        }
     }
 
     impl BodyBytes for bytes::Bytes {
@@ -380,8 +424,8 @@ mod http_impl {
     /// | `method`, `uri`, `version`, `headers` | the request line and kept headers |
     /// | `body` | the body: its text when it is UTF-8, else base64 |
     /// | `body_encoding` | `utf8` or `base64` |
-    /// | `body_size` | the body's size in bytes before redaction and cut |
-    /// | `body_truncated` | `true` if the body was cut to [`body_limit`](HttpExtractor::body_limit) (never inside a UTF-8 character) |
+    /// | `body_size` | the body's size in bytes before redaction and cut (at least this many when only its start was at hand) |
+    /// | `body_truncated` | `true` if the body was cut to [`body_limit`](HttpExtractor::body_limit) (never inside a UTF-8 character), or only its start was at hand ([`BodyBytes::cut_from`]: a streaming body over the replay buffer's limit) |
     /// | `uri_redacted`, `body_redacted` | `true` if redaction changed them |
     ///
     /// A request that was cut or whose URI or body redaction changed is never redriven.
@@ -478,6 +522,8 @@ mod http_impl {
                 }
             }
             let body = req.body().body_bytes().unwrap_or_default();
+            // Only the body's start is at hand (a streaming body over the replay limit).
+            let cut_from = req.body().cut_from();
             // A JSON body is redacted whole (field by field); any other body only as far as
             // it is kept, plus a margin, so that a huge body costs no more than its limit.
             let scan = if crate::redact::looks_like_json(body) {
@@ -496,7 +542,7 @@ mod http_impl {
                     .and_then(|t| std::str::from_utf8(t).ok()),
                 Err(_) => None,
             };
-            let (body_json, encoding, truncated) = match text {
+            let (body_json, encoding, cut) = match text {
                 Some(text) => {
                     let kept = crate::redact::floor_boundary(text, self.body_limit);
                     (
@@ -515,12 +561,15 @@ mod http_impl {
                     )
                 }
             };
+            let truncated = cut || cut_from.is_some();
+            let size = cut_from.unwrap_or_else(|| size64(body.len()));
             let mut out = Extracted::whole(RequestPart {
                 summary: format!(
-                    "{} {} ({} bytes)",
+                    "{} {} ({}{} bytes)",
                     req.method(),
                     truncate(&uri, 100),
-                    body.len()
+                    if cut_from.is_some() { ">= " } else { "" },
+                    size
                 ),
                 payload: json!({
                     "method": req.method().as_str(),
@@ -529,14 +578,14 @@ mod http_impl {
                     "headers": headers,
                     "body": body_json,
                     "body_encoding": encoding,
-                    "body_size": body.len(),
+                    "body_size": size,
                     "body_truncated": truncated,
                     "uri_redacted": uri_redacted,
                     "body_redacted": body_redacted,
                 }),
             });
             if truncated {
-                out = out.truncated(size64(body.len()));
+                out = out.truncated(size);
             }
             if uri_redacted || body_redacted {
                 out = out.redacted();

@@ -67,7 +67,7 @@ impl<F: Future, Req, St, X, C> ResponseFuture<F, Req, St, X, C>
 where
     F::Output: Settle,
 {
-    pub(crate) fn new(future: F, request: Req, shared: Arc<Shared<St, X, C>>) -> Self {
+    pub(crate) fn new(future: F, request: Option<Req>, shared: Arc<Shared<St, X, C>>) -> Self {
         // One span per logical call; the retry layer's `retry_attempt` spans nest inside it.
         let span = tracing::debug_span!(
             "rampart_call",
@@ -77,7 +77,7 @@ where
         );
         ResponseFuture {
             state: State::Called { future },
-            request: Some(request),
+            request,
             shared,
             span,
             record: CallRecord::default(),

@@ -2,6 +2,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use rampart_core::replay::CloneReplay;
 use rampart_core::Name;
 use tokio::sync::{mpsc, Notify};
 use tower_layer::Layer;
@@ -22,9 +23,17 @@ use crate::service::DeadLetter;
 /// The layer's store, counters and background queue are made once, by
 /// [`new`](Self::new), and shared by every service it makes, their clones and the layer's
 /// clones.
+///
+/// # Requests
+///
+/// Each call keeps a copy of its request for the record, made by the layer's replayer
+/// (`rampart_core::replay::Replay::keep`): [`CloneReplay`] by default, for `Clone`
+/// requests; [`replay`](Self::replay) swaps it (`HttpReplay` for requests whose streaming
+/// body `BufferBodyLayer` buffered, so that the record and the retries share one buffer).
 #[must_use]
-pub struct DeadLetterLayer<St, X, C> {
+pub struct DeadLetterLayer<St, X, C, R = CloneReplay> {
     shared: Arc<Shared<St, X, C>>,
+    replay: R,
 }
 
 /// What every service and response future of one layer share.
@@ -229,6 +238,7 @@ impl<St, X, C> DeadLetterLayer<St, X, C> {
     /// ```
     pub fn new(config: DeadLetterConfig<X, C>, store: St) -> Self {
         DeadLetterLayer {
+            replay: CloneReplay,
             shared: Arc::new(Shared {
                 store,
                 extractor: config.extractor,
@@ -244,6 +254,37 @@ impl<St, X, C> DeadLetterLayer<St, X, C> {
                 queue_name: config.queue_name,
                 observer: config.observer,
             }),
+        }
+    }
+}
+
+impl<St, X, C, R> DeadLetterLayer<St, X, C, R> {
+    /// Copies each request for its record with `replay` ([`Replay::keep`]) instead of the
+    /// current replayer. The layer's store, counters and queue are kept: this is the same
+    /// layer.
+    ///
+    /// [`Replay::keep`]: rampart_core::replay::Replay::keep
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart_core::classify::IoErrors;
+    /// use rampart_core::NotReplayable;
+    /// use rampart_dlq::{DeadLetterConfig, DeadLetterLayer, MemoryStore};
+    ///
+    /// // A replayer for a request that is not `Clone`: copy what can be copied.
+    /// struct Upload { name: String, chunks: std::vec::IntoIter<Vec<u8>> }
+    /// let layer = DeadLetterLayer::new(DeadLetterConfig::builder().classifier(IoErrors).build()?, MemoryStore::default())
+    ///     .replay(|u: &Upload| -> Result<Upload, NotReplayable> {
+    ///         Ok(Upload { name: u.name.clone(), chunks: Vec::new().into_iter() })
+    ///     });
+    /// # let _ = layer;
+    /// # Ok::<(), rampart_core::ConfigError>(())
+    /// ```
+    pub fn replay<R2>(self, replay: R2) -> DeadLetterLayer<St, X, C, R2> {
+        DeadLetterLayer {
+            shared: self.shared,
+            replay,
         }
     }
 
@@ -288,15 +329,16 @@ pub(crate) fn stats<St, X, C>(s: &Shared<St, X, C>) -> DeadLetterStats {
     }
 }
 
-impl<St, X, C> Clone for DeadLetterLayer<St, X, C> {
+impl<St, X, C, R: Clone> Clone for DeadLetterLayer<St, X, C, R> {
     fn clone(&self) -> Self {
         DeadLetterLayer {
             shared: self.shared.clone(),
+            replay: self.replay.clone(),
         }
     }
 }
 
-impl<St, X, C> fmt::Debug for DeadLetterLayer<St, X, C> {
+impl<St, X, C, R> fmt::Debug for DeadLetterLayer<St, X, C, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeadLetterLayer")
             .field("name", &self.shared.name)
@@ -306,10 +348,10 @@ impl<St, X, C> fmt::Debug for DeadLetterLayer<St, X, C> {
     }
 }
 
-impl<S, St, X, C> Layer<S> for DeadLetterLayer<St, X, C> {
-    type Service = DeadLetter<S, St, X, C>;
+impl<S, St, X, C, R: Clone> Layer<S> for DeadLetterLayer<St, X, C, R> {
+    type Service = DeadLetter<S, St, X, C, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        DeadLetter::from_parts(inner, self.shared.clone())
+        DeadLetter::from_parts(inner, self.shared.clone(), self.replay.clone())
     }
 }

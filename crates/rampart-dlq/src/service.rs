@@ -2,6 +2,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use rampart_core::replay::{CloneReplay, Replay};
 use rampart_core::{Classify, Error, IntoError};
 use tower_service::Service;
 
@@ -14,12 +15,17 @@ use crate::store::DeadLetterStore;
 ///
 /// # Clone
 ///
-/// Clones share the store and counters. Each call keeps a clone of its request until the
-/// call ends, because it may have to record it; for `http::Request<Full<Bytes>>` or
-/// `Request<Bytes>` that is a reference-count bump.
-pub struct DeadLetter<S, St, X, C> {
+/// Clones share the store and counters. Each call keeps a copy of its request until the
+/// call ends, because it may have to record it, made by the layer's [`Replay`]
+/// ([`Replay::keep`]): [`CloneReplay`] by default, which needs `Req: Clone` (for
+/// `http::Request<Full<Bytes>>` or `Request<Bytes>` the body's copy is a reference-count
+/// bump); `HttpReplay` for requests whose streaming body `BufferBodyLayer` buffered (see
+/// [`DeadLetterLayer::replay`](crate::DeadLetterLayer::replay)). Nothing is kept while the
+/// layer records nothing.
+pub struct DeadLetter<S, St, X, C, R = CloneReplay> {
     inner: S,
     shared: Arc<Shared<St, X, C>>,
+    replay: R,
 }
 
 impl<S, St, X, C> DeadLetter<S, St, X, C> {
@@ -43,9 +49,15 @@ impl<S, St, X, C> DeadLetter<S, St, X, C> {
     pub fn new(inner: S, config: crate::DeadLetterConfig<X, C>, store: St) -> Self {
         tower_layer::Layer::layer(&crate::DeadLetterLayer::new(config, store), inner)
     }
+}
 
-    pub(crate) fn from_parts(inner: S, shared: Arc<Shared<St, X, C>>) -> Self {
-        DeadLetter { inner, shared }
+impl<S, St, X, C, R> DeadLetter<S, St, X, C, R> {
+    pub(crate) fn from_parts(inner: S, shared: Arc<Shared<St, X, C>>, replay: R) -> Self {
+        DeadLetter {
+            inner,
+            shared,
+            replay,
+        }
     }
 
     /// What the layer has done so far.
@@ -61,16 +73,17 @@ impl<S, St, X, C> DeadLetter<S, St, X, C> {
     rampart_core::inner_service_accessors!(S);
 }
 
-impl<S: Clone, St, X, C> Clone for DeadLetter<S, St, X, C> {
+impl<S: Clone, St, X, C, R: Clone> Clone for DeadLetter<S, St, X, C, R> {
     fn clone(&self) -> Self {
         DeadLetter {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
+            replay: self.replay.clone(),
         }
     }
 }
 
-impl<S: fmt::Debug, St, X, C> fmt::Debug for DeadLetter<S, St, X, C> {
+impl<S: fmt::Debug, St, X, C, R> fmt::Debug for DeadLetter<S, St, X, C, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeadLetter")
             .field("inner", &self.inner)
@@ -79,7 +92,7 @@ impl<S: fmt::Debug, St, X, C> fmt::Debug for DeadLetter<S, St, X, C> {
     }
 }
 
-impl<S, St, X, C, Req> Service<Req> for DeadLetter<S, St, X, C>
+impl<S, St, X, C, R, Req> Service<Req> for DeadLetter<S, St, X, C, R>
 where
     S: Service<Req>,
     S::Error: IntoError,
@@ -87,7 +100,7 @@ where
     St: DeadLetterStore + Clone,
     X: Extract<Req> + Send + Sync + 'static,
     C: Classify<S::Response, <S::Error as IntoError>::Inner> + Send + Sync + 'static,
-    Req: Clone,
+    R: Replay<Req>,
 {
     type Response = S::Response;
     type Error = Error<<S::Error as IntoError>::Inner>;
@@ -98,7 +111,11 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let copy = req.clone();
+        let copy = if self.shared.reasons == 0 {
+            None
+        } else {
+            self.replay.keep(&req)
+        };
         let future = self.inner.call(req);
         ResponseFuture::new(future, copy, self.shared.clone())
     }

@@ -3,10 +3,17 @@
 //! A request body that streams can be sent only once. [`BufferBodyLayer`] reads it into
 //! memory, up to a limit, before the first attempt, and hands the inner service a
 //! `Request<`[`ReplayBody<B>`]`>`; [`HttpReplay`] then copies such a request for each retry
-//! (method, URI, version, headers, extensions and the buffered bytes). A body larger than the
-//! limit is not held back: the first attempt streams it whole, and that attempt is the only
-//! one — if it fails in a retryable way the error is
-//! [`ErrorKind::NotReplayable`](rampart_core::ErrorKind::NotReplayable), naming the limit.
+//! (method, URI, version, headers, extensions and the buffered bytes). The bytes are read
+//! once per call: every attempt's copy, and the copy a dead-letter layer keeps for its
+//! record, share them (`Bytes`, reference-counted). A body larger than the limit is not held
+//! back: the first attempt streams it whole, and that attempt is the only one — if it fails
+//! in a retryable way the error is
+//! [`ErrorKind::NotReplayable`](rampart_core::ErrorKind::NotReplayable), naming the limit;
+//! the dead-letter copy of such a request keeps the body's start, marked cut (its record is
+//! marked truncated and never redriven).
+//!
+//! `rampart::Policy::layer_streaming` stacks `BufferBodyLayer` above a whole policy whose
+//! retry and dead-letter layers both copy with [`HttpReplay`].
 //!
 //! # Example
 //!
@@ -55,6 +62,10 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 1024 * 1024;
 /// A request body that [`BufferBodyLayer`] has read into memory (replayable), or one it gave
 /// up buffering because it exceeded the limit (streams once).
 ///
+/// The inner body must be `Unpin` (hyper's `Incoming`, axum's `Body`, `Full`, `BoxBody`,
+/// a `StreamBody` over an `Unpin` stream are); pin any other body in a `Box` first
+/// (`http_body_util::BodyExt::boxed`).
+///
 /// # Example
 ///
 /// ```
@@ -73,15 +84,20 @@ enum Kind<B: Body> {
         data: Bytes,
         trailers: Option<HeaderMap>,
     },
+    /// Over the limit: the start that was read, then the rest of the stream.
     Streaming {
-        buffered: VecDeque<Bytes>,
+        prefix: Bytes,
         rest: B,
         limit: usize,
     },
+    /// Reading the body failed while buffering it: what was read, then the error.
     Failed {
-        buffered: VecDeque<Bytes>,
+        prefix: Bytes,
         error: Option<B::Error>,
     },
+    /// A dead-letter record's copy of a body that was not held whole: its start, and its
+    /// size (at least `size` bytes; exact when the stream announced it). Never sent.
+    Partial { prefix: Bytes, size: u64 },
 }
 
 impl<B: Body> ReplayBody<B> {
@@ -100,6 +116,43 @@ impl<B: Body> ReplayBody<B> {
         matches!(self.kind, Kind::Full { .. })
     }
 
+    /// The bytes held in memory: the whole body when it [is replayable](Self::is_replayable),
+    /// otherwise the start that was read before the limit was passed (or before reading
+    /// failed). A dead-letter record describes the request from these bytes.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use rampart_retry::ReplayBody;
+    ///
+    /// let body: ReplayBody<http_body_util::Empty<Bytes>> = ReplayBody::full(Bytes::from_static(b"{}"));
+    /// assert_eq!(body.buffered(), b"{}");
+    /// assert_eq!(body.cut(), None);
+    /// ```
+    pub fn buffered(&self) -> &[u8] {
+        match &self.kind {
+            Kind::Full { data, .. } => data,
+            Kind::Streaming { prefix, .. }
+            | Kind::Failed { prefix, .. }
+            | Kind::Partial { prefix, .. } => prefix,
+        }
+    }
+
+    /// `None` when [`buffered`](Self::buffered) is the whole body; otherwise `Some(size)`:
+    /// the body is not held whole and has at least `size` bytes (its exact size when the
+    /// stream announced it, e.g. by `Content-Length`).
+    pub fn cut(&self) -> Option<u64> {
+        match &self.kind {
+            Kind::Full { .. } => None,
+            Kind::Streaming { prefix, rest, .. } => {
+                Some(len64(prefix).saturating_add(rest.size_hint().lower()))
+            }
+            Kind::Failed { prefix, .. } => Some(len64(prefix)),
+            Kind::Partial { size, .. } => Some(*size),
+        }
+    }
+
     fn try_clone(&self) -> Result<Self, NotReplayable> {
         match &self.kind {
             Kind::Full { data, trailers } => Ok(ReplayBody {
@@ -114,8 +167,33 @@ impl<B: Body> ReplayBody<B> {
             Kind::Failed { .. } => Err(NotReplayable::new(
                 "reading the request body failed while buffering it",
             )),
+            Kind::Partial { .. } => Err(NotReplayable::new(
+                "only the start of the request body was kept",
+            )),
         }
     }
+
+    /// The copy a dead-letter record keeps: the body itself when it is in memory (sharing
+    /// its bytes), otherwise its start and size, marked cut.
+    fn kept(&self) -> Self {
+        let kind = match &self.kind {
+            Kind::Full { data, trailers } => Kind::Full {
+                data: data.clone(),
+                trailers: trailers.clone(),
+            },
+            Kind::Streaming { prefix, .. }
+            | Kind::Failed { prefix, .. }
+            | Kind::Partial { prefix, .. } => Kind::Partial {
+                prefix: prefix.clone(),
+                size: self.cut().unwrap_or_else(|| len64(prefix)),
+            },
+        };
+        ReplayBody { kind }
+    }
+}
+
+fn len64(b: &Bytes) -> u64 {
+    u64::try_from(b.len()).unwrap_or(u64::MAX)
 }
 
 impl<B: Body> fmt::Debug for ReplayBody<B> {
@@ -130,6 +208,11 @@ impl<B: Body> fmt::Debug for ReplayBody<B> {
                 .field("limit", limit)
                 .finish_non_exhaustive(),
             Kind::Failed { .. } => f.debug_struct("ReplayBody::Failed").finish_non_exhaustive(),
+            Kind::Partial { prefix, size } => f
+                .debug_struct("ReplayBody::Partial")
+                .field("kept", &prefix.len())
+                .field("size", size)
+                .finish(),
         }
     }
 }
@@ -153,17 +236,24 @@ where
                 }
                 Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
             }
-            Kind::Streaming { buffered, rest, .. } => {
-                if let Some(chunk) = buffered.pop_front() {
-                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            Kind::Streaming { prefix, rest, .. } => {
+                if !prefix.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(mem::take(prefix)))));
                 }
                 Pin::new(rest).poll_frame(cx)
             }
-            Kind::Failed { buffered, error } => {
-                if let Some(chunk) = buffered.pop_front() {
-                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            Kind::Failed { prefix, error } => {
+                if !prefix.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(mem::take(prefix)))));
                 }
                 Poll::Ready(error.take().map(Err))
+            }
+            // A record's copy is only read, never sent; polled anyway, it gives its start.
+            Kind::Partial { prefix, .. } => {
+                if !prefix.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(mem::take(prefix)))));
+                }
+                Poll::Ready(None)
             }
         }
     }
@@ -171,33 +261,36 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full { data, trailers } => data.is_empty() && trailers.is_none(),
-            Kind::Streaming { buffered, rest, .. } => buffered.is_empty() && rest.is_end_stream(),
-            Kind::Failed { buffered, error } => buffered.is_empty() && error.is_none(),
+            Kind::Streaming { prefix, rest, .. } => prefix.is_empty() && rest.is_end_stream(),
+            Kind::Failed { prefix, error } => prefix.is_empty() && error.is_none(),
+            Kind::Partial { prefix, .. } => prefix.is_empty(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full { data, .. } => SizeHint::with_exact(data.len() as u64),
-            Kind::Streaming { buffered, rest, .. } => {
-                let held: u64 = buffered.iter().map(|b| b.len() as u64).sum();
+            Kind::Full { data, .. } => SizeHint::with_exact(len64(data)),
+            Kind::Streaming { prefix, rest, .. } => {
+                let held = len64(prefix);
                 let r = rest.size_hint();
                 let mut hint = SizeHint::new();
-                hint.set_lower(r.lower() + held);
+                hint.set_lower(r.lower().saturating_add(held));
                 if let Some(upper) = r.upper() {
-                    hint.set_upper(upper + held);
+                    hint.set_upper(upper.saturating_add(held));
                 }
                 hint
             }
-            Kind::Failed { buffered, .. } => {
-                SizeHint::with_exact(buffered.iter().map(|b| b.len() as u64).sum())
+            Kind::Failed { prefix, .. } | Kind::Partial { prefix, .. } => {
+                SizeHint::with_exact(len64(prefix))
             }
         }
     }
 }
 
 /// Replays `Request<ReplayBody<B>>`: clones the method, URI, version, headers and extensions,
-/// and the buffered body. A body that was not buffered is [`NotReplayable`].
+/// and the buffered body (its bytes are shared, not copied). A body that was not buffered
+/// is [`NotReplayable`]; for a dead-letter record ([`Replay::keep`]) such a request is
+/// still copied, with the body's start marked cut ([`ReplayBody::cut`]).
 ///
 /// # Example
 ///
@@ -211,10 +304,23 @@ where
 /// let copy = HttpReplay.replay(&req)?;
 /// assert_eq!(copy.method(), http::Method::PUT);
 /// assert_eq!(copy.headers()["x-trace"], "1");
+/// let kept = HttpReplay.keep(&req).expect("always kept");
+/// assert_eq!(kept.body().buffered(), b"v");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HttpReplay;
+
+/// `req`'s head (method, URI, version, headers, extensions) over `body`.
+fn with_head<B: Body>(req: &Request<ReplayBody<B>>, body: ReplayBody<B>) -> Request<ReplayBody<B>> {
+    let mut copy = Request::new(body);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    copy
+}
 
 impl<B: Body> Replay<Request<ReplayBody<B>>> for HttpReplay {
     fn replay(
@@ -222,19 +328,18 @@ impl<B: Body> Replay<Request<ReplayBody<B>>> for HttpReplay {
         req: &Request<ReplayBody<B>>,
     ) -> Result<Request<ReplayBody<B>>, NotReplayable> {
         let body = req.body().try_clone()?;
-        let mut copy = Request::new(body);
-        *copy.method_mut() = req.method().clone();
-        *copy.uri_mut() = req.uri().clone();
-        *copy.version_mut() = req.version();
-        *copy.headers_mut() = req.headers().clone();
-        *copy.extensions_mut() = req.extensions().clone();
-        Ok(copy)
+        Ok(with_head(req, body))
+    }
+
+    fn keep(&self, req: &Request<ReplayBody<B>>) -> Option<Request<ReplayBody<B>>> {
+        Some(with_head(req, req.body().kept()))
     }
 }
 
 /// Buffers streaming request bodies, up to a limit, so that [`HttpReplay`] can replay them.
 ///
-/// Stack it *outside* the [`RetryLayer`](crate::RetryLayer).
+/// Stack it *outside* the [`RetryLayer`](crate::RetryLayer) (and outside a dead-letter
+/// layer, so that its record shares the buffer).
 #[derive(Debug, Clone, Copy)]
 #[must_use]
 pub struct BufferBodyLayer {
@@ -245,6 +350,11 @@ impl BufferBodyLayer {
     /// Buffers up to `limit` bytes of each request body.
     pub const fn new(limit: usize) -> Self {
         BufferBodyLayer { limit }
+    }
+
+    /// The limit, in bytes.
+    pub const fn limit(&self) -> usize {
+        self.limit
     }
 }
 
@@ -375,8 +485,10 @@ where
                                     continue;
                                 }
                                 match body.take() {
+                                    // The start is joined once; the stream and a
+                                    // dead-letter record's copy share it.
                                     Some(rest) => Kind::Streaming {
-                                        buffered: mem::take(chunks),
+                                        prefix: concat(chunks),
                                         rest,
                                         limit: *limit,
                                     },
@@ -389,7 +501,7 @@ where
                             },
                         },
                         Some(Err(error)) => Kind::Failed {
-                            buffered: mem::take(chunks),
+                            prefix: concat(chunks),
                             error: Some(error),
                         },
                         None => Kind::Full {

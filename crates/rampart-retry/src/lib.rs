@@ -107,7 +107,7 @@ pub mod http;
 pub use budget::{RetryBudget, RetryBudgetBuilder};
 pub use layer::RetryLayer;
 pub use replay::{CloneReplay, Replay};
-pub use service::Retry;
+pub use service::{CloneService, Retry};
 pub use timeout::{AttemptTimeout, AttemptTimeoutLayer, TimeoutFuture};
 
 #[cfg(feature = "http")]

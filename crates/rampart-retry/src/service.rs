@@ -13,6 +13,35 @@ use crate::layer::RetryLayer;
 use crate::observe::RetryObserver;
 use crate::replay::{CloneReplay, Replay};
 
+/// A service the retry layer can call again: any `Clone` service.
+///
+/// Each call's response future holds its own handle on the service below the retry layer,
+/// polls it for readiness before every retry and calls it, so that service must be
+/// `Clone` (as under tower's own `Retry`). A service that is not — a `tower::util::BoxService`,
+/// say — can be boxed as a `BoxCloneService` / `BoxCloneSyncService` instead, or put in a
+/// `tower::buffer::Buffer`, whose handles are `Clone` and share one worker that owns the
+/// service. (Holding one service behind a lock instead would break tower's readiness
+/// contract between clones, which is what `Buffer` exists to keep.)
+///
+/// This trait only names the requirement, so that the compiler's message says what to do;
+/// it is implemented for every `Clone` type.
+///
+/// # Example
+///
+/// ```
+/// fn retryable<S: rampart_retry::CloneService>(_: &S) {}
+/// retryable(&tower::service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not `Clone`, and the service under a retry layer or a `Policy` must be",
+    label = "not `Clone`: each retry calls the service again through its own handle",
+    note = "a `tower::util::BoxService` is not `Clone`: box with `BoxCloneService` or `BoxCloneSyncService` instead (`ServiceBuilder::boxed_clone`), or put it in a `tower::buffer::Buffer` under the policy (`ServiceBuilder::new().layer(policy_layer).buffer(1024).service(svc)`)"
+)]
+pub trait CloneService: Clone {}
+
+#[diagnostic::do_not_recommend]
+impl<S: Clone> CloneService for S {}
+
 /// A layer's settings.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -89,6 +118,7 @@ impl<S, C> Retry<S, C> {
     /// Wraps `inner` with [`RetryLayer::new(classifier)`](RetryLayer::new)'s defaults.
     pub fn new(inner: S, classifier: C) -> Self
     where
+        S: CloneService,
         C: Clone,
     {
         tower_layer::Layer::layer(&RetryLayer::new(classifier), inner)
@@ -162,7 +192,7 @@ impl<S: fmt::Debug, C, R, O> fmt::Debug for Retry<S, C, R, O> {
 
 impl<S, C, R, O, Req> Service<Req> for Retry<S, C, R, O>
 where
-    S: Service<Req> + Clone,
+    S: Service<Req> + CloneService,
     S::Error: IntoError,
     C: Classify<S::Response, <S::Error as IntoError>::Inner> + Clone,
     R: Replay<Req> + Clone,

@@ -182,3 +182,48 @@ async fn a_body_exactly_at_the_limit_is_replayable() {
         2
     );
 }
+
+/// What a dead-letter layer keeps of a request (`Replay::keep`): the buffered body itself
+/// (sharing its bytes), or, over the limit, its start marked cut, which neither replays nor
+/// pretends to be whole.
+#[tokio::test]
+async fn keep_shares_the_buffer_or_marks_the_start_cut() {
+    use rampart_retry::Replay;
+
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let log = kept.clone();
+    let svc = ServiceBuilder::new()
+        .layer(BufferBodyLayer::new(4))
+        .service(tower::service_fn(
+            move |req: http::Request<ReplayBody<Chunks>>| {
+                let copy = HttpReplay
+                    .keep(&req)
+                    .expect("HttpReplay always keeps a copy");
+                log.lock().unwrap().push((
+                    copy.body().buffered().to_vec(),
+                    copy.body().cut(),
+                    HttpReplay.replay(&copy).is_ok(),
+                ));
+                async move { req.into_body().collect().await.map(|b| b.to_bytes()) }
+            },
+        ));
+
+    // Within the limit: the whole body, replayable.
+    let small = http::Request::post("http://x/a")
+        .body(streaming(&["ab", "c"]))
+        .unwrap();
+    assert_eq!(
+        svc.clone().oneshot(small).await.unwrap(),
+        Bytes::from("abc")
+    );
+    // Over it: the start that was read (the first chunks past the limit), cut, not
+    // replayable; the request itself still streams whole.
+    let big = http::Request::post("http://x/b")
+        .body(streaming(&["abc", "def", "ghi"]))
+        .unwrap();
+    assert_eq!(svc.oneshot(big).await.unwrap(), Bytes::from("abcdefghi"));
+
+    let kept = kept.lock().unwrap();
+    assert_eq!(kept[0], (b"abc".to_vec(), None, true));
+    assert_eq!(kept[1], (b"abcdef".to_vec(), Some(6), false));
+}

@@ -20,8 +20,9 @@
 //!
 //! A push costs the server one hash field per record plus one short list element (its id):
 //! one `HSET` and one `RPUSH` per batch (and one `HGET` of the store's cap). Ordering the
-//! ids (a sorted-set insert costs about as much again as the hash field) is deferred: the pending ids are moved into the index, oldest
-//! first and skipping records deleted or requeued meanwhile, by the script that needs order —
+//! ids (a sorted-set insert costs about as much again as the hash field) is deferred: the
+//! pending ids are moved into the index, oldest first and skipping records deleted or
+//! requeued meanwhile, by the script that needs order —
 //! a push that takes the store over its cap (which then evicts the oldest ids exactly, as
 //! before), a listing (10,000 ids per script call, so a long backlog never blocks the server
 //! for long) or a purge. Below the cap each record is therefore written about once; at the

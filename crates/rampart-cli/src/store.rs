@@ -59,7 +59,8 @@ pub(crate) async fn open(spec: &str, create: bool) -> Result<(AnyStore, String),
     if spec.starts_with("redis://") || spec.starts_with("rediss://") {
         let (url, prefix) = url_and_prefix(spec, rampart_dlq::store::redis::DEFAULT_PREFIX);
         let shown = mask_url(url);
-        let store = RedisStore::connect(url, prefix, 1_000_000)
+        // The cap is the store's (recorded by the app that owns it), as for SQLite.
+        let store = RedisStore::connect_existing(url, prefix)
             .await
             .map_err(|e| format!("cannot reach Redis at {shown}: {}", chain(&e)))?;
         // The connection manager connects lazily on some errors; prove it answers.
@@ -76,7 +77,7 @@ pub(crate) async fn open(spec: &str, create: bool) -> Result<(AnyStore, String),
     if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
         let (url, prefix) = url_and_prefix(spec, rampart_dlq::store::postgres::DEFAULT_PREFIX);
         let shown = mask_url(url);
-        let store = PostgresStore::connect(url, prefix, 1_000_000)
+        let store = PostgresStore::connect_existing(url, prefix)
             .await
             .map_err(|e| format!("cannot reach PostgreSQL at {shown}: {}", chain(&e)))?;
         return Ok((

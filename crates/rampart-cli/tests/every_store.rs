@@ -12,7 +12,9 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use rampart_dlq::{DeadLetterReason, DeadLetterRecord, RecordId};
+use rampart_dlq::{
+    DeadLetterReason, DeadLetterRecord, DeadLetterStore, PostgresStore, RecordId, RedisStore,
+};
 
 fn ids(jsonl: &str) -> Vec<RecordId> {
     jsonl
@@ -162,6 +164,84 @@ fn redis_session() {
         .arg(format!(
             "redis-cli -h 127.0.0.1 -p 6379 --scan --pattern '*cli-session-{}*' | xargs -r redis-cli -h 127.0.0.1 -p 6379 del",
             std::process::id()
+        ))
+        .output();
+}
+
+/// The app opened `spec`'s store (`app`, through `rt`) with a cap of 3 and pushed 2 records;
+/// the CLI, which sets no cap, shows the app's and its import evicts by it.
+fn the_apps_cap_is_shown_and_kept<S: DeadLetterStore>(
+    spec: &str,
+    rt: &tokio::runtime::Runtime,
+    app: &S,
+    dir: &std::path::Path,
+) {
+    rt.block_on(async {
+        for n in 0..2 {
+            let r = DeadLetterRecord::new("billing", DeadLetterReason::Permanent)
+                .error(format!("app {n}"));
+            app.push(r).await.unwrap();
+        }
+    });
+    let stats = ok(spec, &["dlq", "stats"]);
+    assert!(
+        stats.contains("records      2 of 3 (cap), 0 evicted"),
+        "{spec}: {stats}"
+    );
+    let lines: Vec<String> = (0..3)
+        .map(|n| {
+            let r = DeadLetterRecord::new("billing", DeadLetterReason::Permanent)
+                .error(format!("imported {n}"));
+            String::from_utf8(r.to_json().unwrap()).unwrap()
+        })
+        .collect();
+    let file = dir.join("more.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let out = ok(spec, &["dlq", "import", file.to_str().unwrap()]);
+    assert!(out.contains("imported 3 new record(s)"), "{spec}: {out}");
+    let stats = ok(spec, &["dlq", "stats"]);
+    assert!(
+        stats.contains("records      3 of 3 (cap), 2 evicted"),
+        "{spec}: the CLI's pushes evict by the app's cap: {stats}"
+    );
+    let app_sees = rt.block_on(app.stats()).unwrap();
+    assert_eq!((app_sees.records, app_sees.max_size), (3, 3));
+}
+
+#[test]
+fn postgres_stats_show_the_apps_cap() {
+    let url = support::postgres_url();
+    let prefix = format!("cli_cap_{}", std::process::id());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Ok(app) = rt.block_on(PostgresStore::connect(&url, &prefix, 3)) else {
+        return support::skip(&format!("PostgreSQL is not reachable at {url}"));
+    };
+    let dir = tempfile::tempdir().unwrap();
+    the_apps_cap_is_shown_and_kept(&format!("{url}#{prefix}"), &rt, &app, dir.path());
+    drop(app);
+    let _ = Command::new("psql")
+        .args([&url, "-qc"])
+        .arg(format!(
+            "drop table if exists {prefix}_records, {prefix}_retry_queue, {prefix}_meta"
+        ))
+        .output();
+}
+
+#[test]
+fn redis_stats_show_the_apps_cap() {
+    let url = "redis://127.0.0.1:6379/0";
+    let prefix = format!("cli-cap-{}", std::process::id());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Ok(app) = rt.block_on(RedisStore::connect(url, &prefix, 3)) else {
+        return support::skip("Redis is not reachable at 127.0.0.1:6379");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    the_apps_cap_is_shown_and_kept(&format!("{url}#{prefix}"), &rt, &app, dir.path());
+    drop(app);
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "redis-cli -h 127.0.0.1 -p 6379 --scan --pattern '*{prefix}*' | xargs -r redis-cli -h 127.0.0.1 -p 6379 del"
         ))
         .output();
 }

@@ -521,3 +521,100 @@ async fn a_server_restart_is_survived_by_reconnecting() {
     assert_eq!(taken.iter().map(|r| r.id).collect::<Vec<_>>(), [acked[0]]);
     drop(server);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_is_the_stores_and_a_handle_that_connects_to_it_existing_keeps_it() {
+    let Some(db) = Db::new("storecap").await else {
+        return;
+    };
+    let prefix = db.prefix("dlq");
+    let app = PostgresStore::connect(&url(), &prefix, 3).await.unwrap();
+    let tool = PostgresStore::connect_existing(&url(), &prefix)
+        .await
+        .unwrap();
+    assert_eq!(tool.stats().await.unwrap().max_size, 3);
+    let mut ids: Vec<RecordId> = Vec::new();
+    for n in 0..5 {
+        let r = record(n);
+        ids.push(r.id);
+        assert_eq!(tool.push(r).await.unwrap(), Pushed::Stored);
+    }
+    let st = tool.stats().await.unwrap();
+    assert_eq!((st.records, st.evictions, st.max_size), (3, 2, 3));
+    let kept: Vec<RecordId> = app
+        .list(ListQuery::newest(10))
+        .await
+        .unwrap()
+        .records
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    let newest: Vec<RecordId> = ids[2..].iter().rev().copied().collect();
+    assert_eq!(
+        kept, newest,
+        "the tool's pushes evicted the oldest, down to 3"
+    );
+    // The app reconnecting with another cap changes the store's, for every handle.
+    let _again = PostgresStore::connect(&url(), &prefix, 2).await.unwrap();
+    assert_eq!(tool.stats().await.unwrap().max_size, 2);
+    assert_eq!(app.push(record(9)).await.unwrap(), Pushed::Stored);
+    let st = tool.stats().await.unwrap();
+    assert_eq!((st.records, st.evictions, st.max_size), (2, 4, 2));
+    drop((app, tool, _again));
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_without_a_recorded_cap_are_read_with_the_documented_default() {
+    let Some(db) = Db::new("oldcap").await else {
+        return;
+    };
+    let prefix = db.prefix("dlq");
+    let app = PostgresStore::connect(&url(), &prefix, 3).await.unwrap();
+    for n in 0..2 {
+        app.push(record(n)).await.unwrap();
+    }
+    drop(app);
+    // As the previous layout left them: a meta row without the cap.
+    db.admin
+        .batch_execute(&format!(
+            "ALTER TABLE {}.dlq_meta DROP COLUMN max_size",
+            db.schema
+        ))
+        .await
+        .unwrap();
+    let tool = PostgresStore::connect_existing(&url(), &prefix)
+        .await
+        .unwrap();
+    let st = tool.stats().await.unwrap();
+    assert_eq!(
+        (st.records, st.max_size),
+        (2, rampart_dlq::store::UNRECORDED_MAX_SIZE)
+    );
+    assert_eq!(
+        tool.list(ListQuery::newest(10))
+            .await
+            .unwrap()
+            .records
+            .len(),
+        2
+    );
+    let recorded: Option<i64> = db
+        .admin
+        .query_one(&format!("SELECT max_size FROM {}.dlq_meta", db.schema), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, None, "connect_existing records nothing");
+    for n in 2..6 {
+        assert_eq!(tool.push(record(n)).await.unwrap(), Pushed::Stored);
+    }
+    assert_eq!(tool.stats().await.unwrap().records, 6);
+    // The app's next connect records its cap, which the tool's next push applies.
+    let _app = PostgresStore::connect(&url(), &prefix, 3).await.unwrap();
+    assert_eq!(tool.push(record(6)).await.unwrap(), Pushed::Stored);
+    let st = tool.stats().await.unwrap();
+    assert_eq!((st.records, st.evictions, st.max_size), (3, 4, 3));
+    drop((tool, _app));
+    db.drop_schema().await;
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rampart_dlq::{
     DeadLetterReason, DeadLetterRecord, DeadLetterStore, Fallback, ListQuery, MemoryStore, Pushed,
-    RedisStore, StoreError,
+    RecordId, RedisStore, StoreError,
 };
 use redis::aio::MultiplexedConnection;
 
@@ -82,6 +82,7 @@ async fn a_push_onto_any_wrong_typed_key_writes_nothing_and_names_the_key() {
             "non-integer string",
         ),
         (store.evictions_key().to_owned(), true, "list"),
+        (store.meta_key().to_owned(), false, "string"),
     ];
     for (bad, with_list, found) in &keys {
         let _: () = redis::cmd("FLUSHDB").query_async(&mut con).await.unwrap();
@@ -630,4 +631,103 @@ async fn pending_ids_of_records_gone_meanwhile_are_skipped_and_bounded() {
         [keep]
     );
     assert_eq!(len(&mut con, "ZCARD", big.index_key()).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_is_the_stores_and_a_handle_that_connects_to_it_existing_keeps_it() {
+    let Some(server) = support::RedisServer::start() else {
+        return support::skip("redis-server is not installed");
+    };
+    let app = RedisStore::connect(&server.url(), "capped", 3)
+        .await
+        .unwrap();
+    let tool = RedisStore::connect_existing(&server.url(), "capped")
+        .await
+        .unwrap();
+    assert_eq!(tool.meta_key(), "{capped}:meta");
+    assert_eq!(tool.stats().await.unwrap().max_size, 3);
+    let mut ids: Vec<RecordId> = Vec::new();
+    for n in 0..5 {
+        let r = record(n);
+        ids.push(r.id);
+        assert_eq!(tool.push(r).await.unwrap(), Pushed::Stored);
+    }
+    let st = tool.stats().await.unwrap();
+    assert_eq!((st.records, st.evictions, st.max_size), (3, 2, 3));
+    let kept: Vec<RecordId> = app
+        .list(ListQuery::newest(10))
+        .await
+        .unwrap()
+        .records
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    let newest: Vec<RecordId> = ids[2..].iter().rev().copied().collect();
+    assert_eq!(
+        kept, newest,
+        "the tool's pushes evicted the oldest, down to 3"
+    );
+    // The app reconnecting with another cap changes the store's, for every handle.
+    let _again = RedisStore::connect(&server.url(), "capped", 2)
+        .await
+        .unwrap();
+    assert_eq!(tool.stats().await.unwrap().max_size, 2);
+    assert_eq!(app.push(record(9)).await.unwrap(), Pushed::Stored);
+    let st = tool.stats().await.unwrap();
+    assert_eq!((st.records, st.evictions, st.max_size), (2, 4, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_a_recorded_cap_is_read_with_the_documented_default() {
+    let Some(server) = support::RedisServer::start() else {
+        return support::skip("redis-server is not installed");
+    };
+    let mut con = raw(&server).await;
+    let app = RedisStore::connect(&server.url(), "old", 3).await.unwrap();
+    for n in 0..2 {
+        app.push(record(n)).await.unwrap();
+    }
+    // As the previous layout left it: no meta hash.
+    let _: () = redis::cmd("DEL")
+        .arg(app.meta_key())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let tool = RedisStore::connect_existing(&server.url(), "old")
+        .await
+        .unwrap();
+    let st = tool.stats().await.unwrap();
+    assert_eq!(
+        (st.records, st.max_size),
+        (2, rampart_dlq::store::UNRECORDED_MAX_SIZE)
+    );
+    assert_eq!(
+        tool.list(ListQuery::newest(10))
+            .await
+            .unwrap()
+            .records
+            .len(),
+        2
+    );
+    assert!(
+        !exists(&mut con, tool.meta_key()).await,
+        "connect_existing records nothing"
+    );
+    // The app's handle still applies its own cap to its pushes.
+    for n in 2..6 {
+        app.push(record(n)).await.unwrap();
+    }
+    let st = app.stats().await.unwrap();
+    assert_eq!((st.records, st.evictions, st.max_size), (3, 3, 3));
+    // A wrong-typed meta key is refused, naming the key.
+    spoil(&mut con, app.meta_key(), false).await;
+    let e = RedisStore::connect_existing(&server.url(), "old")
+        .await
+        .unwrap_err();
+    match e {
+        StoreError::RedisKeyType { key, found, .. } => {
+            assert_eq!((key.as_str(), found.as_str()), ("{old}:meta", "string"));
+        }
+        other => panic!("expected a key-type refusal, got {other:?}"),
+    }
 }

@@ -19,6 +19,15 @@ pub mod sqlite;
 
 /// The reference design's `DLQ_MAX_SIZE`.
 pub const DEFAULT_MAX_SIZE: usize = 1_000;
+/// The cap of a Redis or PostgreSQL store that has none recorded (one written before stores
+/// recorded their cap), for a handle opened with `connect_existing`: the cap the `rampart` CLI
+/// used for every such store, large enough that a tool never evicts an application's
+/// records by a guess below the application's own cap.
+///
+/// ```
+/// assert_eq!(rampart_dlq::store::UNRECORDED_MAX_SIZE, 1_000_000);
+/// ```
+pub const UNRECORDED_MAX_SIZE: usize = 1_000_000;
 /// The reference design's `DLQ_RETENTION_DAYS`, as a duration.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 

@@ -11,7 +11,16 @@
 //! |---|---|---|
 //! | `{prefix}_records` | `id uuid` primary key, `service text`, `reason text`, `created_at timestamptz`, `record json` | the records |
 //! | `{prefix}_retry_queue` | `seq bigserial` primary key, `id uuid`, `record json`, `requeued_at timestamptz`, `quarantined boolean` | requeued records, oldest first |
-//! | `{prefix}_meta` | `records bigint`, `evictions bigint` (one row) | how many records the store holds (for the cap), and how many the cap evicted |
+//! | `{prefix}_meta` | `records bigint`, `evictions bigint`, `max_size bigint` (one row) | how many records the store holds (for the cap), how many the cap evicted, and the cap |
+//!
+//! # The cap is the store's
+//!
+//! [`PostgresStore::connect`] records its `max_size` in the meta row, and every push applies
+//! the cap recorded there, whichever process pushes: a tool that opens the tables with
+//! [`PostgresStore::connect_existing`] (the `rampart` CLI does) reports and keeps the
+//! application's cap instead of imposing its own. Tables created before the cap was recorded
+//! get the column (null) on the next connect; while it is null, a handle that did not set a
+//! cap uses [`UNRECORDED_MAX_SIZE`], until the application's next `connect` records its cap.
 //!
 //! Ids are UUID v7, so `ORDER BY id` is age order. The record is stored as `json`, not
 //! `jsonb` or `bytea`: operators can query it in SQL (`record->>'error'`, `record::jsonb @>
@@ -61,7 +70,7 @@ use uuid::Uuid;
 
 use super::{
     cutoff, DeadLetterStore, ListQuery, Page, Pushed, StoreError, StoreStats, Unreadable,
-    DEFAULT_MAX_SIZE,
+    DEFAULT_MAX_SIZE, UNRECORDED_MAX_SIZE,
 };
 use crate::record::{DeadLetterRecord, RecordId};
 
@@ -322,7 +331,10 @@ impl Writer {
             let prep = async {
                 Ok::<_, tokio_postgres::Error>(Prepared {
                     lock: c
-                        .prepare(&format!("SELECT records FROM {} FOR UPDATE", t.meta))
+                        .prepare(&format!(
+                            "SELECT records, max_size FROM {} FOR UPDATE",
+                            t.meta
+                        ))
                         .await?,
                     insert: c
                         .prepare(&format!(
@@ -464,8 +476,8 @@ struct Rows<'a> {
     json: &'a [&'a str],
 }
 
-/// One group commit: lock the meta row (which counts the records), insert, evict the oldest
-/// past the cap, commit. The ids stored.
+/// One group commit: lock the meta row (which counts the records and holds the cap), insert,
+/// evict the oldest past the cap (the recorded one, else `max_size`), commit. The ids stored.
 async fn insert(
     client: &mut Client,
     st: &Prepared,
@@ -473,7 +485,10 @@ async fn insert(
     max_size: i64,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    let held: i64 = tx.query_one(&st.lock, &[]).await?.try_get(0)?;
+    let meta = tx.query_one(&st.lock, &[]).await?;
+    let held: i64 = meta.try_get(0)?;
+    let recorded: Option<i64> = meta.try_get(1)?;
+    let max_size = recorded.filter(|&c| c >= 1).unwrap_or(max_size);
     let stored = tx
         .query(
             &st.insert,
@@ -543,8 +558,10 @@ async fn take(
 impl PostgresStore {
     /// Connects to `url` (`postgres://user:password@host:port/db`, or the key-value form),
     /// creates the tables named after `prefix` (`name` or `schema.name`) if they do not
-    /// exist, and keeps at most `max_size` records (at least 1). Connecting times out after
-    /// 5 s unless the URL sets `connect_timeout`.
+    /// exist, and keeps at most `max_size` records (at least 1). `max_size` becomes the
+    /// store's cap: it is recorded in the meta row and applies to every process's pushes (see
+    /// the [module docs](self)). Connecting times out after 5 s unless the URL sets
+    /// `connect_timeout`.
     ///
     /// # Errors
     ///
@@ -552,12 +569,43 @@ impl PostgresStore {
     /// [`StoreError::Postgres`] if the URL is invalid, the server cannot be reached or the
     /// tables cannot be created.
     pub async fn connect(url: &str, prefix: &str, max_size: usize) -> Result<Self, StoreError> {
+        PostgresStore::open(url, prefix, Some(max_size.max(1))).await
+    }
+
+    /// Connects to the tables named after `prefix` keeping the cap their application
+    /// recorded (with [`connect`](Self::connect)), for tools that work on an application's
+    /// store without owning it, such as the `rampart` CLI. Tables with no cap recorded (made
+    /// before caps were recorded, or just created here) keep [`UNRECORDED_MAX_SIZE`] for this
+    /// handle's pushes, and nothing is recorded. Otherwise as [`connect`](Self::connect).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use rampart_dlq::{DeadLetterStore, PostgresStore};
+    ///
+    /// # async fn f() -> Result<(), rampart_dlq::StoreError> {
+    /// let url = "postgres://app@127.0.0.1/app";
+    /// let app = PostgresStore::connect(url, "dlq", 100_000).await?;
+    /// let tool = PostgresStore::connect_existing(url, "dlq").await?;
+    /// assert_eq!(tool.stats().await?.max_size, 100_000); // the cap is the store's
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn connect_existing(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        PostgresStore::open(url, prefix, None).await
+    }
+
+    /// Connects, creates the tables if needed, records `set` as the cap (if given) and reads
+    /// the cap recorded.
+    async fn open(url: &str, prefix: &str, set: Option<usize>) -> Result<Self, StoreError> {
         let (schema, tables) = tables(prefix)?;
         let mut config: Config = url.parse().map_err(pg("parse the URL"))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
-        let max_size = max_size.max(1);
         let reads = Conn {
             config: config.clone(),
             client: Mutex::new(None),
@@ -566,6 +614,27 @@ impl PostgresStore {
         create(&client, schema.as_deref(), &tables, prefix)
             .await
             .map_err(pg("create the tables"))?;
+        let recorded: Option<i64> = match set {
+            Some(cap) => {
+                let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+                let sql = format!(
+                    "UPDATE {} SET max_size = $1 RETURNING max_size",
+                    tables.meta
+                );
+                client.query_one(&sql, &[&cap]).await
+            }
+            None => {
+                let sql = format!("SELECT max_size FROM {}", tables.meta);
+                client.query_one(&sql, &[]).await
+            }
+        }
+        .and_then(|row| row.try_get(0))
+        .map_err(pg("record the cap"))?;
+        let max_size = recorded
+            .and_then(|c| usize::try_from(c).ok())
+            .filter(|&c| c >= 1)
+            .or(set)
+            .unwrap_or(UNRECORDED_MAX_SIZE);
         let (tx, rx) = mpsc::channel(MAX_BATCH.saturating_mul(4));
         let writer = Writer {
             config: config.clone(),
@@ -665,6 +734,12 @@ async fn create(
              evictions bigint NOT NULL DEFAULT 0
          );
          INSERT INTO {m} (records) SELECT count(*) FROM {r} ON CONFLICT DO NOTHING;
+         DO $$ BEGIN
+           IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{m}'::regclass
+                          AND attname = 'max_size' AND NOT attisdropped) THEN
+             ALTER TABLE {m} ADD COLUMN max_size bigint;
+           END IF;
+         END $$;
          COMMIT;",
         r = t.records,
         q = t.retry,
@@ -832,18 +907,26 @@ impl DeadLetterStore for PostgresStore {
         let sql = format!(
             "SELECT (SELECT count(*) FROM {}), \
                     (SELECT count(*) FROM {} WHERE NOT quarantined), \
-                    (SELECT evictions FROM {})",
-            t.records, t.retry, t.meta
+                    (SELECT evictions FROM {m}), \
+                    (SELECT max_size FROM {m})",
+            t.records,
+            t.retry,
+            m = t.meta
         );
         let row = on_shared!(self, "stats", |c| c.query_one(&sql, &[]));
         let records: i64 = row.try_get(0).map_err(pg("stats"))?;
         let requeued: i64 = row.try_get(1).map_err(pg("stats"))?;
         let evictions: Option<i64> = row.try_get(2).map_err(pg("stats"))?;
+        let recorded: Option<i64> = row.try_get(3).map_err(pg("stats"))?;
         Ok(StoreStats {
             records: usize::try_from(records).unwrap_or(0),
             requeued: usize::try_from(requeued).unwrap_or(0),
             evictions: evictions.and_then(|e| u64::try_from(e).ok()).unwrap_or(0),
-            max_size: self.inner.max_size,
+            // The cap pushes apply: the recorded one, else this handle's.
+            max_size: recorded
+                .and_then(|c| usize::try_from(c).ok())
+                .filter(|&c| c >= 1)
+                .unwrap_or(self.inner.max_size),
         })
     }
 }

@@ -12,15 +12,17 @@
 //! | `{prefix}:pending` | list | ids pushed since the index last caught up, oldest first |
 //! | `{prefix}:index` | sorted set, all scores 0 | the other ids; UUID v7 text sorts by time, so lexical order is age order |
 //! | `{prefix}:evictions` | string (integer) | records evicted by the size cap |
+//! | `{prefix}:meta` | hash | field `max_size`: the store's cap, set by [`RedisStore::connect`] |
 //! | the retry list (default `{prefix}:retry_queue`) | list | requeued records' JSON |
 //! | `{prefix}:quarantine` | list | retry-list entries that could not be read, byte for byte ([`RedisStore::quarantined`]) |
 //!
 //! # Layout: the index catches up when order is needed
 //!
 //! A push costs the server one hash field per record plus one short list element (its id):
-//! one `HSET` and one `RPUSH` per batch. Ordering the ids (a sorted-set insert costs about as
-//! much again as the hash field) is deferred: the pending ids are moved into the index, oldest
-//! first and skipping records deleted or requeued meanwhile, by the script that needs order —
+//! one `HSET` and one `RPUSH` per batch (and one `HGET` of the store's cap). Ordering the
+//! ids (a sorted-set insert costs about as much again as the hash field) is deferred: the
+//! pending ids are moved into the index, oldest first and skipping records deleted or
+//! requeued meanwhile, by the script that needs order —
 //! a push that takes the store over its cap (which then evicts the oldest ids exactly, as
 //! before), a listing (10,000 ids per script call, so a long backlog never blocks the server
 //! for long) or a purge. Below the cap each record is therefore written about once; at the
@@ -34,6 +36,15 @@
 //! purged as is: there is nothing to migrate. (The reverse does not hold: a process running
 //! the previous version does not see records still pending; upgrade the readers, such as the
 //! `rampart` CLI, together with the writers.)
+//!
+//! # The cap is the store's
+//!
+//! [`RedisStore::connect`] records its `max_size` in `{prefix}:meta`, and every push applies
+//! the cap recorded there, whichever handle pushes: a tool that opens the store with
+//! [`RedisStore::connect_existing`] (the `rampart` CLI does) reports and keeps the
+//! application's cap instead of imposing its own. A store written before the cap was recorded
+//! has no `{prefix}:meta`; it is read as is, with a cap of [`UNRECORDED_MAX_SIZE`] for the
+//! handles that did not set one, until the application's next `connect` records its cap.
 //!
 //! # Atomicity
 //!
@@ -68,7 +79,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::{
     cutoff, DeadLetterStore, ListQuery, Page, Pushed, StoreError, StoreStats, Unreadable,
-    DEFAULT_MAX_SIZE,
+    DEFAULT_MAX_SIZE, UNRECORDED_MAX_SIZE,
 };
 use crate::record::{DeadLetterRecord, RecordId};
 
@@ -168,18 +179,20 @@ local function catch_up_all()
 end
 ";
 
-/// KEYS: records, index, pending, evictions. ARGV: cap, then (id, json) pairs with distinct
-/// ids. Returns one character per pair: `1` stored, `0` duplicate.
+/// KEYS: records, index, pending, evictions, meta. ARGV: the handle's cap (used when the
+/// store has none recorded in meta's `max_size`), then (id, json) pairs with distinct ids.
+/// Returns one character per pair: `1` stored, `0` duplicate.
 ///
 /// Below the cap a push is one `HSET` of the new records and one `RPUSH` of their ids onto
 /// the pending list; the index is brought up to date only when the cap must evict (or when
 /// the pending list holds mostly ids of records gone meanwhile).
 static PUSH: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
-        &[RECORDS, INDEX, LIST, COUNTER],
+        &[RECORDS, INDEX, LIST, COUNTER, RECORDS],
         &format!(
             r"{CATCH_UP}
-local cap = tonumber(ARGV[1])
+local cap = tonumber(redis.call('HGET', KEYS[5], 'max_size'))
+if not cap or cap < 1 then cap = tonumber(ARGV[1]) end
 local n = (#ARGV - 1) / 2
 local ids = {{}}
 for i = 1, n do ids[i] = ARGV[2 * i] end
@@ -233,6 +246,18 @@ end
 return out
 "
         ),
+    )
+});
+
+/// KEYS: meta. ARGV: a cap to record, or nothing. Returns the cap recorded (after the
+/// write), or nil if none is.
+static META: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        &[RECORDS],
+        r"
+if ARGV[1] then redis.call('HSET', KEYS[1], 'max_size', ARGV[1]) end
+return redis.call('HGET', KEYS[1], 'max_size')
+",
     )
 });
 
@@ -382,6 +407,7 @@ struct Writer {
     index: String,
     pending: String,
     evictions: String,
+    meta: String,
     cap: String,
 }
 
@@ -446,11 +472,12 @@ impl Writer {
         // argument twice more.
         let mut inv = redis::cmd("EVALSHA");
         inv.arg(PUSH.script.get_hash())
-            .arg(4)
+            .arg(5)
             .arg(&self.records)
             .arg(&self.index)
             .arg(&self.pending)
             .arg(&self.evictions)
+            .arg(&self.meta)
             .arg(&self.cap);
         // For each job, the position of its id's first job in the batch.
         let mut first: Vec<usize> = Vec::with_capacity(batch.len());
@@ -481,6 +508,7 @@ impl Writer {
             self.index.as_str(),
             self.pending.as_str(),
             self.evictions.as_str(),
+            self.meta.as_str(),
         ];
         let answers: Vec<Result<Pushed, StoreError>> = match result {
             Ok(flags) if flags.len() == sent => {
@@ -545,6 +573,7 @@ pub struct RedisStore {
     index: String,
     pending: String,
     evictions: String,
+    meta: String,
     retry: String,
     quarantine: String,
     max_size: usize,
@@ -583,6 +612,24 @@ fn script_error(lua: &Lua, keys: &[&str], op: &'static str, e: RedisError) -> St
     StoreError::Redis { op, source: e }
 }
 
+/// A reconnecting connection to one server; operations time out after 2 s.
+async fn connect_single(url: &str) -> Result<ConnectionManager, StoreError> {
+    let client = redis::Client::open(url).map_err(err("parse the URL"))?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(err("connect"))
+}
+
+/// A recorded cap, if it is one (a positive integer).
+fn parse_cap(v: &str) -> Option<usize> {
+    v.parse::<usize>().ok().filter(|&c| c >= 1)
+}
+
 /// The hash tag for `prefix`: `{prefix}`, or `{DEFAULT_PREFIX}` for an empty prefix.
 fn hash_tag(prefix: &str) -> Result<String, StoreError> {
     if prefix.contains(['{', '}']) {
@@ -600,28 +647,78 @@ fn hash_tag(prefix: &str) -> Result<String, StoreError> {
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://host:port/db`), keeping at most `max_size` records under
-    /// keys tagged `{prefix}` (an empty prefix means [`DEFAULT_PREFIX`]). Operations time out
-    /// after 2 s, so that a [`Fallback`] takes over quickly when Redis is down; the connection
-    /// is re-established in the background.
+    /// Connects to `url` (`redis://host:port/db`), keeping at most `max_size` records (at
+    /// least 1) under keys tagged `{prefix}` (an empty prefix means [`DEFAULT_PREFIX`]).
+    /// `max_size` becomes the store's cap: it is recorded in `{prefix}:meta` and applies to
+    /// every handle's pushes (see the [module docs](self)). Operations time out after 2 s, so
+    /// that a [`Fallback`] takes over quickly when Redis is down; the connection is
+    /// re-established in the background.
     ///
     /// # Errors
     ///
-    /// If the URL or the prefix is invalid, or Redis cannot be reached.
+    /// If the URL or the prefix is invalid, Redis cannot be reached, or `{prefix}:meta` holds
+    /// another type than a hash ([`StoreError::RedisKeyType`]).
     ///
     /// [`Fallback`]: super::fallback::Fallback
     pub async fn connect(url: &str, prefix: &str, max_size: usize) -> Result<Self, StoreError> {
         let tag = hash_tag(prefix)?;
-        let client = redis::Client::open(url).map_err(err("parse the URL"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let con = ConnectionManager::new_with_config(client, config)
+        let con = connect_single(url).await?;
+        RedisStore::open(Con::Single(con), &tag, Some(max_size.max(1))).await
+    }
+
+    /// Connects to the store under `{prefix}` keeping the cap its application recorded (with
+    /// [`connect`](Self::connect)), for tools that work on an application's store without
+    /// owning it, such as the `rampart` CLI. A store with no cap recorded (one written before
+    /// caps were recorded) keeps [`UNRECORDED_MAX_SIZE`] for this handle's pushes and records
+    /// nothing. Otherwise as [`connect`](Self::connect).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use rampart_dlq::{DeadLetterStore, RedisStore};
+    ///
+    /// # async fn f() -> Result<(), rampart_dlq::StoreError> {
+    /// let url = "redis://127.0.0.1:6379/0";
+    /// let app = RedisStore::connect(url, "billing", 100_000).await?;
+    /// let tool = RedisStore::connect_existing(url, "billing").await?;
+    /// assert_eq!(tool.stats().await?.max_size, 100_000); // the cap is the store's
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn connect_existing(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let tag = hash_tag(prefix)?;
+        let con = connect_single(url).await?;
+        RedisStore::open(Con::Single(con), &tag, None).await
+    }
+
+    /// The store over `con`: records `set` as the store's cap (if given), reads the cap
+    /// recorded, and starts the writer.
+    async fn open(mut con: Con, tag: &str, set: Option<usize>) -> Result<Self, StoreError> {
+        let meta = format!("{tag}:meta");
+        let cap = set.map(|c| c.to_string());
+        let op = if set.is_some() {
+            "record the cap"
+        } else {
+            "read the cap"
+        };
+        let mut inv = META.script.prepare_invoke();
+        inv.key(&meta);
+        if let Some(cap) = &cap {
+            inv.arg(cap);
+        }
+        let recorded: Option<String> = inv
+            .invoke_async(&mut con)
             .await
-            .map_err(err("connect"))?;
-        Ok(RedisStore::start(Con::Single(con), &tag, max_size))
+            .map_err(|e| script_error(&META, &[&meta], op, e))?;
+        let max_size = recorded
+            .as_deref()
+            .and_then(parse_cap)
+            .or(set)
+            .unwrap_or(UNRECORDED_MAX_SIZE);
+        Ok(RedisStore::start(con, tag, max_size))
     }
 
     /// Connects to the Redis Cluster that `nodes` (`redis://host:port` each, one is enough)
@@ -663,7 +760,7 @@ impl RedisStore {
             .get_async_connection()
             .await
             .map_err(err("connect to the cluster"))?;
-        Ok(RedisStore::start(Con::Cluster(con), &tag, max_size))
+        RedisStore::open(Con::Cluster(con), &tag, Some(max_size.max(1))).await
     }
 
     /// Connects with the reference design's key prefix and cap.
@@ -678,7 +775,6 @@ impl RedisStore {
     /// The store over `con`, with its writer task spawned (we are inside tokio: the
     /// connection was just made there).
     fn start(con: Con, tag: &str, max_size: usize) -> Self {
-        let max_size = max_size.max(1);
         let (tx, rx) = mpsc::channel(QUEUE);
         let store = RedisStore {
             con,
@@ -687,6 +783,7 @@ impl RedisStore {
             index: format!("{tag}:index"),
             pending: format!("{tag}:pending"),
             evictions: format!("{tag}:evictions"),
+            meta: format!("{tag}:meta"),
             retry: format!("{tag}:retry_queue"),
             quarantine: format!("{tag}:quarantine"),
             max_size,
@@ -697,6 +794,7 @@ impl RedisStore {
             index: store.index.clone(),
             pending: store.pending.clone(),
             evictions: store.evictions.clone(),
+            meta: store.meta.clone(),
             cap: max_size.to_string(),
         };
         tokio::spawn(writer.run(rx));
@@ -735,6 +833,12 @@ impl RedisStore {
     /// The evictions counter's key.
     pub fn evictions_key(&self) -> &str {
         &self.evictions
+    }
+
+    /// The meta hash's key: its field `max_size` holds the store's cap (see the
+    /// [module docs](self)).
+    pub fn meta_key(&self) -> &str {
+        &self.meta
     }
 
     /// The quarantine list's key: retry-list entries that could not be read are moved there
@@ -1073,21 +1177,26 @@ impl DeadLetterStore for RedisStore {
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         let mut con = self.con.clone();
-        let (records, requeued, evictions): (usize, usize, Option<u64>) = redis::pipe()
-            .cmd("HLEN")
-            .arg(&self.records)
-            .cmd("LLEN")
-            .arg(&self.retry)
-            .cmd("GET")
-            .arg(&self.evictions)
-            .query_async(&mut con)
-            .await
-            .map_err(err("stats"))?;
+        let (records, requeued, evictions, cap): (usize, usize, Option<u64>, Option<String>) =
+            redis::pipe()
+                .cmd("HLEN")
+                .arg(&self.records)
+                .cmd("LLEN")
+                .arg(&self.retry)
+                .cmd("GET")
+                .arg(&self.evictions)
+                .cmd("HGET")
+                .arg(&self.meta)
+                .arg("max_size")
+                .query_async(&mut con)
+                .await
+                .map_err(err("stats"))?;
         Ok(StoreStats {
             records,
             requeued,
             evictions: evictions.unwrap_or(0),
-            max_size: self.max_size,
+            // The cap pushes apply: the recorded one, else this handle's.
+            max_size: cap.as_deref().and_then(parse_cap).unwrap_or(self.max_size),
         })
     }
 }

@@ -2,7 +2,10 @@
 //! one run: a bare service; the floor (a hand-written breaker: an `Arc<AtomicU32>` failure
 //! counter cloned into the response future, reset on success only when non-zero); rampart's
 //! breaker with a consecutive-failure threshold and with a count window; and `failsafe`,
-//! `recloser` and `tower-resilience`. Then two threads hammering one shared breaker: each
+//! `recloser` and `tower-resilience`; each polled in place (`breaker_success_path`: failsafe
+//! and recloser call a closure) and driven from an async fn (`breaker_async_fn`:
+//! `ready().await` + `call` + `.await`; failsafe and recloser through their future APIs,
+//! around a ready future). Then two threads hammering one shared breaker: each
 //! thread holds a clone of one service (tower variants) or of one `Arc`'d breaker (failsafe,
 //! recloser, which wrap closures rather than services).
 //!
@@ -214,6 +217,52 @@ fn success_path(c: &mut Criterion) {
     g.finish();
 }
 
+fn from_async_fn(c: &mut Criterion) {
+    let rt = support::current_thread();
+    let mut g = c.benchmark_group("breaker_async_fn");
+    support::bench_async_fn(&mut g, &rt, "bare", bare());
+    support::bench_async_fn(
+        &mut g,
+        &rt,
+        "floor_arc_atomic",
+        floor(&Arc::new(AtomicU32::new(0))),
+    );
+    support::bench_async_fn(
+        &mut g,
+        &rt,
+        "rampart_consecutive",
+        consecutive_layer().layer(bare()),
+    );
+    support::bench_async_fn(
+        &mut g,
+        &rt,
+        "rampart_count_window",
+        window_layer().layer(bare()),
+    );
+    let fs = failsafe_consecutive();
+    support::bench_async_fn_future(&mut g, &rt, "failsafe_consecutive", |x| {
+        let f = failsafe::futures::CircuitBreaker::call(&fs, ready(Ok::<u64, io::Error>(x)));
+        async move { f.await.unwrap() }
+    });
+    let fs = failsafe::Config::new().build();
+    support::bench_async_fn_future(&mut g, &rt, "failsafe_default", |x| {
+        let f = failsafe::futures::CircuitBreaker::call(&fs, ready(Ok::<u64, io::Error>(x)));
+        async move { f.await.unwrap() }
+    });
+    let rc = recloser::AsyncRecloser::from(recloser::Recloser::default());
+    support::bench_async_fn_future(&mut g, &rt, "recloser", |x| {
+        let f = rc.call(ready(Ok::<u64, io::Error>(x)));
+        async move { f.await.unwrap() }
+    });
+    support::bench_async_fn(
+        &mut g,
+        &rt,
+        "tower_resilience",
+        tower_resilience_layer().layer(bare()),
+    );
+    g.finish();
+}
+
 fn threaded(c: &mut Criterion) {
     support::threaded(c, "breaker", variants);
 }
@@ -221,6 +270,6 @@ fn threaded(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = support::config();
-    targets = success_path, threaded
+    targets = success_path, from_async_fn, threaded
 }
 criterion_main!(benches);

@@ -1,14 +1,14 @@
 //! The stack users run: a full `Policy` (memory dead-letter store, retry + budget,
 //! count-window breaker, attempt timeout) beside a bare call, an `Arc<AtomicU32>` floor, a
-//! hand-built tower stack (`tower::retry` + `TpsBudget` + `tower::timeout`) and
-//! tower-resilience's breaker. Every case is driven two ways — polled in place
+//! hand-built tower stack (`tower::retry` + `TpsBudget` + `tower::timeout`), tower-resilience's
+//! breaker alone and its retry∘breaker. Every case is driven two ways — polled in place
 //! (`poll_ready`, `call`, poll once) and from an async fn on a current-thread runtime
 //! (`ready().await` + `call` + `.await`) — reports its allocations per successful call
 //! (counting allocator) and runs on one and two threads (each thread a clone of one
 //! service, sharing its layer's state).
 //!
-//! tower-resilience's retry is not in the workspace's feature set (only its circuit
-//! breaker is), so its case is the breaker alone: a lower bound for its retry∘breaker.
+//! tower-resilience's retry needs a `Clone` error, so its retry∘breaker case wraps a bare
+//! service failing with a small `Clone` error type instead of `io::Error`.
 //!
 //! Run with `cargo bench --bench policy_overhead`.
 
@@ -134,6 +134,36 @@ fn tower_stack() -> impl Service<u64, Response = u64, Error = BoxError, Future: 
         .service(bare())
 }
 
+/// A `Clone` error for tower-resilience's retry, which requires one.
+#[derive(Debug, Clone)]
+struct BenchError;
+
+impl std::fmt::Display for BenchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("bench error")
+    }
+}
+
+impl std::error::Error for BenchError {}
+
+/// tower-resilience's retry (4 attempts, exponential backoff from 1 s) over its circuit
+/// breaker (failure rate 50 % over a count window of 100): its retry∘breaker.
+fn resilience_retry_breaker(
+) -> impl Service<u64, Response = u64, Error: std::fmt::Debug, Future: Send> + Clone + Send {
+    let inner = service_fn(|x: u64| ready(Ok::<u64, BenchError>(x)));
+    let breaker = tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .sliding_window_size(100)
+        .build()
+        .expect("valid")
+        .layer(inner);
+    tower_resilience::retry::RetryLayer::<u64, u64, _>::builder()
+        .max_attempts(4)
+        .exponential_backoff(Duration::from_secs(1))
+        .build()
+        .layer(breaker)
+}
+
 fn resilience_breaker(
 ) -> impl Service<u64, Response = u64, Error: std::fmt::Debug, Future: Send> + Clone + Send {
     tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
@@ -160,7 +190,15 @@ fn variants(rt: &tokio::runtime::Handle) -> Vec<(&'static str, Factory)> {
     let policy = policy_layer().layer(bare());
     let tower = tower_stack();
     let res = resilience_breaker();
-    let (h1, h2, h3, h4, h5) = (rt.clone(), rt.clone(), rt.clone(), rt.clone(), rt.clone());
+    let res_retry = resilience_retry_breaker();
+    let (h1, h2, h3, h4, h5, h6) = (
+        rt.clone(),
+        rt.clone(),
+        rt.clone(),
+        rt.clone(),
+        rt.clone(),
+        rt.clone(),
+    );
     vec![
         ("bare", Box::new(move || entered(h1.clone(), boxed(bare())))),
         (
@@ -178,6 +216,10 @@ fn variants(rt: &tokio::runtime::Handle) -> Vec<(&'static str, Factory)> {
         (
             "tower_resilience_breaker",
             Box::new(move || entered(h5.clone(), boxed(res.clone()))),
+        ),
+        (
+            "tower_resilience_retry_breaker",
+            Box::new(move || entered(h6.clone(), boxed(res_retry.clone()))),
         ),
     ]
 }
@@ -212,6 +254,7 @@ fn in_place(c: &mut Criterion) {
     case!("rampart_policy", policy_layer().layer(bare()));
     case!("tower_retry_budget_timeout", tower_stack());
     case!("tower_resilience_breaker", resilience_breaker());
+    case!("tower_resilience_retry_breaker", resilience_retry_breaker());
     g.finish();
 }
 
@@ -273,6 +316,7 @@ fn from_async_fn(c: &mut Criterion) {
     case!("rampart_policy", policy_layer().layer(bare()));
     case!("tower_retry_budget_timeout", tower_stack());
     case!("tower_resilience_breaker", resilience_breaker());
+    case!("tower_resilience_retry_breaker", resilience_retry_breaker());
     g.finish();
 }
 

@@ -1,7 +1,10 @@
 //! Per-call overhead of retry layers on the success path, side by side in one run:
 //! a bare `service_fn`, tower's `Retry` with a minimal policy and with its `TpsBudget`,
-//! and rampart's `RetryLayer` without and with its budget. Then the same at two threads
-//! sharing one layer (each thread holds its own service made by the shared layer).
+//! and rampart's `RetryLayer` without and with its budget (full, as a healthy service's is,
+//! and never full: every call deposits). Each polled in place (`retry_success_path`) and
+//! driven from an async fn (`retry_async_fn`: `ready().await` + `call` + `.await`). Then the
+//! same at two threads sharing one layer (each thread holds its own service made by the
+//! shared layer).
 //!
 //! Run with `cargo bench -p rampart-bench --bench retry_overhead`.
 
@@ -17,6 +20,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use rampart::classify::IoErrors;
+use rampart::retry::RetryBudget;
 use rampart::RetryLayer;
 use support::{boxed_ready as boxed, one_call_ready as one_call, Factory};
 use tower::retry::budget::{Budget, TpsBudget};
@@ -68,12 +72,19 @@ fn tps_budget() -> Arc<TpsBudget> {
     Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.1))
 }
 
+/// rampart's budget with a cap no run reaches: it is never full, so every call deposits (one
+/// atomic add), the path of a service whose retries are eating into its budget.
+fn never_full() -> RetryLayer<IoErrors> {
+    RetryLayer::new(IoErrors).budget(RetryBudget::builder().max_tokens(u32::MAX).build().unwrap())
+}
+
 /// Every variant as a factory of services sharing one layer.
 fn variants() -> Vec<(&'static str, Factory)> {
     let tower_plain = tower::retry::RetryLayer::new(Minimal);
     let tower_budget = tower::retry::RetryLayer::new(Budgeted(tps_budget()));
     let ours_plain = RetryLayer::new(IoErrors).no_budget();
     let ours_budget = RetryLayer::new(IoErrors);
+    let ours_not_full = never_full();
     vec![
         ("bare", Box::new(|| boxed(bare()))),
         (
@@ -91,6 +102,10 @@ fn variants() -> Vec<(&'static str, Factory)> {
         (
             "rampart_retry_budget",
             Box::new(move || boxed(ours_budget.layer(bare()))),
+        ),
+        (
+            "rampart_retry_budget_not_full",
+            Box::new(move || boxed(ours_not_full.layer(bare()))),
         ),
     ]
 }
@@ -114,6 +129,47 @@ fn success_path(c: &mut Criterion) {
     g.bench_function("rampart_retry_budget", |b| {
         b.iter(|| one_call(&mut s, black_box(7)))
     });
+    let mut s = never_full().layer(bare());
+    g.bench_function("rampart_retry_budget_not_full", |b| {
+        b.iter(|| one_call(&mut s, black_box(7)))
+    });
+    g.finish();
+}
+
+fn from_async_fn(c: &mut Criterion) {
+    let rt = support::current_thread();
+    let mut g = c.benchmark_group("retry_async_fn");
+    support::bench_async_fn(&mut g, &rt, "bare", bare());
+    support::bench_async_fn(
+        &mut g,
+        &rt,
+        "tower_retry",
+        tower::retry::RetryLayer::new(Minimal).layer(bare()),
+    );
+    support::bench_async_fn(
+        &mut g,
+        &rt,
+        "tower_retry_tps_budget",
+        tower::retry::RetryLayer::new(Budgeted(tps_budget())).layer(bare()),
+    );
+    support::bench_async_fn(
+        &mut g,
+        &rt,
+        "rampart_retry_no_budget",
+        RetryLayer::new(IoErrors).no_budget().layer(bare()),
+    );
+    support::bench_async_fn(
+        &mut g,
+        &rt,
+        "rampart_retry_budget",
+        RetryLayer::new(IoErrors).layer(bare()),
+    );
+    support::bench_async_fn(
+        &mut g,
+        &rt,
+        "rampart_retry_budget_not_full",
+        never_full().layer(bare()),
+    );
     g.finish();
 }
 
@@ -124,6 +180,6 @@ fn threaded(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = support::config();
-    targets = success_path, threaded
+    targets = success_path, from_async_fn, threaded
 }
 criterion_main!(benches);

@@ -9,8 +9,9 @@ use std::sync::Barrier;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use criterion::Criterion;
-use tower::Service;
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion};
+use tower::{Service, ServiceExt};
 
 /// One successful call: `poll_ready`, `call`, poll the future to completion. Busy-polls a
 /// pending future (only tower-resilience's ever are, when two threads contend).
@@ -56,6 +57,62 @@ where
         Poll::Ready(Err(e)) => panic!("failed: {e:?}"),
         Poll::Pending => panic!("the bench services answer at once"),
     }
+}
+
+/// The other harness shape: calls driven from an async fn on `rt` (`ready().await`, `call`,
+/// `.await`), as an application makes them.
+pub(crate) fn bench_async_fn<S>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    mut svc: S,
+) where
+    S: Service<u64, Response = u64>,
+    S::Error: std::fmt::Debug,
+{
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for i in 0..iters {
+                    let ready = svc.ready().await.unwrap();
+                    black_box(ready.call(black_box(i)).await.unwrap());
+                }
+                start.elapsed()
+            })
+        })
+    });
+}
+
+/// [`bench_async_fn`] for a peer that wraps futures rather than services: `call(x)` makes
+/// the call's future, awaited from the async fn.
+pub(crate) fn bench_async_fn_future<Fut>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    call: impl Fn(u64) -> Fut,
+) where
+    Fut: Future<Output = u64>,
+{
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for i in 0..iters {
+                    black_box(call(black_box(i)).await);
+                }
+                start.elapsed()
+            })
+        })
+    });
+}
+
+/// A current-thread runtime with timers, for the async-fn shape.
+pub(crate) fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
 }
 
 /// The criterion settings every overhead bench uses.

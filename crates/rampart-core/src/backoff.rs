@@ -7,9 +7,6 @@
 
 use std::time::Duration;
 
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
-
 use crate::ConfigError;
 
 /// How a nominal delay `d` is spread. Every variant's result is capped at `max_delay`.
@@ -176,13 +173,15 @@ impl Backoff {
     ///
     /// With a [`seed`](BackoffBuilder::seed), the schedule depends only on the seed and
     /// `stream` (use a different `stream` per call so that calls do not move in lock step);
-    /// without one, it is drawn from a thread-local RNG seeded from the OS.
+    /// without one, it is drawn from `fastrand`'s thread-local generator (wyrand, seeded once
+    /// per thread from the clock and the thread's id: jitter needs spread, not secrecy; no
+    /// system call per schedule).
     pub fn schedule(&self, stream: u64) -> Schedule {
         let rng = match self.seed {
             Some(seed) => {
-                SmallRng::seed_from_u64(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                fastrand::Rng::with_seed(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))
             }
-            None => SmallRng::from_rng(&mut rand::rng()),
+            None => fastrand::Rng::new(),
         };
         Schedule {
             backoff: *self,
@@ -194,7 +193,7 @@ impl Backoff {
 
     /// Applies the jitter to the nominal delay of retry `n`, given the previous delay (used by
     /// [`Jitter::Decorrelated`]).
-    fn jittered<R: Rng>(&self, n: u32, prev: Duration, rng: &mut R) -> Duration {
+    fn jittered(&self, n: u32, prev: Duration, rng: &mut fastrand::Rng) -> Duration {
         let d = self.nominal_delay(n).as_secs_f64();
         let (lo, hi) = match self.jitter {
             Jitter::None => (d, d),
@@ -207,7 +206,7 @@ impl Backoff {
             }
         };
         let secs = if hi > lo {
-            lo + (hi - lo) * rng.random::<f64>()
+            lo + (hi - lo) * rng.f64()
         } else {
             lo
         };
@@ -282,7 +281,7 @@ impl BackoffBuilder {
 
     /// Seeds the jitter RNG so that schedules are reproducible.
     ///
-    /// Defaults to none: seeded from the OS.
+    /// Defaults to none: each schedule is seeded from a thread-local generator.
     pub fn seed(mut self, seed: u64) -> Self {
         self.inner.seed = Some(seed);
         self
@@ -341,7 +340,8 @@ pub struct Schedule {
     backoff: Backoff,
     next: u32,
     prev: Duration,
-    rng: SmallRng,
+    /// wyrand, 8 bytes (was `rand`'s `SmallRng`, 32 bytes).
+    rng: fastrand::Rng,
 }
 
 impl Schedule {

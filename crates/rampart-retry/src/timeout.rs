@@ -87,10 +87,8 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         TimeoutFuture {
             inner: self.inner.call(req),
-            // Inline and pinned with the future: no allocation per call. `sleep` reads the
-            // clock once; the instant is kept within tokio's timer wheel.
-            sleep: self.timeout.map(sleep),
-            after: self.timeout.unwrap_or_default(),
+            sleep: None,
+            after: self.timeout,
         }
     }
 }
@@ -98,12 +96,17 @@ where
 pin_project! {
     /// The response future of [`AttemptTimeout`]: the inner call and, when a timeout is
     /// set, its timer, both pinned in place (nothing is boxed).
+    ///
+    /// The timer starts when the attempt is first polled and not ready: an attempt that
+    /// answers on its first poll (a cache, a ready service, a failure detected at once) reads
+    /// no clock and touches no timer, and an attempt polled late is not charged for the
+    /// time before it ran.
     pub struct TimeoutFuture<F> {
         #[pin]
         inner: F,
         #[pin]
         sleep: Option<Sleep>,
-        after: Duration,
+        after: Option<Duration>,
     }
 }
 
@@ -116,13 +119,20 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if let Poll::Ready(r) = this.inner.poll(cx) {
             return Poll::Ready(r.map_err(IntoError::into_error));
         }
+        let Some(after) = *this.after else {
+            return Poll::Pending;
+        };
+        if this.sleep.is_none() {
+            // The attempt is running: start its timer (reads the clock once).
+            this.sleep.set(Some(sleep(after)));
+        }
         if let Some(s) = this.sleep.as_pin_mut() {
             ready!(s.poll(cx));
-            return Poll::Ready(Err(Error::from(Timeout::new(*this.after))));
+            return Poll::Ready(Err(Error::from(Timeout::new(after))));
         }
         Poll::Pending
     }

@@ -8,7 +8,7 @@ use tower_layer::Layer;
 use crate::breaker::{Breaker, BreakerHandle};
 use crate::config::CircuitBreakerConfig;
 use crate::events::Events;
-use crate::service::{CircuitBreaker, Lanes};
+use crate::service::CircuitBreaker;
 
 /// Fails calls fast while the wrapped service is unhealthy, and probes it back.
 ///
@@ -24,7 +24,7 @@ use crate::service::{CircuitBreaker, Lanes};
 /// [`CircuitBreakerConfig::to_builder`]) and a new layer.
 #[must_use]
 pub struct CircuitBreakerLayer<C = ErrorsAre> {
-    breaker: Arc<Lanes>,
+    breaker: Arc<Breaker>,
     classifier: C,
 }
 
@@ -48,7 +48,7 @@ impl CircuitBreakerLayer {
     pub fn new(config: CircuitBreakerConfig) -> Self {
         let events = Events::new(&config);
         CircuitBreakerLayer {
-            breaker: Lanes::new(Breaker::new(config.name.clone(), None, config, events)),
+            breaker: Breaker::new(config.name.clone(), None, config, events),
             classifier: ErrorsAre(Outcome::TRANSIENT),
         }
     }
@@ -69,13 +69,13 @@ impl<C> CircuitBreakerLayer<C> {
 
     /// The breaker's configuration.
     pub fn config(&self) -> &CircuitBreakerConfig {
-        &self.breaker.breaker().cfg
+        &self.breaker.cfg
     }
 
     /// The operator's handle on this layer's breaker.
     pub fn handle(&self) -> BreakerHandle {
         BreakerHandle {
-            breaker: self.breaker.breaker().clone(),
+            breaker: self.breaker.clone(),
         }
     }
 }
@@ -101,6 +101,6 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
     type Service = CircuitBreaker<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreaker::from_parts(inner, self.classifier.clone(), self.breaker.clone())
+        CircuitBreaker::from_parts(inner, self.classifier.clone(), self.breaker.link())
     }
 }

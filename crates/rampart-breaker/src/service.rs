@@ -1,6 +1,5 @@
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -14,11 +13,12 @@ use crate::config::CircuitBreakerConfig;
 use crate::future::{Guard, ResponseFuture};
 use crate::word::Admit;
 
-/// A link to the shared breaker: what a response future holds, keeping the breaker alive
-/// while the call runs. Each breaker has a few of them (its [`Lanes`]), handed to service
-/// instances and clones in turn, so that clones on different threads take and drop their
-/// per-call reference counts in different cache lines (the type's alignment keeps each link
-/// on lines of its own), never in the breaker that every clone shares.
+/// A link to the shared breaker: what a service holds and what a response future clones,
+/// keeping the breaker alive while the call runs. Each breaker hands out a few of them, one
+/// per count-window stripe ([`Breaker::link`]), to the services its layer makes and to
+/// clones in turn, so that clones on different threads take and drop their per-call
+/// reference counts in different cache lines (the type's alignment keeps each link on lines
+/// of its own), never in the breaker that every clone shares.
 #[repr(align(128))]
 pub(crate) struct Local {
     pub(crate) breaker: Arc<Breaker>,
@@ -34,7 +34,7 @@ impl Local {
         Local::with_stripe(breaker, stripe)
     }
 
-    fn with_stripe(breaker: Arc<Breaker>, stripe: usize) -> Self {
+    pub(crate) fn with_stripe(breaker: Arc<Breaker>, stripe: usize) -> Self {
         Local {
             needs_clock: breaker.needs_clock(),
             stripe,
@@ -51,55 +51,14 @@ impl fmt::Debug for Local {
     }
 }
 
-/// A breaker's links ([`Local`]), one per count-window stripe: made once with the breaker,
-/// owned by its layer and services, and handed out in turn to each service the layer makes
-/// and each clone of one (cloning takes a reference, never allocates).
-pub(crate) struct Lanes {
-    breaker: Arc<Breaker>,
-    locals: Box<[Arc<Local>]>,
-    next: AtomicUsize,
-}
-
-impl Lanes {
-    pub(crate) fn new(breaker: Arc<Breaker>) -> Arc<Self> {
-        let locals = (0..breaker.stripes())
-            .map(|i| Arc::new(Local::with_stripe(breaker.clone(), i)))
-            .collect();
-        Arc::new(Lanes {
-            breaker,
-            locals,
-            next: AtomicUsize::new(0),
-        })
-    }
-
-    pub(crate) fn breaker(&self) -> &Arc<Breaker> {
-        &self.breaker
-    }
-
-    /// The link for a new service instance or clone.
-    fn next(&self) -> Arc<Local> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.locals.len().max(1);
-        match self.locals.get(i) {
-            Some(local) => local.clone(),
-            // There is always at least one link; should there not be, make one.
-            None => Arc::new(Local::with_stripe(self.breaker.clone(), 0)),
-        }
-    }
-}
-
-impl fmt::Debug for Lanes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Lanes")
-            .field("breaker", &self.breaker)
-            .field("lanes", &self.locals.len())
-            .finish()
-    }
-}
-
 /// A call's admission, decided in `poll_ready` and consumed by `call`; a probe slot held
 /// here is given back if the service is dropped before calling.
 struct Slot {
     local: Arc<Local>,
+    /// `false` for a clone until its first `poll_ready`, which gives it a link of its own:
+    /// until then it shares its original's, so the clone `Retry::call` makes for every call
+    /// (used only if the call is retried) touches no memory shared with other threads.
+    linked: bool,
     /// Admitted, or rejected with this `retry_in` (16 bytes; the `CircuitOpen` error is made
     /// in `call`, for a rejected call only).
     admission: Option<Result<Admit, Duration>>,
@@ -125,8 +84,6 @@ impl Drop for Slot {
 pub struct CircuitBreaker<S, C = rampart_core::classify::ErrorsAre> {
     inner: S,
     classifier: C,
-    /// The breaker's links, one of which each clone takes.
-    lanes: Arc<Lanes>,
     slot: Slot,
 }
 
@@ -153,17 +110,25 @@ impl<S> CircuitBreaker<S> {
 }
 
 impl<S, C> CircuitBreaker<S, C> {
-    pub(crate) fn from_parts(inner: S, classifier: C, lanes: Arc<Lanes>) -> Self {
+    pub(crate) fn from_parts(inner: S, classifier: C, local: Arc<Local>) -> Self {
         CircuitBreaker {
             inner,
             classifier,
             slot: Slot {
-                local: lanes.next(),
+                local,
+                linked: true,
                 admission: None,
                 wake: None,
             },
-            lanes,
         }
+    }
+
+    /// A clone's first `poll_ready`: takes the breaker's next link.
+    #[cold]
+    #[inline(never)]
+    fn relink(&mut self) {
+        self.slot.local = self.slot.local.breaker.link();
+        self.slot.linked = true;
     }
 
     /// The operator's handle on this service's breaker.
@@ -177,13 +142,21 @@ impl<S, C> CircuitBreaker<S, C> {
 }
 
 impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
+    /// Shares this service's link until the clone's first `poll_ready`, which gives it the
+    /// breaker's next link (one of the live links, or a new one): cloning never allocates
+    /// and writes only this service's own link.
+    #[inline]
     fn clone(&self) -> Self {
-        // Takes the breaker's next link: no allocation.
-        CircuitBreaker::from_parts(
-            self.inner.clone(),
-            self.classifier.clone(),
-            self.lanes.clone(),
-        )
+        CircuitBreaker {
+            inner: self.inner.clone(),
+            classifier: self.classifier.clone(),
+            slot: Slot {
+                local: self.slot.local.clone(),
+                linked: false,
+                admission: None,
+                wake: None,
+            },
+        }
     }
 }
 
@@ -211,6 +184,9 @@ where
 
     #[inline(always)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if !self.slot.linked {
+            self.relink();
+        }
         loop {
             let admission = match &self.slot.admission {
                 Some(a) => a,
@@ -289,11 +265,19 @@ mod tests {
         );
         let weak = Arc::downgrade(&breaker);
         let n = breaker.stripes();
-        let svc = CircuitBreaker::from_parts((), (), Lanes::new(breaker));
-        let clones: Vec<_> = (0..2 * n).map(|_| svc.clone()).collect();
+        let svc = CircuitBreaker::from_parts((), (), breaker.link());
+        drop(breaker);
+        let mut clones: Vec<_> = (0..2 * n).map(|_| svc.clone()).collect();
+        // Until its first `poll_ready` a clone shares its original's link.
+        assert!(clones
+            .iter()
+            .all(|c| Arc::ptr_eq(&c.slot.local, &svc.slot.local) && !c.slot.linked));
+        for c in &mut clones {
+            c.relink();
+        }
         let links: HashSet<*const Local> =
             clones.iter().map(|c| Arc::as_ptr(&c.slot.local)).collect();
-        assert_eq!(links.len(), n, "every link is used, none is made anew");
+        assert_eq!(links.len(), n, "every link is used, none is made twice");
         // Consecutive clones (one per thread, say) never share a link when there are two.
         if n > 1 {
             assert!(!Arc::ptr_eq(&clones[0].slot.local, &clones[1].slot.local));

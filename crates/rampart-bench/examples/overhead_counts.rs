@@ -209,8 +209,7 @@ impl std::error::Error for BenchError {}
 
 /// tower-resilience's retry (3 attempts, exponential backoff) over its circuit breaker
 /// (failure rate 50 % over a count window of 100): its retry∘breaker.
-fn resilience_retry_breaker(
-) -> impl Service<u64, Response = u64, Error: std::fmt::Debug> + Clone {
+fn resilience_retry_breaker() -> impl Service<u64, Response = u64, Error: std::fmt::Debug> + Clone {
     let inner = service_fn(|x: u64| ready(Ok::<u64, BenchError>(x)));
     let breaker = tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
         .failure_rate_threshold(0.5)

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use crate::config::CircuitBreakerConfig;
 use crate::events::{CallOutcome, Events, Reason, State, Transition};
-use crate::window::{CountWindow, Outcomes, Totals};
 use crate::service::Local;
+use crate::window::{CountWindow, Outcomes, Totals};
 use crate::word::{Admit, Control, Deny};
 
 /// The state shared by every clone of one breaker: owned by the layer, its services, their

@@ -442,3 +442,195 @@ async fn a_whole_policy_over_reqwest_dead_letters_with_redaction() {
     let err = svc.oneshot(bad).await.unwrap_err();
     assert_eq!(err.attempts(), 1, "{err:?}");
 }
+
+// ===== streaming bodies under `Policy::layer_streaming` =====
+
+/// A hyper upstream that reads every request's body whole, keeps it, and answers 503 to the
+/// first `fail` requests, then 200.
+#[cfg(feature = "http")]
+async fn body_upstream(fail: usize) -> (SocketAddr, Arc<Mutex<Vec<bytes::Bytes>>>) {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<bytes::Bytes>>> = Arc::default();
+    let s = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = s.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let body = req.into_body().collect().await;
+                            let body = body.map_err(std::io::Error::other)?.to_bytes();
+                            let n = {
+                                let mut seen = seen.lock().unwrap();
+                                seen.push(body);
+                                seen.len()
+                            };
+                            let status = if n <= fail { 503 } else { 200 };
+                            Ok::<_, std::io::Error>(
+                                http::Response::builder()
+                                    .status(status)
+                                    .body(Full::new(bytes::Bytes::from(format!("attempt {n}"))))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// `n` chunks of 700 bytes, chunk `i` filled with `'a' + i`, and the whole they make.
+#[cfg(feature = "http")]
+fn upload(n: u8) -> (Vec<bytes::Bytes>, bytes::Bytes) {
+    let chunks: Vec<_> = (0..n)
+        .map(|i| bytes::Bytes::from(vec![b'a' + i; 700]))
+        .collect();
+    let whole = chunks.concat().into();
+    (chunks, whole)
+}
+
+/// axum's `Body` (not `Sync`) streaming `chunks`, with no length announced.
+#[cfg(feature = "http")]
+fn axum_stream(chunks: Vec<bytes::Bytes>) -> axum::body::Body {
+    axum::body::Body::from_stream(futures_util::stream::iter(
+        chunks.into_iter().map(Ok::<_, std::io::Error>),
+    ))
+}
+
+#[cfg(feature = "http")]
+fn streaming_policy() -> rampart::Policy {
+    rampart::Policy::builder("uploads")
+        .max_retries(2)
+        .base_delay(Duration::from_millis(1))
+        .max_delay(Duration::from_millis(5))
+        .jitter(Jitter::None)
+        .budget(None)
+        .breaker(None)
+        .build()
+        .unwrap()
+}
+
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn a_streaming_body_under_layer_streaming_is_retried_with_the_same_bytes() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use rampart::dlq::{DeadLetterStore, HttpExtractor, ListQuery, MemoryStore};
+    use tower::ServiceBuilder;
+
+    // A `StreamBody` of frames: a 503, then a 200; both attempts carry the whole body.
+    let (addr, seen) = body_upstream(1).await;
+    let store = MemoryStore::default();
+    let svc = ServiceBuilder::new()
+        .layer(streaming_policy().layer_streaming(
+            HttpClassifier::default(),
+            store.clone(),
+            HttpExtractor::default(),
+        ))
+        .service(ReqwestService::new(reqwest::Client::new()));
+    let (chunks, whole) = upload(5);
+    let frames: Vec<_> = chunks
+        .into_iter()
+        .map(|c| Ok::<_, std::io::Error>(Frame::data(c)))
+        .collect();
+    let req = http::Request::put(format!("http://{addr}/blobs/1"))
+        .body(StreamBody::new(futures_util::stream::iter(frames)))
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "attempt 2");
+    assert_eq!(*seen.lock().unwrap(), vec![whole.clone(); 2]);
+    let records = store.list(ListQuery::newest(10)).await.unwrap().records;
+    assert!(records.is_empty(), "succeeded: nothing dead-lettered");
+
+    // An axum `Body` (not `Sync`) to a POST with an Idempotency-Key: the method stamp on
+    // each response lets the classifier retry the 503s.
+    let (addr, seen) = body_upstream(2).await;
+    let svc = ServiceBuilder::new()
+        .layer(streaming_policy().layer_streaming(
+            HttpClassifier::default(),
+            store.clone(),
+            HttpExtractor::default(),
+        ))
+        .service(ReqwestService::new(reqwest::Client::new()));
+    let (chunks, whole) = upload(3);
+    let req = http::Request::post(format!("http://{addr}/blobs"))
+        .header("idempotency-key", "up-1")
+        .body(axum_stream(chunks.clone()))
+        .unwrap();
+    let res = svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(*seen.lock().unwrap(), vec![whole.clone(); 3]);
+
+    // Without the key, a 503 to a POST may have been processed: sent once, handed back.
+    let (addr, seen) = body_upstream(2).await;
+    let req = http::Request::post(format!("http://{addr}/blobs"))
+        .body(axum_stream(chunks))
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(*seen.lock().unwrap(), vec![whole]);
+}
+
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn an_exhausted_streaming_call_over_reqwest_is_dead_lettered_once_with_the_whole_body() {
+    use rampart::dlq::{DeadLetterReason, DeadLetterStore, HttpExtractor, ListQuery, MemoryStore};
+    use tower::ServiceBuilder;
+
+    let (addr, seen) = body_upstream(usize::MAX).await;
+    let store = MemoryStore::default();
+    let layer = streaming_policy().layer_streaming(
+        HttpClassifier::default(),
+        store.clone(),
+        HttpExtractor::default().keep_header("content-type"),
+    );
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(ReqwestService::new(reqwest::Client::new()));
+    let (chunks, whole) = upload(5);
+    let req = http::Request::put(format!("http://{addr}/v1/blobs"))
+        .header("content-type", "text/plain")
+        .body(axum_stream(chunks))
+        .unwrap();
+    // A failed response is handed back as it is, after every attempt.
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(*seen.lock().unwrap(), vec![whole.clone(); 3]);
+
+    let records = store.list(ListQuery::newest(10)).await.unwrap().records;
+    assert_eq!(records.len(), 1, "dead-lettered exactly once");
+    let r = &records[0];
+    assert_eq!(r.service, "uploads");
+    assert_eq!(r.reason, DeadLetterReason::RetriesExhausted);
+    assert_eq!(r.attempts, 3);
+    assert!(!r.truncated);
+    let p = &r.request.payload;
+    assert_eq!(p["method"], "PUT");
+    assert_eq!(p["uri"], format!("http://{addr}/v1/blobs"));
+    assert_eq!(p["headers"]["content-type"], "text/plain");
+    assert_eq!(
+        p["body"].as_str().unwrap().as_bytes(),
+        &whole[..],
+        "the record holds the whole body"
+    );
+    assert_eq!(p["body_size"], 3500);
+    assert_eq!(p["body_truncated"], false);
+    assert_eq!(
+        layer.policy().dead_letters().recorded,
+        vec![(DeadLetterReason::RetriesExhausted, 1)]
+    );
+}

@@ -23,8 +23,8 @@
 //! # Proxies
 //!
 //! rampart's own [`HttpClient`](crate::client::HttpClient) connects directly; to go through
-//! an HTTP(S) or SOCKS proxy, build the `reqwest::Client` with `reqwest::Proxy` and wrap it:
-//! every attempt of a policy then goes through the proxy.
+//! an HTTP proxy (SOCKS needs reqwest's `socks` feature), build the `reqwest::Client` with
+//! `reqwest::Proxy` and wrap it: every attempt of a policy then goes through the proxy.
 //!
 //! # Replaying requests
 //!

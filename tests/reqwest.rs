@@ -634,3 +634,101 @@ async fn an_exhausted_streaming_call_over_reqwest_is_dead_lettered_once_with_the
         vec![(DeadLetterReason::RetriesExhausted, 1)]
     );
 }
+
+// ===== through a forward proxy =====
+
+/// A forward proxy on loopback: takes absolute-form requests (`GET http://host/path`), keeps
+/// their targets, and forwards each to `upstream` whatever its host says.
+async fn forward_proxy(upstream: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let targets: Arc<Mutex<Vec<String>>> = Arc::default();
+    let t = targets.clone();
+    let client: Client<_, hyper::body::Incoming> =
+        Client::builder(TokioExecutor::new()).build_http();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (targets, client) = (t.clone(), client.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |mut req: http::Request<hyper::body::Incoming>| {
+                        let (targets, client) = (targets.clone(), client.clone());
+                        async move {
+                            targets.lock().unwrap().push(req.uri().to_string());
+                            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                            *req.uri_mut() = format!("http://{upstream}{path}").parse().unwrap();
+                            client.request(req).await.map_err(std::io::Error::other)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, targets)
+}
+
+#[tokio::test]
+async fn a_whole_policy_over_a_proxied_reqwest_client_retries_through_the_proxy() {
+    use rampart::dlq::{DeadLetterStore, HttpExtractor, ListQuery, MemoryStore};
+    use rampart::Policy;
+    use tower::ServiceBuilder;
+
+    let (upstream, counts) = serve().await;
+    let (proxy, targets) = forward_proxy(upstream).await;
+    // The host exists only behind the proxy: a direct connection could not resolve it.
+    let client = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://{proxy}")).unwrap())
+        .build()
+        .unwrap();
+    let policy = Policy::builder("inventory")
+        .max_retries(2)
+        .base_delay(Duration::from_millis(1))
+        .max_delay(Duration::from_millis(10))
+        .jitter(Jitter::None)
+        .budget(None)
+        .build()
+        .unwrap();
+    let store = MemoryStore::default();
+    let svc = ServiceBuilder::new()
+        .layer(policy.layer(
+            HttpClassifier::default(),
+            store.clone(),
+            HttpExtractor::default(),
+        ))
+        .service(ReqwestService::new(client));
+
+    // Two 503s, then a 200: every attempt went through the proxy, in absolute form.
+    let url = "http://inventory.internal/s/items/2/503";
+    let ok = http::Request::get(url).body(bytes::Bytes::new()).unwrap();
+    let res = svc.clone().oneshot(ok).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "ok after 3");
+    assert_eq!(calls(&counts, "items"), 3);
+    assert_eq!(*targets.lock().unwrap(), vec![url.to_string(); 3]);
+    assert!(store
+        .list(ListQuery::newest(10))
+        .await
+        .unwrap()
+        .records
+        .is_empty());
+
+    // Out of retries through the proxy: the last 503 comes back, dead-lettered once.
+    let url = "http://inventory.internal/s/gone/99/503";
+    let req = http::Request::get(url).body(bytes::Bytes::new()).unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(calls(&counts, "gone"), 3);
+    assert_eq!(targets.lock().unwrap().len(), 6);
+    let records = store.list(ListQuery::newest(10)).await.unwrap().records;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].request.payload["uri"], url);
+}

@@ -732,3 +732,42 @@ async fn a_whole_policy_over_a_proxied_reqwest_client_retries_through_the_proxy(
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].request.payload["uri"], url);
 }
+
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn a_streaming_body_over_the_limit_goes_through_reqwest_once_whole() {
+    use rampart::dlq::{DeadLetterStore, HttpExtractor, ListQuery, MemoryStore};
+    use tower::ServiceBuilder;
+
+    let (addr, seen) = body_upstream(usize::MAX).await;
+    let store = MemoryStore::default();
+    let svc = ServiceBuilder::new()
+        .layer(
+            streaming_policy()
+                .layer_streaming(
+                    HttpClassifier::default(),
+                    store.clone(),
+                    HttpExtractor::default(),
+                )
+                .body_limit(1024),
+        )
+        .service(ReqwestService::new(reqwest::Client::new()));
+    let (chunks, whole) = upload(5);
+    let req = http::Request::put(format!("http://{addr}/big"))
+        .body(axum_stream(chunks))
+        .unwrap();
+    // A 503 that would be retried: handed back after the one attempt, which streamed the
+    // whole body (the buffered start, then the rest), not only the first 1024 bytes.
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(*seen.lock().unwrap(), vec![whole]);
+
+    let records = store.list(ListQuery::newest(10)).await.unwrap().records;
+    assert_eq!(records.len(), 1, "dead-lettered once");
+    let r = &records[0];
+    assert_eq!(r.reason, rampart::dlq::DeadLetterReason::NotReplayable);
+    assert_eq!(r.attempts, 1);
+    assert!(r.truncated, "only the body's start is kept");
+    assert_eq!(r.request.payload["body_truncated"], true);
+    assert_eq!(r.request.payload["method"], "PUT");
+}

@@ -1,6 +1,9 @@
 //! reqwest for real: a `reqwest::Client` through rampart's retry layer against an axum server
 //! on loopback — statuses, both forms of `Retry-After`, a refused connection, a
-//! non-idempotent POST whose connection drops, and a streaming body that cannot be replayed.
+//! non-idempotent POST whose connection drops, and a streaming body that cannot be replayed;
+//! with feature `http`, streaming bodies (axum's `Body`, a `StreamBody`) under
+//! `Policy::layer_streaming` against a hyper upstream that keeps every attempt's body; and a
+//! whole policy through a loopback forward proxy (`reqwest::Proxy::http`).
 #![cfg(feature = "reqwest")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -770,4 +773,36 @@ async fn a_streaming_body_over_the_limit_goes_through_reqwest_once_whole() {
     assert!(r.truncated, "only the body's start is kept");
     assert_eq!(r.request.payload["body_truncated"], true);
     assert_eq!(r.request.payload["method"], "PUT");
+}
+
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn a_streaming_body_is_retried_through_the_proxy_with_the_same_bytes() {
+    use rampart::dlq::{DeadLetterStore, HttpExtractor, ListQuery, MemoryStore};
+    use tower::ServiceBuilder;
+
+    let (upstream, seen) = body_upstream(2).await;
+    let (proxy, targets) = forward_proxy(upstream).await;
+    let client = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://{proxy}")).unwrap())
+        .build()
+        .unwrap();
+    let store = MemoryStore::default();
+    let svc = ServiceBuilder::new()
+        .layer(streaming_policy().layer_streaming(
+            HttpClassifier::default(),
+            store.clone(),
+            HttpExtractor::default(),
+        ))
+        .service(ReqwestService::new(client));
+    let (chunks, whole) = upload(4);
+    let url = "http://blobs.internal/v1/blobs/7";
+    let req = http::Request::put(url).body(axum_stream(chunks)).unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "attempt 3");
+    assert_eq!(*targets.lock().unwrap(), vec![url.to_string(); 3]);
+    assert_eq!(*seen.lock().unwrap(), vec![whole; 3]);
+    let records = store.list(ListQuery::newest(10)).await.unwrap().records;
+    assert!(records.is_empty());
 }

@@ -14,7 +14,17 @@
 //! The service takes `reqwest::Request`s, and also `http::Request<Bytes>` (converted for
 //! each attempt): those are `Clone`, so a whole [`Policy`](crate::Policy) — dead-lettering
 //! with [`HttpExtractor`](crate::dlq::HttpExtractor) and its redaction, retry, breaker,
-//! timeout — stacks on the same service.
+//! timeout — stacks on the same service. With the `http` feature it also takes the
+//! `http::Request<ReplayBody<B>>`s that
+//! [`Policy::layer_streaming`](crate::Policy::layer_streaming) hands down, so a request whose
+//! body streams (hyper's `Incoming`, axum's `Body`) is buffered once and every retry and the
+//! dead-letter record share the buffer.
+//!
+//! # Proxies
+//!
+//! rampart's own [`HttpClient`](crate::client::HttpClient) connects directly; to go through
+//! an HTTP proxy (SOCKS needs reqwest's `socks` feature), build the `reqwest::Client` with
+//! `reqwest::Proxy` and wrap it: every attempt of a policy then goes through the proxy.
 //!
 //! # Replaying requests
 //!
@@ -46,12 +56,16 @@
 
 use std::future::Future;
 use std::pin::Pin;
+#[cfg(feature = "http")]
+use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
 use rampart_core::{Classify, NotReplayable, Outcome};
 use rampart_retry::Replay;
+#[cfg(feature = "http")]
+use rampart_retry::ReplayBody;
 use tower_service::Service;
 
 use crate::client::{is_idempotent, HttpClassifier, HttpError, HttpErrorKind};
@@ -134,6 +148,119 @@ impl Service<http::Request<Bytes>> for ReqwestService {
                 e,
             )))),
         }
+    }
+}
+
+/// Also a service of `http::Request<ReplayBody<B>>` (feature `http`): the requests that
+/// [`Policy::layer_streaming`](crate::Policy::layer_streaming) hands down, whose body
+/// streams (hyper's `Incoming`, axum's `Body`, a `StreamBody`) and was buffered once above
+/// the policy. Each attempt sends its copy of the buffered bytes through
+/// `reqwest::Body::wrap`; a body over the buffer limit streams through once.
+///
+/// # Example
+///
+/// ```no_run
+/// use rampart::client::HttpClassifier;
+/// use rampart::dlq::{HttpExtractor, MemoryStore};
+/// use rampart::reqwest::ReqwestService;
+/// use rampart::Policy;
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # async fn f(upload: axum::body::Body) -> Result<(), Box<dyn std::error::Error>> {
+/// let policy = Policy::preset("tts").expect("a preset").build()?;
+/// let blobs = ServiceBuilder::new()
+///     .layer(policy.layer_streaming(HttpClassifier::default(), MemoryStore::default(), HttpExtractor::default()))
+///     .service(ReqwestService::new(reqwest::Client::new()));
+/// let req = http::Request::put("http://blobs.internal/k").body(upload)?;
+/// println!("{}", blobs.oneshot(req).await?.status());
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+impl<B> Service<http::Request<ReplayBody<B>>> for ReqwestService
+where
+    B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Unpin + Send + 'static,
+{
+    type Response = ::reqwest::Response;
+    type Error = HttpError;
+    type Future = Pin<Box<dyn Future<Output = Result<::reqwest::Response, HttpError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+        Service::<::reqwest::Request>::poll_ready(self, cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReplayBody<B>>) -> Self::Future {
+        let req = req.map(|body| ::reqwest::Body::wrap(SyncBody(Mutex::new(body))));
+        Service::<http::Request<::reqwest::Body>>::call(self, req)
+    }
+}
+
+/// Converts an `http::Request<reqwest::Body>` and calls the client, stamping the response
+/// with the request's method (or failing at once, never sent, on a URL reqwest refuses).
+#[cfg(feature = "http")]
+impl Service<http::Request<::reqwest::Body>> for ReqwestService {
+    type Response = ::reqwest::Response;
+    type Error = HttpError;
+    type Future = Pin<Box<dyn Future<Output = Result<::reqwest::Response, HttpError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+        Service::<::reqwest::Request>::poll_ready(self, cx)
+    }
+
+    fn call(&mut self, req: http::Request<::reqwest::Body>) -> Self::Future {
+        let method = req.method().clone();
+        let idempotent = is_idempotent(&method, req.headers());
+        match ::reqwest::Request::try_from(req) {
+            Ok(req) => Service::<::reqwest::Request>::call(self, req),
+            Err(e) => Box::pin(std::future::ready(Err(HttpError::new(
+                error_kind(&e),
+                method,
+                idempotent,
+                e,
+            )))),
+        }
+    }
+}
+
+/// `reqwest::Body::wrap` takes only `Sync` bodies, and some streaming bodies are not (axum's
+/// `Body`): a `Mutex` makes any `Send` body `Sync`. Polling goes through `Mutex::get_mut`
+/// (no lock); only `is_end_stream` and `size_hint`, which take `&self`, lock, uncontended.
+#[cfg(feature = "http")]
+struct SyncBody<B>(Mutex<B>);
+
+#[cfg(feature = "http")]
+impl<B> http_body::Body for SyncBody<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let body = self
+            .get_mut()
+            .0
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        Pin::new(body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .size_hint()
     }
 }
 

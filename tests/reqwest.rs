@@ -1,6 +1,9 @@
 //! reqwest for real: a `reqwest::Client` through rampart's retry layer against an axum server
 //! on loopback — statuses, both forms of `Retry-After`, a refused connection, a
-//! non-idempotent POST whose connection drops, and a streaming body that cannot be replayed.
+//! non-idempotent POST whose connection drops, and a streaming body that cannot be replayed;
+//! with feature `http`, streaming bodies (axum's `Body`, a `StreamBody`) under
+//! `Policy::layer_streaming` against a hyper upstream that keeps every attempt's body; and a
+//! whole policy through a loopback forward proxy (`reqwest::Proxy::http`).
 #![cfg(feature = "reqwest")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -441,4 +444,365 @@ async fn a_whole_policy_over_reqwest_dead_letters_with_redaction() {
         .unwrap();
     let err = svc.oneshot(bad).await.unwrap_err();
     assert_eq!(err.attempts(), 1, "{err:?}");
+}
+
+// ===== streaming bodies under `Policy::layer_streaming` =====
+
+/// A hyper upstream that reads every request's body whole, keeps it, and answers 503 to the
+/// first `fail` requests, then 200.
+#[cfg(feature = "http")]
+async fn body_upstream(fail: usize) -> (SocketAddr, Arc<Mutex<Vec<bytes::Bytes>>>) {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<bytes::Bytes>>> = Arc::default();
+    let s = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = s.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let body = req.into_body().collect().await;
+                            let body = body.map_err(std::io::Error::other)?.to_bytes();
+                            let n = {
+                                let mut seen = seen.lock().unwrap();
+                                seen.push(body);
+                                seen.len()
+                            };
+                            let status = if n <= fail { 503 } else { 200 };
+                            Ok::<_, std::io::Error>(
+                                http::Response::builder()
+                                    .status(status)
+                                    .body(Full::new(bytes::Bytes::from(format!("attempt {n}"))))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// `n` chunks of 700 bytes, chunk `i` filled with `'a' + i`, and the whole they make.
+#[cfg(feature = "http")]
+fn upload(n: u8) -> (Vec<bytes::Bytes>, bytes::Bytes) {
+    let chunks: Vec<_> = (0..n)
+        .map(|i| bytes::Bytes::from(vec![b'a' + i; 700]))
+        .collect();
+    let whole = chunks.concat().into();
+    (chunks, whole)
+}
+
+/// axum's `Body` (not `Sync`) streaming `chunks`, with no length announced.
+#[cfg(feature = "http")]
+fn axum_stream(chunks: Vec<bytes::Bytes>) -> axum::body::Body {
+    axum::body::Body::from_stream(futures_util::stream::iter(
+        chunks.into_iter().map(Ok::<_, std::io::Error>),
+    ))
+}
+
+#[cfg(feature = "http")]
+fn streaming_policy() -> rampart::Policy {
+    rampart::Policy::builder("uploads")
+        .max_retries(2)
+        .base_delay(Duration::from_millis(1))
+        .max_delay(Duration::from_millis(5))
+        .jitter(Jitter::None)
+        .budget(None)
+        .breaker(None)
+        .build()
+        .unwrap()
+}
+
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn a_streaming_body_under_layer_streaming_is_retried_with_the_same_bytes() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use rampart::dlq::{DeadLetterStore, HttpExtractor, ListQuery, MemoryStore};
+    use tower::ServiceBuilder;
+
+    // A `StreamBody` of frames: a 503, then a 200; both attempts carry the whole body.
+    let (addr, seen) = body_upstream(1).await;
+    let store = MemoryStore::default();
+    let svc = ServiceBuilder::new()
+        .layer(streaming_policy().layer_streaming(
+            HttpClassifier::default(),
+            store.clone(),
+            HttpExtractor::default(),
+        ))
+        .service(ReqwestService::new(reqwest::Client::new()));
+    let (chunks, whole) = upload(5);
+    let frames: Vec<_> = chunks
+        .into_iter()
+        .map(|c| Ok::<_, std::io::Error>(Frame::data(c)))
+        .collect();
+    let req = http::Request::put(format!("http://{addr}/blobs/1"))
+        .body(StreamBody::new(futures_util::stream::iter(frames)))
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "attempt 2");
+    assert_eq!(*seen.lock().unwrap(), vec![whole.clone(); 2]);
+    let records = store.list(ListQuery::newest(10)).await.unwrap().records;
+    assert!(records.is_empty(), "succeeded: nothing dead-lettered");
+
+    // An axum `Body` (not `Sync`) to a POST with an Idempotency-Key: the method stamp on
+    // each response lets the classifier retry the 503s.
+    let (addr, seen) = body_upstream(2).await;
+    let svc = ServiceBuilder::new()
+        .layer(streaming_policy().layer_streaming(
+            HttpClassifier::default(),
+            store.clone(),
+            HttpExtractor::default(),
+        ))
+        .service(ReqwestService::new(reqwest::Client::new()));
+    let (chunks, whole) = upload(3);
+    let req = http::Request::post(format!("http://{addr}/blobs"))
+        .header("idempotency-key", "up-1")
+        .body(axum_stream(chunks.clone()))
+        .unwrap();
+    let res = svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(*seen.lock().unwrap(), vec![whole.clone(); 3]);
+
+    // Without the key, a 503 to a POST may have been processed: sent once, handed back.
+    let (addr, seen) = body_upstream(2).await;
+    let req = http::Request::post(format!("http://{addr}/blobs"))
+        .body(axum_stream(chunks))
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(*seen.lock().unwrap(), vec![whole]);
+}
+
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn an_exhausted_streaming_call_over_reqwest_is_dead_lettered_once_with_the_whole_body() {
+    use rampart::dlq::{DeadLetterReason, DeadLetterStore, HttpExtractor, ListQuery, MemoryStore};
+    use tower::ServiceBuilder;
+
+    let (addr, seen) = body_upstream(usize::MAX).await;
+    let store = MemoryStore::default();
+    let layer = streaming_policy().layer_streaming(
+        HttpClassifier::default(),
+        store.clone(),
+        HttpExtractor::default().keep_header("content-type"),
+    );
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(ReqwestService::new(reqwest::Client::new()));
+    let (chunks, whole) = upload(5);
+    let req = http::Request::put(format!("http://{addr}/v1/blobs"))
+        .header("content-type", "text/plain")
+        .body(axum_stream(chunks))
+        .unwrap();
+    // A failed response is handed back as it is, after every attempt.
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(*seen.lock().unwrap(), vec![whole.clone(); 3]);
+
+    let records = store.list(ListQuery::newest(10)).await.unwrap().records;
+    assert_eq!(records.len(), 1, "dead-lettered exactly once");
+    let r = &records[0];
+    assert_eq!(r.service, "uploads");
+    assert_eq!(r.reason, DeadLetterReason::RetriesExhausted);
+    assert_eq!(r.attempts, 3);
+    assert!(!r.truncated);
+    let p = &r.request.payload;
+    assert_eq!(p["method"], "PUT");
+    assert_eq!(p["uri"], format!("http://{addr}/v1/blobs"));
+    assert_eq!(p["headers"]["content-type"], "text/plain");
+    assert_eq!(
+        p["body"].as_str().unwrap().as_bytes(),
+        &whole[..],
+        "the record holds the whole body"
+    );
+    assert_eq!(p["body_size"], 3500);
+    assert_eq!(p["body_truncated"], false);
+    assert_eq!(
+        layer.policy().dead_letters().recorded,
+        vec![(DeadLetterReason::RetriesExhausted, 1)]
+    );
+}
+
+// ===== through a forward proxy =====
+
+/// A forward proxy on loopback: takes absolute-form requests (`GET http://host/path`), keeps
+/// their targets, and forwards each to `upstream` whatever its host says.
+async fn forward_proxy(upstream: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let targets: Arc<Mutex<Vec<String>>> = Arc::default();
+    let t = targets.clone();
+    let client: Client<_, hyper::body::Incoming> =
+        Client::builder(TokioExecutor::new()).build_http();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (targets, client) = (t.clone(), client.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |mut req: http::Request<hyper::body::Incoming>| {
+                        let (targets, client) = (targets.clone(), client.clone());
+                        async move {
+                            targets.lock().unwrap().push(req.uri().to_string());
+                            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                            *req.uri_mut() = format!("http://{upstream}{path}").parse().unwrap();
+                            client.request(req).await.map_err(std::io::Error::other)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, targets)
+}
+
+#[tokio::test]
+async fn a_whole_policy_over_a_proxied_reqwest_client_retries_through_the_proxy() {
+    use rampart::dlq::{DeadLetterStore, HttpExtractor, ListQuery, MemoryStore};
+    use rampart::Policy;
+    use tower::ServiceBuilder;
+
+    let (upstream, counts) = serve().await;
+    let (proxy, targets) = forward_proxy(upstream).await;
+    // The host exists only behind the proxy: a direct connection could not resolve it.
+    let client = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://{proxy}")).unwrap())
+        .build()
+        .unwrap();
+    let policy = Policy::builder("inventory")
+        .max_retries(2)
+        .base_delay(Duration::from_millis(1))
+        .max_delay(Duration::from_millis(10))
+        .jitter(Jitter::None)
+        .budget(None)
+        .build()
+        .unwrap();
+    let store = MemoryStore::default();
+    let svc = ServiceBuilder::new()
+        .layer(policy.layer(
+            HttpClassifier::default(),
+            store.clone(),
+            HttpExtractor::default(),
+        ))
+        .service(ReqwestService::new(client));
+
+    // Two 503s, then a 200: every attempt went through the proxy, in absolute form.
+    let url = "http://inventory.internal/s/items/2/503";
+    let ok = http::Request::get(url).body(bytes::Bytes::new()).unwrap();
+    let res = svc.clone().oneshot(ok).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "ok after 3");
+    assert_eq!(calls(&counts, "items"), 3);
+    assert_eq!(*targets.lock().unwrap(), vec![url.to_string(); 3]);
+    assert!(store
+        .list(ListQuery::newest(10))
+        .await
+        .unwrap()
+        .records
+        .is_empty());
+
+    // Out of retries through the proxy: the last 503 comes back, dead-lettered once.
+    let url = "http://inventory.internal/s/gone/99/503";
+    let req = http::Request::get(url).body(bytes::Bytes::new()).unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(calls(&counts, "gone"), 3);
+    assert_eq!(targets.lock().unwrap().len(), 6);
+    let records = store.list(ListQuery::newest(10)).await.unwrap().records;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].request.payload["uri"], url);
+}
+
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn a_streaming_body_over_the_limit_goes_through_reqwest_once_whole() {
+    use rampart::dlq::{DeadLetterStore, HttpExtractor, ListQuery, MemoryStore};
+    use tower::ServiceBuilder;
+
+    let (addr, seen) = body_upstream(usize::MAX).await;
+    let store = MemoryStore::default();
+    let svc = ServiceBuilder::new()
+        .layer(
+            streaming_policy()
+                .layer_streaming(
+                    HttpClassifier::default(),
+                    store.clone(),
+                    HttpExtractor::default(),
+                )
+                .body_limit(1024),
+        )
+        .service(ReqwestService::new(reqwest::Client::new()));
+    let (chunks, whole) = upload(5);
+    let req = http::Request::put(format!("http://{addr}/big"))
+        .body(axum_stream(chunks))
+        .unwrap();
+    // A 503 that would be retried: handed back after the one attempt, which streamed the
+    // whole body (the buffered start, then the rest), not only the first 1024 bytes.
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(*seen.lock().unwrap(), vec![whole]);
+
+    let records = store.list(ListQuery::newest(10)).await.unwrap().records;
+    assert_eq!(records.len(), 1, "dead-lettered once");
+    let r = &records[0];
+    assert_eq!(r.reason, rampart::dlq::DeadLetterReason::NotReplayable);
+    assert_eq!(r.attempts, 1);
+    assert!(r.truncated, "only the body's start is kept");
+    assert_eq!(r.request.payload["body_truncated"], true);
+    assert_eq!(r.request.payload["method"], "PUT");
+}
+
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn a_streaming_body_is_retried_through_the_proxy_with_the_same_bytes() {
+    use rampart::dlq::{DeadLetterStore, HttpExtractor, ListQuery, MemoryStore};
+    use tower::ServiceBuilder;
+
+    let (upstream, seen) = body_upstream(2).await;
+    let (proxy, targets) = forward_proxy(upstream).await;
+    let client = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://{proxy}")).unwrap())
+        .build()
+        .unwrap();
+    let store = MemoryStore::default();
+    let svc = ServiceBuilder::new()
+        .layer(streaming_policy().layer_streaming(
+            HttpClassifier::default(),
+            store.clone(),
+            HttpExtractor::default(),
+        ))
+        .service(ReqwestService::new(client));
+    let (chunks, whole) = upload(4);
+    let url = "http://blobs.internal/v1/blobs/7";
+    let req = http::Request::put(url).body(axum_stream(chunks)).unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "attempt 3");
+    assert_eq!(*targets.lock().unwrap(), vec![url.to_string(); 3]);
+    assert_eq!(*seen.lock().unwrap(), vec![whole; 3]);
+    let records = store.list(ListQuery::newest(10)).await.unwrap().records;
+    assert!(records.is_empty());
 }

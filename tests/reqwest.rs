@@ -427,8 +427,6 @@ async fn a_whole_policy_over_reqwest_dead_letters_with_redaction() {
     assert_eq!(records.len(), 1);
     let r = &records[0];
     assert_eq!(r.service, "payments");
-    // Known gap (the dead-letter layer, not reqwest): a failure that comes back as a response
-    // (a 503 after the last retry) carries no attempt count, so the record says 1.
     let stored = serde_json::to_string(r).unwrap();
     for secret in ["sekret-key", "sekret-token", "hunter2"] {
         assert!(!stored.contains(secret), "{secret} leaked: {stored}");

@@ -552,7 +552,7 @@ async fn a_supervised_worker_survives_a_redis_restart() {
         up.done() < usize::try_from(JOBS).unwrap(),
         "Redis went away too late"
     );
-    tokio::task::block_in_place(|| server.start_again());
+    tokio::task::block_in_place(|| server.restart());
     let back = Instant::now();
     wait_for(
         Duration::from_secs(30),

@@ -29,6 +29,8 @@ use rampart_jobs::{Job, Refusal, Reschedule};
 pub mod pg_backend;
 #[cfg(feature = "redis")]
 pub mod redis_backend;
+// The dead-letter store tests' private redis-server (one copy for both crates).
+#[path = "../../../rampart-dlq/tests/support/redis_server.rs"]
 pub mod redis_server;
 #[cfg(feature = "sqlite")]
 pub mod sqlite_backend;

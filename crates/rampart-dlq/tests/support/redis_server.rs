@@ -1,5 +1,6 @@
 //! A private `redis-server` on a free loopback port, that a test may kill and restart on the
-//! same port with its data (an fsync-always append-only file).
+//! same port with its data (an fsync-always append-only file), and the services-required
+//! switch. Shared by the dead-letter store tests and (through `#[path]`) the job tests.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -13,7 +14,9 @@ pub fn required() -> bool {
 
 /// Skips (or, when services are required, fails) a test whose server is missing.
 pub fn skip(what: &str) {
-    assert!(!required(), "RAMPART_REQUIRE_SERVICES=1 but {what}");
+    if required() {
+        panic!("RAMPART_REQUIRE_SERVICES=1 but {what}");
+    }
     eprintln!("SKIPPED: {what}");
 }
 
@@ -32,12 +35,14 @@ fn free_port() -> u16 {
 }
 
 impl RedisServer {
-    /// Starts a private server. `None` if `redis-server` is not installed.
+    /// Starts a private server with an fsync-always append-only file, so that a restart
+    /// keeps every acknowledged write. `None` if `redis-server` is not installed.
     pub fn start() -> Option<RedisServer> {
+        let dir = tempfile::tempdir().unwrap();
         let mut s = RedisServer {
             child: None,
             port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
+            dir,
         };
         if !s.spawn() {
             return None;
@@ -101,7 +106,7 @@ impl RedisServer {
     }
 
     /// Starts the server again on the same port and directory (it replays its AOF).
-    pub fn start_again(&mut self) {
+    pub fn restart(&mut self) {
         self.kill();
         assert!(self.spawn(), "redis-server restarts");
     }

@@ -375,18 +375,10 @@ async fn a_streaming_body_gets_one_attempt() {
 #[tokio::test]
 async fn a_whole_policy_over_reqwest_dead_letters_with_redaction() {
     use rampart::dlq::{DeadLetterStore, HttpExtractor, ListQuery, MemoryStore};
-    use rampart::Policy;
     use tower::ServiceBuilder;
 
     let (addr, counts) = serve().await;
-    let policy = Policy::builder("payments")
-        .max_retries(2)
-        .base_delay(Duration::from_millis(1))
-        .max_delay(Duration::from_millis(10))
-        .jitter(Jitter::None)
-        .budget(None)
-        .build()
-        .unwrap();
+    let policy = quick_policy("payments").build().unwrap();
     let store = MemoryStore::default();
     let extractor = HttpExtractor::default()
         .keep_header("authorization")
@@ -511,14 +503,21 @@ fn axum_stream(chunks: Vec<bytes::Bytes>) -> axum::body::Body {
     ))
 }
 
-#[cfg(feature = "http")]
-fn streaming_policy() -> rampart::Policy {
-    rampart::Policy::builder("uploads")
+/// Two retries, millisecond delays without jitter, no budget: a whole policy whose retries a
+/// test can count.
+fn quick_policy(name: &'static str) -> rampart::PolicyBuilder {
+    rampart::Policy::builder(name)
         .max_retries(2)
         .base_delay(Duration::from_millis(1))
-        .max_delay(Duration::from_millis(5))
+        .max_delay(Duration::from_millis(10))
         .jitter(Jitter::None)
         .budget(None)
+}
+
+#[cfg(feature = "http")]
+fn streaming_policy() -> rampart::Policy {
+    quick_policy("uploads")
+        .max_delay(Duration::from_millis(5))
         .breaker(None)
         .build()
         .unwrap()
@@ -680,7 +679,6 @@ async fn forward_proxy(upstream: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<Strin
 #[tokio::test]
 async fn a_whole_policy_over_a_proxied_reqwest_client_retries_through_the_proxy() {
     use rampart::dlq::{DeadLetterStore, HttpExtractor, ListQuery, MemoryStore};
-    use rampart::Policy;
     use tower::ServiceBuilder;
 
     let (upstream, counts) = serve().await;
@@ -690,14 +688,7 @@ async fn a_whole_policy_over_a_proxied_reqwest_client_retries_through_the_proxy(
         .proxy(reqwest::Proxy::http(format!("http://{proxy}")).unwrap())
         .build()
         .unwrap();
-    let policy = Policy::builder("inventory")
-        .max_retries(2)
-        .base_delay(Duration::from_millis(1))
-        .max_delay(Duration::from_millis(10))
-        .jitter(Jitter::None)
-        .budget(None)
-        .build()
-        .unwrap();
+    let policy = quick_policy("inventory").build().unwrap();
     let store = MemoryStore::default();
     let svc = ServiceBuilder::new()
         .layer(policy.layer(

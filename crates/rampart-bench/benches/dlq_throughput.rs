@@ -144,70 +144,6 @@ fn sqlite(c: &mut Criterion) {
     g.finish();
 }
 
-fn redis(c: &mut Criterion) {
-    let url =
-        std::env::var("RAMPART_BENCH_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
-    let rt = rt();
-    let Ok(store) = rt.block_on(RedisStore::connect(&url, "rampart_bench", 100_000_000)) else {
-        eprintln!("SKIPPED: no Redis at {url}");
-        return;
-    };
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let con = rt
-        .block_on(client.get_multiplexed_async_connection())
-        .unwrap();
-    let bytes = Arc::new(record(0).to_json().unwrap());
-    let mut g = c.benchmark_group("dlq_redis");
-    g.throughput(Throughput::Elements(1));
-    g.sample_size(10).measurement_time(Duration::from_secs(5));
-
-    g.bench_function("raw_lpush_pipelined_64", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                let per = iters.div_ceil(CONCURRENCY as u64);
-                let mut tasks = Vec::new();
-                for _ in 0..CONCURRENCY {
-                    let mut con = con.clone();
-                    let bytes = bytes.clone();
-                    tasks.push(tokio::spawn(async move {
-                        let mut left = per;
-                        while left > 0 {
-                            let n = left.min(64);
-                            let mut p = redis::pipe();
-                            for _ in 0..n {
-                                p.cmd("LPUSH")
-                                    .arg("rampart_bench_raw")
-                                    .arg(bytes.as_slice())
-                                    .ignore();
-                            }
-                            let _: () = p.query_async(&mut con).await.unwrap();
-                            left -= n;
-                        }
-                    }));
-                }
-                for t in tasks {
-                    t.await.unwrap();
-                }
-                start.elapsed()
-            })
-        });
-    });
-    g.bench_function("redis_store_64_tasks", |b| {
-        b.iter_custom(|iters| rt.block_on(push_concurrently(&store, iters)));
-    });
-    g.finish();
-    let mut con = con;
-    let _: Result<(), _> = rt.block_on(
-        redis::cmd("DEL")
-            .arg("rampart_bench_raw")
-            .arg(store.records_key())
-            .arg(store.index_key())
-            .arg(store.pending_key())
-            .query_async(&mut con),
-    );
-}
-
 /// Raw pipelined `LPUSH` of `bytes` from `CONCURRENCY` tasks sharing `con`, 64 commands per
 /// round trip per task; `n` records in all. Returns the elapsed time.
 async fn raw_lpush(
@@ -233,6 +169,40 @@ async fn raw_lpush(
                 }
                 let _: () = p.query_async(&mut con).await.unwrap();
                 left -= k;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    start.elapsed()
+}
+
+/// Raw `LPUSH` of `bytes` from `CONCURRENCY` tasks sharing `con`, each task awaiting its own
+/// command before sending the next (one record in flight per writer, as a store's callers
+/// push; redis-rs's multiplexed connection pipelines the concurrent commands); `n` records in
+/// all. Returns the elapsed time.
+async fn raw_lpush_each(
+    con: &redis::aio::MultiplexedConnection,
+    key: &str,
+    bytes: &Arc<Vec<u8>>,
+    n: u64,
+) -> Duration {
+    let start = Instant::now();
+    let per = n.div_ceil(CONCURRENCY as u64);
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let mut con = con.clone();
+        let bytes = bytes.clone();
+        let key = key.to_owned();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per {
+                let _: () = redis::cmd("LPUSH")
+                    .arg(&key)
+                    .arg(bytes.as_slice())
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -373,7 +343,8 @@ fn redis_batched(c: &mut Criterion) {
             .unwrap();
     };
 
-    let (mut raw, mut batched, mut built) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut raw, mut each, mut batched, mut built) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut probe = con.clone();
     clear(&mut con);
     for _ in 0..ROUNDS {
@@ -382,6 +353,12 @@ fn redis_batched(c: &mut Criterion) {
             &mut probe,
             ROUND,
             raw_lpush(&con, RAW, &bytes, ROUND),
+        ));
+        each.push(measured(
+            &rt,
+            &mut probe,
+            ROUND,
+            raw_lpush_each(&con, RAW, &bytes, ROUND),
         ));
         batched.push(measured(
             &rt,
@@ -414,14 +391,16 @@ fn redis_batched(c: &mut Criterion) {
             median(v, |x| x.3),
         )
     };
-    let (r, b, p) = (row(&raw), row(&batched), row(&built));
+    let (r, e, b, p) = (row(&raw), row(&each), row(&batched), row(&built));
     eprintln!(
         "dlq_redis_batched head-to-head, {CONCURRENCY} writers, {} B records, medians of {ROUNDS} \
          interleaved rounds of {ROUND}:\n  raw pipelined LPUSH:       {:>8.0}/s  client {:.1} µs/record, \
          server {:.1} µs/record\n  RedisStore batched push:   {:>8.0}/s  client {:.1} µs/record, \
          server {:.1} µs/record, {:.1} records/script call\n  ratio {:.2}\n  \
          RedisStore push, records built before the clock: {:>8.0}/s  client {:.1} µs/record, \
-         server {:.1} µs/record, {:.1} records/script call (ratio {:.2})",
+         server {:.1} µs/record, {:.1} records/script call (ratio {:.2})\n  \
+         raw LPUSH, each writer awaiting its own: {:>8.0}/s  client {:.1} µs/record, server {:.1} \
+         µs/record; store push ÷ this: {:.2} (built before: {:.2})",
         bytes.len(),
         r.0,
         r.1,
@@ -435,23 +414,43 @@ fn redis_batched(c: &mut Criterion) {
         p.1,
         p.2,
         p.3,
-        p.0 / r.0
+        p.0 / r.0,
+        e.0,
+        e.1,
+        e.2,
+        b.0 / e.0,
+        p.0 / e.0
     );
 
     let mut g = c.benchmark_group("dlq_redis_batched");
     g.throughput(Throughput::Elements(1));
     g.sample_size(10).measurement_time(Duration::from_secs(5));
+    // Every sample starts from empty keys (cleared before its clock starts), so the store
+    // never grows towards its cap over the run.
+    let mut fresh = con.clone();
     g.bench_function("raw_lpush_pipelined_64_writers", |b| {
-        b.iter_custom(|iters| rt.block_on(raw_lpush(&con, RAW, &bytes, iters)));
+        b.iter_custom(|iters| {
+            clear(&mut fresh);
+            rt.block_on(raw_lpush(&con, RAW, &bytes, iters))
+        });
+    });
+    g.bench_function("raw_lpush_each_64_writers", |b| {
+        b.iter_custom(|iters| {
+            clear(&mut fresh);
+            rt.block_on(raw_lpush_each(&con, RAW, &bytes, iters))
+        });
     });
     g.bench_function("redis_store_batched_64_writers", |b| {
-        b.iter_custom(|iters| rt.block_on(push_concurrently(&store, iters)));
+        b.iter_custom(|iters| {
+            clear(&mut fresh);
+            rt.block_on(push_concurrently(&store, iters))
+        });
     });
     g.finish();
     clear(&mut con);
 }
 
-criterion_group!(benches, sqlite, redis, redis_batched, postgres);
+criterion_group!(benches, sqlite, redis_batched, postgres);
 criterion_main!(benches);
 
 /// `PostgresStore` (group commit: one multi-row `INSERT … ON CONFLICT DO NOTHING` + cap per

@@ -122,7 +122,8 @@ where
             KindProj::Called { future } => {
                 // Whatever the service's own layers do, they write nothing into the call's
                 // record (see `rampart_core::record`).
-                let polled = rampart_core::record::poll_breaker(|| future.poll(cx));
+                let (polled, publish) =
+                    rampart_core::record::poll_breaker_publishing(|| future.poll(cx));
                 let result = ready!(polled).map_err(IntoError::into_error);
                 // rampart's one mapping (another breaker's rejection is no news about this
                 // dependency: rejected, not counted).
@@ -138,13 +139,15 @@ where
                 // dependency's answer "not now, try in `retry_in`": this breaker admitted the
                 // call and it reached the service. (Only this breaker's own refusals, which
                 // publish nothing, are calls that never reached it.)
-                let published = match result.as_ref().map_err(Error::kind) {
-                    Err(rampart_core::ErrorKind::CircuitOpen(open)) => Outcome::Transient {
-                        retry_after: Some(open.retry_in),
-                    },
-                    _ => outcome,
-                };
-                rampart_core::record::publish_outcome(published);
+                if publish.allowed() {
+                    let published = match result.as_ref().map_err(Error::kind) {
+                        Err(rampart_core::ErrorKind::CircuitOpen(open)) => Outcome::Transient {
+                            retry_after: Some(open.retry_in),
+                        },
+                        _ => outcome,
+                    };
+                    publish.publish(published);
+                }
                 Poll::Ready(result)
             }
         }

@@ -35,6 +35,14 @@ use crate::Name;
 /// assert_eq!(err.to_string(), "inner service failed after 3 attempts");
 /// ```
 pub struct Error<E> {
+    // One pointer: a layer's output `Result<Response, Error<E>>` stays as small as the
+    // response (16 bytes for a `u64`, instead of 64), and every layer moves it on every
+    // successful call; the box is made only when a call fails.
+    body: Box<Body<E>>,
+}
+
+/// What an [`Error`] holds, behind its one pointer.
+struct Body<E> {
     kind: ErrorKind<E>,
     attempts: u32,
     elapsed: Duration,
@@ -178,46 +186,48 @@ impl StdError for NotReplayable {}
 
 impl<E> Error<E> {
     /// An error of `kind` after one attempt.
-    pub const fn new(kind: ErrorKind<E>) -> Self {
+    pub fn new(kind: ErrorKind<E>) -> Self {
         Error {
-            kind,
-            attempts: 1,
-            elapsed: Duration::ZERO,
+            body: Box::new(Body {
+                kind,
+                attempts: 1,
+                elapsed: Duration::ZERO,
+            }),
         }
     }
 
     /// The inner service's own error, after one attempt.
-    pub const fn from_inner(inner: E) -> Self {
+    pub fn from_inner(inner: E) -> Self {
         Error::new(ErrorKind::Inner(inner))
     }
 
     /// Sets the number of attempts made.
     #[must_use]
-    pub const fn with_attempts(mut self, attempts: u32) -> Self {
-        self.attempts = attempts;
+    pub fn with_attempts(mut self, attempts: u32) -> Self {
+        self.body.attempts = attempts;
         self
     }
 
     /// Sets the elapsed time of the logical call.
     #[must_use]
-    pub const fn with_elapsed(mut self, elapsed: Duration) -> Self {
-        self.elapsed = elapsed;
+    pub fn with_elapsed(mut self, elapsed: Duration) -> Self {
+        self.body.elapsed = elapsed;
         self
     }
 
     /// What went wrong.
-    pub const fn kind(&self) -> &ErrorKind<E> {
-        &self.kind
+    pub fn kind(&self) -> &ErrorKind<E> {
+        &self.body.kind
     }
 
     /// Consumes the error, returning what went wrong.
     pub fn into_kind(self) -> ErrorKind<E> {
-        self.kind
+        self.body.kind
     }
 
     /// How many attempts were made (1 if the call was never retried).
-    pub const fn attempts(&self) -> u32 {
-        self.attempts
+    pub fn attempts(&self) -> u32 {
+        self.body.attempts
     }
 
     /// How long the logical call took, as measured by the layer that gave up.
@@ -225,14 +235,14 @@ impl<E> Error<E> {
     /// rampart reads no clock on the success path, so a retry layer without a deadline
     /// measures from the end of the first failed attempt; with a deadline (or when the error
     /// comes from a layer that timed the whole call) it measures from the start of the call.
-    pub const fn elapsed(&self) -> Duration {
-        self.elapsed
+    pub fn elapsed(&self) -> Duration {
+        self.body.elapsed
     }
 
     /// The last attempt's failure, seeing through `BudgetExhausted`, `DeadlineExceeded` and
     /// `NotReplayable`. `None` only for a deadline that expired during the first attempt.
     pub fn last_failure(&self) -> Option<&ErrorKind<E>> {
-        self.kind.last_failure()
+        self.body.kind.last_failure()
     }
 
     /// The inner service's error, if the last failure was one.
@@ -245,7 +255,7 @@ impl<E> Error<E> {
 
     /// Consumes the error, returning the inner service's error, if the last failure was one.
     pub fn into_inner(self) -> Option<E> {
-        self.kind.into_last_failure().and_then(|k| match k {
+        self.body.kind.into_last_failure().and_then(|k| match k {
             ErrorKind::Inner(e) => Some(e),
             _ => None,
         })
@@ -260,13 +270,13 @@ impl<E> Error<E> {
     }
 
     /// `true` if the retry budget stopped the retries.
-    pub const fn is_budget_exhausted(&self) -> bool {
-        matches!(self.kind, ErrorKind::BudgetExhausted(_))
+    pub fn is_budget_exhausted(&self) -> bool {
+        matches!(self.body.kind, ErrorKind::BudgetExhausted(_))
     }
 
     /// `true` if the overall deadline stopped the call.
-    pub const fn is_deadline_exceeded(&self) -> bool {
-        matches!(self.kind, ErrorKind::DeadlineExceeded(_))
+    pub fn is_deadline_exceeded(&self) -> bool {
+        matches!(self.body.kind, ErrorKind::DeadlineExceeded(_))
     }
 
     /// `true` if the last failure was a per-attempt timeout.
@@ -279,10 +289,17 @@ impl<E> Error<E> {
     where
         F: FnOnce(E) -> T,
     {
+        let Body {
+            kind,
+            attempts,
+            elapsed,
+        } = *self.body;
         Error {
-            kind: self.kind.map_inner(f),
-            attempts: self.attempts,
-            elapsed: self.elapsed,
+            body: Box::new(Body {
+                kind: kind.map_inner(f),
+                attempts,
+                elapsed,
+            }),
         }
     }
 }
@@ -302,17 +319,17 @@ impl<E> From<Timeout> for Error<E> {
 impl<E: fmt::Debug> fmt::Debug for Error<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Error")
-            .field("kind", &self.kind)
-            .field("attempts", &self.attempts)
-            .field("elapsed", &self.elapsed)
+            .field("kind", &self.body.kind)
+            .field("attempts", &self.body.attempts)
+            .field("elapsed", &self.body.elapsed)
             .finish()
     }
 }
 
 impl<E> fmt::Display for Error<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.kind, f)?;
-        match self.attempts {
+        fmt::Display::fmt(&self.body.kind, f)?;
+        match self.body.attempts {
             1 => Ok(()),
             n => write!(f, " after {n} attempts"),
         }
@@ -321,7 +338,7 @@ impl<E> fmt::Display for Error<E> {
 
 impl<E: StdError + 'static> StdError for Error<E> {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.kind.source()
+        self.body.kind.source()
     }
 }
 

@@ -243,6 +243,56 @@ pub fn poll_breaker<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// [`poll_breaker`] for a breaker that publishes its attempt's outcome: also returns whether
+/// the record in scope is open to this breaker ([`Publish`]), read with the same look at the
+/// thread's scope, so that a breaker outside any record (the common case of a bare breaker)
+/// reads the thread-local once per poll instead of twice.
+#[inline(always)]
+pub fn poll_breaker_publishing<R>(f: impl FnOnce() -> R) -> (R, Publish) {
+    match stage() {
+        Stage::Off => (f(), Publish(false)),
+        before => (
+            with_stage(Stage::Closed, f),
+            Publish(before == Stage::Breaker),
+        ),
+    }
+}
+
+/// Whether a breaker polled with [`poll_breaker_publishing`] may publish its attempt's
+/// outcome into the record in scope.
+///
+/// # Example
+///
+/// ```
+/// use rampart_core::record::{self, CallRecord};
+/// use rampart_core::Outcome;
+///
+/// // Outside any record a breaker publishes nothing.
+/// let (answer, publish) = record::poll_breaker_publishing(|| 42);
+/// assert_eq!(answer, 42);
+/// assert!(!publish.allowed());
+/// publish.publish(Outcome::Success); // does nothing
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Publish(bool);
+
+impl Publish {
+    /// `true` if the record in scope is open to this breaker.
+    pub fn allowed(self) -> bool {
+        self.0
+    }
+
+    /// Publishes `outcome` for the retry layer above, if allowed (see [`publish_outcome`]).
+    #[inline]
+    pub fn publish(self, outcome: Outcome) {
+        if self.0 {
+            // The stage was `Breaker` when this breaker polled, and polling restored it.
+            set_pending(outcome);
+        }
+    }
+}
+
 /// Updates the record of the call being polled; does nothing outside [`in_scope`], and
 /// nothing for a layer the record is not open to (see [`poll_retry`]).
 pub fn update(f: impl FnOnce(&mut CallRecord)) {
@@ -272,6 +322,12 @@ pub fn publish_outcome(outcome: Outcome) {
     if stage() != Stage::Breaker {
         return;
     }
+    set_pending(outcome);
+}
+
+/// Sets the pending outcome of the record in scope, if there is one.
+#[inline]
+fn set_pending(outcome: Outcome) {
     CURRENT.with(|c| {
         if let Ok(mut slot) = c.record.try_borrow_mut() {
             if let Some(r) = slot.as_mut() {

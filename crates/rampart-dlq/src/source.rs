@@ -16,13 +16,15 @@ use rampart_core::replay::{CloneReplay, KeepsRequest, Replay};
 /// # Example
 ///
 /// ```
-/// use std::pin::Pin;
+/// use std::future::{ready, Ready};
+/// use std::pin::pin;
+/// use rampart_core::replay::CloneReplay;
 /// use rampart_dlq::{CopyWith, RequestSource};
 ///
-/// let copier = CopyWith(|s: &String| -> Result<String, rampart_core::NotReplayable> { Ok(s.clone()) });
-/// let held = RequestSource::<String, std::future::Ready<()>>::before(&copier, &"order 42".to_string());
-/// let mut inner = std::future::ready(());
-/// let kept = <CopyWith<_> as RequestSource<String, _>>::after(held, Pin::new(&mut inner));
+/// // Copied before the call, handed over as it was after it.
+/// let held = RequestSource::<String, Ready<()>>::before(&CopyWith(CloneReplay), &"order 42".to_string());
+/// let inner = pin!(ready(()));
+/// let kept = <CopyWith<CloneReplay> as RequestSource<String, Ready<()>>>::after(held, inner);
 /// assert_eq!(kept.as_deref(), Some("order 42"));
 /// ```
 #[diagnostic::on_unimplemented(

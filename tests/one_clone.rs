@@ -104,7 +104,11 @@ async fn a_call_failing_after_three_attempts_is_cloned_once_per_attempt_and_reco
         .build()
         .unwrap()
         .layer(IoErrors, store.clone(), extract);
-    let svc = layer.layer(upstream(io::ErrorKind::ConnectionReset, &[7], calls.clone()));
+    let svc = layer.layer(upstream(
+        io::ErrorKind::ConnectionReset,
+        &[7],
+        calls.clone(),
+    ));
     let clones = Arc::new(AtomicUsize::new(0));
     let err = svc.oneshot(request(7, &clones)).await.unwrap_err();
     assert_eq!(err.attempts(), 3);
@@ -126,7 +130,11 @@ async fn a_permanent_failure_is_cloned_once_and_recorded() {
         .build()
         .unwrap()
         .layer(IoErrors, store.clone(), extract)
-        .layer(upstream(io::ErrorKind::PermissionDenied, &[3], calls.clone()));
+        .layer(upstream(
+            io::ErrorKind::PermissionDenied,
+            &[3],
+            calls.clone(),
+        ));
     let clones = Arc::new(AtomicUsize::new(0));
     let err = svc.oneshot(request(3, &clones)).await.unwrap_err();
     assert_eq!(err.attempts(), 1);
@@ -145,7 +153,11 @@ async fn without_retries_the_retry_layer_still_keeps_the_one_copy_for_the_record
         .build()
         .unwrap()
         .layer(IoErrors, store.clone(), extract)
-        .layer(upstream(io::ErrorKind::ConnectionReset, &[5], calls.clone()));
+        .layer(upstream(
+            io::ErrorKind::ConnectionReset,
+            &[5],
+            calls.clone(),
+        ));
     let clones = Arc::new(AtomicUsize::new(0));
     assert_eq!(svc.clone().oneshot(request(1, &clones)).await.unwrap(), 1);
     assert_eq!(clones.load(Ordering::SeqCst), 1);
@@ -268,13 +280,21 @@ mod http_requests {
             let res = svc.clone().oneshot(request("/up", &clones)).await.unwrap();
             assert_eq!(res.body(), &Bytes::from_static(b"{\"text\":\"hello\"}"));
         }
-        assert_eq!(clones.load(Ordering::SeqCst), 5, "one clone per successful call");
+        assert_eq!(
+            clones.load(Ordering::SeqCst),
+            5,
+            "one clone per successful call"
+        );
         assert!(records(&store).await.is_empty());
 
         clones.store(0, Ordering::SeqCst);
         let err = svc.oneshot(request("/down", &clones)).await.unwrap_err();
         assert_eq!(err.attempts(), 3);
-        assert_eq!(clones.load(Ordering::SeqCst), 3, "one per attempt, none for the record");
+        assert_eq!(
+            clones.load(Ordering::SeqCst),
+            3,
+            "one per attempt, none for the record"
+        );
 
         let all = records(&store).await;
         assert_eq!(all.len(), 1);

@@ -97,7 +97,7 @@ impl<Req, F, R: Replay<Req>> RequestSource<Req, F> for CopyWith<R> {
 
 /// Copies nothing: takes the request from the inner response future once the call has
 /// ended ([`KeepsRequest`]), and only for a call it records. Right above a retry layer with
-/// [`keep_request(true)`](https://docs.rs/rampart-retry) — what a `rampart::Policy` builds —
+/// `RetryLayer::keep_request(true)` — what a `rampart::Policy` builds —
 /// a call is then copied once (by the retry layer), not twice; a successful call is never
 /// copied for the record. Made by
 /// [`DeadLetterLayer::request_from_inner`](crate::DeadLetterLayer::request_from_inner).

@@ -16,7 +16,7 @@
 //! retry layer copies with [`HttpReplay`] and keeps its copy to the end of the call
 //! ([`RetryLayer::keep_request`](crate::RetryLayer::keep_request)): the dead-letter layer
 //! above records that copy — for a body over the limit, the cut copy
-//! [`Replay::keep`](crate::Replay::keep) made — instead of making its own.
+//! [`Replay::keep`] made — instead of making its own.
 //!
 //! # Example
 //!

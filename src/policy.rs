@@ -10,7 +10,7 @@ use rampart_breaker::{
     KeyedCircuitBreakerLayer, KeyedHandle,
 };
 use rampart_core::{Backoff, ConfigError, Jitter, Name};
-use rampart_dlq::{DeadLetter, DeadLetterConfig, DeadLetterLayer};
+use rampart_dlq::{DeadLetter, DeadLetterConfig, DeadLetterLayer, FromInner};
 use rampart_retry::{
     AttemptTimeout, AttemptTimeoutLayer, CloneReplay, CloneService, Retry, RetryBudget, RetryLayer,
 };
@@ -317,8 +317,10 @@ impl Policy {
     /// With the `metrics` feature every part reports the reference design's series through
     /// the `metrics` facade (see [`observe`](crate::observe)).
     ///
-    /// Requests are copied by cloning (`CloneReplay`), for each retry and for the
-    /// dead-letter record, so `Req` must be `Clone`; for `http::Request`s whose body streams
+    /// Requests are copied by cloning (`CloneReplay`), so `Req` must be `Clone`: once per
+    /// call, by the retry layer, which keeps its copy to the end of the call for its
+    /// attempts and — if the call is dead-lettered — for the record (the dead-letter layer
+    /// copies nothing itself, `rampart_dlq::FromInner`). For `http::Request`s whose body streams
     /// use `Policy::layer_streaming` (feature `http`), for other requests
     /// [`PolicyLayer::replay`]. The service under the layer must be `Clone` too (see
     /// [`CloneService`]).
@@ -333,9 +335,10 @@ impl Policy {
     /// Like [`layer`](Self::layer), for `http::Request`s whose body streams (hyper's
     /// `Incoming`, axum's `Body`, a `StreamBody`, any `http_body::Body<Data = Bytes> +
     /// Unpin`): a `BufferBodyLayer` above the policy reads each body once, up to a limit
-    /// (1 MiB; [`StreamingPolicyLayer::body_limit`] changes it), and the retry and
-    /// dead-letter layers both copy the request with `HttpReplay`, so every attempt and the
-    /// dead-letter record share that one buffer (one copy of the body per call).
+    /// (1 MiB; [`StreamingPolicyLayer::body_limit`] changes it), and the retry layer copies
+    /// the request with `HttpReplay` and hands its copy to the dead-letter layer for a
+    /// record, so every attempt and the dead-letter record share that one buffer (one copy
+    /// of the body per call).
     ///
     /// A body over the limit is not held back: the call is made once, streaming the body
     /// whole. If that attempt fails in a retryable way, the error is
@@ -578,7 +581,10 @@ impl Policy {
         let mut retry = RetryLayer::new(classifier.clone())
             .name(self.name.clone())
             .deadline_opt(self.deadline)
-            .breaker_below(true);
+            .breaker_below(true)
+            // The dead-letter layer right above takes the retry layer's copy of a request it
+            // records (`FromInner`): one copy per call, shared by the retries and the record.
+            .keep_request(self.dead_letter.is_some());
         retry = if self.retry {
             retry.backoff(self.backoff)
         } else {
@@ -610,7 +616,8 @@ impl Policy {
         let dlq = DeadLetterLayer::new(
             dlq.with_extractor(extractor).with_classifier(classifier),
             store,
-        );
+        )
+        .request_from_inner();
 
         PolicyLayer {
             dlq,
@@ -833,14 +840,16 @@ impl PolicyBuilder {
 ///
 /// `R` copies each request for the retries and for the dead-letter record: `CloneReplay`
 /// (the default, for `Clone` requests), or any `Replay` set with
-/// [`replay`](Self::replay). For requests with streaming bodies see
+/// [`replay`](Self::replay). The retry layer makes the one copy per call and keeps it to the
+/// end of the call; the dead-letter layer right above takes it only for a call it records
+/// (`rampart_dlq::FromInner`). For requests with streaming bodies see
 /// `Policy::layer_streaming` / `PolicyLayer::streaming` (feature `http`).
 ///
 /// The service under it must be `Clone` (see [`CloneService`]): each retry calls it again
 /// through its own handle.
 #[derive(Clone)]
 pub struct PolicyLayer<C, St, X, B = CircuitBreakerLayer<C>, R = CloneReplay> {
-    dlq: DeadLetterLayer<St, X, C, R>,
+    dlq: DeadLetterLayer<St, X, C, FromInner>,
     retry: RetryLayer<C, R, PolicyObserver>,
     breaker: B,
     timeout: AttemptTimeoutLayer,
@@ -867,7 +876,8 @@ impl<C, St, X, B, R> PolicyLayer<C, St, X, B, R> {
     }
 
     /// Copies requests with `replay` — for the retries' attempts and for the dead-letter
-    /// record alike (`Replay::replay` and `Replay::keep`) — instead of cloning them.
+    /// record alike (`Replay::replay`; `Replay::keep` for a request it cannot replay) —
+    /// instead of cloning them; still one copy per call, made by the retry layer.
     /// The layer's breaker, budget and dead-letter counters are kept.
     ///
     /// # Example
@@ -892,7 +902,7 @@ impl<C, St, X, B, R> PolicyLayer<C, St, X, B, R> {
     /// ```
     pub fn replay<R2: Clone>(self, replay: R2) -> PolicyLayer<C, St, X, B, R2> {
         PolicyLayer {
-            dlq: self.dlq.replay(replay.clone()),
+            dlq: self.dlq,
             retry: self.retry.replay(replay),
             breaker: self.breaker,
             timeout: self.timeout,
@@ -923,13 +933,14 @@ impl<C, St, X, B, R> fmt::Debug for PolicyLayer<C, St, X, B, R> {
 
 /// The service a [`PolicyLayer`] makes.
 ///
-/// (With another replayer, [`PolicyLayer::replay`], the `R` of `Retry` and `DeadLetter` is
-/// that replayer.)
+/// (With another replayer, [`PolicyLayer::replay`], the `R` of `Retry` is that replayer;
+/// the dead-letter layer takes the retry layer's copy, `FromInner`.)
 pub type PolicyService<S, C, St, X> = DeadLetter<
     Retry<CircuitBreaker<AttemptTimeout<S>, C>, C, CloneReplay, PolicyObserver>,
     St,
     X,
     C,
+    FromInner,
 >;
 
 /// The service a [`PolicyLayer`] with keyed breakers makes ([`Policy::keyed_layer`]).
@@ -938,6 +949,7 @@ pub type KeyedPolicyService<S, C, St, X, F, K> = DeadLetter<
     St,
     X,
     C,
+    FromInner,
 >;
 
 /// The service a [`PolicyLayer`] from [`Policy::http_layer`] makes.
@@ -946,6 +958,7 @@ pub type HttpPolicyService<S, C, St, X> = DeadLetter<
     St,
     X,
     C,
+    FromInner,
 >;
 
 impl<C, St, X, R> PolicyLayer<C, St, X, PolicyBreakerLayer<C>, R> {
@@ -1033,7 +1046,7 @@ where
     S: CloneService,
     B: Layer<AttemptTimeout<S>>,
 {
-    type Service = DeadLetter<Retry<B::Service, C, R, PolicyObserver>, St, X, C, R>;
+    type Service = DeadLetter<Retry<B::Service, C, R, PolicyObserver>, St, X, C, FromInner>;
 
     fn layer(&self, inner: S) -> Self::Service {
         let s = self.timeout.layer(inner);
@@ -1044,7 +1057,8 @@ where
 }
 
 /// A [`PolicyLayer`] for `http::Request`s whose body streams: a `BufferBodyLayer` above the
-/// policy, whose retry and dead-letter layers copy requests with `HttpReplay`. Made by
+/// policy, whose retry layer copies requests with `HttpReplay` (and hands its copy to the
+/// dead-letter layer for a record). Made by
 /// [`Policy::layer_streaming`] or [`PolicyLayer::streaming`].
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
@@ -1107,7 +1121,7 @@ pub type StreamingPolicyService<S, C, St, X> = BufferBody<
         St,
         X,
         C,
-        HttpReplay,
+        FromInner,
     >,
 >;
 

@@ -178,6 +178,79 @@ fn policy_layer() -> rampart::PolicyLayer<IoErrors, MemoryStore, JsonExtractor> 
         .layer(IoErrors, MemoryStore::default(), JsonExtractor::default())
 }
 
+/// A POST `http::Request<Bytes>` with two headers and a JSON body: what each call of the
+/// `*_http` cases sends (a clone of it, made by [`HttpCalls`]).
+fn http_request() -> http::Request<bytes::Bytes> {
+    http::Request::post("http://tts.local/v1/speak?voice=Kore")
+        .header("content-type", "application/json")
+        .header("x-request-id", "r-42")
+        .body(bytes::Bytes::from_static(b"{\"text\":\"hello\"}"))
+        .unwrap()
+}
+
+/// Answers an `http::Request<Bytes>` with its body's length.
+type HttpBare =
+    tower::util::ServiceFn<fn(http::Request<bytes::Bytes>) -> Ready<Result<u64, io::Error>>>;
+
+fn http_bare() -> HttpBare {
+    service_fn(
+        (|r: http::Request<bytes::Bytes>| ready(Ok(u64::try_from(r.body().len()).unwrap_or(0))))
+            as fn(http::Request<bytes::Bytes>) -> _,
+    )
+}
+
+/// Turns each `u64` call into a clone of one `http::Request<Bytes>` (the caller's request;
+/// the `http_bare` case measures it alone), so that the `u64` harness drives services of
+/// HTTP requests.
+#[derive(Clone)]
+struct HttpCalls<S> {
+    template: http::Request<bytes::Bytes>,
+    inner: S,
+}
+
+impl<S: Service<http::Request<bytes::Bytes>>> Service<u64> for HttpCalls<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, _: u64) -> S::Future {
+        self.inner.call(self.template.clone())
+    }
+}
+
+fn http_calls<S>(inner: S) -> HttpCalls<S> {
+    HttpCalls {
+        template: http_request(),
+        inner,
+    }
+}
+
+type HttpExtract = fn(&http::Request<bytes::Bytes>) -> rampart::dlq::RequestPart;
+
+/// The `rampart_policy` stack over `http::Request<Bytes>`; the record describes the method
+/// and URI (an extractor is called only for a failed call).
+fn policy_http_layer() -> rampart::PolicyLayer<IoErrors, MemoryStore, HttpExtract> {
+    let breaker = CircuitBreakerConfig::builder()
+        .consecutive_failures(None)
+        .window(Some(Window::Count(100)))
+        .build()
+        .unwrap();
+    let extract: HttpExtract = |r| rampart::dlq::RequestPart {
+        summary: format!("{} {}", r.method(), r.uri()),
+        payload: Default::default(),
+    };
+    Policy::builder("bench")
+        .attempt_timeout(Some(Duration::from_secs(1)))
+        .breaker(Some(breaker))
+        .build()
+        .unwrap()
+        .layer(IoErrors, MemoryStore::default(), extract)
+}
+
 /// The hand-built tower stack: `tower::retry` with `TpsBudget` over `tower::timeout`.
 fn tower_stack() -> impl Service<u64, Response = u64, Error = BoxError> + Clone {
     tower::ServiceBuilder::new()
@@ -362,6 +435,8 @@ const CASES: &[&str] = &[
     "rampart_policy",
     "tower_retry_budget_timeout",
     "tower_resilience_retry_breaker",
+    "http_bare",
+    "rampart_policy_http",
 ];
 
 fn main() {
@@ -479,6 +554,13 @@ fn main() {
         "rampart_policy" => run(&rt, shape, policy_layer().layer(bare()), n),
         "tower_retry_budget_timeout" => run(&rt, shape, tower_stack(), n),
         "tower_resilience_retry_breaker" => run(&rt, shape, resilience_retry_breaker(), n),
+        "http_bare" => run(&rt, shape, http_calls(http_bare()), n),
+        "rampart_policy_http" => run(
+            &rt,
+            shape,
+            http_calls(policy_http_layer().layer(http_bare())),
+            n,
+        ),
         other => panic!("unknown case {other}; `list` lists them"),
     };
     #[allow(clippy::cast_precision_loss)]

@@ -5,6 +5,13 @@
 //! call finally fails. A replayer whose copies share the request's bytes (a `Bytes` body, or
 //! a streaming body buffered once by the retry crate's `BufferBodyLayer`) keeps one buffer
 //! per call, however many attempts there are.
+//!
+//! A layer that already holds a copy for the whole call can hand it to the layer above when
+//! the call has ended ([`KeepsRequest`]): in a `rampart::Policy` the retry layer keeps its
+//! copy to the end of the call and the dead-letter layer above takes it only for a call it
+//! records, so that a call is copied once, not once per layer.
+
+use std::pin::Pin;
 
 use crate::NotReplayable;
 
@@ -88,6 +95,52 @@ where
     fn replay(&self, req: &Req) -> Result<Req, NotReplayable> {
         self(req)
     }
+}
+
+/// A response future that holds a copy of its call's request and, once the call has ended,
+/// hands it to the layer above.
+///
+/// The retry layer's response future implements it: it holds a copy of the request (made
+/// by its [`Replay`]) to send the next attempt, and with `RetryLayer::keep_request(true)`
+/// it keeps one to the end of the call — also with no retries configured, through the last
+/// attempt, and, for a request that cannot be replayed, the partial copy [`Replay::keep`]
+/// makes. A dead-letter layer in `FromInner` mode (`rampart_dlq::FromInner`, what a
+/// `rampart::Policy` builds) copies nothing itself and takes this copy when it records a
+/// failed call, so that the call makes one copy where the two layers made two.
+///
+/// # Example
+///
+/// ```
+/// use std::future::Future;
+/// use std::pin::{pin, Pin};
+/// use std::task::{Context, Poll, Waker};
+/// use rampart_core::replay::KeepsRequest;
+///
+/// /// Answers at once, and keeps its request for the layer above.
+/// struct Echo { req: Option<String>, done: bool }
+/// impl Future for Echo {
+///     type Output = usize;
+///     fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<usize> {
+///         self.done = true;
+///         Poll::Ready(self.req.as_ref().map_or(0, String::len))
+///     }
+/// }
+/// impl KeepsRequest<String> for Echo {
+///     fn take_request(mut self: Pin<&mut Self>) -> Option<String> {
+///         if self.done { self.req.take() } else { None }
+///     }
+/// }
+///
+/// let mut fut = pin!(Echo { req: Some("hello".into()), done: false });
+/// assert_eq!(fut.as_mut().take_request(), None); // not before the call has ended
+/// let _ = fut.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+/// assert_eq!(fut.as_mut().take_request().as_deref(), Some("hello"));
+/// assert_eq!(fut.as_mut().take_request(), None); // handed over once
+/// ```
+pub trait KeepsRequest<Req> {
+    /// The request this future kept, once it has completed (returned `Poll::Ready`);
+    /// `None` before that, after it was taken once, or if the future kept none.
+    fn take_request(self: Pin<&mut Self>) -> Option<Req>;
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use crate::extract::Extract;
 use crate::layer::{Counters, DeadLetterEvent, Observer, Progress, Shared};
 use crate::record::RecordId;
 use crate::record::{DeadLetterReason, DeadLetterRecord, Timestamp, RECORD_VERSION};
+use crate::source::RequestSource;
 use crate::store::DeadLetterStore;
 
 type Write = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -36,14 +37,17 @@ impl<Res, E: IntoError> Settle for Result<Res, E> {
 pin_project! {
     /// The response future of [`DeadLetter`](crate::DeadLetter): the inner call, then — if
     /// the call is dead-lettered — the store write, then the original result.
-    pub struct ResponseFuture<F, Req, St, X, C>
+    pub struct ResponseFuture<F, Req, St, X, C, R>
     where
         F: Future,
         F::Output: Settle,
+        R: RequestSource<Req, F>,
     {
         #[pin]
         state: State<F>,
-        request: Option<Req>,
+        // What this call holds for its record (a copy of the request, or nothing when the
+        // request is taken from the inner future after the call).
+        request: R::Held,
         shared: Arc<Shared<St, X, C>>,
         span: tracing::Span,
         // What the layers below saw of this call (see `rampart_core::record`).
@@ -63,11 +67,12 @@ pin_project! {
     }
 }
 
-impl<F: Future, Req, St, X, C> ResponseFuture<F, Req, St, X, C>
+impl<F: Future, Req, St, X, C, R> ResponseFuture<F, Req, St, X, C, R>
 where
     F::Output: Settle,
+    R: RequestSource<Req, F>,
 {
-    pub(crate) fn new(future: F, request: Option<Req>, shared: Arc<Shared<St, X, C>>) -> Self {
+    pub(crate) fn new(future: F, request: R::Held, shared: Arc<Shared<St, X, C>>) -> Self {
         // One span per logical call; the retry layer's `retry_attempt` spans nest inside it.
         let span = tracing::debug_span!(
             "rampart_call",
@@ -195,9 +200,10 @@ where
     Some((reason, last, attempts, text))
 }
 
-impl<F, Res, E, Req, St, X, C> Future for ResponseFuture<F, Req, St, X, C>
+impl<F, Res, E, Req, St, X, C, R> Future for ResponseFuture<F, Req, St, X, C, R>
 where
     F: Future<Output = Result<Res, E>>,
+    R: RequestSource<Req, F>,
     E: IntoError,
     E::Inner: fmt::Display,
     St: DeadLetterStore + Clone,
@@ -210,11 +216,12 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Called { future } => {
+                StateProj::Called { mut future } => {
                     let result = {
                         let _entered = this.span.enter();
-                        let polled =
-                            rampart_core::record::in_scope(this.record, || future.poll(cx));
+                        let polled = rampart_core::record::in_scope(this.record, || {
+                            future.as_mut().poll(cx)
+                        });
                         ready!(polled).map_err(IntoError::into_error)
                     };
                     let shared = &**this.shared;
@@ -234,7 +241,10 @@ where
                     if !shared.records(reason) {
                         return Poll::Ready(result);
                     }
-                    let extracted = match this.request.take() {
+                    // The copy held, or the one the inner future kept (taken before the
+                    // inner future is dropped).
+                    let held = std::mem::take(this.request);
+                    let extracted = match R::after(held, future) {
                         Some(req) => shared.extractor.extract_whole(&req),
                         None => Default::default(),
                     };
@@ -402,9 +412,10 @@ fn spawn_writer<St: DeadLetterStore + Clone>(
     tx
 }
 
-impl<F: Future, Req, St, X, C> fmt::Debug for ResponseFuture<F, Req, St, X, C>
+impl<F: Future, Req, St, X, C, R> fmt::Debug for ResponseFuture<F, Req, St, X, C, R>
 where
     F::Output: Settle,
+    R: RequestSource<Req, F>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()

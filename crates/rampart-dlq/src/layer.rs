@@ -11,6 +11,7 @@ use crate::config::{reason_bit, DeadLetterConfig};
 use crate::record::{DeadLetterReason, DeadLetterRecord};
 use crate::redact::Redactor;
 use crate::service::DeadLetter;
+use crate::source::{CopyWith, FromInner};
 
 /// Records a request that finally failed — once, after the last attempt, with its true
 /// attempt count — in a [`DeadLetterStore`](crate::DeadLetterStore). The caller still gets
@@ -30,6 +31,9 @@ use crate::service::DeadLetter;
 /// (`rampart_core::replay::Replay::keep`): [`CloneReplay`] by default, for `Clone`
 /// requests; [`replay`](Self::replay) swaps it (`HttpReplay` for requests whose streaming
 /// body `BufferBodyLayer` buffered, so that the record and the retries share one buffer).
+/// Right above a retry layer that keeps its copy to the end of the call
+/// (`RetryLayer::keep_request(true)`), [`request_from_inner`](Self::request_from_inner)
+/// copies nothing and records that copy instead: one copy per call, not two.
 #[must_use]
 pub struct DeadLetterLayer<St, X, C, R = CloneReplay> {
     shared: Arc<Shared<St, X, C>>,
@@ -259,9 +263,9 @@ impl<St, X, C> DeadLetterLayer<St, X, C> {
 }
 
 impl<St, X, C, R> DeadLetterLayer<St, X, C, R> {
-    /// Copies each request for its record with `replay` ([`Replay::keep`]) instead of the
-    /// current replayer. The layer's store, counters and queue are kept: this is the same
-    /// layer.
+    /// Copies each request for its record with `replay` ([`Replay::keep`]), before the call,
+    /// instead of the current way ([`CopyWith`]). The layer's store, counters and queue are
+    /// kept: this is the same layer.
     ///
     /// [`Replay::keep`]: rampart_core::replay::Replay::keep
     ///
@@ -281,10 +285,39 @@ impl<St, X, C, R> DeadLetterLayer<St, X, C, R> {
     /// # let _ = layer;
     /// # Ok::<(), rampart_core::ConfigError>(())
     /// ```
-    pub fn replay<R2>(self, replay: R2) -> DeadLetterLayer<St, X, C, R2> {
+    pub fn replay<R2>(self, replay: R2) -> DeadLetterLayer<St, X, C, CopyWith<R2>> {
         DeadLetterLayer {
             shared: self.shared,
-            replay,
+            replay: CopyWith(replay),
+        }
+    }
+
+    /// Copies no request: a call being recorded takes the request from the service right
+    /// below once the call has ended ([`FromInner`]), which must be a retry layer (its
+    /// response future implements `rampart_core::replay::KeepsRequest`) made with
+    /// `RetryLayer::keep_request(true)`, so that it keeps a copy to the end of every call.
+    /// The call is then copied once — by the retry layer, for its attempts — and a
+    /// successful call is never copied for the record. What a `rampart::Policy` builds.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart_core::classify::IoErrors;
+    /// use rampart_dlq::{DeadLetterConfig, DeadLetterLayer, MemoryStore};
+    /// use rampart_retry::RetryLayer;
+    /// use tower::ServiceBuilder;
+    ///
+    /// let stack = ServiceBuilder::new()
+    ///     .layer(DeadLetterLayer::new(DeadLetterConfig::builder().classifier(IoErrors).build()?, MemoryStore::default())
+    ///         .request_from_inner())
+    ///     .layer(RetryLayer::new(IoErrors).keep_request(true));
+    /// # let _ = stack;
+    /// # Ok::<(), rampart_core::ConfigError>(())
+    /// ```
+    pub fn request_from_inner(self) -> DeadLetterLayer<St, X, C, FromInner> {
+        DeadLetterLayer {
+            shared: self.shared,
+            replay: FromInner,
         }
     }
 

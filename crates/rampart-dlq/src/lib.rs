@@ -103,6 +103,7 @@ mod record;
 pub mod redact;
 mod redrive;
 mod service;
+mod source;
 pub mod store;
 
 pub use config::{DeadLetterConfig, DeadLetterConfigBuilder};
@@ -118,6 +119,7 @@ pub use record::{
 pub use redact::Redactor;
 pub use redrive::{redrive, RedriveReport, Skip, SkipReason};
 pub use service::DeadLetter;
+pub use source::{CopyWith, FromInner, RequestSource};
 pub use store::fallback::Fallback;
 pub use store::memory::MemoryStore;
 #[cfg(feature = "postgres")]

@@ -2,26 +2,34 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use rampart_core::replay::{CloneReplay, Replay};
+use rampart_core::replay::CloneReplay;
 use rampart_core::{Classify, Error, IntoError};
 use tower_service::Service;
 
 use crate::extract::Extract;
 use crate::future::ResponseFuture;
 use crate::layer::{stats, DeadLetterStats, Shared};
+use crate::source::RequestSource;
 use crate::store::DeadLetterStore;
 
 /// Records requests that finally fail. Made by [`DeadLetterLayer`](crate::DeadLetterLayer).
 ///
 /// # Clone
 ///
-/// Clones share the store and counters. Each call keeps a copy of its request until the
-/// call ends, because it may have to record it, made by the layer's [`Replay`]
-/// ([`Replay::keep`]): [`CloneReplay`] by default, which needs `Req: Clone` (for
-/// `http::Request<Full<Bytes>>` or `Request<Bytes>` the body's copy is a reference-count
-/// bump); `HttpReplay` for requests whose streaming body `BufferBodyLayer` buffered (see
-/// [`DeadLetterLayer::replay`](crate::DeadLetterLayer::replay)). Nothing is kept while the
-/// layer records nothing.
+/// Clones share the store and counters.
+///
+/// # Requests
+///
+/// `R` says where a record's request comes from ([`RequestSource`]). By default each call
+/// keeps a copy of its request until the call ends, because it may have to record it, made
+/// with [`CloneReplay`] ([`Replay::keep`](rampart_core::replay::Replay::keep)), which needs
+/// `Req: Clone` (for `http::Request<Full<Bytes>>` or `Request<Bytes>` the body's copy is a
+/// reference-count bump); [`DeadLetterLayer::replay`](crate::DeadLetterLayer::replay) copies
+/// with another `Replay` ([`CopyWith`](crate::CopyWith): `HttpReplay` for requests whose
+/// streaming body `BufferBodyLayer` buffered). With
+/// [`FromInner`](crate::FromInner) ([`DeadLetterLayer::request_from_inner`](crate::DeadLetterLayer::request_from_inner))
+/// it copies nothing and takes the copy the retry layer below kept, only for a call it
+/// records. Nothing is kept while the layer records nothing.
 pub struct DeadLetter<S, St, X, C, R = CloneReplay> {
     inner: S,
     shared: Arc<Shared<St, X, C>>,
@@ -100,11 +108,11 @@ where
     St: DeadLetterStore + Clone,
     X: Extract<Req> + Send + Sync + 'static,
     C: Classify<S::Response, <S::Error as IntoError>::Inner> + Send + Sync + 'static,
-    R: Replay<Req>,
+    R: RequestSource<Req, S::Future>,
 {
     type Response = S::Response;
     type Error = Error<<S::Error as IntoError>::Inner>;
-    type Future = ResponseFuture<S::Future, Req, St, X, C>;
+    type Future = ResponseFuture<S::Future, Req, St, X, C, R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(IntoError::into_error)
@@ -112,9 +120,9 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let copy = if self.shared.reasons == 0 {
-            None
+            R::Held::default()
         } else {
-            self.replay.keep(&req)
+            self.replay.before(&req)
         };
         let future = self.inner.call(req);
         ResponseFuture::new(future, copy, self.shared.clone())

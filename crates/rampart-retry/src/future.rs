@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use rampart_core::instant_after;
+use rampart_core::replay::KeepsRequest;
 use rampart_core::{Classify, Error, ErrorKind, IntoError, NotReplayable, Outcome, Schedule};
 use tokio::time::{sleep_until, Instant, Sleep};
 use tower_service::Service;
@@ -42,7 +43,10 @@ pin_project! {
         #[pin]
         state: State<S::Future>,
         service: S,
+        // The copy of the request this call holds: for the next attempt when `replayable`,
+        // otherwise only for the layer above (`KeepsRequest`).
         request: Option<Req>,
+        replayable: bool,
         classifier: C,
         replay: R,
         observer: O,
@@ -176,6 +180,59 @@ pin_project! {
     }
 }
 
+/// The copy of a request a call starts with.
+pub(crate) struct Copied<Req> {
+    request: Option<Req>,
+    replayable: bool,
+    not_replayable: Option<NotReplayable>,
+}
+
+impl<Req> Copied<Req> {
+    /// No copy: no retries, and nothing kept for the layer above.
+    pub(crate) const NONE: Copied<Req> = Copied {
+        request: None,
+        replayable: false,
+        not_replayable: None,
+    };
+
+    /// The copy made before the first attempt: one to replay (with retries), else — when
+    /// `keep` — the copy `Replay::keep` makes for the layer above.
+    #[inline(always)]
+    pub(crate) fn of<R: Replay<Req>>(replay: &R, req: &Req, retries: bool, keep: bool) -> Self {
+        if retries {
+            match replay.replay(req) {
+                Ok(copy) => Copied {
+                    request: Some(copy),
+                    replayable: true,
+                    not_replayable: None,
+                },
+                Err(reason) => Self::not_replayable(replay, req, keep, reason),
+            }
+        } else {
+            Copied {
+                request: replay.keep(req),
+                replayable: false,
+                not_replayable: None,
+            }
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn not_replayable<R: Replay<Req>>(
+        replay: &R,
+        req: &Req,
+        keep: bool,
+        reason: NotReplayable,
+    ) -> Self {
+        Copied {
+            request: if keep { replay.keep(req) } else { None },
+            replayable: false,
+            not_replayable: Some(reason),
+        }
+    }
+}
+
 impl<S, Req, C, R, O> ResponseFuture<S, Req, C, R, O>
 where
     S: Service<Req>,
@@ -185,7 +242,7 @@ where
     pub(crate) fn new(
         future: S::Future,
         service: S,
-        request: Option<Result<Req, NotReplayable>>,
+        copy: Copied<Req>,
         classifier: C,
         replay: R,
         observer: O,
@@ -193,16 +250,18 @@ where
         timed: bool,
         stream: u64,
     ) -> Self {
-        let (request, cold) = match request {
-            Some(Ok(request)) => (Some(request), None),
-            None => (None, None),
-            Some(Err(reason)) => (None, Some(Self::not_replayable(reason))),
-        };
+        let Copied {
+            request,
+            replayable,
+            not_replayable,
+        } = copy;
+        let cold = not_replayable.map(Self::not_replayable);
         let timer = Timer::first(&shared.config, timed);
         ResponseFuture {
             state: State::Called { future },
             service,
             request,
+            replayable,
             classifier,
             replay,
             observer,
@@ -415,7 +474,7 @@ where
                             attempts,
                             cold,
                             this.timer.as_mut().project().started,
-                            this.request.is_some(),
+                            *this.replayable && this.request.is_some(),
                             outcome,
                             open_in,
                         )
@@ -484,10 +543,18 @@ where
                         // plan_retry() schedules a retry only with a request in hand.
                         unreachable!("retry scheduled without a replayable request");
                     };
-                    if *this.attempts < this.shared.config.backoff.max_retries() {
+                    // The copy held is sent; a new one is held for the next attempt, and —
+                    // when the layer above takes the request after the call — for it, so
+                    // with `keep_request` the last attempt is a copy too.
+                    let keep = this.shared.config.keep_request;
+                    if keep || *this.attempts < this.shared.config.backoff.max_retries() {
                         match this.replay.replay(&request) {
                             Ok(copy) => *this.request = Some(copy),
                             Err(reason) => {
+                                if keep {
+                                    *this.request = this.replay.keep(&request);
+                                    *this.replayable = false;
+                                }
                                 if let Some(cold) = this.cold.as_mut() {
                                     cold.not_replayable = Some(reason);
                                 }
@@ -512,6 +579,25 @@ where
                     return Poll::Pending;
                 }
             }
+        }
+    }
+}
+
+impl<S, Req, C, R, O> KeepsRequest<Req> for ResponseFuture<S, Req, C, R, O>
+where
+    S: Service<Req>,
+{
+    /// The copy of the request this call held, once the call has ended: a copy the
+    /// replayer made, or for a request that could not be replayed the partial copy of
+    /// [`Replay::keep`] (with [`RetryLayer::keep_request`](crate::RetryLayer::keep_request)).
+    /// `None` while the call is in progress (the copy is the next attempt's), once taken, or
+    /// when the call held none: without `keep_request`, a call with no retries configured
+    /// holds none, and the last attempt is sent the copy held.
+    fn take_request(self: Pin<&mut Self>) -> Option<Req> {
+        let this = self.project();
+        match &*this.state {
+            State::Done => this.request.take(),
+            _ => None,
         }
     }
 }

@@ -13,7 +13,10 @@
 //! marked truncated and never redriven).
 //!
 //! `rampart::Policy::layer_streaming` stacks `BufferBodyLayer` above a whole policy whose
-//! retry and dead-letter layers both copy with [`HttpReplay`].
+//! retry layer copies with [`HttpReplay`] and keeps its copy to the end of the call
+//! ([`RetryLayer::keep_request`](crate::RetryLayer::keep_request)): the dead-letter layer
+//! above records that copy — for a body over the limit, the cut copy
+//! [`Replay::keep`] made — instead of making its own.
 //!
 //! # Example
 //!

@@ -53,6 +53,7 @@ impl<C> RetryLayer<C> {
                 deadline: None,
                 attempt_timeout: None,
                 breaker_below: false,
+                keep_request: false,
             },
             budget: Some(budget),
             clones: Arc::new(AtomicU32::new(0)),
@@ -131,6 +132,33 @@ impl<C, R, O> RetryLayer<C, R, O> {
     /// ```
     pub fn breaker_below(mut self, on: bool) -> Self {
         self.config.breaker_below = on;
+        self
+    }
+
+    /// Keeps a copy of each call's request to the end of the call, for the layer above to
+    /// take once the call has ended ([`KeepsRequest`](rampart_core::replay::KeepsRequest),
+    /// which the [response future](crate::future::ResponseFuture) implements): a dead-letter
+    /// layer in `FromInner` mode right above records it instead of copying the request
+    /// itself. A `rampart::Policy` sets this when it records dead letters.
+    ///
+    /// With it, a call holds a copy even with no retries configured, and the last attempt
+    /// is sent a copy rather than the copy held (one more copy on a call that uses its last
+    /// retry); for a request that cannot be replayed, it holds the partial copy
+    /// [`Replay::keep`](crate::Replay::keep) makes (never sent). Without it (the default),
+    /// the copy is made only for retries and moved into the last attempt, so the future
+    /// hands back a request only when it still holds one.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart_core::classify::IoErrors;
+    /// use rampart_retry::RetryLayer;
+    ///
+    /// let layer = RetryLayer::new(IoErrors).keep_request(true);
+    /// # let _ = layer;
+    /// ```
+    pub fn keep_request(mut self, on: bool) -> Self {
+        self.config.keep_request = on;
         self
     }
 

@@ -106,7 +106,7 @@ pub mod http;
 
 pub use budget::{RetryBudget, RetryBudgetBuilder};
 pub use layer::RetryLayer;
-pub use replay::{CloneReplay, Replay};
+pub use replay::{CloneReplay, KeepsRequest, Replay};
 pub use service::{CloneService, Retry};
 pub use timeout::{AttemptTimeout, AttemptTimeoutLayer, TimeoutFuture};
 

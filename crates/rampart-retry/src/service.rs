@@ -8,7 +8,7 @@ use rampart_core::{Backoff, Classify, Error, IntoError, Name};
 use tower_service::Service;
 
 use crate::budget::RetryBudget;
-use crate::future::ResponseFuture;
+use crate::future::{Copied, ResponseFuture};
 use crate::layer::RetryLayer;
 use crate::observe::RetryObserver;
 use crate::replay::{CloneReplay, Replay};
@@ -51,6 +51,8 @@ pub(crate) struct Config {
     pub(crate) attempt_timeout: Option<Duration>,
     /// Take each attempt's outcome from the breaker right below (`RetryLayer::breaker_below`).
     pub(crate) breaker_below: bool,
+    /// Keep a copy of each request to the end of its call (`RetryLayer::keep_request`).
+    pub(crate) keep_request: bool,
 }
 
 /// What one service instance's calls share: the settings and the budget. The layer makes one
@@ -82,6 +84,8 @@ pub struct Retry<S, C, R = CloneReplay, O = ()> {
     budget: Option<RetryBudget>,
     /// `config.backoff.max_retries() > 0`, cached off the hot path's pointer chase.
     retries: bool,
+    /// `config.keep_request`, cached likewise.
+    keep: bool,
     /// A deadline or an attempt timeout is set, cached likewise.
     timed: bool,
     streams: Streams,
@@ -141,6 +145,7 @@ impl<S, C, R, O> Retry<S, C, R, O> {
             replay,
             observer,
             retries: config.backoff.max_retries() > 0,
+            keep: config.keep_request,
             timed: config.deadline.is_some() || config.attempt_timeout.is_some(),
             budget: shared.budget.clone(),
             shared,
@@ -171,6 +176,7 @@ impl<S: Clone, C: Clone, R: Clone, O: Clone> Clone for Retry<S, C, R, O> {
             shared: self.shared.clone(),
             budget: self.budget.clone(),
             retries: self.retries,
+            keep: self.keep,
             timed: self.timed,
             streams: Streams::new(self.streams.clones.clone()),
         }
@@ -212,7 +218,11 @@ where
         if let Some(budget) = &self.budget {
             budget.deposit_one();
         }
-        let copy = self.retries.then(|| self.replay.replay(&req));
+        let copy = if self.retries | self.keep {
+            Copied::of(&self.replay, &req, self.retries, self.keep)
+        } else {
+            Copied::NONE
+        };
         let future = self.inner.call(req);
         ResponseFuture::new(
             future,

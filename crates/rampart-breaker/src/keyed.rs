@@ -17,7 +17,7 @@
 //!   map full of open breakers would cost `O(max_keys)` per new key again, and they let the
 //!   map grow past its bound instead of saying so. The map's default hasher (SipHash with a
 //!   random key) keeps attacker-chosen keys from colliding on purpose.
-//! - **A key's first call does no work beyond a filter slot** (see below): no lock, no
+//! - **A key's first call does no work beyond a filter bucket** (see below): no lock, no
 //!   breaker, no eviction.
 //! - **New keys do `O(1)` work under a short lock.** Eviction is a CLOCK (second-chance)
 //!   ring of keys behind a mutex that only a call with a key not yet held, but seen before,
@@ -65,7 +65,7 @@
 //! What this means:
 //!
 //! - A fresh-key flood creates no breaker, evicts nothing and takes no lock: each call is
-//!   two hashes, one filter slot read and written, and a read of the overflow breaker's
+//!   two hashes, one filter bucket (four slots) read and one slot written, and a read of the overflow breaker's
 //!   state. Since its outcomes are recorded nowhere, it cannot open any breaker, the overflow
 //!   breaker included, so it cannot turn away traffic of legitimate keys.
 //! - A key's first failure does not count towards its own breaker: with

@@ -72,14 +72,11 @@ where
     F::Output: Settle,
     R: RequestSource<Req, F>,
 {
+    /// Inlined into `DeadLetter::call`, so that the inner future is built in place rather
+    /// than copied into this one (the span, made out of line, keeps this small).
+    #[inline(always)]
     pub(crate) fn new(future: F, request: R::Held, shared: Arc<Shared<St, X, C>>) -> Self {
-        // One span per logical call; the retry layer's `retry_attempt` spans nest inside it.
-        let span = tracing::debug_span!(
-            "rampart_call",
-            service = %shared.name,
-            outcome = tracing::field::Empty,
-            attempts = tracing::field::Empty,
-        );
+        let span = call_span(&shared.name);
         ResponseFuture {
             state: State::Called { future },
             request,
@@ -88,6 +85,17 @@ where
             record: CallRecord::default(),
         }
     }
+}
+
+/// One span per logical call; the retry layer's `retry_attempt` spans nest inside it.
+#[inline(never)]
+fn call_span(service: &Name) -> tracing::Span {
+    tracing::debug_span!(
+        "rampart_call",
+        service = %service,
+        outcome = tracing::field::Empty,
+        attempts = tracing::field::Empty,
+    )
 }
 
 /// Why a finished call is a dead letter, if it is: the reason, the last failure's outcome,

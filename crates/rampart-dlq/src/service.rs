@@ -118,6 +118,7 @@ where
         self.inner.poll_ready(cx).map_err(IntoError::into_error)
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let copy = if self.shared.reasons == 0 {
             R::Held::default()

@@ -95,18 +95,29 @@ pin_project! {
 }
 
 impl Timer {
-    /// No timer; the clock is not read.
-    const IDLE: Timer = Timer {
-        started: None,
-        sleep: None,
-        role: TimerRole::AttemptTimeout,
-    };
+    /// No timer; the clock is not read. A function rather than a constant: a constant
+    /// `Timer` (its `Option<Sleep>` is over 100 bytes) is copied whole into every new
+    /// future, where this writes only the fields' tags.
+    #[inline(always)]
+    fn idle(started: Option<Instant>) -> Timer {
+        Timer {
+            started,
+            sleep: None,
+            role: TimerRole::AttemptTimeout,
+        }
+    }
 
     /// The first attempt's timer, armed now if a timeout or a deadline is set.
+    #[inline(always)]
     fn first(config: &Config, timed: bool) -> Timer {
         if !timed {
-            return Timer::IDLE;
+            return Timer::idle(None);
         }
+        Timer::first_timed(config)
+    }
+
+    #[inline(never)]
+    fn first_timed(config: &Config) -> Timer {
         let now = Instant::now();
         match attempt_bound(config, now, now) {
             Some((at, role)) => Timer {
@@ -114,10 +125,7 @@ impl Timer {
                 sleep: Some(sleep_until(at)),
                 role,
             },
-            None => Timer {
-                started: Some(now),
-                ..Timer::IDLE
-            },
+            None => Timer::idle(Some(now)),
         }
     }
 

@@ -14,7 +14,7 @@ use rampart_core::{Classify, Error, ErrorKind, IntoError, Name, Outcome};
 use tokio::sync::mpsc;
 
 use crate::extract::Extract;
-use crate::layer::{Counters, DeadLetterEvent, Observer, Progress, Shared};
+use crate::layer::{Counters, DeadLetterEvent, Link, Observer, Progress, Shared};
 use crate::record::RecordId;
 use crate::record::{DeadLetterReason, DeadLetterRecord, Timestamp, RECORD_VERSION};
 use crate::store::DeadLetterStore;
@@ -44,7 +44,7 @@ pin_project! {
         #[pin]
         state: State<F>,
         request: Option<Req>,
-        shared: Arc<Shared<St, X, C>>,
+        shared: Arc<Link<St, X, C>>,
         span: tracing::Span,
         // What the layers below saw of this call (see `rampart_core::record`).
         record: CallRecord,
@@ -67,7 +67,7 @@ impl<F: Future, Req, St, X, C> ResponseFuture<F, Req, St, X, C>
 where
     F::Output: Settle,
 {
-    pub(crate) fn new(future: F, request: Option<Req>, shared: Arc<Shared<St, X, C>>) -> Self {
+    pub(crate) fn new(future: F, request: Option<Req>, shared: Arc<Link<St, X, C>>) -> Self {
         // One span per logical call; the retry layer's `retry_attempt` spans nest inside it.
         let span = tracing::debug_span!(
             "rampart_call",
@@ -272,7 +272,7 @@ where
                         store = shared.store.kind(),
                         "request dead-lettered"
                     );
-                    let write = write(this.shared.clone(), record);
+                    let write = write(this.shared.shared.clone(), record);
                     this.state.set(State::Writing {
                         write,
                         result: Some(result),

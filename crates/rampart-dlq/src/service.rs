@@ -8,14 +8,16 @@ use tower_service::Service;
 
 use crate::extract::Extract;
 use crate::future::ResponseFuture;
-use crate::layer::{stats, DeadLetterStats, Shared};
+use crate::layer::{stats, DeadLetterStats, Link, Links};
 use crate::store::DeadLetterStore;
 
 /// Records requests that finally fail. Made by [`DeadLetterLayer`](crate::DeadLetterLayer).
 ///
 /// # Clone
 ///
-/// Clones share the store and counters. Each call keeps a copy of its request until the
+/// Clones share the store and counters; each call takes a reference count on one of a few
+/// links to them, which the layer's services and their clones take in turn (so that clones
+/// on different threads do not write one shared count). Each call keeps a copy of its request until the
 /// call ends, because it may have to record it, made by the layer's [`Replay`]
 /// ([`Replay::keep`]): [`CloneReplay`] by default, which needs `Req: Clone` (for
 /// `http::Request<Full<Bytes>>` or `Request<Bytes>` the body's copy is a reference-count
@@ -24,7 +26,9 @@ use crate::store::DeadLetterStore;
 /// layer records nothing.
 pub struct DeadLetter<S, St, X, C, R = CloneReplay> {
     inner: S,
-    shared: Arc<Shared<St, X, C>>,
+    /// This service's link: one of `links`.
+    shared: Arc<Link<St, X, C>>,
+    links: Arc<Links<St, X, C>>,
     replay: R,
 }
 
@@ -52,10 +56,11 @@ impl<S, St, X, C> DeadLetter<S, St, X, C> {
 }
 
 impl<S, St, X, C, R> DeadLetter<S, St, X, C, R> {
-    pub(crate) fn from_parts(inner: S, shared: Arc<Shared<St, X, C>>, replay: R) -> Self {
+    pub(crate) fn from_parts(inner: S, links: Arc<Links<St, X, C>>, replay: R) -> Self {
         DeadLetter {
             inner,
-            shared,
+            shared: links.next(),
+            links,
             replay,
         }
     }
@@ -77,7 +82,8 @@ impl<S: Clone, St, X, C, R: Clone> Clone for DeadLetter<S, St, X, C, R> {
     fn clone(&self) -> Self {
         DeadLetter {
             inner: self.inner.clone(),
-            shared: self.shared.clone(),
+            shared: self.links.next(),
+            links: self.links.clone(),
             replay: self.replay.clone(),
         }
     }

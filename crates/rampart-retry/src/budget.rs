@@ -48,8 +48,11 @@
 //! call's retries are budgeted even when every other handle is gone (as with `oneshot`), and
 //! the budget is freed with the last of them. Nothing is registered anywhere else.
 
+#[cfg(rampart_loom)]
+use loom::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use rampart_core::ConfigError;
 use std::fmt;
+#[cfg(not(rampart_loom))]
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -416,7 +419,7 @@ impl RetryBudgetBuilder {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(rampart_loom)))]
 mod tests {
     use super::*;
     use std::time::Duration;
@@ -719,5 +722,85 @@ mod tests {
             let e = RetryBudget::builder().ratio(r).build().unwrap_err();
             assert_eq!(e.field(), "retry_budget.ratio");
         }
+    }
+}
+
+/// Every interleaving of deposits folding into the main balance, a retry draining the
+/// stripes, and the cap's discard (run by `.ci/run` with `--cfg rampart_loom`).
+#[cfg(all(test, rampart_loom))]
+mod loom_tests {
+    use super::*;
+    use loom::thread;
+
+    fn budget(max_tokens: u32) -> RetryBudget {
+        RetryBudget::builder()
+            .ratio(0.5)
+            .min_per_sec(0)
+            .max_tokens(max_tokens)
+            .build()
+            .unwrap_or_default()
+    }
+
+    fn burst(b: &RetryBudget) -> u64 {
+        let mut n = 0;
+        while b.try_withdraw() {
+            n += 1;
+        }
+        n
+    }
+
+    /// Two services deposit a token each (two half-token deposits, one fold) into their own
+    /// stripes while a retry is decided: the token is taken at most once, and whatever the
+    /// retry did not take is still there afterwards.
+    #[test]
+    fn deposits_racing_a_retry_are_taken_exactly_once() {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(|| {
+            let b = budget(u32::MAX);
+            let depositors: Vec<_> = (0..2)
+                .map(|stripe| {
+                    let b = b.clone();
+                    thread::spawn(move || {
+                        b.deposit_in(stripe);
+                        b.deposit_in(stripe);
+                    })
+                })
+                .collect();
+            let retry = {
+                let b = b.clone();
+                thread::spawn(move || u64::from(b.try_withdraw()))
+            };
+            let mut taken = retry.join().unwrap_or(u64::MAX);
+            for d in depositors {
+                d.join().unwrap_or(());
+            }
+            taken += burst(&b);
+            assert_eq!(taken, 2, "two tokens deposited, {taken} taken");
+        });
+    }
+
+    /// Two services filling a one-token budget at once: the burst afterwards is the cap,
+    /// never more.
+    #[test]
+    fn concurrent_folds_never_overfill_the_cap() {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(|| {
+            let b = budget(1);
+            let depositors: Vec<_> = (0..2)
+                .map(|stripe| {
+                    let b = b.clone();
+                    thread::spawn(move || {
+                        b.deposit_in(stripe);
+                        b.deposit_in(stripe);
+                    })
+                })
+                .collect();
+            for d in depositors {
+                d.join().unwrap_or(());
+            }
+            assert_eq!(burst(&b), 1);
+        });
     }
 }

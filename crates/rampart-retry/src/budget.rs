@@ -28,18 +28,21 @@
 //! Deposits do not go to the main balance but to one of a few *stripes*, counters on cache
 //! lines of their own: each service a [`RetryLayer`](crate::RetryLayer) makes (and each clone
 //! of one) deposits into its own stripe, so services used on different threads write
-//! different cache lines. A stripe is folded into the main balance when it holds a whole
-//! token, so the shared line is written once per `1 / ratio` requests of a service rather
-//! than on every request. A retry first takes from the main balance and, only when that is
+//! different cache lines. A stripe is folded into the main balance when it holds a
+//! 32nd of the cap (at least one token) or enough to fill the budget, so the shared line is
+//! written once per `max_tokens / (32 · ratio)` requests of a service rather than on every
+//! request (and never, by deposits, while the budget is far from its cap). A retry first takes from the main balance and, only when that is
 //! short, drains every stripe into it before deciding. Deposits are moved, never copied or
 //! dropped below the cap, so the bound above holds unchanged; [`RetryBudget::balance`]
 //! counts the stripes too.
 //!
 //! The cap is applied when tokens reach the main balance (a fold, a drain, a refill), and a
-//! main balance that reaches it discards what the stripes hold. Between two folds, each other
-//! stripe in use may hold less than one token beyond what the cap allows: a burst of
-//! retries can exceed `max_tokens` by less than one token per other service instance that
-//! was depositing (at most [`STRIPES`] − 1 tokens), never the bound above.
+//! main balance that reaches it discards what the stripes hold, so the burst a budget allows
+//! after a healthy period (one that filled it) is `max_tokens`, as without stripes. While it
+//! is being refilled, the stripes may hold deposits that a single counter would already have
+//! capped: then a burst can exceed `max_tokens` by what the other stripes hold, less than
+//! `max(max_tokens / 32, 1)` tokens each for at most [`STRIPES`] − 1 of them — never the
+//! bound above.
 //!
 //! # Ownership
 //!
@@ -64,8 +67,9 @@ const MILLI: i64 = 1_000;
 /// number, so this many service instances deposit without sharing a cache line.
 pub const STRIPES: usize = 16;
 
-/// A stripe is folded into the main balance once it holds this many milli-tokens.
-const FOLD_MILLI: i64 = MILLI;
+/// A stripe is folded into the main balance once it holds this share of the cap
+/// (`cap / FOLD_SHARE`), and at least one token.
+const FOLD_SHARE: i64 = 2 * STRIPES as i64;
 
 /// Default share of requests that may be retries: 10 %.
 pub const DEFAULT_RATIO: f64 = 0.1;
@@ -108,6 +112,8 @@ struct BudgetInner {
     // Read-only after construction: on lines no one writes.
     deposit_milli: i64,
     cap_milli: i64,
+    /// A stripe holding this much is folded into `balance`.
+    fold_milli: i64,
     min_per_sec: u32,
     epoch: Instant,
     ratio: f64,
@@ -139,12 +145,23 @@ impl RetryBudget {
 
     fn from_parts(ratio: f64, min_per_sec: u32, max_tokens: u32) -> Self {
         let cap_milli = i64::from(max_tokens) * MILLI;
+        RetryBudget::with_fold(
+            ratio,
+            min_per_sec,
+            max_tokens,
+            (cap_milli / FOLD_SHARE).max(MILLI),
+        )
+    }
+
+    fn with_fold(ratio: f64, min_per_sec: u32, max_tokens: u32, fold_milli: i64) -> Self {
+        let cap_milli = i64::from(max_tokens) * MILLI;
         // `ratio` is validated to [0, 1000], so this fits comfortably.
         #[allow(clippy::cast_possible_truncation)]
         let deposit_milli = (ratio * MILLI as f64).round() as i64;
         let inner = Arc::new(BudgetInner {
             deposit_milli,
             cap_milli,
+            fold_milli,
             min_per_sec,
             epoch: Instant::now(),
             ratio,
@@ -213,14 +230,19 @@ impl RetryBudget {
     pub(crate) fn deposit_in(&self, stripe: usize) {
         let inner = &*self.inner;
         let milli = inner.deposit_milli;
-        if milli == 0 || inner.balance.0.load(Ordering::Relaxed) >= inner.cap_milli {
+        let main = inner.balance.0.load(Ordering::Relaxed);
+        if milli == 0 || main >= inner.cap_milli {
             return;
         }
         let cell = &inner.stripes[stripe % STRIPES].0;
         // Only atomic read-modify-writes touch a stripe, so no deposit is lost whatever the
         // ordering; the fold's swap and add carry the tokens over.
-        let before = cell.fetch_add(milli, Ordering::Relaxed);
-        if before.saturating_add(milli) >= FOLD_MILLI {
+        let held = cell
+            .fetch_add(milli, Ordering::Relaxed)
+            .saturating_add(milli);
+        // Fold a stripe that holds its share, or enough to fill the budget (so that a
+        // budget filling up is seen full, and only read, as soon as one stripe can tell).
+        if held >= inner.fold_milli || held.saturating_add(main) >= inner.cap_milli {
             self.fold(cell);
         }
     }
@@ -653,14 +675,10 @@ mod tests {
         #[test]
         fn stripes_behave_like_one_counter_below_the_cap(
             ratio in proptest::sample::select(vec![0.0, 0.1, 0.3, 0.5, 1.0, 2.5]),
+            fold in proptest::sample::select(vec![1_000, 1_700, 4_000, i64::MAX]),
             ops in proptest::collection::vec(op(), 0..400),
         ) {
-            let b = RetryBudget::builder()
-                .ratio(ratio)
-                .min_per_sec(0)
-                .max_tokens(u32::MAX)
-                .build()
-                .unwrap_or_default();
+            let b = RetryBudget::with_fold(ratio, 0, u32::MAX, fold);
             let d = b.inner.deposit_milli;
             let mut model = 0i64;
             for op in ops {
@@ -757,7 +775,8 @@ mod loom_tests {
         let mut model = loom::model::Builder::new();
         model.preemption_bound = Some(3);
         model.check(|| {
-            let b = budget(u32::MAX);
+            // A cap of 10 folds a stripe at one token, and two tokens never reach it.
+            let b = budget(10);
             let depositors: Vec<_> = (0..2)
                 .map(|stripe| {
                     let b = b.clone();

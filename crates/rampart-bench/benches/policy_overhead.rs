@@ -32,7 +32,7 @@ use rampart::classify::IoErrors;
 use rampart::dlq::{JsonExtractor, MemoryStore};
 use rampart::Policy;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
-use support::{boxed, one_call, Call, Factory};
+use support::{boxed, one_call, Factory};
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
 
@@ -174,15 +174,10 @@ fn resilience_breaker(
         .layer(bare())
 }
 
-/// Every case as a factory of clones of one service (the clones share its state).
-fn variants(rt: &tokio::runtime::Handle) -> Vec<(&'static str, Factory)> {
-    fn entered(rt: tokio::runtime::Handle, mut call: Call) -> Call {
-        // Timers need a runtime context; every case pays for entering it alike.
-        Box::new(move |x| {
-            let _g = rt.enter();
-            call(x)
-        })
-    }
+/// Every case as a factory of clones of one service (the clones share its state); and, to
+/// show what that sharing costs, `rampart_policy_own_stack`: each thread a stack of its own,
+/// from a layer of its own (nothing shared).
+fn variants() -> Vec<(&'static str, Factory)> {
     let floor = Floor {
         inner: bare(),
         failures: Arc::new(AtomicU32::new(0)),
@@ -191,35 +186,25 @@ fn variants(rt: &tokio::runtime::Handle) -> Vec<(&'static str, Factory)> {
     let tower = tower_stack();
     let res = resilience_breaker();
     let res_retry = resilience_retry_breaker();
-    let (h1, h2, h3, h4, h5, h6) = (
-        rt.clone(),
-        rt.clone(),
-        rt.clone(),
-        rt.clone(),
-        rt.clone(),
-        rt.clone(),
-    );
     vec![
-        ("bare", Box::new(move || entered(h1.clone(), boxed(bare())))),
+        ("bare", Box::new(|| boxed(bare()))),
+        ("floor_arc_atomic", Box::new(move || boxed(floor.clone()))),
+        ("rampart_policy", Box::new(move || boxed(policy.clone()))),
         (
-            "floor_arc_atomic",
-            Box::new(move || entered(h2.clone(), boxed(floor.clone()))),
-        ),
-        (
-            "rampart_policy",
-            Box::new(move || entered(h3.clone(), boxed(policy.clone()))),
+            "rampart_policy_own_stack",
+            Box::new(|| boxed(policy_layer().layer(bare()))),
         ),
         (
             "tower_retry_budget_timeout",
-            Box::new(move || entered(h4.clone(), boxed(tower.clone()))),
+            Box::new(move || boxed(tower.clone())),
         ),
         (
             "tower_resilience_breaker",
-            Box::new(move || entered(h5.clone(), boxed(res.clone()))),
+            Box::new(move || boxed(res.clone())),
         ),
         (
             "tower_resilience_retry_breaker",
-            Box::new(move || entered(h6.clone(), boxed(res_retry.clone()))),
+            Box::new(move || boxed(res_retry.clone())),
         ),
     ]
 }
@@ -327,8 +312,8 @@ fn threaded(c: &mut Criterion) {
         .enable_time()
         .build()
         .unwrap();
-    let handle = rt.handle().clone();
-    support::threaded(c, "policy", move || variants(&handle));
+    // Timers need a runtime context: each thread enters it once, for its whole loop.
+    support::threaded_in(c, "policy", Some(rt.handle()), variants);
 }
 
 criterion_group! {

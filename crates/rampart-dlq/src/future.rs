@@ -14,7 +14,7 @@ use rampart_core::{Classify, Error, ErrorKind, IntoError, Name, Outcome};
 use tokio::sync::mpsc;
 
 use crate::extract::Extract;
-use crate::layer::{Counters, DeadLetterEvent, Observer, Progress, Shared};
+use crate::layer::{Counters, DeadLetterEvent, Link, Observer, Progress, Shared};
 use crate::record::RecordId;
 use crate::record::{DeadLetterReason, DeadLetterRecord, Timestamp, RECORD_VERSION};
 use crate::source::RequestSource;
@@ -48,7 +48,7 @@ pin_project! {
         // What this call holds for its record (a copy of the request, or nothing when the
         // request is taken from the inner future after the call).
         request: R::Held,
-        shared: Arc<Shared<St, X, C>>,
+        shared: Arc<Link<St, X, C>>,
         span: tracing::Span,
         // What the layers below saw of this call (see `rampart_core::record`).
         record: CallRecord,
@@ -75,7 +75,7 @@ where
     /// Inlined into `DeadLetter::call`, so that the inner future is built in place rather
     /// than copied into this one (the span, made out of line, keeps this small).
     #[inline(always)]
-    pub(crate) fn new(future: F, request: R::Held, shared: Arc<Shared<St, X, C>>) -> Self {
+    pub(crate) fn new(future: F, request: R::Held, shared: Arc<Link<St, X, C>>) -> Self {
         let span = call_span(&shared.name);
         ResponseFuture {
             state: State::Called { future },
@@ -290,7 +290,7 @@ where
                         store = shared.store.kind(),
                         "request dead-lettered"
                     );
-                    let write = write(this.shared.clone(), record);
+                    let write = write(this.shared.shared.clone(), record);
                     this.state.set(State::Writing {
                         write,
                         result: Some(result),

@@ -1,5 +1,6 @@
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use rampart_core::replay::CloneReplay;
@@ -37,7 +38,53 @@ use crate::source::{CopyWith, FromInner};
 #[must_use]
 pub struct DeadLetterLayer<St, X, C, R = CloneReplay> {
     shared: Arc<Shared<St, X, C>>,
+    links: Arc<Links<St, X, C>>,
     replay: R,
+}
+
+/// Links per layer: the services a layer makes and their clones take them in turn, so that
+/// up to this many of them, on different threads, never write one shared reference count.
+const LINKS: usize = 4;
+
+/// A layer's links, handed out in turn.
+pub(crate) struct Links<St, X, C> {
+    next: AtomicUsize,
+    links: [Arc<Link<St, X, C>>; LINKS],
+}
+
+impl<St, X, C> Links<St, X, C> {
+    fn new(shared: &Arc<Shared<St, X, C>>) -> Self {
+        Links {
+            next: AtomicUsize::new(0),
+            links: std::array::from_fn(|_| {
+                Arc::new(Link {
+                    shared: shared.clone(),
+                })
+            }),
+        }
+    }
+
+    /// The next link in turn, for a new service or a clone.
+    pub(crate) fn next(&self) -> Arc<Link<St, X, C>> {
+        self.links[self.next.fetch_add(1, Ordering::Relaxed) % LINKS].clone()
+    }
+}
+
+/// A handle on a layer's [`Shared`] state: what a service holds and each of its calls
+/// clones, keeping the state alive while the call runs. The alignment keeps each link's
+/// reference count on cache lines of its own, so that calls of services holding different
+/// links do not write one shared line.
+#[repr(align(128))]
+pub(crate) struct Link<St, X, C> {
+    pub(crate) shared: Arc<Shared<St, X, C>>,
+}
+
+impl<St, X, C> Deref for Link<St, X, C> {
+    type Target = Shared<St, X, C>;
+
+    fn deref(&self) -> &Shared<St, X, C> {
+        &self.shared
+    }
 }
 
 /// What every service and response future of one layer share.
@@ -241,23 +288,25 @@ impl<St, X, C> DeadLetterLayer<St, X, C> {
     /// # Ok::<(), rampart_core::ConfigError>(())
     /// ```
     pub fn new(config: DeadLetterConfig<X, C>, store: St) -> Self {
+        let shared = Arc::new(Shared {
+            store,
+            extractor: config.extractor,
+            classifier: config.classifier,
+            name: config.name,
+            max_attempts: config.max_attempts,
+            reasons: config.reasons,
+            redactor: config.redactor,
+            background: config.background,
+            queue: OnceLock::new(),
+            progress: Arc::default(),
+            counters: Arc::default(),
+            queue_name: config.queue_name,
+            observer: config.observer,
+        });
         DeadLetterLayer {
             replay: CloneReplay,
-            shared: Arc::new(Shared {
-                store,
-                extractor: config.extractor,
-                classifier: config.classifier,
-                name: config.name,
-                max_attempts: config.max_attempts,
-                reasons: config.reasons,
-                redactor: config.redactor,
-                background: config.background,
-                queue: OnceLock::new(),
-                progress: Arc::default(),
-                counters: Arc::default(),
-                queue_name: config.queue_name,
-                observer: config.observer,
-            }),
+            links: Arc::new(Links::new(&shared)),
+            shared,
         }
     }
 }
@@ -288,6 +337,7 @@ impl<St, X, C, R> DeadLetterLayer<St, X, C, R> {
     pub fn replay<R2>(self, replay: R2) -> DeadLetterLayer<St, X, C, CopyWith<R2>> {
         DeadLetterLayer {
             shared: self.shared,
+            links: self.links,
             replay: CopyWith(replay),
         }
     }
@@ -317,6 +367,7 @@ impl<St, X, C, R> DeadLetterLayer<St, X, C, R> {
     pub fn request_from_inner(self) -> DeadLetterLayer<St, X, C, FromInner> {
         DeadLetterLayer {
             shared: self.shared,
+            links: self.links,
             replay: FromInner,
         }
     }
@@ -366,6 +417,7 @@ impl<St, X, C, R: Clone> Clone for DeadLetterLayer<St, X, C, R> {
     fn clone(&self) -> Self {
         DeadLetterLayer {
             shared: self.shared.clone(),
+            links: self.links.clone(),
             replay: self.replay.clone(),
         }
     }
@@ -385,6 +437,6 @@ impl<S, St, X, C, R: Clone> Layer<S> for DeadLetterLayer<St, X, C, R> {
     type Service = DeadLetter<S, St, X, C, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        DeadLetter::from_parts(inner, self.shared.clone(), self.replay.clone())
+        DeadLetter::from_parts(inner, self.links.clone(), self.replay.clone())
     }
 }

@@ -8,7 +8,7 @@ use tower_service::Service;
 
 use crate::extract::Extract;
 use crate::future::ResponseFuture;
-use crate::layer::{stats, DeadLetterStats, Shared};
+use crate::layer::{stats, DeadLetterStats, Link, Links};
 use crate::source::RequestSource;
 use crate::store::DeadLetterStore;
 
@@ -16,7 +16,9 @@ use crate::store::DeadLetterStore;
 ///
 /// # Clone
 ///
-/// Clones share the store and counters.
+/// Clones share the store and counters; each call takes a reference count on one of a few
+/// links to them, which the layer's services and their clones take in turn (so that clones
+/// on different threads do not write one shared count).
 ///
 /// # Requests
 ///
@@ -32,7 +34,9 @@ use crate::store::DeadLetterStore;
 /// records. Nothing is kept while the layer records nothing.
 pub struct DeadLetter<S, St, X, C, R = CloneReplay> {
     inner: S,
-    shared: Arc<Shared<St, X, C>>,
+    /// This service's link: one of `links`.
+    shared: Arc<Link<St, X, C>>,
+    links: Arc<Links<St, X, C>>,
     replay: R,
 }
 
@@ -60,10 +64,11 @@ impl<S, St, X, C> DeadLetter<S, St, X, C> {
 }
 
 impl<S, St, X, C, R> DeadLetter<S, St, X, C, R> {
-    pub(crate) fn from_parts(inner: S, shared: Arc<Shared<St, X, C>>, replay: R) -> Self {
+    pub(crate) fn from_parts(inner: S, links: Arc<Links<St, X, C>>, replay: R) -> Self {
         DeadLetter {
             inner,
-            shared,
+            shared: links.next(),
+            links,
             replay,
         }
     }
@@ -85,7 +90,8 @@ impl<S: Clone, St, X, C, R: Clone> Clone for DeadLetter<S, St, X, C, R> {
     fn clone(&self) -> Self {
         DeadLetter {
             inner: self.inner.clone(),
-            shared: self.shared.clone(),
+            shared: self.links.next(),
+            links: self.links.clone(),
             replay: self.replay.clone(),
         }
     }

@@ -21,9 +21,28 @@
 //! # Hot path
 //!
 //! A request's deposit is dropped when the budget is already full, so a healthy service's
-//! success path only *reads* the budget's balance: no cache line is written on every success,
-//! and clones on different threads do not contend. Only while the budget is below its cap
-//! (retries are eating into it) does each request add its fraction with one atomic add.
+//! success path only *reads* the budget's main balance: no cache line is written on every
+//! success, and clones on different threads do not contend.
+//!
+//! While the budget is below its cap (retries are eating into it), every request deposits.
+//! Deposits do not go to the main balance but to one of a few *stripes*, counters on cache
+//! lines of their own: each service a [`RetryLayer`](crate::RetryLayer) makes (and each clone
+//! of one) deposits into its own stripe, so services used on different threads write
+//! different cache lines. A stripe is folded into the main balance when it holds a
+//! 32nd of the cap (at least one token) or enough to fill the budget, so the shared line is
+//! written once per `max_tokens / (32 · ratio)` requests of a service rather than on every
+//! request (and never, by deposits, while the budget is far from its cap). A retry first takes from the main balance and, only when that is
+//! short, drains every stripe into it before deciding. Deposits are moved, never copied or
+//! dropped below the cap, so the bound above holds unchanged; [`RetryBudget::balance`]
+//! counts the stripes too.
+//!
+//! The cap is applied when tokens reach the main balance (a fold, a drain, a refill), and a
+//! main balance that reaches it discards what the stripes hold, so the burst a budget allows
+//! after a healthy period (one that filled it) is `max_tokens`, as without stripes. While it
+//! is being refilled, the stripes may hold deposits that a single counter would already have
+//! capped: then a burst can exceed `max_tokens` by what the other stripes hold, less than
+//! `max(max_tokens / 32, 1)` tokens each for at most [`STRIPES`] − 1 of them — never the
+//! bound above.
 //!
 //! # Ownership
 //!
@@ -32,14 +51,25 @@
 //! call's retries are budgeted even when every other handle is gone (as with `oneshot`), and
 //! the budget is freed with the last of them. Nothing is registered anywhere else.
 
+#[cfg(rampart_loom)]
+use loom::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use rampart_core::ConfigError;
 use std::fmt;
+#[cfg(not(rampart_loom))]
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::time::Instant;
 
 /// Milli-tokens per token: balances are kept in integers.
 const MILLI: i64 = 1_000;
+
+/// Deposit stripes per budget (a power of two). Services pick theirs by their instance
+/// number, so this many service instances deposit without sharing a cache line.
+pub const STRIPES: usize = 16;
+
+/// A stripe is folded into the main balance once it holds this share of the cap
+/// (`cap / FOLD_SHARE`), and at least one token.
+const FOLD_SHARE: i64 = 2 * STRIPES as i64;
 
 /// Default share of requests that may be retries: 10 %.
 pub const DEFAULT_RATIO: f64 = 0.1;
@@ -73,14 +103,27 @@ pub struct RetryBudget {
     inner: Arc<BudgetInner>,
 }
 
+/// A value alone on its cache line (128 bytes: two 64-byte lines, which some CPUs fetch in
+/// pairs), so that writing it does not slow down readers of its neighbours.
+#[repr(align(128))]
+struct Line<T>(T);
+
 struct BudgetInner {
+    // Read-only after construction: on lines no one writes.
     deposit_milli: i64,
     cap_milli: i64,
+    /// A stripe holding this much is folded into `balance`.
+    fold_milli: i64,
     min_per_sec: u32,
     epoch: Instant,
-    last_refill_nanos: AtomicU64,
-    balance: AtomicI64,
     ratio: f64,
+    /// The withdrawable balance, in milli-tokens, at most `cap_milli` (but for an instant
+    /// while a concurrent add is clamped). Written by folds, drains, refills and retries.
+    balance: Line<AtomicI64>,
+    /// The floor's clock: written only by refills (on the retry path).
+    last_refill_nanos: Line<AtomicU64>,
+    /// Deposits not yet folded into `balance`, in milli-tokens, each `>= 0`.
+    stripes: [Line<AtomicI64>; STRIPES],
 }
 
 impl Default for RetryBudget {
@@ -102,17 +145,31 @@ impl RetryBudget {
 
     fn from_parts(ratio: f64, min_per_sec: u32, max_tokens: u32) -> Self {
         let cap_milli = i64::from(max_tokens) * MILLI;
+        RetryBudget::with_fold(
+            ratio,
+            min_per_sec,
+            max_tokens,
+            (cap_milli / FOLD_SHARE).max(MILLI),
+        )
+    }
+
+    fn with_fold(ratio: f64, min_per_sec: u32, max_tokens: u32, fold_milli: i64) -> Self {
+        let cap_milli = i64::from(max_tokens) * MILLI;
         // `ratio` is validated to [0, 1000], so this fits comfortably.
         #[allow(clippy::cast_possible_truncation)]
         let deposit_milli = (ratio * MILLI as f64).round() as i64;
         let inner = Arc::new(BudgetInner {
             deposit_milli,
             cap_milli,
+            fold_milli,
             min_per_sec,
             epoch: Instant::now(),
-            last_refill_nanos: AtomicU64::new(0),
-            balance: AtomicI64::new((i64::from(min_per_sec) * MILLI).min(cap_milli)),
             ratio,
+            balance: Line(AtomicI64::new(
+                (i64::from(min_per_sec) * MILLI).min(cap_milli),
+            )),
+            last_refill_nanos: Line(AtomicU64::new(0)),
+            stripes: std::array::from_fn(|_| Line(AtomicI64::new(0))),
         });
         RetryBudget { inner }
     }
@@ -127,21 +184,80 @@ impl RetryBudget {
         self.inner.min_per_sec
     }
 
-    /// Tokens currently available (one token is one retry).
+    /// Tokens currently available (one token is one retry): the main balance and the
+    /// deposits not yet folded into it, at most `max_tokens`.
     pub fn balance(&self) -> f64 {
-        self.inner.balance.load(Ordering::Acquire) as f64 / MILLI as f64
+        let inner = &*self.inner;
+        let pending = inner.stripes.iter().fold(0i64, |sum, s| {
+            sum.saturating_add(s.0.load(Ordering::Acquire))
+        });
+        let milli = inner
+            .balance
+            .0
+            .load(Ordering::Acquire)
+            .saturating_add(pending)
+            .min(inner.cap_milli);
+        milli as f64 / MILLI as f64
     }
 
     /// Records one request: adds `ratio` tokens unless the budget is full. A full budget is
     /// only read.
+    ///
+    /// The deposit goes to a stripe picked at random (by `fastrand`'s per-thread generator);
+    /// the services a [`RetryLayer`](crate::RetryLayer) makes each use their own stripe
+    /// instead, which keeps a service's deposits on one cache line.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rampart_retry::RetryBudget;
+    ///
+    /// let budget = RetryBudget::builder().ratio(0.5).min_per_sec(0).build()?;
+    /// budget.deposit_one();
+    /// budget.deposit_one();
+    /// assert_eq!(budget.balance(), 1.0);
+    /// assert!(budget.try_withdraw());
+    /// # Ok::<(), rampart_core::ConfigError>(())
+    /// ```
     #[inline]
     pub fn deposit_one(&self) {
-        if self.inner.balance.load(Ordering::Relaxed) < self.inner.cap_milli {
-            self.add(self.inner.deposit_milli);
+        self.deposit_in(fastrand::usize(..STRIPES));
+    }
+
+    /// Records one request in stripe `stripe` (taken modulo [`STRIPES`]): adds `ratio`
+    /// tokens unless the budget is full. A full budget is only read.
+    #[inline]
+    pub(crate) fn deposit_in(&self, stripe: usize) {
+        let inner = &*self.inner;
+        let milli = inner.deposit_milli;
+        let main = inner.balance.0.load(Ordering::Relaxed);
+        if milli == 0 || main >= inner.cap_milli {
+            return;
+        }
+        let cell = &inner.stripes[stripe % STRIPES].0;
+        // Only atomic read-modify-writes touch a stripe, so no deposit is lost whatever the
+        // ordering; the fold's swap and add carry the tokens over.
+        let held = cell
+            .fetch_add(milli, Ordering::Relaxed)
+            .saturating_add(milli);
+        // Fold a stripe that holds its share, or enough to fill the budget (so that a
+        // budget filling up is seen full, and only read, as soon as one stripe can tell).
+        if held >= inner.fold_milli || held.saturating_add(main) >= inner.cap_milli {
+            self.fold(cell);
         }
     }
 
-    /// Records `requests` requests.
+    /// Moves one stripe's tokens into the main balance (up to the cap).
+    #[cold]
+    #[inline(never)]
+    fn fold(&self, cell: &AtomicI64) {
+        let milli = cell.swap(0, Ordering::AcqRel);
+        if milli > 0 {
+            self.add(milli);
+        }
+    }
+
+    /// Records `requests` requests, straight into the main balance.
     pub fn deposit(&self, requests: u32) {
         if requests == 0 || self.inner.deposit_milli == 0 {
             return;
@@ -152,26 +268,63 @@ impl RetryBudget {
     /// Takes one token for a retry; `false` if the budget is spent.
     pub fn try_withdraw(&self) -> bool {
         self.refill();
+        if self.take() {
+            return true;
+        }
+        // The main balance is short: bring in the deposits still in the stripes.
+        self.drain();
+        self.take()
+    }
+
+    /// Takes one token from the main balance, if it has one.
+    fn take(&self) -> bool {
         self.inner
             .balance
+            .0
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
                 (b >= MILLI).then_some(b - MILLI)
             })
             .is_ok()
     }
 
-    /// Adds `milli` milli-tokens, up to the cap. A full budget is only read, never written,
-    /// so that a healthy service's clones do not contend for its cache line.
+    /// Moves every stripe's tokens into the main balance (up to the cap). Empty stripes are
+    /// only read.
+    fn drain(&self) {
+        let mut milli = 0i64;
+        for stripe in &self.inner.stripes {
+            if stripe.0.load(Ordering::Relaxed) > 0 {
+                milli = milli.saturating_add(stripe.0.swap(0, Ordering::AcqRel));
+            }
+        }
+        if milli > 0 {
+            self.add(milli);
+        }
+    }
+
+    /// Discards what the stripes hold: the main balance has reached the cap, so it is all
+    /// beyond it. Empty stripes are only read.
+    fn discard_stripes(&self) {
+        for stripe in &self.inner.stripes {
+            if stripe.0.load(Ordering::Relaxed) > 0 {
+                stripe.0.swap(0, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Adds `milli` milli-tokens to the main balance, up to the cap. A full budget is only
+    /// read, never written, so that a healthy service's clones do not contend for its cache
+    /// line; a balance that reaches the cap discards the stripes' tokens.
     fn add(&self, milli: i64) {
         let cap = self.inner.cap_milli;
-        let balance = &self.inner.balance;
+        let balance = &self.inner.balance.0;
         if balance.load(Ordering::Relaxed) >= cap {
             return;
         }
         let before = balance.fetch_add(milli, Ordering::AcqRel);
-        if before.saturating_add(milli) > cap {
+        if before.saturating_add(milli) >= cap {
             // Concurrent deposits may overshoot for an instant; clamp back to the cap.
             balance.fetch_min(cap, Ordering::AcqRel);
+            self.discard_stripes();
         }
     }
 
@@ -182,7 +335,8 @@ impl RetryBudget {
             return;
         }
         let now = u64::try_from(self.inner.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let last = self.inner.last_refill_nanos.load(Ordering::Acquire);
+        let clock = &self.inner.last_refill_nanos.0;
+        let last = clock.load(Ordering::Acquire);
         if now <= last {
             return;
         }
@@ -194,9 +348,7 @@ impl RetryBudget {
         // fractions are carried over rather than lost.
         let worth = milli * 1_000_000_000 / (per_sec * MILLI as u128);
         let next = last.saturating_add(u64::try_from(worth).unwrap_or(u64::MAX));
-        if self
-            .inner
-            .last_refill_nanos
+        if clock
             .compare_exchange(last, next, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
@@ -289,7 +441,7 @@ impl RetryBudgetBuilder {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(rampart_loom)))]
 mod tests {
     use super::*;
     use std::time::Duration;
@@ -358,11 +510,316 @@ mod tests {
         );
     }
 
+    /// Withdraws until the budget says no; the number of retries it allowed.
+    fn burst(b: &RetryBudget) -> u64 {
+        let mut n = 0;
+        while b.try_withdraw() {
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn striped_deposits_are_all_withdrawable() {
+        let b = RetryBudget::builder()
+            .ratio(0.3)
+            .min_per_sec(0)
+            .max_tokens(u32::MAX)
+            .build()
+            .unwrap_or_default();
+        // 0.3 tokens into each of three stripes: no stripe reaches a token, so nothing is
+        // folded, yet the balance and the retries count all of it.
+        for stripe in 0..3 {
+            b.deposit_in(stripe);
+        }
+        assert_eq!(b.inner.balance.0.load(Ordering::Relaxed), 0);
+        assert_eq!(b.balance(), 0.9);
+        assert!(!b.try_withdraw(), "0.9 tokens are not a retry");
+        b.deposit_in(7);
+        assert_eq!(b.balance(), 1.2);
+        assert!(b.try_withdraw(), "the drain brings the stripes in");
+        assert_eq!(b.balance(), 0.2);
+        assert!(!b.try_withdraw());
+    }
+
+    #[test]
+    fn a_full_budget_discards_the_stripes_and_is_only_read() {
+        let b = RetryBudget::builder()
+            .ratio(0.5)
+            .min_per_sec(0)
+            .max_tokens(2)
+            .build()
+            .unwrap_or_default();
+        b.deposit_in(1); // 0.5 pending in stripe 1
+        for _ in 0..4 {
+            b.deposit_in(0); // stripe 0 folds at 1 token: main 1, then 2 = the cap
+        }
+        assert_eq!(b.inner.balance.0.load(Ordering::Relaxed), 2 * MILLI);
+        assert!(
+            b.inner
+                .stripes
+                .iter()
+                .all(|s| s.0.load(Ordering::Relaxed) == 0),
+            "reaching the cap discards what the stripes held beyond it"
+        );
+        for stripe in 0..STRIPES {
+            b.deposit_in(stripe);
+        }
+        assert!(
+            b.inner
+                .stripes
+                .iter()
+                .all(|s| s.0.load(Ordering::Relaxed) == 0),
+            "a full budget takes no deposit"
+        );
+        assert_eq!(burst(&b), 2, "the burst after a healthy period is the cap");
+    }
+
+    /// Several threads deposit at once, each into its own stripe and at random: after they
+    /// are done, every deposit is there (below the cap) or the budget is exactly full.
+    #[test]
+    fn concurrent_deposits_are_neither_lost_nor_doubled() {
+        const THREADS: usize = 4;
+        const EACH: u64 = 25_000;
+        for max_tokens in [u32::MAX, 1_000, 7] {
+            let b = RetryBudget::builder()
+                .ratio(0.1)
+                .min_per_sec(0)
+                .max_tokens(max_tokens)
+                .build()
+                .unwrap_or_default();
+            std::thread::scope(|scope| {
+                for t in 0..THREADS {
+                    let b = b.clone();
+                    scope.spawn(move || {
+                        for i in 0..EACH {
+                            if i % 3 == 0 {
+                                b.deposit_one();
+                            } else {
+                                b.deposit_in(t);
+                            }
+                        }
+                    });
+                }
+            });
+            // 4 × 25,000 × 0.1 = 10,000 tokens deposited.
+            let expected = 10_000u64.min(u64::from(max_tokens));
+            assert_eq!(b.balance(), expected as f64, "max_tokens {max_tokens}");
+            assert_eq!(burst(&b), expected, "max_tokens {max_tokens}");
+        }
+    }
+
+    /// Deposits and retries from several threads at once never allow more retries than were
+    /// deposited, and whatever is left afterwards is still there.
+    #[test]
+    fn concurrent_deposits_and_retries_conserve_tokens() {
+        const THREADS: usize = 4;
+        const EACH: u64 = 20_000;
+        let b = RetryBudget::builder()
+            .ratio(0.25)
+            .min_per_sec(0)
+            .max_tokens(u32::MAX)
+            .build()
+            .unwrap_or_default();
+        let taken: u64 = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let b = b.clone();
+                    scope.spawn(move || {
+                        let mut taken = 0u64;
+                        for i in 0..EACH {
+                            b.deposit_in(t);
+                            if i % 5 == 0 && b.try_withdraw() {
+                                taken += 1;
+                            }
+                        }
+                        taken
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(u64::MAX))
+                .sum()
+        });
+        // 4 × 20,000 × 0.25 = 20,000 tokens deposited.
+        assert!(taken <= 20_000, "{taken} retries allowed");
+        assert_eq!(
+            taken + burst(&b),
+            20_000,
+            "every token is taken exactly once"
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Deposit(usize),
+        DepositOne,
+        DepositMany(u32),
+        Withdraw,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0..STRIPES + 3).prop_map(Op::Deposit),
+            1 => Just(Op::DepositOne),
+            1 => (0u32..5).prop_map(Op::DepositMany),
+            3 => Just(Op::Withdraw),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Against an unstriped model: with a cap never reached, a retry is allowed exactly
+        /// when the deposits made so far, less the retries taken, are worth a token.
+        #[test]
+        fn stripes_behave_like_one_counter_below_the_cap(
+            ratio in proptest::sample::select(vec![0.0, 0.1, 0.3, 0.5, 1.0, 2.5]),
+            fold in proptest::sample::select(vec![1_000, 1_700, 4_000, i64::MAX]),
+            ops in proptest::collection::vec(op(), 0..400),
+        ) {
+            let b = RetryBudget::with_fold(ratio, 0, u32::MAX, fold);
+            let d = b.inner.deposit_milli;
+            let mut model = 0i64;
+            for op in ops {
+                match op {
+                    Op::Deposit(s) => { b.deposit_in(s); model += d; }
+                    Op::DepositOne => { b.deposit_one(); model += d; }
+                    Op::DepositMany(n) => { b.deposit(n); model += i64::from(n) * d; }
+                    Op::Withdraw => {
+                        let allowed = model >= MILLI;
+                        proptest::prop_assert_eq!(b.try_withdraw(), allowed);
+                        if allowed { model -= MILLI; }
+                    }
+                }
+                proptest::prop_assert_eq!(b.balance(), model as f64 / MILLI as f64);
+            }
+        }
+
+        /// With a cap: never more retries than deposited (the bound), never a balance above
+        /// the cap, and after enough deposits with no retries the burst is exactly the cap.
+        #[test]
+        fn the_cap_only_lowers_the_bound(
+            ratio in proptest::sample::select(vec![0.1, 0.3, 0.5, 1.0, 2.5]),
+            max_tokens in 1u32..12,
+            ops in proptest::collection::vec(op(), 0..400),
+        ) {
+            let b = RetryBudget::builder()
+                .ratio(ratio)
+                .min_per_sec(0)
+                .max_tokens(max_tokens)
+                .build()
+                .unwrap_or_default();
+            let d = b.inner.deposit_milli;
+            let mut deposited = 0i64;
+            let mut taken = 0i64;
+            for op in ops {
+                match op {
+                    Op::Deposit(s) => { b.deposit_in(s); deposited += d; }
+                    Op::DepositOne => { b.deposit_one(); deposited += d; }
+                    Op::DepositMany(n) => { b.deposit(n); deposited += i64::from(n) * d; }
+                    Op::Withdraw => { if b.try_withdraw() { taken += 1; } }
+                }
+                proptest::prop_assert!(taken * MILLI <= deposited, "{} retries for {} milli-tokens", taken, deposited);
+                proptest::prop_assert!(b.balance() <= f64::from(max_tokens));
+            }
+            // A healthy period: every service deposits until the budget is full.
+            for _ in 0..(i64::from(max_tokens) * MILLI / d + 2) {
+                for s in 0..STRIPES {
+                    b.deposit_in(s);
+                }
+            }
+            proptest::prop_assert_eq!(b.balance(), f64::from(max_tokens));
+            proptest::prop_assert_eq!(burst(&b), u64::from(max_tokens));
+        }
+    }
+
     #[test]
     fn invalid_ratio_is_rejected() {
         for r in [f64::NAN, -0.1, 1000.5, f64::INFINITY] {
             let e = RetryBudget::builder().ratio(r).build().unwrap_err();
             assert_eq!(e.field(), "retry_budget.ratio");
         }
+    }
+}
+
+/// Every interleaving of deposits folding into the main balance, a retry draining the
+/// stripes, and the cap's discard (run by `.ci/run` with `--cfg rampart_loom`).
+#[cfg(all(test, rampart_loom))]
+mod loom_tests {
+    use super::*;
+    use loom::thread;
+
+    fn budget(max_tokens: u32) -> RetryBudget {
+        RetryBudget::builder()
+            .ratio(0.5)
+            .min_per_sec(0)
+            .max_tokens(max_tokens)
+            .build()
+            .unwrap_or_default()
+    }
+
+    fn burst(b: &RetryBudget) -> u64 {
+        let mut n = 0;
+        while b.try_withdraw() {
+            n += 1;
+        }
+        n
+    }
+
+    /// Two services deposit a token each (two half-token deposits, one fold) into their own
+    /// stripes while a retry is decided: the token is taken at most once, and whatever the
+    /// retry did not take is still there afterwards.
+    #[test]
+    fn deposits_racing_a_retry_are_taken_exactly_once() {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(|| {
+            // A cap of 10 folds a stripe at one token, and two tokens never reach it.
+            let b = budget(10);
+            let depositors: Vec<_> = (0..2)
+                .map(|stripe| {
+                    let b = b.clone();
+                    thread::spawn(move || {
+                        b.deposit_in(stripe);
+                        b.deposit_in(stripe);
+                    })
+                })
+                .collect();
+            let retry = {
+                let b = b.clone();
+                thread::spawn(move || u64::from(b.try_withdraw()))
+            };
+            let mut taken = retry.join().unwrap_or(u64::MAX);
+            for d in depositors {
+                d.join().unwrap_or(());
+            }
+            taken += burst(&b);
+            assert_eq!(taken, 2, "two tokens deposited, {taken} taken");
+        });
+    }
+
+    /// Two services filling a one-token budget at once: the burst afterwards is the cap,
+    /// never more.
+    #[test]
+    fn concurrent_folds_never_overfill_the_cap() {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(|| {
+            let b = budget(1);
+            let depositors: Vec<_> = (0..2)
+                .map(|stripe| {
+                    let b = b.clone();
+                    thread::spawn(move || {
+                        b.deposit_in(stripe);
+                        b.deposit_in(stripe);
+                    })
+                })
+                .collect();
+            for d in depositors {
+                d.join().unwrap_or(());
+            }
+            assert_eq!(burst(&b), 1);
+        });
     }
 }

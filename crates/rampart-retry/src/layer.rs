@@ -21,9 +21,10 @@ use crate::service::{Config, Retry, Shared};
 /// every clone of those services, draws on that one budget. Cloning the layer shares it too;
 /// give a layer its own budget with [`budget`](RetryLayer::budget).
 ///
-/// Everything the layer holds is owned: [`Layer::layer`] copies the settings into one small
-/// allocation per service made (shared by that service's clones and its calls in flight),
-/// and all of it is freed when the last layer, service and call using it is dropped.
+/// Everything the layer holds is owned: [`Layer::layer`] copies the settings into a few small
+/// allocations per service made (shared by that service's clones and its calls in flight:
+/// clones take them in turn, so that clones on different threads touch different reference
+/// counts), and all of it is freed when the last layer, service and call using it is dropped.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RetryLayer<C, R = CloneReplay, O = ()> {
@@ -225,10 +226,12 @@ where
             self.classifier.clone(),
             self.replay.clone(),
             self.observer.clone(),
-            Arc::new(Shared {
-                config: self.config.clone(),
-                budget: self.budget.clone(),
-            }),
+            Arc::new(std::array::from_fn(|_| {
+                Arc::new(Shared {
+                    config: self.config.clone(),
+                    budget: self.budget.clone(),
+                })
+            })),
             self.clones.clone(),
         )
     }

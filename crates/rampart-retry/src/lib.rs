@@ -63,15 +63,18 @@
 //!
 //! [`Retry`] is `Clone` when the inner service is. Clones share the [`RetryBudget`] and the
 //! settings, and cloning does not allocate. The layer owns everything it holds: each service
-//! it makes gets one small allocation with the settings and the budget, shared by the
-//! service's clones; each call in flight holds a reference to it, so a call stays budgeted
-//! even after its service is dropped (as with `oneshot`), and everything is freed with the
-//! last service and call using it. Nothing is interned or registered process-wide.
+//! it makes gets a few small allocations (links) with the settings and the budget, which the
+//! service and its clones take in turn; each call in flight holds a reference to its
+//! service's link, so a call stays budgeted even after its service is dropped (as with
+//! `oneshot`), and everything is freed with the last service and call using it. Nothing is
+//! interned or registered process-wide.
 //!
-//! A healthy service's success path only reads the budget (a full budget takes no deposits);
-//! the one shared write per call is that reference count, in memory shared only by one
-//! service instance and its clones. A response future owns a clone of the inner service, which it
-//! polls for readiness again before every retry.
+//! A healthy service's success path only reads the budget (a full budget takes no deposits;
+//! a budget below its cap takes them in a per-instance stripe, see [`budget`]); the one
+//! write per call to memory other instances may share is that reference count, on a link
+//! that clones used on different threads do not share (up to four clones of one service). A
+//! response future owns a clone of the inner service, which it polls for readiness again
+//! before every retry.
 //!
 //! # Cancel safety
 //!

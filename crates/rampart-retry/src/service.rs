@@ -55,16 +55,27 @@ pub(crate) struct Config {
     pub(crate) keep_request: bool,
 }
 
-/// What one service instance's calls share: the settings and the budget. The layer makes one
-/// per service; the service's clones share it, and every response future holds a clone of
-/// the `Arc`, so the settings and the budget live exactly as long as a service or a call in
-/// flight uses them (a `oneshot` call is budgeted to the end). The reference count a call
-/// touches lives in memory only this service instance's calls write.
+/// What a service's calls share: the settings and the budget. The layer makes [`LINKS`]
+/// copies per service (its links); the service and its clones each use one, in turn, and
+/// every response future holds a clone of its service's link, so the settings and the budget
+/// live exactly as long as a service or a call in flight uses them (a `oneshot` call is
+/// budgeted to the end). The reference count a call touches is its link's: clones used on
+/// different threads take theirs in different cache lines (the alignment keeps each link's
+/// count on lines of its own).
 #[derive(Debug)]
+#[repr(align(128))]
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) budget: Option<RetryBudget>,
 }
+
+/// Links (copies of [`Shared`]) per service made by a layer: clones of one service take them
+/// in turn, so that up to this many clones on different threads never share a reference
+/// count.
+pub(crate) const LINKS: usize = 4;
+
+/// A service's links, shared by the service and its clones.
+pub(crate) type Links = Arc<[Arc<Shared>; LINKS]>;
 
 /// Retries failed calls of the inner service. Made by [`RetryLayer`]; see the
 /// [crate docs](crate) for semantics and an example.
@@ -73,13 +84,17 @@ pub(crate) struct Shared {
 ///
 /// Clones share the retry budget and the settings (cloning does not allocate). A healthy
 /// service's success path only reads the budget (a full budget takes no deposits); each call
-/// takes one reference count on the settings this service instance shares with its clones.
+/// takes one reference count on its service's copy of the settings (the layer makes a few
+/// per service, which clones take in turn, so that clones on different threads do not
+/// write one shared count).
 pub struct Retry<S, C, R = CloneReplay, O = ()> {
     inner: S,
     classifier: C,
     replay: R,
     observer: O,
+    /// This instance's link: one of `links`.
     shared: Arc<Shared>,
+    links: Links,
     /// `shared.budget`, held directly so that a deposit is one pointer away.
     budget: Option<RetryBudget>,
     /// `config.backoff.max_retries() > 0`, cached off the hot path's pointer chase.
@@ -110,6 +125,12 @@ impl Streams {
         }
     }
 
+    /// This instance's number, which also picks its budget stripe.
+    #[inline]
+    fn id(&self) -> usize {
+        (self.base >> 32) as usize
+    }
+
     #[inline]
     fn next(&mut self) -> u64 {
         let stream = self.base | u64::from(self.next);
@@ -135,9 +156,11 @@ impl<S, C, R, O> Retry<S, C, R, O> {
         classifier: C,
         replay: R,
         observer: O,
-        shared: Arc<Shared>,
+        links: Links,
         clones: Arc<AtomicU32>,
     ) -> Self {
+        let streams = Streams::new(clones);
+        let shared = link(&links, &streams);
         let config = &shared.config;
         Retry {
             inner,
@@ -149,7 +172,8 @@ impl<S, C, R, O> Retry<S, C, R, O> {
             timed: config.deadline.is_some() || config.attempt_timeout.is_some(),
             budget: shared.budget.clone(),
             shared,
-            streams: Streams::new(clones),
+            links,
+            streams,
         }
     }
 
@@ -166,19 +190,26 @@ impl<S, C, R, O> Retry<S, C, R, O> {
     rampart_core::inner_service_accessors!(S);
 }
 
+/// The link of the instance numbered by `streams`.
+fn link(links: &Links, streams: &Streams) -> Arc<Shared> {
+    links[streams.id() % LINKS].clone()
+}
+
 impl<S: Clone, C: Clone, R: Clone, O: Clone> Clone for Retry<S, C, R, O> {
     fn clone(&self) -> Self {
+        let streams = Streams::new(self.streams.clones.clone());
         Retry {
             inner: self.inner.clone(),
             classifier: self.classifier.clone(),
             replay: self.replay.clone(),
             observer: self.observer.clone(),
-            shared: self.shared.clone(),
+            shared: link(&self.links, &streams),
+            links: self.links.clone(),
             budget: self.budget.clone(),
             retries: self.retries,
             keep: self.keep,
             timed: self.timed,
-            streams: Streams::new(self.streams.clones.clone()),
+            streams,
         }
     }
 }
@@ -216,7 +247,9 @@ where
     #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
         if let Some(budget) = &self.budget {
-            budget.deposit_one();
+            // Each instance deposits into its own stripe: no cache line shared with the
+            // instances on other threads (see `budget`'s "Hot path").
+            budget.deposit_in(self.streams.id());
         }
         let copy = if self.retries | self.keep {
             Copied::of(&self.replay, &req, self.retries, self.keep)

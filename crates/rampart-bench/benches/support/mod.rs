@@ -154,6 +154,18 @@ pub(crate) fn threaded(
     prefix: &str,
     variants: impl Fn() -> Vec<(&'static str, Factory)>,
 ) {
+    threaded_in(c, prefix, None, variants);
+}
+
+/// [`threaded`] with each thread inside `rt`'s context for its whole loop (entered once per
+/// thread, as a runtime's worker is, not once per call: entering clones the runtime's handle,
+/// a reference count every thread shares, which would be measured as the case's own).
+pub(crate) fn threaded_in(
+    c: &mut Criterion,
+    prefix: &str,
+    rt: Option<&tokio::runtime::Handle>,
+    variants: impl Fn() -> Vec<(&'static str, Factory)>,
+) {
     for threads in [1usize, 2] {
         let mut g = c.benchmark_group(format!("{prefix}_threads_{threads}"));
         for (name, make) in variants() {
@@ -166,7 +178,9 @@ pub(crate) fn threaded(
                             .map(|_| {
                                 let mut call = make();
                                 let barrier = &barrier;
+                                let rt = rt.cloned();
                                 scope.spawn(move || {
+                                    let _entered = rt.as_ref().map(|rt| rt.enter());
                                     barrier.wait();
                                     let start = Instant::now();
                                     for i in 0..iters {

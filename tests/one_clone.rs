@@ -17,22 +17,9 @@ use rampart::dlq::{DeadLetterRecord, DeadLetterStore, ListQuery, MemoryStore, Re
 use rampart::{NotReplayable, Policy};
 use tower::{service_fn, Layer, ServiceExt};
 
-/// A request that counts its clones.
-#[derive(Debug)]
-struct Counted {
-    id: u32,
-    clones: Arc<AtomicUsize>,
-}
-
-impl Clone for Counted {
-    fn clone(&self) -> Self {
-        self.clones.fetch_add(1, Ordering::SeqCst);
-        Counted {
-            id: self.id,
-            clones: self.clones.clone(),
-        }
-    }
-}
+#[path = "../crates/rampart-retry/tests/support/counted.rs"]
+mod counted;
+use counted::Counted;
 
 fn extract(r: &Counted) -> RequestPart {
     RequestPart {

@@ -17,21 +17,9 @@ use rampart_dlq::{
 use rampart_retry::RetryLayer;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 
-#[derive(Debug)]
-struct Counted {
-    id: u32,
-    clones: Arc<AtomicUsize>,
-}
-
-impl Clone for Counted {
-    fn clone(&self) -> Self {
-        self.clones.fetch_add(1, Ordering::SeqCst);
-        Counted {
-            id: self.id,
-            clones: self.clones.clone(),
-        }
-    }
-}
+#[path = "../../rampart-retry/tests/support/counted.rs"]
+mod counted;
+use counted::Counted;
 
 fn extract(r: &Counted) -> RequestPart {
     RequestPart {

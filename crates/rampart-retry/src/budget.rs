@@ -51,11 +51,13 @@
 //! call's retries are budgeted even when every other handle is gone (as with `oneshot`), and
 //! the budget is freed with the last of them. Nothing is registered anywhere else.
 
-#[cfg(rampart_loom)]
+// loom's atomics only in this crate's own unit tests: loom is a dev-dependency, and the
+// breaker's loom run builds this crate as a plain dependency with the same `--cfg`.
+#[cfg(all(test, rampart_loom))]
 use loom::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use rampart_core::ConfigError;
 use std::fmt;
-#[cfg(not(rampart_loom))]
+#[cfg(not(all(test, rampart_loom)))]
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::time::Instant;

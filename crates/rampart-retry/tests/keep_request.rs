@@ -17,21 +17,9 @@ use rampart_core::{Backoff, Jitter, NotReplayable};
 use rampart_retry::{Replay, RetryLayer};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
-#[derive(Debug)]
-struct Counted {
-    id: u32,
-    clones: Arc<AtomicUsize>,
-}
-
-impl Clone for Counted {
-    fn clone(&self) -> Self {
-        self.clones.fetch_add(1, Ordering::SeqCst);
-        Counted {
-            id: self.id,
-            clones: self.clones.clone(),
-        }
-    }
-}
+#[path = "support/counted.rs"]
+mod counted;
+use counted::Counted;
 
 fn backoff(retries: u32) -> Backoff {
     Backoff::builder()

@@ -144,6 +144,30 @@ fn sqlite(c: &mut Criterion) {
     g.finish();
 }
 
+/// Runs `task(connection, key, bytes, records)` on `CONCURRENCY` tasks sharing `con`, `n`
+/// records in all; returns the elapsed time.
+async fn raw_writers<F, Fut>(
+    con: &redis::aio::MultiplexedConnection,
+    key: &str,
+    bytes: &Arc<Vec<u8>>,
+    n: u64,
+    task: F,
+) -> Duration
+where
+    F: Fn(redis::aio::MultiplexedConnection, String, Arc<Vec<u8>>, u64) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let start = Instant::now();
+    let per = n.div_ceil(CONCURRENCY as u64);
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|_| tokio::spawn(task(con.clone(), key.to_owned(), bytes.clone(), per)))
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    start.elapsed()
+}
+
 /// Raw pipelined `LPUSH` of `bytes` from `CONCURRENCY` tasks sharing `con`, 64 commands per
 /// round trip per task; `n` records in all. Returns the elapsed time.
 async fn raw_lpush(
@@ -152,30 +176,19 @@ async fn raw_lpush(
     bytes: &Arc<Vec<u8>>,
     n: u64,
 ) -> Duration {
-    let start = Instant::now();
-    let per = n.div_ceil(CONCURRENCY as u64);
-    let mut tasks = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let mut con = con.clone();
-        let bytes = bytes.clone();
-        let key = key.to_owned();
-        tasks.push(tokio::spawn(async move {
-            let mut left = per;
-            while left > 0 {
-                let k = left.min(64);
-                let mut p = redis::pipe();
-                for _ in 0..k {
-                    p.cmd("LPUSH").arg(&key).arg(bytes.as_slice()).ignore();
-                }
-                let _: () = p.query_async(&mut con).await.unwrap();
-                left -= k;
+    raw_writers(con, key, bytes, n, |mut con, key, bytes, per| async move {
+        let mut left = per;
+        while left > 0 {
+            let k = left.min(64);
+            let mut p = redis::pipe();
+            for _ in 0..k {
+                p.cmd("LPUSH").arg(&key).arg(bytes.as_slice()).ignore();
             }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    start.elapsed()
+            let _: () = p.query_async(&mut con).await.unwrap();
+            left -= k;
+        }
+    })
+    .await
 }
 
 /// Raw `LPUSH` of `bytes` from `CONCURRENCY` tasks sharing `con`, each task awaiting its own
@@ -188,28 +201,17 @@ async fn raw_lpush_each(
     bytes: &Arc<Vec<u8>>,
     n: u64,
 ) -> Duration {
-    let start = Instant::now();
-    let per = n.div_ceil(CONCURRENCY as u64);
-    let mut tasks = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let mut con = con.clone();
-        let bytes = bytes.clone();
-        let key = key.to_owned();
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..per {
-                let _: () = redis::cmd("LPUSH")
-                    .arg(&key)
-                    .arg(bytes.as_slice())
-                    .query_async(&mut con)
-                    .await
-                    .unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    start.elapsed()
+    raw_writers(con, key, bytes, n, |mut con, key, bytes, per| async move {
+        for _ in 0..per {
+            let _: () = redis::cmd("LPUSH")
+                .arg(&key)
+                .arg(bytes.as_slice())
+                .query_async(&mut con)
+                .await
+                .unwrap();
+        }
+    })
+    .await
 }
 
 /// The batched `RedisStore` push against the raw floor, in the same run: 64 writers each, the

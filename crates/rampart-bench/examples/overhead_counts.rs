@@ -378,6 +378,24 @@ where
     region.change().allocations as u64
 }
 
+/// A failsafe breaker through [`run_closures`]: its closure API in place, its future API from
+/// the async fn.
+fn run_failsafe<B>(rt: &tokio::runtime::Runtime, shape: &str, fs: &B, n: u64) -> u64
+where
+    B: failsafe::CircuitBreaker + failsafe::futures::CircuitBreaker,
+{
+    run_closures(
+        rt,
+        shape,
+        |x| failsafe::CircuitBreaker::call(fs, || Ok::<u64, io::Error>(black_box(x))).unwrap(),
+        |x| {
+            let f = failsafe::futures::CircuitBreaker::call(fs, ready(Ok::<u64, io::Error>(x)));
+            async move { f.await.unwrap() }
+        },
+        n,
+    )
+}
+
 /// Closure-based peers: a plain call in place, the peer's future API from an async fn.
 fn run_closures<Sync, Fut>(
     rt: &tokio::runtime::Runtime,
@@ -498,44 +516,8 @@ fn main() {
         }
         "rampart_consecutive" => run(&rt, shape, consecutive_layer().layer(bare()), n),
         "rampart_count_window" => run(&rt, shape, window_layer().layer(bare()), n),
-        "failsafe_consecutive" => {
-            let fs = failsafe_consecutive();
-            run_closures(
-                &rt,
-                shape,
-                |x| {
-                    failsafe::CircuitBreaker::call(&fs, || Ok::<u64, io::Error>(black_box(x)))
-                        .unwrap()
-                },
-                |x| {
-                    let f = failsafe::futures::CircuitBreaker::call(
-                        &fs,
-                        ready(Ok::<u64, io::Error>(x)),
-                    );
-                    async move { f.await.unwrap() }
-                },
-                n,
-            )
-        }
-        "failsafe_default" => {
-            let fs = failsafe_default();
-            run_closures(
-                &rt,
-                shape,
-                |x| {
-                    failsafe::CircuitBreaker::call(&fs, || Ok::<u64, io::Error>(black_box(x)))
-                        .unwrap()
-                },
-                |x| {
-                    let f = failsafe::futures::CircuitBreaker::call(
-                        &fs,
-                        ready(Ok::<u64, io::Error>(x)),
-                    );
-                    async move { f.await.unwrap() }
-                },
-                n,
-            )
-        }
+        "failsafe_consecutive" => run_failsafe(&rt, shape, &failsafe_consecutive(), n),
+        "failsafe_default" => run_failsafe(&rt, shape, &failsafe_default(), n),
         "recloser" => {
             let rc = recloser::Recloser::default();
             let arc = recloser::AsyncRecloser::from(recloser::Recloser::default());

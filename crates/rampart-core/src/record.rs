@@ -237,10 +237,7 @@ pub fn poll_retry<R>(breaker_below: bool, f: impl FnOnce() -> R) -> R {
 /// [`publish_outcome`].
 #[inline]
 pub fn poll_breaker<R>(f: impl FnOnce() -> R) -> R {
-    match stage() {
-        Stage::Off => f(),
-        _ => with_stage(Stage::Closed, f),
-    }
+    poll_breaker_publishing(f).0
 }
 
 /// [`poll_breaker`] for a breaker that publishes its attempt's outcome: also returns whether

@@ -46,7 +46,7 @@
 //! assert_eq!(rec.tries, 2);
 //! ```
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::time::Duration;
 
 use crate::Outcome;
@@ -115,6 +115,16 @@ pub struct CallRecord {
 }
 
 impl CallRecord {
+    /// A record of nothing yet (what `Default` gives), usable in constants.
+    const EMPTY: CallRecord = CallRecord {
+        tries: 0,
+        reached: 0,
+        last: None,
+        stop: None,
+        elapsed: Duration::ZERO,
+        pending: None,
+    };
+
     /// Counts one finished attempt: whether it reached the service, and its outcome.
     pub fn attempt(&mut self, reached: bool, outcome: Outcome) {
         self.tries = self.tries.saturating_add(1);
@@ -152,21 +162,23 @@ enum Stage {
 }
 
 /// What the current thread is lent while a dead-letter future polls the layers below: the
-/// record and who may write into it.
+/// record and who may write into it. Plain cells: lending and taking back copy the record
+/// (a few dozen bytes) and nothing else — no borrow flag, no `Option` to unwrap.
 struct Scope {
-    record: RefCell<Option<CallRecord>>,
+    record: Cell<CallRecord>,
     stage: Cell<Stage>,
 }
 
 thread_local! {
     static CURRENT: Scope = const {
         Scope {
-            record: RefCell::new(None),
+            record: Cell::new(CallRecord::EMPTY),
             stage: Cell::new(Stage::Off),
         }
     };
 }
 
+#[inline]
 fn stage() -> Stage {
     CURRENT.with(|c| c.stage.get())
 }
@@ -175,13 +187,14 @@ fn stage() -> Stage {
 struct RestoreStage(Stage);
 
 impl Drop for RestoreStage {
+    #[inline]
     fn drop(&mut self) {
         CURRENT.with(|c| c.stage.set(self.0));
     }
 }
 
 /// Runs `f` with the stage set to `during`, then restores the current one.
-#[inline]
+#[inline(always)]
 fn with_stage<R>(during: Stage, f: impl FnOnce() -> R) -> R {
     let _restore = RestoreStage(CURRENT.with(|c| c.stage.replace(during)));
     f()
@@ -190,30 +203,32 @@ fn with_stage<R>(during: Stage, f: impl FnOnce() -> R) -> R {
 /// Lends `record` to the layers polled inside `f` (see the [module docs](self)), and takes
 /// it back, with their updates, when `f` returns or unwinds. The first retry layer polled
 /// inside `f` is the record's (see [`poll_retry`]).
+#[inline]
 pub fn in_scope<R>(record: &mut CallRecord, f: impl FnOnce() -> R) -> R {
+    /// Takes the record back and restores the outer scope's (a nested stack lends its own
+    /// inside this one), also on unwind.
     struct Restore<'a> {
         record: &'a mut CallRecord,
-        outer: Option<CallRecord>,
+        outer: CallRecord,
+        stage: Stage,
     }
     impl Drop for Restore<'_> {
+        #[inline]
         fn drop(&mut self) {
-            let outer = self.outer.take();
-            let mine = CURRENT.with(|c| match c.record.try_borrow_mut() {
-                Ok(mut slot) => std::mem::replace(&mut *slot, outer),
-                Err(_) => None,
+            CURRENT.with(|c| {
+                *self.record = c.record.replace(self.outer);
+                c.stage.set(self.stage);
             });
-            if let Some(mine) = mine {
-                *self.record = mine;
-            }
         }
     }
-    let lent = *record;
-    let outer = CURRENT.with(|c| match c.record.try_borrow_mut() {
-        Ok(mut slot) => slot.replace(lent),
-        Err(_) => None,
-    });
-    let _restore = Restore { record, outer };
-    with_stage(Stage::Retry, f)
+    let (outer, stage) =
+        CURRENT.with(|c| (c.record.replace(*record), c.stage.replace(Stage::Retry)));
+    let _restore = Restore {
+        record,
+        outer,
+        stage,
+    };
+    f()
 }
 
 /// Polls the inner future of a retry layer (`f`). If the record in scope is open to a retry
@@ -228,6 +243,47 @@ pub fn poll_retry<R>(breaker_below: bool, f: impl FnOnce() -> R) -> R {
         Stage::Off => f(),
         Stage::Retry if breaker_below => with_stage(Stage::Breaker, f),
         _ => with_stage(Stage::Closed, f),
+    }
+}
+
+/// [`poll_retry`] followed by [`take_outcome`], with one look at the thread's scope: also
+/// returns the outcome the retry layer's own breaker published while `f` ran, if this retry
+/// layer is the record's. A retry layer outside any record (a bare `RetryLayer`) reads the
+/// thread-local once per poll instead of twice.
+///
+/// # Example
+///
+/// ```
+/// use rampart_core::record::{self, CallRecord};
+/// use rampart_core::Outcome;
+///
+/// // Outside any record nothing is published.
+/// assert_eq!(record::poll_retry_taking(true, || 7), (7, None));
+///
+/// // Inside one, the first retry layer takes what its breaker published.
+/// let mut rec = CallRecord::default();
+/// record::in_scope(&mut rec, || {
+///     let (_, published) = record::poll_retry_taking(true, || {
+///         record::poll_breaker_publishing(|| ()).1.publish(Outcome::Success);
+///     });
+///     assert_eq!(published, Some(Outcome::Success));
+/// });
+/// ```
+#[inline(always)]
+pub fn poll_retry_taking<R>(breaker_below: bool, f: impl FnOnce() -> R) -> (R, Option<Outcome>) {
+    match stage() {
+        Stage::Off => (f(), None),
+        Stage::Retry => {
+            let during = if breaker_below {
+                Stage::Breaker
+            } else {
+                Stage::Closed
+            };
+            let r = with_stage(during, f);
+            // The stage is `Retry` again: this layer is the record's.
+            (r, take_pending())
+        }
+        _ => (with_stage(Stage::Closed, f), None),
     }
 }
 
@@ -292,15 +348,13 @@ impl Publish {
 
 /// Updates the record of the call being polled; does nothing outside [`in_scope`], and
 /// nothing for a layer the record is not open to (see [`poll_retry`]).
+#[inline]
 pub fn update(f: impl FnOnce(&mut CallRecord)) {
-    if stage() != Stage::Retry {
-        return;
-    }
     CURRENT.with(|c| {
-        if let Ok(mut slot) = c.record.try_borrow_mut() {
-            if let Some(r) = slot.as_mut() {
-                f(r);
-            }
+        if c.stage.get() == Stage::Retry {
+            let mut r = c.record.get();
+            f(&mut r);
+            c.record.set(r);
         }
     });
 }
@@ -309,7 +363,6 @@ pub fn update(f: impl FnOnce(&mut CallRecord)) {
 /// above keeps a record of this call.
 pub fn is_recording() -> bool {
     matches!(stage(), Stage::Retry | Stage::Breaker)
-        && CURRENT.with(|c| c.record.try_borrow().is_ok_and(|r| r.is_some()))
 }
 
 /// Publishes the outcome of the attempt that just finished (a breaker does, having
@@ -322,16 +375,27 @@ pub fn publish_outcome(outcome: Outcome) {
     set_pending(outcome);
 }
 
-/// Sets the pending outcome of the record in scope, if there is one.
+/// Sets the pending outcome of the record in scope (the caller knows one is lent).
 #[inline]
 fn set_pending(outcome: Outcome) {
     CURRENT.with(|c| {
-        if let Ok(mut slot) = c.record.try_borrow_mut() {
-            if let Some(r) = slot.as_mut() {
-                r.pending = Some(outcome);
-            }
-        }
+        let mut r = c.record.get();
+        r.pending = Some(outcome);
+        c.record.set(r);
     });
+}
+
+/// Takes the pending outcome of the record in scope (the caller knows the stage is `Retry`).
+#[inline]
+fn take_pending() -> Option<Outcome> {
+    CURRENT.with(|c| {
+        let mut r = c.record.get();
+        let pending = r.pending.take();
+        if pending.is_some() {
+            c.record.set(r);
+        }
+        pending
+    })
 }
 
 /// Takes the outcome the retry layer's own breaker published for the attempt that just

@@ -49,7 +49,8 @@ pin_project! {
         // request is taken from the inner future after the call).
         request: R::Held,
         shared: Arc<Link<St, X, C>>,
-        span: tracing::Span,
+        // The call's span, made when the future is first polled.
+        span: Option<tracing::Span>,
         // What the layers below saw of this call (see `rampart_core::record`).
         record: CallRecord,
     }
@@ -73,15 +74,14 @@ where
     R: RequestSource<Req, F>,
 {
     /// Inlined into `DeadLetter::call`, so that the inner future is built in place rather
-    /// than copied into this one (the span, made out of line, keeps this small).
+    /// than copied into this one.
     #[inline(always)]
     pub(crate) fn new(future: F, request: R::Held, shared: Arc<Link<St, X, C>>) -> Self {
-        let span = call_span(&shared.name);
         ResponseFuture {
             state: State::Called { future },
             request,
             shared,
-            span,
+            span: None,
             record: CallRecord::default(),
         }
     }
@@ -222,11 +222,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let span = this
+            .span
+            .get_or_insert_with(|| call_span(&this.shared.name));
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { mut future } => {
                     let result = {
-                        let _entered = this.span.enter();
+                        let _entered = span.enter();
                         let polled = rampart_core::record::in_scope(this.record, || {
                             future.as_mut().poll(cx)
                         });
@@ -234,14 +237,14 @@ where
                     };
                     let shared = &**this.shared;
                     let judged = judge(&result, &shared.classifier, this.record, &shared.name);
-                    if !this.span.is_disabled() {
+                    if !span.is_disabled() {
                         let (outcome, attempts) = match (&judged, &result) {
                             (None, Ok(_)) => ("success", this.record.reached.max(1)),
                             (None, Err(e)) => ("success", e.attempts()),
                             (Some((r, _, a, _)), _) => (r.as_str(), *a),
                         };
-                        this.span.record("outcome", outcome);
-                        this.span.record("attempts", attempts);
+                        span.record("outcome", outcome);
+                        span.record("attempts", attempts);
                     }
                     let Some((reason, outcome, attempts, error)) = judged else {
                         return Poll::Ready(result);
@@ -281,7 +284,7 @@ where
                         request_redacted: extracted.redacted,
                     };
                     shared.count(reason);
-                    let _entered = this.span.enter();
+                    let _entered = span.enter();
                     tracing::error!(
                         service = %shared.name,
                         record_id = %record.id,

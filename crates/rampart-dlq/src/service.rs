@@ -126,12 +126,16 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        let copy = if self.shared.reasons == 0 {
+        let shared = self.shared.clone();
+        let copy = if shared.reasons == 0 {
             R::Held::default()
         } else {
             self.replay.before(&req)
         };
-        let future = self.inner.call(req);
-        ResponseFuture::new(future, copy, self.shared.clone())
+        // Everything else first, the inner call last: nothing runs between the inner future
+        // being made and its move into this one, so the compiler builds it in place instead
+        // of copying it (a policy's inner future is hundreds of bytes). The call's span is
+        // made when the future is first polled, for the same reason.
+        ResponseFuture::new(self.inner.call(req), copy, shared)
     }
 }

@@ -319,12 +319,14 @@ where
         if this.cold.is_none() && !this.timer.armed() {
             if let StateProj::Called { future } = this.state.as_mut().project() {
                 let breaker_below = this.shared.config.breaker_below;
-                return match rampart_core::record::poll_retry(breaker_below, || future.poll(cx)) {
+                let (polled, published) =
+                    rampart_core::record::poll_retry_taking(breaker_below, || future.poll(cx));
+                return match polled {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(r) => {
                         // Each attempt is classified once: by the breaker below, if there is
                         // one in this call's record, or here.
-                        let outcome = match rampart_core::record::take_outcome() {
+                        let outcome = match published {
                             Some(o) => o,
                             None => match &r {
                                 Ok(res) => this.classifier.classify(Ok(res)),
@@ -368,26 +370,22 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
-                    let mut known = None;
-                    let polled = if let Some((r, o)) = first.take() {
-                        known = o;
-                        Poll::Ready(r)
+                    let (polled, known) = if let Some((r, o)) = first.take() {
+                        (Poll::Ready(r), o)
                     } else {
                         let breaker_below = this.shared.config.breaker_below;
-                        let poll =
-                            || rampart_core::record::poll_retry(breaker_below, || future.poll(cx));
+                        let poll = || {
+                            rampart_core::record::poll_retry_taking(breaker_below, || {
+                                future.poll(cx)
+                            })
+                        };
                         match this.cold.as_ref().and_then(|c| c.span.as_ref()) {
                             Some(span) => span.in_scope(poll),
                             None => poll(),
                         }
                     };
                     let result = match polled {
-                        Poll::Ready(r) => {
-                            if known.is_none() {
-                                known = rampart_core::record::take_outcome();
-                            }
-                            r.map_err(|e| e.into_error().into_kind())
-                        }
+                        Poll::Ready(r) => r.map_err(|e| e.into_error().into_kind()),
                         Poll::Pending => {
                             if !this.timer.as_mut().fired(cx) {
                                 return Poll::Pending;

@@ -42,7 +42,10 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future>,
-        service: S,
+        // This call's handle on the service for its retries: cloned from the layer's (in
+        // `shared`) when the first retry is due, so that a call that succeeds first time
+        // clones no service.
+        service: Option<S>,
         // The copy of the request this call holds: for the next attempt when `replayable`,
         // otherwise only for the layer above (`KeepsRequest`).
         request: Option<Req>,
@@ -50,8 +53,8 @@ pin_project! {
         classifier: C,
         replay: R,
         observer: O,
-        // The settings and the budget, kept alive by this call.
-        shared: Arc<Shared>,
+        // The settings, the budget and the service, kept alive by this call.
+        shared: Arc<Shared<S>>,
         stream: u64,
         attempts: u32,
         // The call's timer, inline and pinned with the future: an attempt timeout or a
@@ -249,12 +252,11 @@ where
     #[inline(always)]
     pub(crate) fn new(
         future: S::Future,
-        service: S,
         copy: Copied<Req>,
         classifier: C,
         replay: R,
         observer: O,
-        shared: Arc<Shared>,
+        shared: Arc<Shared<S>>,
         timed: bool,
         stream: u64,
     ) -> Self {
@@ -267,7 +269,7 @@ where
         let timer = Timer::first(&shared.config, timed);
         ResponseFuture {
             state: State::Called { future },
-            service,
+            service: None,
             request,
             replayable,
             classifier,
@@ -304,7 +306,7 @@ struct Retrying {
 
 impl<S, Req, C, R, O> Future for ResponseFuture<S, Req, C, R, O>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     S::Error: IntoError,
     C: Classify<S::Response, <S::Error as IntoError>::Inner>,
     R: Replay<Req>,
@@ -353,7 +355,7 @@ where
 
 impl<S, Req, C, R, O> ResponseFuture<S, Req, C, R, O>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     S::Error: IntoError,
     C: Classify<S::Response, <S::Error as IntoError>::Inner>,
     R: Replay<Req>,
@@ -537,7 +539,8 @@ where
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {
-                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
+                    let service = this.service.get_or_insert_with(|| this.shared.service());
+                    if let Err(e) = ready!(service.poll_ready(cx)) {
                         let rejected = this.cold.as_ref().map_or(0, |c| c.rejected);
                         let attempts = this.attempts.saturating_sub(rejected);
                         this.state.set(State::Done);
@@ -567,7 +570,7 @@ where
                             }
                         }
                     }
-                    let future = this.service.call(request);
+                    let future = service.call(request);
                     *this.attempts += 1;
                     let cold = this.cold.get_or_insert_with(Cold::new);
                     this.timer

@@ -1,5 +1,5 @@
 use std::sync::atomic::AtomicU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rampart_core::{Backoff, Name};
@@ -7,7 +7,7 @@ use tower_layer::Layer;
 
 use crate::budget::RetryBudget;
 use crate::replay::CloneReplay;
-use crate::service::{Config, Retry, Shared};
+use crate::service::{CloneService, Config, Retry, Shared};
 
 /// Retries failed calls of the wrapped service: only what the classifier calls transient or
 /// throttled, with exponential backoff and jitter, a shared retry budget, server hints
@@ -214,6 +214,7 @@ impl<C, R, O> RetryLayer<C, R, O> {
 
 impl<S, C, R, O> Layer<S> for RetryLayer<C, R, O>
 where
+    S: CloneService,
     C: Clone,
     R: Clone,
     O: Clone,
@@ -221,17 +222,19 @@ where
     type Service = Retry<S, C, R, O>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        let links = Arc::new(std::array::from_fn(|_| {
+            Arc::new(Shared {
+                config: self.config.clone(),
+                budget: self.budget.clone(),
+                service: Mutex::new(inner.clone()),
+            })
+        }));
         Retry::from_parts(
             inner,
             self.classifier.clone(),
             self.replay.clone(),
             self.observer.clone(),
-            Arc::new(std::array::from_fn(|_| {
-                Arc::new(Shared {
-                    config: self.config.clone(),
-                    budget: self.budget.clone(),
-                })
-            })),
+            links,
             self.clones.clone(),
         )
     }

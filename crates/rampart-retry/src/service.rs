@@ -1,6 +1,6 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -55,18 +55,41 @@ pub(crate) struct Config {
     pub(crate) keep_request: bool,
 }
 
-/// What a service's calls share: the settings and the budget. The layer makes [`LINKS`]
-/// copies per service (its links); the service and its clones each use one, in turn, and
-/// every response future holds a clone of its service's link, so the settings and the budget
-/// live exactly as long as a service or a call in flight uses them (a `oneshot` call is
-/// budgeted to the end). The reference count a call touches is its link's: clones used on
-/// different threads take theirs in different cache lines (the alignment keeps each link's
-/// count on lines of its own).
-#[derive(Debug)]
+/// What a service's calls share: the settings, the budget and the service the retries go
+/// to. The layer makes [`LINKS`] copies per service (its links); the service and its clones
+/// each use one, in turn, and every response future holds a clone of its service's link, so
+/// the settings and the budget live exactly as long as a service or a call in flight uses
+/// them (a `oneshot` call is budgeted to the end). The reference count a call touches is its
+/// link's: clones used on different threads take theirs in different cache lines (the
+/// alignment keeps each link's count on lines of its own).
 #[repr(align(128))]
-pub(crate) struct Shared {
+pub(crate) struct Shared<S> {
     pub(crate) config: Config,
     pub(crate) budget: Option<RetryBudget>,
+    /// A clone of the inner service, made when the layer wrapped it. A call that needs a
+    /// retry clones its own handle from this one (under the lock, once per call that
+    /// retries); a call that succeeds first time clones no service at all.
+    pub(crate) service: Mutex<S>,
+}
+
+impl<S: Clone> Shared<S> {
+    /// A handle on the inner service for a call's retries.
+    pub(crate) fn service(&self) -> S {
+        // A clone that panicked poisons the lock but leaves the service as it was.
+        self.service
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl<S> fmt::Debug for Shared<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Links (copies of [`Shared`]) per service made by a layer: clones of one service take them
@@ -75,7 +98,7 @@ pub(crate) struct Shared {
 pub(crate) const LINKS: usize = 4;
 
 /// A service's links, shared by the service and its clones.
-pub(crate) type Links = Arc<[Arc<Shared>; LINKS]>;
+pub(crate) type Links<S> = Arc<[Arc<Shared<S>>; LINKS]>;
 
 /// Retries failed calls of the inner service. Made by [`RetryLayer`]; see the
 /// [crate docs](crate) for semantics and an example.
@@ -93,8 +116,8 @@ pub struct Retry<S, C, R = CloneReplay, O = ()> {
     replay: R,
     observer: O,
     /// This instance's link: one of `links`.
-    shared: Arc<Shared>,
-    links: Links,
+    shared: Arc<Shared<S>>,
+    links: Links<S>,
     /// `shared.budget`, held directly so that a deposit is one pointer away.
     budget: Option<RetryBudget>,
     /// `config.backoff.max_retries() > 0`, cached off the hot path's pointer chase.
@@ -156,7 +179,7 @@ impl<S, C, R, O> Retry<S, C, R, O> {
         classifier: C,
         replay: R,
         observer: O,
-        links: Links,
+        links: Links<S>,
         clones: Arc<AtomicU32>,
     ) -> Self {
         let streams = Streams::new(clones);
@@ -191,7 +214,7 @@ impl<S, C, R, O> Retry<S, C, R, O> {
 }
 
 /// The link of the instance numbered by `streams`.
-fn link(links: &Links, streams: &Streams) -> Arc<Shared> {
+fn link<S>(links: &Links<S>, streams: &Streams) -> Arc<Shared<S>> {
     links[streams.id() % LINKS].clone()
 }
 
@@ -259,7 +282,6 @@ where
         let future = self.inner.call(req);
         ResponseFuture::new(
             future,
-            self.inner.clone(),
             copy,
             self.classifier.clone(),
             self.replay.clone(),

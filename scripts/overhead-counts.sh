@@ -67,3 +67,4 @@ echo "Policy ÷ tower retry+TpsBudget+timeout (goal ≤ 3):           $(ratio x 
 echo "  added over bare:                                           $(ratio x rampart_policy tower_retry_budget_timeout bare)"
 echo "Policy ÷ tower-resilience retry∘breaker (goal ≤ 0.1):        $(ratio x rampart_policy tower_resilience_retry_breaker)"
 echo "  added over bare:                                           $(ratio x rampart_policy tower_resilience_retry_breaker bare)"
+echo "Policy cloned per request ÷ tower stack cloned per request:   $(ratio x rampart_policy_per_request tower_retry_budget_timeout_per_request)"

@@ -1049,9 +1049,12 @@ where
     type Service = DeadLetter<Retry<B::Service, C, R, PolicyObserver>, St, X, C, FromInner>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let s = self.timeout.layer(inner);
-        let s = self.breaker.layer(s);
-        let s = self.retry.layer(s);
+        // The retry layer's handles for retries are the layers below built again over clones
+        // of `inner` (the same breaker and timeout, as clones would share), so that only
+        // `S: Clone` is asked of the caller.
+        let seed = inner.clone();
+        let below = |s: S| self.breaker.layer(self.timeout.layer(s));
+        let s = self.retry.layer_with(below(inner), || below(seed.clone()));
         self.dlq.layer(s)
     }
 }

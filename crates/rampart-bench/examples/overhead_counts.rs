@@ -16,7 +16,8 @@
 //! with a no-op waker; `async_fn` drives `ready().await` + `call` + `.await` from an async fn on
 //! a current-thread runtime. Closure-based peers (failsafe, recloser) are called directly in
 //! place and through their future APIs from the async fn. The cases and their settings are
-//! those of `benches/{retry,breaker,policy}_overhead.rs`.
+//! those of `benches/{retry,breaker,policy}_overhead.rs`; the `*_per_request` cases clone the
+//! service for every call and call the clone once, as axum's router does.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -219,6 +220,25 @@ impl<S: Service<http::Request<bytes::Bytes>>> Service<u64> for HttpCalls<S> {
 
     fn call(&mut self, _: u64) -> S::Future {
         self.inner.call(self.template.clone())
+    }
+}
+
+/// Clones the service for every request and calls the clone once (`oneshot`), as axum's
+/// router does with a route's service: what a framework that clones per request pays.
+#[derive(Clone)]
+struct PerRequest<S>(S);
+
+impl<S: Service<u64> + Clone> Service<u64> for PerRequest<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tower::util::Oneshot<S, u64>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, x: u64) -> Self::Future {
+        self.0.clone().oneshot(x)
     }
 }
 
@@ -455,6 +475,9 @@ const CASES: &[&str] = &[
     "tower_resilience_retry_breaker",
     "http_bare",
     "rampart_policy_http",
+    "bare_per_request",
+    "rampart_policy_per_request",
+    "tower_retry_budget_timeout_per_request",
 ];
 
 fn main() {
@@ -536,6 +559,11 @@ fn main() {
         "rampart_policy" => run(&rt, shape, policy_layer().layer(bare()), n),
         "tower_retry_budget_timeout" => run(&rt, shape, tower_stack(), n),
         "tower_resilience_retry_breaker" => run(&rt, shape, resilience_retry_breaker(), n),
+        "bare_per_request" => run(&rt, shape, PerRequest(bare()), n),
+        "rampart_policy_per_request" => {
+            run(&rt, shape, PerRequest(policy_layer().layer(bare())), n)
+        }
+        "tower_retry_budget_timeout_per_request" => run(&rt, shape, PerRequest(tower_stack()), n),
         "http_bare" => run(&rt, shape, http_calls(http_bare()), n),
         "rampart_policy_http" => run(
             &rt,

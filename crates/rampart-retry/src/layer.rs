@@ -212,21 +212,19 @@ impl<C, R, O> RetryLayer<C, R, O> {
     }
 }
 
-impl<S, C, R, O> Layer<S> for RetryLayer<C, R, O>
-where
-    S: CloneService,
-    C: Clone,
-    R: Clone,
-    O: Clone,
-{
-    type Service = Retry<S, C, R, O>;
-
-    fn layer(&self, inner: S) -> Self::Service {
+impl<C: Clone, R: Clone, O: Clone> RetryLayer<C, R, O> {
+    /// Wraps `inner`, with the handles for the calls' retries cloned from services made by
+    /// `proto` (one per link, made now) instead of from clones of `inner`: for a stack that
+    /// can make its service again but cannot name its type's `Clone` bound (a `Policy` builds
+    /// the layers below its retry once more). `proto` must make services equivalent to
+    /// `inner` (sharing its state, as clones would).
+    #[doc(hidden)]
+    pub fn layer_with<S>(&self, inner: S, mut proto: impl FnMut() -> S) -> Retry<S, C, R, O> {
         let links = Arc::new(std::array::from_fn(|_| {
             Arc::new(Shared {
                 config: self.config.clone(),
                 budget: self.budget.clone(),
-                service: Mutex::new(inner.clone()),
+                service: Mutex::new(proto()),
             })
         }));
         Retry::from_parts(
@@ -237,5 +235,20 @@ where
             links,
             self.clones.clone(),
         )
+    }
+}
+
+impl<S, C, R, O> Layer<S> for RetryLayer<C, R, O>
+where
+    S: CloneService,
+    C: Clone,
+    R: Clone,
+    O: Clone,
+{
+    type Service = Retry<S, C, R, O>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let seed = inner.clone();
+        self.layer_with(inner, || seed.clone())
     }
 }

@@ -295,3 +295,133 @@ mod http_requests {
         assert!(all[0].kept_whole().is_ok());
     }
 }
+
+/// The service under the policy: a call clones it only when its first retry is due (from the
+/// copy the retry layer keeps), never on a first-time success.
+mod service_clones {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use rampart::RetryLayer;
+    use tower::Service;
+
+    /// `upstream` with a count of its clones.
+    struct CountedService<S> {
+        inner: S,
+        clones: Arc<AtomicUsize>,
+    }
+
+    impl<S: Clone> Clone for CountedService<S> {
+        fn clone(&self) -> Self {
+            self.clones.fetch_add(1, Ordering::SeqCst);
+            CountedService {
+                inner: self.inner.clone(),
+                clones: self.clones.clone(),
+            }
+        }
+    }
+
+    impl<S: Service<Counted>> Service<Counted> for CountedService<S>
+    where
+        S::Future: Send + 'static,
+    {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+            self.inner.poll_ready(cx)
+        }
+
+        fn call(&mut self, req: Counted) -> Self::Future {
+            Box::pin(self.inner.call(req))
+        }
+    }
+
+    fn counted_upstream(
+        calls: &Arc<AtomicUsize>,
+        clones: &Arc<AtomicUsize>,
+    ) -> CountedService<
+        impl Service<Counted, Response = u32, Error = io::Error, Future = impl Send> + Clone,
+    > {
+        CountedService {
+            inner: upstream(io::ErrorKind::ConnectionReset, &[7], calls.clone()),
+            clones: clones.clone(),
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_policy_call_clones_the_service_only_when_it_retries() {
+        let store = MemoryStore::default();
+        let (calls, clones) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut svc = policy()
+            .breaker(Some(Default::default()))
+            .build()
+            .unwrap()
+            .layer(IoErrors, store.clone(), extract)
+            .layer(counted_upstream(&calls, &clones));
+        let built = clones.load(Ordering::SeqCst);
+        let requests = Arc::new(AtomicUsize::new(0));
+        for id in [0, 2, 4, 6, 8] {
+            let answer = svc
+                .ready()
+                .await
+                .unwrap()
+                .call(request(id, &requests))
+                .await;
+            assert_eq!(answer.unwrap(), id);
+        }
+        assert_eq!(
+            clones.load(Ordering::SeqCst),
+            built,
+            "no clone for first-time successes"
+        );
+
+        let err = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(request(7, &requests))
+            .await
+            .unwrap_err();
+        assert_eq!(err.attempts(), 3);
+        assert_eq!(calls.load(Ordering::SeqCst), 5 + 3);
+        assert_eq!(
+            clones.load(Ordering::SeqCst),
+            built + 1,
+            "one handle for both retries of the failing call"
+        );
+        assert_eq!(records(&store).await.len(), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_bare_retry_layer_clones_the_service_only_when_it_retries() {
+        let (calls, clones) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut svc = RetryLayer::new(IoErrors)
+            .no_budget()
+            .layer(counted_upstream(&calls, &clones));
+        let built = clones.load(Ordering::SeqCst);
+        let requests = Arc::new(AtomicUsize::new(0));
+        for id in [0, 2, 4] {
+            let answer = svc
+                .ready()
+                .await
+                .unwrap()
+                .call(request(id, &requests))
+                .await;
+            assert_eq!(answer.unwrap(), id);
+        }
+        assert_eq!(clones.load(Ordering::SeqCst), built);
+        let err = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(request(7, &requests))
+            .await
+            .unwrap_err();
+        assert_eq!(err.attempts(), 4, "the default backoff: three retries");
+        assert_eq!(clones.load(Ordering::SeqCst), built + 1);
+    }
+}

@@ -316,9 +316,35 @@ fn threaded(c: &mut Criterion) {
     support::threaded_in(c, "policy", Some(rt.handle()), variants);
 }
 
+/// A clone of the service per call, dropped after it (axum's router clones a route's service
+/// for every request), on one and two threads.
+fn per_request(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .unwrap();
+    support::threaded_in(c, "policy_per_request", Some(rt.handle()), || {
+        let policy = policy_layer().layer(bare());
+        let tower = tower_stack();
+        let cases: Vec<(&'static str, Factory)> = vec![
+            ("bare", Box::new(|| support::per_request(bare()))),
+            (
+                "rampart_policy",
+                Box::new(move || support::per_request(policy.clone())),
+            ),
+            (
+                "tower_retry_budget_timeout",
+                Box::new(move || support::per_request(tower.clone())),
+            ),
+        ];
+        cases
+    });
+}
+
 criterion_group! {
     name = benches;
     config = support::config();
-    targets = in_place, from_async_fn, threaded
+    targets = in_place, from_async_fn, threaded, per_request
 }
 criterion_main!(benches);

@@ -55,15 +55,27 @@ impl fmt::Debug for Local {
 /// here is given back if the service is dropped before calling.
 struct Slot {
     local: Arc<Local>,
-    /// `false` for a clone until its first `poll_ready`, which gives it a link of its own:
-    /// until then it shares its original's, so the clone `Retry::call` makes for every call
-    /// (used only if the call is retried) touches no memory shared with other threads.
-    linked: bool,
+    /// Whose link `local` is: this service's own, or (a fresh clone's) its original's.
+    link: LinkState,
     /// Admitted, or rejected with this `retry_in` (16 bytes; the `CircuitOpen` error is made
     /// in `call`, for a rejected call only).
     admission: Option<Result<Admit, Duration>>,
     /// Backpressure mode: when to look at an open breaker again.
     wake: Option<Pin<Box<Sleep>>>,
+}
+
+/// Whose link a service holds. A clone shares its original's link for its first call and
+/// takes the breaker's next link before its second: a clone made for one request (axum
+/// clones a route's service per request) never touches the breaker's links, and clones kept
+/// by workers on different threads spread over them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkState {
+    /// Its own: made by the layer, or taken by [`CircuitBreaker::relink`].
+    Own,
+    /// Its original's, not yet called through.
+    Borrowed,
+    /// Its original's, called through once: the next `poll_ready` relinks.
+    BorrowedUsed,
 }
 
 impl Drop for Slot {
@@ -116,19 +128,19 @@ impl<S, C> CircuitBreaker<S, C> {
             classifier,
             slot: Slot {
                 local,
-                linked: true,
+                link: LinkState::Own,
                 admission: None,
                 wake: None,
             },
         }
     }
 
-    /// A clone's first `poll_ready`: takes the breaker's next link.
+    /// A clone's `poll_ready` after its first call: takes the breaker's next link.
     #[cold]
     #[inline(never)]
     fn relink(&mut self) {
         self.slot.local = self.slot.local.breaker.link();
-        self.slot.linked = true;
+        self.slot.link = LinkState::Own;
     }
 
     /// The operator's handle on this service's breaker.
@@ -142,9 +154,10 @@ impl<S, C> CircuitBreaker<S, C> {
 }
 
 impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
-    /// Shares this service's link until the clone's first `poll_ready`, which gives it the
-    /// breaker's next link (one of the live links, or a new one): cloning never allocates
-    /// and writes only this service's own link.
+    /// Shares this service's link for its first call; before its second, takes the
+    /// breaker's next link (one of the live links, or a new one). Cloning never allocates
+    /// and writes only this service's own link, and a clone used for one request only (axum
+    /// clones a route's service per request) never touches the breaker's links.
     #[inline]
     fn clone(&self) -> Self {
         CircuitBreaker {
@@ -152,7 +165,7 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
             classifier: self.classifier.clone(),
             slot: Slot {
                 local: self.slot.local.clone(),
-                linked: false,
+                link: LinkState::Borrowed,
                 admission: None,
                 wake: None,
             },
@@ -184,7 +197,7 @@ where
 
     #[inline(always)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if !self.slot.linked {
+        if self.slot.link == LinkState::BorrowedUsed {
             self.relink();
         }
         loop {
@@ -216,6 +229,9 @@ where
 
     #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
+        if self.slot.link == LinkState::Borrowed {
+            self.slot.link = LinkState::BorrowedUsed;
+        }
         let admission = match self.slot.admission.take() {
             Some(a) => a,
             // `call` without `poll_ready` breaks tower's contract; decide now rather than panic.
@@ -255,6 +271,37 @@ mod tests {
     use rampart_core::Name;
     use std::collections::HashSet;
 
+    #[tokio::test]
+    async fn a_clone_takes_a_link_of_its_own_only_before_its_second_call() {
+        use tower::{Service as _, ServiceExt as _};
+        let config = CircuitBreakerConfig::default();
+        let breaker = Breaker::new(
+            Name::from_static("db"),
+            None,
+            config.clone(),
+            Events::new(&config),
+        );
+        let upstream = tower::service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) });
+        let classifier = rampart_core::classify::IoErrors;
+        let svc = CircuitBreaker::from_parts(upstream, classifier, breaker.link());
+        // A clone per request, as axum makes: one call on its original's link, no relinking.
+        for x in 0..3 {
+            let mut clone = svc.clone();
+            assert_eq!(clone.ready().await.unwrap().call(x).await.unwrap(), x);
+            assert!(Arc::ptr_eq(&clone.slot.local, &svc.slot.local));
+            assert_eq!(clone.slot.link, LinkState::BorrowedUsed);
+        }
+        // A clone kept for many calls takes a link of its own before its second.
+        let mut kept = svc.clone();
+        for x in 0..3 {
+            assert_eq!(kept.ready().await.unwrap().call(x).await.unwrap(), x);
+        }
+        assert_eq!(kept.slot.link, LinkState::Own);
+        if breaker.stripes() > 1 {
+            assert!(!Arc::ptr_eq(&kept.slot.local, &svc.slot.local));
+        }
+    }
+
     #[test]
     fn clones_take_the_links_in_turn_and_the_last_one_frees_the_breaker() {
         let breaker = Breaker::new(
@@ -268,10 +315,10 @@ mod tests {
         let svc = CircuitBreaker::from_parts((), (), breaker.link());
         drop(breaker);
         let mut clones: Vec<_> = (0..2 * n).map(|_| svc.clone()).collect();
-        // Until its first `poll_ready` a clone shares its original's link.
+        // Until it has been called through once a clone shares its original's link.
         assert!(clones
             .iter()
-            .all(|c| Arc::ptr_eq(&c.slot.local, &svc.slot.local) && !c.slot.linked));
+            .all(|c| Arc::ptr_eq(&c.slot.local, &svc.slot.local) && c.slot.link != LinkState::Own));
         for c in &mut clones {
             c.relink();
         }

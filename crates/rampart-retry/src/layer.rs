@@ -7,7 +7,7 @@ use tower_layer::Layer;
 
 use crate::budget::RetryBudget;
 use crate::replay::CloneReplay;
-use crate::service::{CloneService, Config, Retry, Shared};
+use crate::service::{CloneService, Config, LinkSet, Retry, Shared};
 
 /// Retries failed calls of the wrapped service: only what the classifier calls transient or
 /// throttled, with exponential backoff and jitter, a shared retry budget, server hints
@@ -220,20 +220,22 @@ impl<C: Clone, R: Clone, O: Clone> RetryLayer<C, R, O> {
     /// `inner` (sharing its state, as clones would).
     #[doc(hidden)]
     pub fn layer_with<S>(&self, inner: S, mut proto: impl FnMut() -> S) -> Retry<S, C, R, O> {
-        let links = Arc::new(std::array::from_fn(|_| {
-            Arc::new(Shared {
-                config: self.config.clone(),
-                budget: self.budget.clone(),
-                service: Mutex::new(proto()),
-            })
-        }));
+        let links = Arc::new(LinkSet {
+            links: std::array::from_fn(|_| {
+                Arc::new(Shared {
+                    config: self.config.clone(),
+                    budget: self.budget.clone(),
+                    service: Mutex::new(proto()),
+                })
+            }),
+            clones: self.clones.clone(),
+        });
         Retry::from_parts(
             inner,
             self.classifier.clone(),
             self.replay.clone(),
             self.observer.clone(),
             links,
-            self.clones.clone(),
         )
     }
 }

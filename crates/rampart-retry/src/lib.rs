@@ -73,8 +73,10 @@
 //! a budget below its cap takes them in a per-instance stripe, see [`budget`]); the one
 //! write per call to memory other instances may share is that reference count, on a link
 //! that clones used on different threads do not share (up to four clones of one service). A
-//! response future owns a clone of the inner service, which it polls for readiness again
-//! before every retry.
+//! call that needs a retry clones its own handle on the inner service — from the copy the
+//! layer keeps with the settings, when the first retry is due — and polls it for readiness
+//! before every retry; a call that succeeds first time clones no service (tower's `Retry`
+//! clones it for every call).
 //!
 //! # Cancel safety
 //!

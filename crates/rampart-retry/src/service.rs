@@ -97,19 +97,28 @@ impl<S> fmt::Debug for Shared<S> {
 /// count.
 pub(crate) const LINKS: usize = 4;
 
-/// A service's links, shared by the service and its clones.
-pub(crate) type Links<S> = Arc<[Arc<Shared<S>>; LINKS]>;
+/// A service's links, shared by the service and its clones, and the counter that numbers
+/// the instances of the layer's services (shared by every service the layer made). A clone
+/// touches three reference counts or counters: this set's, the counter, its link's.
+pub(crate) struct LinkSet<S> {
+    pub(crate) links: [Arc<Shared<S>>; LINKS],
+    pub(crate) clones: Arc<AtomicU32>,
+}
+
+/// A service's [`LinkSet`].
+pub(crate) type Links<S> = Arc<LinkSet<S>>;
 
 /// Retries failed calls of the inner service. Made by [`RetryLayer`]; see the
 /// [crate docs](crate) for semantics and an example.
 ///
 /// # Clone
 ///
-/// Clones share the retry budget and the settings (cloning does not allocate). A healthy
-/// service's success path only reads the budget (a full budget takes no deposits); each call
-/// takes one reference count on its service's copy of the settings (the layer makes a few
-/// per service, which clones take in turn, so that clones on different threads do not
-/// write one shared count).
+/// Clones share the retry budget and the settings (cloning does not allocate; it takes two
+/// reference counts and a number from the layer's counter, besides cloning the inner
+/// service). A healthy service's success path only reads the budget (a full budget takes no
+/// deposits); each call takes one reference count on its service's copy of the settings
+/// (the layer makes a few per service, which clones take in turn, so that clones on
+/// different threads do not write one shared count) and clones nothing else.
 pub struct Retry<S, C, R = CloneReplay, O = ()> {
     inner: S,
     classifier: C,
@@ -118,12 +127,12 @@ pub struct Retry<S, C, R = CloneReplay, O = ()> {
     /// This instance's link: one of `links`.
     shared: Arc<Shared<S>>,
     links: Links<S>,
-    /// `shared.budget`, held directly so that a deposit is one pointer away.
-    budget: Option<RetryBudget>,
     /// `config.backoff.max_retries() > 0`, cached off the hot path's pointer chase.
     retries: bool,
     /// `config.keep_request`, cached likewise.
     keep: bool,
+    /// A budget is set, cached likewise.
+    budgeted: bool,
     /// A deadline or an attempt timeout is set, cached likewise.
     timed: bool,
     streams: Streams,
@@ -133,16 +142,14 @@ pub struct Retry<S, C, R = CloneReplay, O = ()> {
 /// backoff gives the same delays for the same sequence of calls, while different calls and
 /// different clones never move in lock step.
 struct Streams {
-    clones: Arc<AtomicU32>,
     base: u64,
     next: u32,
 }
 
 impl Streams {
-    fn new(clones: Arc<AtomicU32>) -> Self {
+    fn new(clones: &AtomicU32) -> Self {
         let id = clones.fetch_add(1, Ordering::Relaxed);
         Streams {
-            clones,
             base: u64::from(id) << 32,
             next: 0,
         }
@@ -180,9 +187,8 @@ impl<S, C, R, O> Retry<S, C, R, O> {
         replay: R,
         observer: O,
         links: Links<S>,
-        clones: Arc<AtomicU32>,
     ) -> Self {
-        let streams = Streams::new(clones);
+        let streams = Streams::new(&links.clones);
         let shared = link(&links, &streams);
         let config = &shared.config;
         Retry {
@@ -192,8 +198,8 @@ impl<S, C, R, O> Retry<S, C, R, O> {
             observer,
             retries: config.backoff.max_retries() > 0,
             keep: config.keep_request,
+            budgeted: shared.budget.is_some(),
             timed: config.deadline.is_some() || config.attempt_timeout.is_some(),
-            budget: shared.budget.clone(),
             shared,
             links,
             streams,
@@ -207,7 +213,7 @@ impl<S, C, R, O> Retry<S, C, R, O> {
 
     /// The budget this service draws on, if any.
     pub fn budget(&self) -> Option<&RetryBudget> {
-        self.budget.as_ref()
+        self.shared.budget.as_ref()
     }
 
     rampart_core::inner_service_accessors!(S);
@@ -215,12 +221,12 @@ impl<S, C, R, O> Retry<S, C, R, O> {
 
 /// The link of the instance numbered by `streams`.
 fn link<S>(links: &Links<S>, streams: &Streams) -> Arc<Shared<S>> {
-    links[streams.id() % LINKS].clone()
+    links.links[streams.id() % LINKS].clone()
 }
 
 impl<S: Clone, C: Clone, R: Clone, O: Clone> Clone for Retry<S, C, R, O> {
     fn clone(&self) -> Self {
-        let streams = Streams::new(self.streams.clones.clone());
+        let streams = Streams::new(&self.links.clones);
         Retry {
             inner: self.inner.clone(),
             classifier: self.classifier.clone(),
@@ -228,9 +234,9 @@ impl<S: Clone, C: Clone, R: Clone, O: Clone> Clone for Retry<S, C, R, O> {
             observer: self.observer.clone(),
             shared: link(&self.links, &streams),
             links: self.links.clone(),
-            budget: self.budget.clone(),
             retries: self.retries,
             keep: self.keep,
+            budgeted: self.budgeted,
             timed: self.timed,
             streams,
         }
@@ -245,7 +251,7 @@ impl<S: fmt::Debug, C, R, O> fmt::Debug for Retry<S, C, R, O> {
             .field("backoff", &self.shared.config.backoff)
             .field("deadline", &self.shared.config.deadline)
             .field("attempt_timeout", &self.shared.config.attempt_timeout)
-            .field("budget", &self.budget)
+            .field("budget", &self.shared.budget)
             .finish()
     }
 }
@@ -269,7 +275,7 @@ where
 
     #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
-        if let Some(budget) = &self.budget {
+        if let (true, Some(budget)) = (self.budgeted, &self.shared.budget) {
             // Each instance deposits into its own stripe: no cache line shared with the
             // instances on other threads (see `budget`'s "Hot path").
             budget.deposit_in(self.streams.id());

@@ -138,6 +138,16 @@ where
 }
 
 /// Boxes an always-ready service as a [`Call`] (see [`one_call_ready`]).
+/// A call through a clone of `s` made for that call and dropped after it, as axum's router
+/// calls a route's service (`clone().oneshot(req)`).
+pub(crate) fn per_request<S>(s: S) -> Call
+where
+    S: Service<u64, Response = u64> + Clone + Send + 'static,
+    S::Error: std::fmt::Debug,
+{
+    Box::new(move |x| one_call(&mut s.clone(), x))
+}
+
 pub(crate) fn boxed_ready<S>(mut s: S) -> Call
 where
     S: Service<u64, Response = u64> + Send + 'static,

@@ -424,4 +424,60 @@ mod service_clones {
         assert_eq!(err.attempts(), 4, "the default backoff: three retries");
         assert_eq!(clones.load(Ordering::SeqCst), built + 1);
     }
+
+    /// A service that says which instance answered.
+    #[derive(Clone)]
+    struct Tagged {
+        tag: u32,
+        log: Arc<std::sync::Mutex<Vec<u32>>>,
+    }
+
+    impl Service<Counted> for Tagged {
+        type Response = u32;
+        type Error = io::Error;
+        type Future = std::future::Ready<Result<u32, io::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, r: Counted) -> Self::Future {
+            self.log.lock().unwrap().push(self.tag);
+            std::future::ready(if r.id == 7 {
+                Err(io::Error::from(io::ErrorKind::ConnectionReset))
+            } else {
+                Ok(r.id)
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn after_get_mut_the_retries_go_to_the_changed_service() {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut svc = RetryLayer::new(IoErrors).no_budget().layer(Tagged {
+            tag: 1,
+            log: log.clone(),
+        });
+        let requests = Arc::new(AtomicUsize::new(0));
+        svc.ready()
+            .await
+            .unwrap()
+            .call(request(7, &requests))
+            .await
+            .unwrap_err();
+        assert_eq!(*log.lock().unwrap(), [1, 1, 1, 1]);
+        log.lock().unwrap().clear();
+        svc.get_mut().tag = 2;
+        svc.ready()
+            .await
+            .unwrap()
+            .call(request(7, &requests))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            *log.lock().unwrap(),
+            [2, 2, 2, 2],
+            "every attempt on the changed service"
+        );
+    }
 }

@@ -528,3 +528,44 @@ async fn trace_layer_spans_show_the_policys_attempts() {
         "{log}"
     );
 }
+
+/// The policy's `rampart_call` span is a child of the span current when the call was made,
+/// not of whatever polls the future (here: nothing, the test's own task).
+#[tokio::test]
+async fn the_call_span_is_a_child_of_the_span_current_at_call() {
+    use tower::Layer;
+    let logged = Captured::default();
+    let writer = logged.clone();
+    let sub = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(sub);
+    let mut svc = policy()
+        .layer(
+            rampart::classify::IoErrors,
+            MemoryStore::default(),
+            |_: &u32| rampart::dlq::RequestPart::default(),
+        )
+        .layer(tower::service_fn(|_: u32| async {
+            Err::<u32, _>(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+        }));
+    let calls: Vec<_> = [1, 2]
+        .into_iter()
+        .map(|item| {
+            let _entered = tracing::info_span!("caller", item).entered();
+            svc.call(item)
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap_err();
+    }
+    let log = String::from_utf8(logged.0.lock().unwrap().clone()).unwrap();
+    for item in [1, 2] {
+        assert!(
+            log.lines().any(|l| l.contains("request dead-lettered")
+                && l.contains(&format!("caller{{item={item}}}:rampart_call{{"))),
+            "{log}"
+        );
+    }
+}

@@ -50,7 +50,7 @@ pin_project! {
         request: R::Held,
         shared: Arc<Link<St, X, C>>,
         // The call's span, made when the future is first polled.
-        span: Option<tracing::Span>,
+        span: CallSpan,
         // What the layers below saw of this call (see `rampart_core::record`).
         record: CallRecord,
     }
@@ -76,26 +76,79 @@ where
     /// Inlined into `DeadLetter::call`, so that the inner future is built in place rather
     /// than copied into this one.
     #[inline(always)]
-    pub(crate) fn new(future: F, request: R::Held, shared: Arc<Link<St, X, C>>) -> Self {
+    pub(crate) fn new(
+        future: F,
+        request: R::Held,
+        shared: Arc<Link<St, X, C>>,
+        parent: Option<tracing::Span>,
+    ) -> Self {
         ResponseFuture {
             state: State::Called { future },
             request,
             shared,
-            span: None,
+            span: CallSpan::Parent(parent),
             record: CallRecord::default(),
         }
     }
 }
 
-/// One span per logical call; the retry layer's `retry_attempt` spans nest inside it.
+/// One span per logical call; the retry layer's `retry_attempt` spans nest inside it. Its
+/// parent is the span current when the call was made (as if made in `call`), but it is made
+/// when the future is first polled, so that nothing runs between the inner call and the move
+/// of its future into this one.
+pub(crate) enum CallSpan {
+    /// Not made yet: the span current at `call`, captured only if debug spans are enabled.
+    Parent(Option<tracing::Span>),
+    /// Made.
+    Made(tracing::Span),
+}
+
+impl CallSpan {
+    /// The parent to capture in `call`: the current span, if a debug span could be enabled.
+    #[inline]
+    pub(crate) fn parent() -> Option<tracing::Span> {
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            Some(tracing::Span::current())
+        } else {
+            None
+        }
+    }
+
+    /// The span, made now if it was not.
+    #[inline]
+    fn made(&mut self, service: &Name) -> &tracing::Span {
+        if let CallSpan::Parent(parent) = self {
+            let parent = parent.take();
+            *self = CallSpan::Made(call_span(service, parent));
+        }
+        match self {
+            CallSpan::Made(span) => span,
+            // Made just above.
+            CallSpan::Parent(_) => &DISABLED,
+        }
+    }
+}
+
+/// A span that records nothing.
+static DISABLED: tracing::Span = tracing::Span::none();
+
 #[inline(never)]
-fn call_span(service: &Name) -> tracing::Span {
-    tracing::debug_span!(
-        "rampart_call",
-        service = %service,
-        outcome = tracing::field::Empty,
-        attempts = tracing::field::Empty,
-    )
+fn call_span(service: &Name, parent: Option<tracing::Span>) -> tracing::Span {
+    match parent {
+        Some(parent) => tracing::debug_span!(
+            parent: &parent,
+            "rampart_call",
+            service = %service,
+            outcome = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+        ),
+        None => tracing::debug_span!(
+            "rampart_call",
+            service = %service,
+            outcome = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+        ),
+    }
 }
 
 /// Why a finished call is a dead letter, if it is: the reason, the last failure's outcome,
@@ -222,9 +275,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let span = this
-            .span
-            .get_or_insert_with(|| call_span(&this.shared.name));
+        let span = this.span.made(&this.shared.name);
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { mut future } => {

@@ -135,7 +135,9 @@ where
         // Everything else first, the inner call last: nothing runs between the inner future
         // being made and its move into this one, so the compiler builds it in place instead
         // of copying it (a policy's inner future is hundreds of bytes). The call's span is
-        // made when the future is first polled, for the same reason.
-        ResponseFuture::new(self.inner.call(req), copy, shared)
+        // made when the future is first polled, for the same reason, under the span current
+        // now.
+        let parent = crate::future::CallSpan::parent();
+        ResponseFuture::new(self.inner.call(req), copy, shared, parent)
     }
 }

@@ -44,7 +44,8 @@ pin_project! {
         state: State<S::Future>,
         // This call's handle on the service for its retries: cloned from the layer's (in
         // `shared`) when the first retry is due, so that a call that succeeds first time
-        // clones no service.
+        // clones no service (made at the call, from the calling instance, once that
+        // instance's `get_mut` was used).
         service: Option<S>,
         // The copy of the request this call holds: for the next attempt when `replayable`,
         // otherwise only for the layer above (`KeepsRequest`).
@@ -252,6 +253,7 @@ where
     #[inline(always)]
     pub(crate) fn new(
         future: S::Future,
+        service: Option<S>,
         copy: Copied<Req>,
         classifier: C,
         replay: R,
@@ -269,7 +271,7 @@ where
         let timer = Timer::first(&shared.config, timed);
         ResponseFuture {
             state: State::Called { future },
-            service: None,
+            service,
             request,
             replayable,
             classifier,
@@ -539,8 +541,14 @@ where
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {
-                    let service = this.service.get_or_insert_with(|| this.shared.service());
-                    if let Err(e) = ready!(service.poll_ready(cx)) {
+                    // The service's own layers, polled or called here, write nothing into
+                    // this call's record (see `rampart_core::record`).
+                    let service = this.service.get_or_insert_with(|| {
+                        rampart_core::record::poll_retry(false, || this.shared.service())
+                    });
+                    if let Err(e) =
+                        ready!(rampart_core::record::poll_retry(false, || service.poll_ready(cx)))
+                    {
                         let rejected = this.cold.as_ref().map_or(0, |c| c.rejected);
                         let attempts = this.attempts.saturating_sub(rejected);
                         this.state.set(State::Done);
@@ -570,7 +578,7 @@ where
                             }
                         }
                     }
-                    let future = service.call(request);
+                    let future = rampart_core::record::poll_retry(false, || service.call(request));
                     *this.attempts += 1;
                     let cold = this.cold.get_or_insert_with(Cold::new);
                     this.timer

@@ -133,6 +133,10 @@ pub struct Retry<S, C, R = CloneReplay, O = ()> {
     keep: bool,
     /// A budget is set, cached likewise.
     budgeted: bool,
+    /// [`get_mut`](Retry::get_mut) was called: this instance's inner service may differ from
+    /// the layer's copy, so its calls' retries clone this instance's (as tower's `Retry`
+    /// does, for every call).
+    detached: bool,
     /// A deadline or an attempt timeout is set, cached likewise.
     timed: bool,
     streams: Streams,
@@ -199,6 +203,7 @@ impl<S, C, R, O> Retry<S, C, R, O> {
             retries: config.backoff.max_retries() > 0,
             keep: config.keep_request,
             budgeted: shared.budget.is_some(),
+            detached: false,
             timed: config.deadline.is_some() || config.attempt_timeout.is_some(),
             shared,
             links,
@@ -216,7 +221,27 @@ impl<S, C, R, O> Retry<S, C, R, O> {
         self.shared.budget.as_ref()
     }
 
-    rampart_core::inner_service_accessors!(S);
+    /// A reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A mutable reference to the inner service.
+    ///
+    /// A call that retries normally takes its handle for the retries from the copy of the
+    /// inner service the layer kept when it wrapped it (so that a call that succeeds first
+    /// time clones nothing). Once this is called, this instance's calls clone its own inner
+    /// service instead, so that what is changed here reaches the retries too. (The layer's
+    /// copy lives on as long as the layer's services and calls do.)
+    pub fn get_mut(&mut self) -> &mut S {
+        self.detached = true;
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 /// The link of the instance numbered by `streams`.
@@ -237,6 +262,7 @@ impl<S: Clone, C: Clone, R: Clone, O: Clone> Clone for Retry<S, C, R, O> {
             retries: self.retries,
             keep: self.keep,
             budgeted: self.budgeted,
+            detached: self.detached,
             timed: self.timed,
             streams,
         }
@@ -286,8 +312,14 @@ where
             Copied::NONE
         };
         let future = self.inner.call(req);
+        let own = if self.detached {
+            Some(self.inner.clone())
+        } else {
+            None
+        };
         ResponseFuture::new(
             future,
+            own,
             copy,
             self.classifier.clone(),
             self.replay.clone(),

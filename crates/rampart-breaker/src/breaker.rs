@@ -2,8 +2,8 @@
 //! window, and the operator's handle on them.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rampart_core::{CircuitOpen, Name};
@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::config::CircuitBreakerConfig;
 use crate::events::{CallOutcome, Events, Reason, State, Transition};
-use crate::service::Local;
+
 use crate::window::{CountWindow, Outcomes, Totals};
 use crate::word::{Admit, Control, Deny};
 
@@ -29,11 +29,6 @@ pub(crate) struct Breaker {
     window: Option<Outcomes>,
     epoch: Instant,
     events: Events,
-    /// The links services hold ([`Local`]), one per count-window stripe, handed out in
-    /// turn by [`link`](Breaker::link). Weak, so that a link lives only while a service or a
-    /// call holds it (and a link never keeps its breaker in a cycle).
-    links: Box<[Mutex<Weak<Local>>]>,
-    next_link: AtomicUsize,
 }
 
 impl Breaker {
@@ -44,10 +39,6 @@ impl Breaker {
         events: Events,
     ) -> Arc<Self> {
         let window = cfg.window.map(Outcomes::new);
-        let links = window
-            .as_ref()
-            .and_then(Outcomes::count_window)
-            .map_or_else(crate::window::stripes_for_machine, CountWindow::stripes);
         Arc::new(Breaker {
             name,
             key,
@@ -58,26 +49,7 @@ impl Breaker {
             window,
             epoch: Instant::now(),
             events,
-            links: (0..links.max(1)).map(|_| Mutex::new(Weak::new())).collect(),
-            next_link: AtomicUsize::new(0),
         })
-    }
-
-    /// The next link in turn, for a service the layer makes or a clone's first
-    /// `poll_ready`: the live link of that stripe, or a new one if none is held. Never on a
-    /// call's path.
-    pub(crate) fn link(self: &Arc<Self>) -> Arc<Local> {
-        let i = self.next_link.fetch_add(1, Ordering::Relaxed) % self.links.len().max(1);
-        let Some(slot) = self.links.get(i) else {
-            return Arc::new(Local::with_stripe(self.clone(), 0));
-        };
-        let mut weak = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(local) = weak.upgrade() {
-            return local;
-        }
-        let local = Arc::new(Local::with_stripe(self.clone(), i));
-        *weak = Arc::downgrade(&local);
-        local
     }
 
     fn now_ms(&self) -> u64 {
@@ -103,11 +75,22 @@ impl Breaker {
             .map_or(0, CountWindow::assign)
     }
 
-    /// How many links a breaker hands its services: one per count-window stripe (at most 8,
-    /// and at most the machine's parallelism).
-    #[cfg(test)]
+    /// How many stripes the count window has (1 without one): a layer's links record into
+    /// them in turn ([`Links`](crate::service::Links)).
     pub(crate) fn stripes(&self) -> usize {
-        self.links.len()
+        self.window
+            .as_ref()
+            .and_then(Outcomes::count_window)
+            .map_or(1, CountWindow::stripes)
+    }
+
+    /// How many links a layer makes for its calls' reference counts: one per count-window
+    /// stripe, or as many as the machine runs threads at once (at most 8) without a window.
+    pub(crate) fn links_wanted(&self) -> usize {
+        self.window
+            .as_ref()
+            .and_then(Outcomes::count_window)
+            .map_or_else(crate::window::stripes_for_machine, CountWindow::stripes)
     }
 
     /// `true` if recording an outcome needs the time: slow-call detection or a time window.

@@ -8,7 +8,7 @@ use tower_layer::Layer;
 use crate::breaker::{Breaker, BreakerHandle};
 use crate::config::CircuitBreakerConfig;
 use crate::events::Events;
-use crate::service::CircuitBreaker;
+use crate::service::{CircuitBreaker, Links};
 
 /// Fails calls fast while the wrapped service is unhealthy, and probes it back.
 ///
@@ -24,7 +24,7 @@ use crate::service::CircuitBreaker;
 /// [`CircuitBreakerConfig::to_builder`]) and a new layer.
 #[must_use]
 pub struct CircuitBreakerLayer<C = ErrorsAre> {
-    breaker: Arc<Breaker>,
+    links: Arc<Links>,
     classifier: C,
 }
 
@@ -48,7 +48,7 @@ impl CircuitBreakerLayer {
     pub fn new(config: CircuitBreakerConfig) -> Self {
         let events = Events::new(&config);
         CircuitBreakerLayer {
-            breaker: Breaker::new(config.name.clone(), None, config, events),
+            links: Links::new(Breaker::new(config.name.clone(), None, config, events)),
             classifier: ErrorsAre(Outcome::TRANSIENT),
         }
     }
@@ -62,20 +62,20 @@ impl<C> CircuitBreakerLayer<C> {
     /// this layer's breaker, so handles taken before stay valid.
     pub fn classifier<C2>(self, classifier: C2) -> CircuitBreakerLayer<C2> {
         CircuitBreakerLayer {
-            breaker: self.breaker,
+            links: self.links,
             classifier,
         }
     }
 
     /// The breaker's configuration.
     pub fn config(&self) -> &CircuitBreakerConfig {
-        &self.breaker.cfg
+        &self.links.breaker.cfg
     }
 
     /// The operator's handle on this layer's breaker.
     pub fn handle(&self) -> BreakerHandle {
         BreakerHandle {
-            breaker: self.breaker.clone(),
+            breaker: self.links.breaker.clone(),
         }
     }
 }
@@ -83,7 +83,7 @@ impl<C> CircuitBreakerLayer<C> {
 impl<C: Clone> Clone for CircuitBreakerLayer<C> {
     fn clone(&self) -> Self {
         CircuitBreakerLayer {
-            breaker: self.breaker.clone(),
+            links: self.links.clone(),
             classifier: self.classifier.clone(),
         }
     }
@@ -92,7 +92,7 @@ impl<C: Clone> Clone for CircuitBreakerLayer<C> {
 impl<C> fmt::Debug for CircuitBreakerLayer<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerLayer")
-            .field("breaker", &self.breaker)
+            .field("breaker", &self.links.breaker)
             .finish_non_exhaustive()
     }
 }
@@ -101,6 +101,6 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
     type Service = CircuitBreaker<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreaker::from_parts(inner, self.classifier.clone(), self.breaker.link())
+        CircuitBreaker::from_parts(inner, self.classifier.clone(), self.links.clone())
     }
 }

@@ -13,12 +13,12 @@ use crate::config::CircuitBreakerConfig;
 use crate::future::{Guard, ResponseFuture};
 use crate::word::Admit;
 
-/// A link to the shared breaker: what a service holds and what a response future clones,
-/// keeping the breaker alive while the call runs. Each breaker hands out a few of them, one
-/// per count-window stripe ([`Breaker::link`]), to the services its layer makes and to
-/// clones in turn, so that clones on different threads take and drop their per-call
+/// A link to the shared breaker: what a response future clones, keeping the breaker alive
+/// while the call runs. A layer makes a few of them ([`Links`]), one per count-window stripe,
+/// and a call takes its thread's, so that calls on different threads take and drop their
 /// reference counts in different cache lines (the type's alignment keeps each link on lines
-/// of its own), never in the breaker that every clone shares.
+/// of its own) and record into different stripes — never in the breaker that every call
+/// shares, and whichever service or clone they go through.
 #[repr(align(128))]
 pub(crate) struct Local {
     pub(crate) breaker: Arc<Breaker>,
@@ -43,6 +43,50 @@ impl Local {
     }
 }
 
+/// The links of a layer's breaker, shared by the layer, the services it makes and their
+/// clones (a clone takes one reference count: this set's). A call takes its thread's link
+/// ([`rampart_core::record::thread_slot`]).
+pub(crate) struct Links {
+    pub(crate) breaker: Arc<Breaker>,
+    /// A power of two of links, at least as many as the count window's stripes (link `i`
+    /// records into stripe `i % stripes`).
+    locals: Box<[Arc<Local>]>,
+    needs_clock: bool,
+}
+
+impl Links {
+    pub(crate) fn new(breaker: Arc<Breaker>) -> Arc<Links> {
+        let stripes = breaker.stripes().max(1);
+        let locals = (0..breaker.links_wanted().max(stripes).next_power_of_two())
+            .map(|i| Arc::new(Local::with_stripe(breaker.clone(), i % stripes)))
+            .collect();
+        Arc::new(Links {
+            needs_clock: breaker.needs_clock(),
+            breaker,
+            locals,
+        })
+    }
+
+    /// The current thread's link.
+    #[inline]
+    pub(crate) fn here(&self) -> &Arc<Local> {
+        let i = rampart_core::record::thread_slot() & (self.locals.len().wrapping_sub(1));
+        match self.locals.get(i) {
+            Some(local) => local,
+            None => &self.locals[0],
+        }
+    }
+}
+
+impl fmt::Debug for Links {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Links")
+            .field("breaker", &self.breaker)
+            .field("links", &self.locals.len())
+            .finish()
+    }
+}
+
 impl fmt::Debug for Local {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Local")
@@ -54,9 +98,7 @@ impl fmt::Debug for Local {
 /// A call's admission, decided in `poll_ready` and consumed by `call`; a probe slot held
 /// here is given back if the service is dropped before calling.
 struct Slot {
-    local: Arc<Local>,
-    /// Whose link `local` is: this service's own, or (a fresh clone's) its original's.
-    link: LinkState,
+    links: Arc<Links>,
     /// Admitted, or rejected with this `retry_in` (16 bytes; the `CircuitOpen` error is made
     /// in `call`, for a rejected call only).
     admission: Option<Result<Admit, Duration>>,
@@ -64,24 +106,10 @@ struct Slot {
     wake: Option<Pin<Box<Sleep>>>,
 }
 
-/// Whose link a service holds. A clone shares its original's link for its first call and
-/// takes the breaker's next link before its second: a clone made for one request (axum
-/// clones a route's service per request) never touches the breaker's links, and clones kept
-/// by workers on different threads spread over them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LinkState {
-    /// Its own: made by the layer, or taken by [`CircuitBreaker::relink`].
-    Own,
-    /// Its original's, not yet called through.
-    Borrowed,
-    /// Its original's, called through once: the next `poll_ready` relinks.
-    BorrowedUsed,
-}
-
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(Ok(admit)) = self.admission.take() {
-            self.local.breaker.release(admit);
+            self.links.breaker.release(admit);
         }
     }
 }
@@ -122,31 +150,22 @@ impl<S> CircuitBreaker<S> {
 }
 
 impl<S, C> CircuitBreaker<S, C> {
-    pub(crate) fn from_parts(inner: S, classifier: C, local: Arc<Local>) -> Self {
+    pub(crate) fn from_parts(inner: S, classifier: C, links: Arc<Links>) -> Self {
         CircuitBreaker {
             inner,
             classifier,
             slot: Slot {
-                local,
-                link: LinkState::Own,
+                links,
                 admission: None,
                 wake: None,
             },
         }
     }
 
-    /// A clone's `poll_ready` after its first call: takes the breaker's next link.
-    #[cold]
-    #[inline(never)]
-    fn relink(&mut self) {
-        self.slot.local = self.slot.local.breaker.link();
-        self.slot.link = LinkState::Own;
-    }
-
     /// The operator's handle on this service's breaker.
     pub fn handle(&self) -> BreakerHandle {
         BreakerHandle {
-            breaker: self.slot.local.breaker.clone(),
+            breaker: self.slot.links.breaker.clone(),
         }
     }
 
@@ -154,18 +173,16 @@ impl<S, C> CircuitBreaker<S, C> {
 }
 
 impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
-    /// Shares this service's link for its first call; before its second, takes the
-    /// breaker's next link (one of the live links, or a new one). Cloning never allocates
-    /// and writes only this service's own link, and a clone used for one request only (axum
-    /// clones a route's service per request) never touches the breaker's links.
+    /// Shares the breaker and its links: cloning never allocates and takes one reference
+    /// count. Calls through any clone take their thread's link, so a clone per request (as
+    /// axum's router makes) or per worker costs the same.
     #[inline]
     fn clone(&self) -> Self {
         CircuitBreaker {
             inner: self.inner.clone(),
             classifier: self.classifier.clone(),
             slot: Slot {
-                local: self.slot.local.clone(),
-                link: LinkState::Borrowed,
+                links: self.slot.links.clone(),
                 admission: None,
                 wake: None,
             },
@@ -177,7 +194,7 @@ impl<S: fmt::Debug, C> fmt::Debug for CircuitBreaker<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreaker")
             .field("inner", &self.inner)
-            .field("breaker", &self.slot.local.breaker)
+            .field("breaker", &self.slot.links.breaker)
             .finish()
     }
 }
@@ -197,17 +214,14 @@ where
 
     #[inline(always)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.slot.link == LinkState::BorrowedUsed {
-            self.relink();
-        }
         loop {
             let admission = match &self.slot.admission {
                 Some(a) => a,
-                None => self.slot.admission.insert(self.slot.local.breaker.admit()),
+                None => self.slot.admission.insert(self.slot.links.breaker.admit()),
             };
             match admission {
                 Ok(_) => return self.inner.poll_ready(cx).map_err(IntoError::into_error),
-                Err(retry_in) if self.slot.local.breaker.cfg.backpressure => {
+                Err(retry_in) if self.slot.links.breaker.cfg.backpressure => {
                     let wait = if *retry_in == Duration::MAX {
                         FORCED_RECHECK
                     } else {
@@ -229,25 +243,22 @@ where
 
     #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
-        if self.slot.link == LinkState::Borrowed {
-            self.slot.link = LinkState::BorrowedUsed;
-        }
         let admission = match self.slot.admission.take() {
             Some(a) => a,
             // `call` without `poll_ready` breaks tower's contract; decide now rather than panic.
-            None => self.slot.local.breaker.admit(),
+            None => self.slot.links.breaker.admit(),
         };
         match admission {
             Err(retry_in) => ResponseFuture::rejected(
-                self.slot.local.breaker.open(retry_in),
+                self.slot.links.breaker.open(retry_in),
                 self.classifier.clone(),
             ),
             Ok(admit) => {
-                let started = self.slot.local.needs_clock.then(Instant::now);
+                let started = self.slot.links.needs_clock.then(Instant::now);
                 let future = self.inner.call(req);
                 ResponseFuture::called(
                     future,
-                    Guard::new(&self.slot.local, admit),
+                    Guard::new(self.slot.links.here(), admit),
                     self.classifier.clone(),
                     started,
                 )
@@ -271,64 +282,47 @@ mod tests {
     use rampart_core::Name;
     use std::collections::HashSet;
 
-    #[tokio::test]
-    async fn a_clone_takes_a_link_of_its_own_only_before_its_second_call() {
-        use tower::{Service as _, ServiceExt as _};
-        let config = CircuitBreakerConfig::default();
-        let breaker = Breaker::new(
+    fn breaker() -> Arc<Breaker> {
+        let config = CircuitBreakerConfig::builder()
+            .window(Some(crate::Window::Count(100)))
+            .build()
+            .unwrap();
+        Breaker::new(
             Name::from_static("db"),
             None,
             config.clone(),
             Events::new(&config),
-        );
-        let upstream = tower::service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) });
-        let classifier = rampart_core::classify::IoErrors;
-        let svc = CircuitBreaker::from_parts(upstream, classifier, breaker.link());
-        // A clone per request, as axum makes: one call on its original's link, no relinking.
-        for x in 0..3 {
-            let mut clone = svc.clone();
-            assert_eq!(clone.ready().await.unwrap().call(x).await.unwrap(), x);
-            assert!(Arc::ptr_eq(&clone.slot.local, &svc.slot.local));
-            assert_eq!(clone.slot.link, LinkState::BorrowedUsed);
-        }
-        // A clone kept for many calls takes a link of its own before its second.
-        let mut kept = svc.clone();
-        for x in 0..3 {
-            assert_eq!(kept.ready().await.unwrap().call(x).await.unwrap(), x);
-        }
-        assert_eq!(kept.slot.link, LinkState::Own);
-        if breaker.stripes() > 1 {
-            assert!(!Arc::ptr_eq(&kept.slot.local, &svc.slot.local));
-        }
+        )
     }
 
     #[test]
-    fn clones_take_the_links_in_turn_and_the_last_one_frees_the_breaker() {
-        let breaker = Breaker::new(
-            Name::from_static("db"),
-            None,
-            CircuitBreakerConfig::default(),
-            Events::new(&CircuitBreakerConfig::default()),
-        );
-        let weak = Arc::downgrade(&breaker);
-        let n = breaker.stripes();
-        let svc = CircuitBreaker::from_parts((), (), breaker.link());
-        drop(breaker);
-        let mut clones: Vec<_> = (0..2 * n).map(|_| svc.clone()).collect();
-        // Until it has been called through once a clone shares its original's link.
+    fn calls_on_different_threads_take_different_links_whichever_clone_they_use() {
+        let links = Links::new(breaker());
+        let n = links.locals.len();
+        assert!(n.is_power_of_two() && n >= links.breaker.stripes());
+        let here = Arc::as_ptr(links.here());
+        assert_eq!(here, Arc::as_ptr(links.here()), "one thread, one link");
+        // Threads are numbered in the order they are made (other tests make threads too, so
+        // not necessarily consecutively here): threads made one after another take every
+        // link.
+        let taken: HashSet<usize> = (0..64)
+            .map(|_| {
+                std::thread::scope(|s| s.spawn(|| Arc::as_ptr(links.here()) as usize).join())
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(taken.len(), n, "64 threads made in turn take all {n} links");
+    }
+
+    #[test]
+    fn the_last_service_call_or_handle_frees_the_breaker() {
+        let b = breaker();
+        let weak = Arc::downgrade(&b);
+        let svc = CircuitBreaker::from_parts((), (), Links::new(b));
+        let clones: Vec<_> = (0..8).map(|_| svc.clone()).collect();
         assert!(clones
             .iter()
-            .all(|c| Arc::ptr_eq(&c.slot.local, &svc.slot.local) && c.slot.link != LinkState::Own));
-        for c in &mut clones {
-            c.relink();
-        }
-        let links: HashSet<*const Local> =
-            clones.iter().map(|c| Arc::as_ptr(&c.slot.local)).collect();
-        assert_eq!(links.len(), n, "every link is used, none is made twice");
-        // Consecutive clones (one per thread, say) never share a link when there are two.
-        if n > 1 {
-            assert!(!Arc::ptr_eq(&clones[0].slot.local, &clones[1].slot.local));
-        }
+            .all(|c| Arc::ptr_eq(&c.slot.links, &svc.slot.links)));
         let handle = svc.handle();
         drop((svc, clones));
         assert!(weak.upgrade().is_some(), "the handle keeps the breaker");

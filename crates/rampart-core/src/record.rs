@@ -167,6 +167,9 @@ enum Stage {
 struct Scope {
     record: Cell<CallRecord>,
     stage: Cell<Stage>,
+    /// The thread's number ([`thread_slot`]), once asked for: a cache of the thread's
+    /// identity, not state.
+    slot: Cell<usize>,
 }
 
 thread_local! {
@@ -174,8 +177,64 @@ thread_local! {
         Scope {
             record: Cell::new(CallRecord::EMPTY),
             stage: Cell::new(Stage::Off),
+            slot: Cell::new(usize::MAX),
         }
     };
+}
+
+/// The current thread's number (std's `ThreadId`, which numbers threads in the order they
+/// were made), read once per thread and cached here.
+///
+/// The layers keep a few copies of the state their calls reference-count, each on cache
+/// lines of its own, and a call takes the copy `thread_slot() % copies`: calls on different
+/// threads (tokio's workers, made one after another, have consecutive numbers) write
+/// different lines, however the services were cloned — one clone per worker, or one per
+/// request as axum's router makes.
+///
+/// # Example
+///
+/// ```
+/// let here = rampart_core::record::thread_slot();
+/// assert_eq!(here, rampart_core::record::thread_slot());
+/// let there = std::thread::spawn(rampart_core::record::thread_slot).join().unwrap();
+/// assert_ne!(here, there);
+/// ```
+#[inline]
+pub fn thread_slot() -> usize {
+    CURRENT.with(|c| match c.slot.get() {
+        usize::MAX => {
+            let n = thread_number();
+            c.slot.set(n);
+            n
+        }
+        n => n,
+    })
+}
+
+/// The number in std's `ThreadId` (what its `Hash` writes), without `unsafe` or unstable API.
+#[cold]
+#[inline(never)]
+fn thread_number() -> usize {
+    use std::hash::{Hash, Hasher};
+    /// Keeps the last `u64` written.
+    struct Number(u64);
+    impl Hasher for Number {
+        fn write(&mut self, bytes: &[u8]) {
+            for b in bytes {
+                self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+            }
+        }
+        fn write_u64(&mut self, n: u64) {
+            self.0 = n;
+        }
+        fn finish(&self) -> u64 {
+            self.0
+        }
+    }
+    let mut n = Number(0);
+    std::thread::current().id().hash(&mut n);
+    // Only its low bits are used (modulo a handful of copies); never `usize::MAX`.
+    (n.0 as usize) & (usize::MAX >> 1)
 }
 
 #[inline]

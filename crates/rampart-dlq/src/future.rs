@@ -117,20 +117,17 @@ impl CallSpan {
     /// The span, made now if it was not.
     #[inline]
     fn made(&mut self, service: &Name) -> &tracing::Span {
-        if let CallSpan::Parent(parent) = self {
-            let parent = parent.take();
-            *self = CallSpan::Made(call_span(service, parent));
-        }
-        match self {
-            CallSpan::Made(span) => span,
-            // Made just above.
-            CallSpan::Parent(_) => &DISABLED,
+        loop {
+            match self {
+                CallSpan::Made(span) => return span,
+                CallSpan::Parent(parent) => {
+                    let parent = parent.take();
+                    *self = CallSpan::Made(call_span(service, parent));
+                }
+            }
         }
     }
 }
-
-/// A span that records nothing.
-static DISABLED: tracing::Span = tracing::Span::none();
 
 #[inline(never)]
 fn call_span(service: &Name, parent: Option<tracing::Span>) -> tracing::Span {

@@ -1,6 +1,6 @@
 use std::fmt;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use rampart_core::replay::CloneReplay;
@@ -42,20 +42,18 @@ pub struct DeadLetterLayer<St, X, C, R = CloneReplay> {
     replay: R,
 }
 
-/// Links per layer: the services a layer makes and their clones take them in turn, so that
-/// up to this many of them, on different threads, never write one shared reference count.
+/// Links per layer: a call takes its thread's, so that calls on up to this many threads
+/// never write one shared reference count, whichever service or clone they go through.
 const LINKS: usize = 4;
 
-/// A layer's links, handed out in turn.
+/// A layer's links.
 pub(crate) struct Links<St, X, C> {
-    next: AtomicUsize,
     links: [Arc<Link<St, X, C>>; LINKS],
 }
 
 impl<St, X, C> Links<St, X, C> {
     fn new(shared: &Arc<Shared<St, X, C>>) -> Self {
         Links {
-            next: AtomicUsize::new(0),
             links: std::array::from_fn(|_| {
                 Arc::new(Link {
                     shared: shared.clone(),
@@ -64,9 +62,16 @@ impl<St, X, C> Links<St, X, C> {
         }
     }
 
-    /// The next link in turn, for a new service or a clone.
-    pub(crate) fn next(&self) -> Arc<Link<St, X, C>> {
-        self.links[self.next.fetch_add(1, Ordering::Relaxed) % LINKS].clone()
+    /// The current thread's link ([`rampart_core::record::thread_slot`]).
+    #[inline]
+    pub(crate) fn here(&self) -> &Arc<Link<St, X, C>> {
+        &self.links[rampart_core::record::thread_slot() % LINKS]
+    }
+
+    /// Any link: they all lead to the same state.
+    #[inline]
+    pub(crate) fn any(&self) -> &Link<St, X, C> {
+        &self.links[0]
     }
 }
 

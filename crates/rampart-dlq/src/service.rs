@@ -8,7 +8,7 @@ use tower_service::Service;
 
 use crate::extract::Extract;
 use crate::future::ResponseFuture;
-use crate::layer::{stats, DeadLetterStats, Link, Links};
+use crate::layer::{stats, DeadLetterStats, Links};
 use crate::source::RequestSource;
 use crate::store::DeadLetterStore;
 
@@ -34,8 +34,7 @@ use crate::store::DeadLetterStore;
 /// records. Nothing is kept while the layer records nothing.
 pub struct DeadLetter<S, St, X, C, R = CloneReplay> {
     inner: S,
-    /// This service's link: one of `links`.
-    shared: Arc<Link<St, X, C>>,
+    /// The layer's links: a call takes its thread's.
     links: Arc<Links<St, X, C>>,
     replay: R,
 }
@@ -67,7 +66,6 @@ impl<S, St, X, C, R> DeadLetter<S, St, X, C, R> {
     pub(crate) fn from_parts(inner: S, links: Arc<Links<St, X, C>>, replay: R) -> Self {
         DeadLetter {
             inner,
-            shared: links.next(),
             links,
             replay,
         }
@@ -75,12 +73,12 @@ impl<S, St, X, C, R> DeadLetter<S, St, X, C, R> {
 
     /// What the layer has done so far.
     pub fn stats(&self) -> DeadLetterStats {
-        stats(&self.shared)
+        stats(self.links.any())
     }
 
     /// The store.
     pub fn store(&self) -> &St {
-        &self.shared.store
+        &self.links.any().store
     }
 
     rampart_core::inner_service_accessors!(S);
@@ -90,7 +88,6 @@ impl<S: Clone, St, X, C, R: Clone> Clone for DeadLetter<S, St, X, C, R> {
     fn clone(&self) -> Self {
         DeadLetter {
             inner: self.inner.clone(),
-            shared: self.links.next(),
             links: self.links.clone(),
             replay: self.replay.clone(),
         }
@@ -101,7 +98,7 @@ impl<S: fmt::Debug, St, X, C, R> fmt::Debug for DeadLetter<S, St, X, C, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeadLetter")
             .field("inner", &self.inner)
-            .field("name", &self.shared.name)
+            .field("name", &self.links.any().name)
             .finish_non_exhaustive()
     }
 }
@@ -126,7 +123,7 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        let shared = self.shared.clone();
+        let shared = self.links.here().clone();
         let copy = if shared.reasons == 0 {
             R::Held::default()
         } else {

@@ -26,9 +26,9 @@
 //!
 //! While the budget is below its cap (retries are eating into it), every request deposits.
 //! Deposits do not go to the main balance but to one of a few *stripes*, counters on cache
-//! lines of their own: each service a [`RetryLayer`](crate::RetryLayer) makes (and each clone
-//! of one) deposits into its own stripe, so services used on different threads write
-//! different cache lines. A stripe is folded into the main balance when it holds a
+//! lines of their own: a call deposits into its thread's stripe
+//! ([`rampart_core::record::thread_slot`]), so calls on different threads write different
+//! cache lines, whichever service or clone they go through. A stripe is folded into the main balance when it holds a
 //! 32nd of the cap (at least one token) or enough to fill the budget, so the shared line is
 //! written once per `max_tokens / (32 · ratio)` requests of a service rather than on every
 //! request (and never, by deposits, while the budget is far from its cap). A retry first takes from the main balance and, only when that is
@@ -47,7 +47,7 @@
 //! # Ownership
 //!
 //! The budget is one `Arc`, shared by its clones: the layer, every service the layer makes
-//! and every call in flight (through its service instance's shared settings) hold it, so a
+//! and every call in flight (through its service's shared settings) hold it, so a
 //! call's retries are budgeted even when every other handle is gone (as with `oneshot`), and
 //! the budget is freed with the last of them. Nothing is registered anywhere else.
 
@@ -65,8 +65,9 @@ use tokio::time::Instant;
 /// Milli-tokens per token: balances are kept in integers.
 const MILLI: i64 = 1_000;
 
-/// Deposit stripes per budget (a power of two). Services pick theirs by their instance
-/// number, so this many service instances deposit without sharing a cache line.
+/// Deposit stripes per budget (a power of two). A call deposits into its thread's
+/// ([`rampart_core::record::thread_slot`]), so calls on this many threads deposit without
+/// sharing a cache line, however the services were cloned.
 pub const STRIPES: usize = 16;
 
 /// A stripe is folded into the main balance once it holds this share of the cap

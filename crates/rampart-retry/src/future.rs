@@ -13,6 +13,7 @@ use rampart_core::{Classify, Error, ErrorKind, IntoError, NotReplayable, Outcome
 use tokio::time::{sleep_until, Instant, Sleep};
 use tower_service::Service;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::budget::RetryBudget;
@@ -56,7 +57,6 @@ pin_project! {
         observer: O,
         // The settings, the budget and the service, kept alive by this call.
         shared: Arc<Shared<S>>,
-        stream: u64,
         attempts: u32,
         // The call's timer, inline and pinned with the future: an attempt timeout or a
         // deadline arms it on every call, so it must not cost an allocation.
@@ -73,6 +73,8 @@ struct Cold {
     not_replayable: Option<NotReplayable>,
     // Attempts a circuit breaker rejected: they never reached the service.
     rejected: u32,
+    // This call's jitter stream, numbered when it first plans a retry.
+    stream: Option<u64>,
 }
 
 impl Cold {
@@ -82,6 +84,7 @@ impl Cold {
             span: None,
             not_replayable: None,
             rejected: 0,
+            stream: None,
         })
     }
 }
@@ -260,7 +263,6 @@ where
         observer: O,
         shared: Arc<Shared<S>>,
         timed: bool,
-        stream: u64,
     ) -> Self {
         let Copied {
             request,
@@ -278,7 +280,6 @@ where
             replay,
             observer,
             shared,
-            stream,
             attempts: 1,
             timer,
             cold,
@@ -480,7 +481,7 @@ where
                         plan_retry(
                             &this.shared.config,
                             this.shared.budget.as_ref(),
-                            *this.stream,
+                            &this.shared.streams,
                             attempts,
                             cold,
                             this.timer.as_mut().project().started,
@@ -637,7 +638,7 @@ fn notify_finish<O: RetryObserver>(
 fn plan_retry(
     config: &Config,
     budget: Option<&RetryBudget>,
-    stream: u64,
+    streams: &AtomicU64,
     attempts: u32,
     cold: &mut Cold,
     started: &mut Option<Instant>,
@@ -665,6 +666,9 @@ fn plan_retry(
     let now = Instant::now();
     let started = *started.get_or_insert(now);
     let deadline_at = config.deadline.map(|d| instant_after(started, d));
+    let stream = *cold
+        .stream
+        .get_or_insert_with(|| streams.fetch_add(1, Ordering::Relaxed));
     let schedule = cold
         .schedule
         .get_or_insert_with(|| backoff.schedule(stream));

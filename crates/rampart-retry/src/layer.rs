@@ -1,4 +1,4 @@
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,10 +21,11 @@ use crate::service::{CloneService, Config, LinkSet, Retry, Shared};
 /// every clone of those services, draws on that one budget. Cloning the layer shares it too;
 /// give a layer its own budget with [`budget`](RetryLayer::budget).
 ///
-/// Everything the layer holds is owned: [`Layer::layer`] copies the settings into a few small
-/// allocations per service made (shared by that service's clones and its calls in flight:
-/// clones take them in turn, so that clones on different threads touch different reference
-/// counts), and all of it is freed when the last layer, service and call using it is dropped.
+/// Everything the layer holds is owned: [`Layer::layer`] copies the settings, and clones the
+/// service, into a few small allocations per service made (shared by that service's clones
+/// and its calls in flight: a call takes the one of its thread, so that calls on different
+/// threads touch different reference counts), and all of it is freed when the last layer,
+/// service and call using it is dropped.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RetryLayer<C, R = CloneReplay, O = ()> {
@@ -33,7 +34,8 @@ pub struct RetryLayer<C, R = CloneReplay, O = ()> {
     observer: O,
     config: Config,
     budget: Option<RetryBudget>,
-    clones: Arc<AtomicU32>,
+    /// Numbers the failing calls of every service this layer makes (their jitter streams).
+    streams: Arc<AtomicU64>,
 }
 
 impl<C> RetryLayer<C> {
@@ -57,7 +59,7 @@ impl<C> RetryLayer<C> {
                 keep_request: false,
             },
             budget: Some(budget),
-            clones: Arc::new(AtomicU32::new(0)),
+            streams: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -188,7 +190,7 @@ impl<C, R, O> RetryLayer<C, R, O> {
             observer: self.observer,
             config: self.config,
             budget: self.budget,
-            clones: self.clones,
+            streams: self.streams,
         }
     }
 
@@ -202,7 +204,7 @@ impl<C, R, O> RetryLayer<C, R, O> {
             observer,
             config: self.config,
             budget: self.budget,
-            clones: self.clones,
+            streams: self.streams,
         }
     }
 
@@ -226,9 +228,9 @@ impl<C: Clone, R: Clone, O: Clone> RetryLayer<C, R, O> {
                     config: self.config.clone(),
                     budget: self.budget.clone(),
                     service: Mutex::new(proto()),
+                    streams: self.streams.clone(),
                 })
             }),
-            clones: self.clones.clone(),
         });
         Retry::from_parts(
             inner,

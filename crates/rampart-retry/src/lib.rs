@@ -63,16 +63,16 @@
 //!
 //! [`Retry`] is `Clone` when the inner service is. Clones share the [`RetryBudget`] and the
 //! settings, and cloning does not allocate. The layer owns everything it holds: each service
-//! it makes gets a few small allocations (links) with the settings and the budget, which the
-//! service and its clones take in turn; each call in flight holds a reference to its
-//! service's link, so a call stays budgeted even after its service is dropped (as with
-//! `oneshot`), and everything is freed with the last service and call using it. Nothing is
-//! interned or registered process-wide.
+//! it makes gets a few small allocations (links) with the settings, the budget and a copy of
+//! the inner service, shared by the service and its clones; each call in flight holds a
+//! reference to its thread's link, so a call stays budgeted even after its service is
+//! dropped (as with `oneshot`), and everything is freed with the last service and call
+//! using it. Nothing is interned or registered process-wide.
 //!
 //! A healthy service's success path only reads the budget (a full budget takes no deposits;
-//! a budget below its cap takes them in a per-instance stripe, see [`budget`]); the one
-//! write per call to memory other instances may share is that reference count, on a link
-//! that clones used on different threads do not share (up to four clones of one service). A
+//! a budget below its cap takes them in a per-thread stripe, see [`budget`]); the one
+//! write per call to memory calls on other threads may share is that reference count, on
+//! its thread's link (four per service: calls on up to four threads never share one). A
 //! call that needs a retry clones its own handle on the inner service — from the copy the
 //! layer keeps with the settings, when the first retry is due — and polls it for readiness
 //! before every retry; a call that succeeds first time clones no service (tower's `Retry`

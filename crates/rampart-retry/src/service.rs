@@ -1,5 +1,5 @@
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -56,12 +56,12 @@ pub(crate) struct Config {
 }
 
 /// What a service's calls share: the settings, the budget and the service the retries go
-/// to. The layer makes [`LINKS`] copies per service (its links); the service and its clones
-/// each use one, in turn, and every response future holds a clone of its service's link, so
-/// the settings and the budget live exactly as long as a service or a call in flight uses
-/// them (a `oneshot` call is budgeted to the end). The reference count a call touches is its
-/// link's: clones used on different threads take theirs in different cache lines (the
-/// alignment keeps each link's count on lines of its own).
+/// to. The layer makes [`LINKS`] copies per service (its links); a call takes the copy of
+/// its thread ([`rampart_core::record::thread_slot`]) and holds a clone of it, so the
+/// settings and the budget live exactly as long as a service or a call in flight uses them
+/// (a `oneshot` call is budgeted to the end). The reference count a call touches is its
+/// link's: calls on different threads take theirs in different cache lines (the alignment
+/// keeps each link's count on lines of its own), however the service was cloned.
 #[repr(align(128))]
 pub(crate) struct Shared<S> {
     pub(crate) config: Config,
@@ -70,6 +70,10 @@ pub(crate) struct Shared<S> {
     /// retry clones its own handle from this one (under the lock, once per call that
     /// retries); a call that succeeds first time clones no service at all.
     pub(crate) service: Mutex<S>,
+    /// Numbers the calls that fail, for their jitter streams (one counter per layer, shared
+    /// by its links and services): a seeded backoff gives the same delays for the same
+    /// sequence of calls, and no two calls move in lock step.
+    pub(crate) streams: Arc<AtomicU64>,
 }
 
 impl<S: Clone> Shared<S> {
@@ -92,17 +96,22 @@ impl<S> fmt::Debug for Shared<S> {
     }
 }
 
-/// Links (copies of [`Shared`]) per service made by a layer: clones of one service take them
-/// in turn, so that up to this many clones on different threads never share a reference
-/// count.
+/// Links (copies of [`Shared`]) per service made by a layer: calls on up to this many
+/// threads never share a reference count.
 pub(crate) const LINKS: usize = 4;
 
-/// A service's links, shared by the service and its clones, and the counter that numbers
-/// the instances of the layer's services (shared by every service the layer made). A clone
-/// touches three reference counts or counters: this set's, the counter, its link's.
+/// A service's links, shared by the service and its clones: a clone takes one reference
+/// count (this set's), a call one more (its thread's link).
 pub(crate) struct LinkSet<S> {
     pub(crate) links: [Arc<Shared<S>>; LINKS],
-    pub(crate) clones: Arc<AtomicU32>,
+}
+
+impl<S> LinkSet<S> {
+    /// Any link: they all hold the same settings and budget.
+    #[inline]
+    fn any(&self) -> &Shared<S> {
+        &self.links[0]
+    }
 }
 
 /// A service's [`LinkSet`].
@@ -113,19 +122,17 @@ pub(crate) type Links<S> = Arc<LinkSet<S>>;
 ///
 /// # Clone
 ///
-/// Clones share the retry budget and the settings (cloning does not allocate; it takes two
-/// reference counts and a number from the layer's counter, besides cloning the inner
-/// service). A healthy service's success path only reads the budget (a full budget takes no
-/// deposits); each call takes one reference count on its service's copy of the settings
-/// (the layer makes a few per service, which clones take in turn, so that clones on
-/// different threads do not write one shared count) and clones nothing else.
+/// Clones share the retry budget and the settings (cloning does not allocate; it takes one
+/// reference count, besides cloning the inner service). A healthy service's success path
+/// only reads the budget (a full budget takes no deposits); each call takes one reference
+/// count on its thread's copy of the settings (the layer makes a few per service, so that
+/// calls on different threads do not write one shared count, whichever clone they use) and
+/// clones nothing else.
 pub struct Retry<S, C, R = CloneReplay, O = ()> {
     inner: S,
     classifier: C,
     replay: R,
     observer: O,
-    /// This instance's link: one of `links`.
-    shared: Arc<Shared<S>>,
     links: Links<S>,
     /// `config.backoff.max_retries() > 0`, cached off the hot path's pointer chase.
     retries: bool,
@@ -133,44 +140,12 @@ pub struct Retry<S, C, R = CloneReplay, O = ()> {
     keep: bool,
     /// A budget is set, cached likewise.
     budgeted: bool,
+    /// A deadline or an attempt timeout is set, cached likewise.
+    timed: bool,
     /// [`get_mut`](Retry::get_mut) was called: this instance's inner service may differ from
     /// the layer's copy, so its calls' retries clone this instance's (as tower's `Retry`
     /// does, for every call).
     detached: bool,
-    /// A deadline or an attempt timeout is set, cached likewise.
-    timed: bool,
-    streams: Streams,
-}
-
-/// Numbers each call's jitter stream: `(clone id << 32) | call index`, so that a seeded
-/// backoff gives the same delays for the same sequence of calls, while different calls and
-/// different clones never move in lock step.
-struct Streams {
-    base: u64,
-    next: u32,
-}
-
-impl Streams {
-    fn new(clones: &AtomicU32) -> Self {
-        let id = clones.fetch_add(1, Ordering::Relaxed);
-        Streams {
-            base: u64::from(id) << 32,
-            next: 0,
-        }
-    }
-
-    /// This instance's number, which also picks its budget stripe.
-    #[inline]
-    fn id(&self) -> usize {
-        (self.base >> 32) as usize
-    }
-
-    #[inline]
-    fn next(&mut self) -> u64 {
-        let stream = self.base | u64::from(self.next);
-        self.next = self.next.wrapping_add(1);
-        stream
-    }
 }
 
 impl<S, C> Retry<S, C> {
@@ -192,8 +167,7 @@ impl<S, C, R, O> Retry<S, C, R, O> {
         observer: O,
         links: Links<S>,
     ) -> Self {
-        let streams = Streams::new(&links.clones);
-        let shared = link(&links, &streams);
+        let shared = links.any();
         let config = &shared.config;
         Retry {
             inner,
@@ -203,22 +177,20 @@ impl<S, C, R, O> Retry<S, C, R, O> {
             retries: config.backoff.max_retries() > 0,
             keep: config.keep_request,
             budgeted: shared.budget.is_some(),
-            detached: false,
             timed: config.deadline.is_some() || config.attempt_timeout.is_some(),
-            shared,
+            detached: false,
             links,
-            streams,
         }
     }
 
     /// The downstream service's name.
     pub fn name(&self) -> &Name {
-        &self.shared.config.name
+        &self.links.any().config.name
     }
 
     /// The budget this service draws on, if any.
     pub fn budget(&self) -> Option<&RetryBudget> {
-        self.shared.budget.as_ref()
+        self.links.any().budget.as_ref()
     }
 
     /// A reference to the inner service.
@@ -244,27 +216,19 @@ impl<S, C, R, O> Retry<S, C, R, O> {
     }
 }
 
-/// The link of the instance numbered by `streams`.
-fn link<S>(links: &Links<S>, streams: &Streams) -> Arc<Shared<S>> {
-    links.links[streams.id() % LINKS].clone()
-}
-
 impl<S: Clone, C: Clone, R: Clone, O: Clone> Clone for Retry<S, C, R, O> {
     fn clone(&self) -> Self {
-        let streams = Streams::new(&self.links.clones);
         Retry {
             inner: self.inner.clone(),
             classifier: self.classifier.clone(),
             replay: self.replay.clone(),
             observer: self.observer.clone(),
-            shared: link(&self.links, &streams),
             links: self.links.clone(),
             retries: self.retries,
             keep: self.keep,
             budgeted: self.budgeted,
-            detached: self.detached,
             timed: self.timed,
-            streams,
+            detached: self.detached,
         }
     }
 }
@@ -273,11 +237,11 @@ impl<S: fmt::Debug, C, R, O> fmt::Debug for Retry<S, C, R, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Retry")
             .field("inner", &self.inner)
-            .field("name", &self.shared.config.name)
-            .field("backoff", &self.shared.config.backoff)
-            .field("deadline", &self.shared.config.deadline)
-            .field("attempt_timeout", &self.shared.config.attempt_timeout)
-            .field("budget", &self.shared.budget)
+            .field("name", &self.links.any().config.name)
+            .field("backoff", &self.links.any().config.backoff)
+            .field("deadline", &self.links.any().config.deadline)
+            .field("attempt_timeout", &self.links.any().config.attempt_timeout)
+            .field("budget", &self.links.any().budget)
             .finish()
     }
 }
@@ -301,16 +265,19 @@ where
 
     #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
-        if let (true, Some(budget)) = (self.budgeted, &self.shared.budget) {
-            // Each instance deposits into its own stripe: no cache line shared with the
-            // instances on other threads (see `budget`'s "Hot path").
-            budget.deposit_in(self.streams.id());
+        let slot = rampart_core::record::thread_slot();
+        let shared = &self.links.links[slot % LINKS];
+        if let (true, Some(budget)) = (self.budgeted, &shared.budget) {
+            // Each thread deposits into its own stripe: no cache line shared with calls on
+            // other threads (see `budget`'s "Hot path").
+            budget.deposit_in(slot);
         }
         let copy = if self.retries | self.keep {
             Copied::of(&self.replay, &req, self.retries, self.keep)
         } else {
             Copied::NONE
         };
+        let shared = shared.clone();
         let future = self.inner.call(req);
         let own = if self.detached {
             Some(self.inner.clone())
@@ -324,9 +291,8 @@ where
             self.classifier.clone(),
             self.replay.clone(),
             self.observer.clone(),
-            self.shared.clone(),
+            shared,
             self.timed,
-            self.streams.next(),
         )
     }
 }

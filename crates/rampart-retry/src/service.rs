@@ -278,14 +278,16 @@ where
             Copied::NONE
         };
         let shared = shared.clone();
-        let future = self.inner.call(req);
+        // After `get_mut`, the handle for the retries is this instance (cloned before the
+        // call, so that nothing runs between the inner call and the response future being
+        // made: the compiler then builds the inner future in place).
         let own = if self.detached {
             Some(self.inner.clone())
         } else {
             None
         };
         ResponseFuture::new(
-            future,
+            self.inner.call(req),
             own,
             copy,
             self.classifier.clone(),

@@ -13,8 +13,10 @@
 //! the per-call record the dead-letter future lends to the layers below *while it polls
 //! them*, with the stage that says which of them may write into it (both set and restored
 //! around each poll, also on unwind, nested scopes kept apart — as tracing lends its current
-//! span). Nothing in it outlives a poll; the record itself lives in the call's future. It is
-//! the only `thread_local!` allowed, in that one file.
+//! span). Nothing in it outlives a poll; the record itself lives in the call's future. Beside
+//! them it caches the thread's number (`thread_slot`: std's `ThreadId`, read once), which
+//! picks the cache line a call's reference count goes to — the thread's identity, not
+//! state. It is the only `thread_local!` allowed, in that one file.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

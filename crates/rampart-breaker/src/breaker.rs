@@ -166,8 +166,8 @@ impl Breaker {
     }
 
     /// Records the outcome of an admitted call. `elapsed` is known only when
-    /// [`needs_clock`](Self::needs_clock) said so; `stripe` is the recording service
-    /// instance's count-window stripe.
+    /// [`needs_clock`](Self::needs_clock) said so; `stripe` is the count-window stripe of
+    /// the call's link.
     #[inline(always)]
     pub(crate) fn record(
         &self,

@@ -14,8 +14,8 @@ use crate::service::Local;
 use crate::word::Admit;
 
 /// An admitted call's claim on the breaker: it records the outcome, or gives a probe slot
-/// back if the call is dropped before it completes. It holds the service instance's link to
-/// the breaker, so the breaker outlives every call in flight.
+/// back if the call is dropped before it completes. It holds its thread's link to the
+/// breaker, so the breaker outlives every call in flight.
 pub(crate) struct Guard {
     local: Arc<Local>,
     admit: Option<Admit>,

@@ -68,11 +68,11 @@
 //! The layer owns the breaker's state (its state word, counters and window) behind an `Arc`:
 //! every service it makes, every clone of those, every [`BreakerHandle`] and every call in
 //! flight shares it, and it is freed with the last of them. Nothing lives in process-wide
-//! memory. The breaker has a few small links to itself (one per count-window stripe: as many
-//! as the machine has cores, at most 8), made with it; each service the layer makes and each
-//! clone of one takes the next link in turn, so cloning a service does not allocate. A call
-//! in flight holds its service's link: one reference count per call, in cache lines that
-//! only the clones sharing that link write, so clones on different threads do not contend.
+//! memory. The layer makes a few small links to the breaker (at least one per count-window
+//! stripe: as many as the machine has cores, at most 8), shared by its services and their
+//! clones, so cloning a service does not allocate. A call in flight holds its thread's link:
+//! one reference count per call, in cache lines that only calls on that thread write, so
+//! calls on different threads do not contend, whichever clone they go through.
 //! A closed breaker's success path otherwise only reads shared memory: the failure streak is
 //! written only to end a streak, and a count window is split into stripes, one per link.
 //! A clone starts without an admission.

@@ -270,6 +270,7 @@ where
 use std::future::Future as _;
 
 #[cfg(all(test, not(rampart_loom)))]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -93,10 +93,11 @@ pub(crate) fn stripes_for_machine() -> usize {
 
 /// The last `size` calls, as rings of outcome bytes plus running totals, split into stripes.
 ///
-/// Each service instance made by the layer, and each clone of one, records into a stripe of
-/// its own (they are handed stripes in turn), so that clones on different threads do not
-/// write the same cache lines; the window's totals are the sum over the stripes. With one
-/// service (or one stripe) this is exactly "the last `size` calls"; with `k` stripes in use
+/// A call records into its thread's stripe (the layer's link of its thread, see
+/// `service::Links`; a keyed breaker's one link has one stripe), so that calls on different
+/// threads do not write the same cache lines; the window's totals are the sum over the
+/// stripes. With one thread (or one stripe) this is exactly "the last `size` calls"; with
+/// `k` stripes in use
 /// it covers the last `size` calls of each, up to `k · size` calls (`k` ≤ 8, and ≤ the
 /// machine's parallelism).
 ///

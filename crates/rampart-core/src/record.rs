@@ -530,6 +530,52 @@ mod tests {
         assert_eq!(stage(), Stage::Off);
     }
 
+    /// A retry layer polled inside the record's breaker (a client's own retry, say) takes
+    /// nothing and leaves the outcome the record's breaker publishes for the record's retry.
+    #[test]
+    fn a_retry_inside_the_records_breaker_takes_nothing() {
+        let mut rec = CallRecord::default();
+        in_scope(&mut rec, || {
+            let (_, mine) = poll_retry_taking(true, || {
+                let ((), publish) = poll_breaker_publishing(|| {
+                    let (_, inner) = poll_retry_taking(true, || {
+                        poll_breaker_publishing(|| ()).1.publish(Outcome::Permanent);
+                    });
+                    assert_eq!(inner, None, "closed below the record's breaker");
+                });
+                publish.publish(Outcome::TRANSIENT);
+            });
+            assert_eq!(mine, Some(Outcome::TRANSIENT));
+            assert_eq!(stage(), Stage::Retry);
+        });
+        assert_eq!(rec.pending, None, "taken once");
+    }
+
+    /// A panic in a nested scope entered below the record's breaker restores every layer
+    /// of both.
+    #[test]
+    fn a_panic_in_a_nested_scope_restores_both() {
+        let mut outer = CallRecord::default();
+        let mut inner = CallRecord::default();
+        in_scope(&mut outer, || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                poll_retry_taking(true, || {
+                    poll_breaker(|| {
+                        in_scope(&mut inner, || {
+                            update(|r| r.tries = 5);
+                            panic!("boom");
+                        })
+                    })
+                })
+            }));
+            assert!(r.is_err());
+            assert_eq!(stage(), Stage::Retry, "the outer record's stage is back");
+            update(|r| r.tries = 1);
+        });
+        assert_eq!((outer.tries, inner.tries), (1, 5));
+        assert_eq!(stage(), Stage::Off);
+    }
+
     #[test]
     fn a_panic_inside_the_scope_restores_the_outer_record() {
         let mut rec = CallRecord::default();

@@ -16,9 +16,9 @@ use crate::store::DeadLetterStore;
 ///
 /// # Clone
 ///
-/// Clones share the store and counters; each call takes a reference count on one of a few
-/// links to them, which the layer's services and their clones take in turn (so that clones
-/// on different threads do not write one shared count).
+/// Clones share the store and counters (a clone takes one reference count); each call takes
+/// a reference count on its thread's link to them (one of a few, so that calls on different
+/// threads do not write one shared count, whichever clone they go through).
 ///
 /// # Requests
 ///

@@ -137,7 +137,6 @@ where
     Box::new(move |x| one_call(&mut s, x))
 }
 
-/// Boxes an always-ready service as a [`Call`] (see [`one_call_ready`]).
 /// A call through a clone of `s` made for that call and dropped after it, as axum's router
 /// calls a route's service (`clone().oneshot(req)`).
 pub(crate) fn per_request<S>(s: S) -> Call
@@ -148,6 +147,7 @@ where
     Box::new(move |x| one_call(&mut s.clone(), x))
 }
 
+/// Boxes an always-ready service as a [`Call`] (see [`one_call_ready`]).
 pub(crate) fn boxed_ready<S>(mut s: S) -> Call
 where
     S: Service<u64, Response = u64> + Send + 'static,

@@ -352,6 +352,20 @@ mod service_clones {
         }
     }
 
+    /// One call through `svc` (`ready`, then `call`), with a fresh counted request.
+    async fn call<S>(svc: &mut S, id: u32) -> Result<u32, S::Error>
+    where
+        S: Service<Counted, Response = u32>,
+        S::Error: std::fmt::Debug,
+    {
+        let requests = Arc::new(AtomicUsize::new(0));
+        svc.ready()
+            .await
+            .unwrap()
+            .call(request(id, &requests))
+            .await
+    }
+
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_policy_call_clones_the_service_only_when_it_retries() {
         let store = MemoryStore::default();
@@ -363,14 +377,8 @@ mod service_clones {
             .layer(IoErrors, store.clone(), extract)
             .layer(counted_upstream(&calls, &clones));
         let built = clones.load(Ordering::SeqCst);
-        let requests = Arc::new(AtomicUsize::new(0));
         for id in [0, 2, 4, 6, 8] {
-            let answer = svc
-                .ready()
-                .await
-                .unwrap()
-                .call(request(id, &requests))
-                .await;
+            let answer = call(&mut svc, id).await;
             assert_eq!(answer.unwrap(), id);
         }
         assert_eq!(
@@ -379,13 +387,7 @@ mod service_clones {
             "no clone for first-time successes"
         );
 
-        let err = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(request(7, &requests))
-            .await
-            .unwrap_err();
+        let err = call(&mut svc, 7).await.unwrap_err();
         assert_eq!(err.attempts(), 3);
         assert_eq!(calls.load(Ordering::SeqCst), 5 + 3);
         assert_eq!(
@@ -403,24 +405,12 @@ mod service_clones {
             .no_budget()
             .layer(counted_upstream(&calls, &clones));
         let built = clones.load(Ordering::SeqCst);
-        let requests = Arc::new(AtomicUsize::new(0));
         for id in [0, 2, 4] {
-            let answer = svc
-                .ready()
-                .await
-                .unwrap()
-                .call(request(id, &requests))
-                .await;
+            let answer = call(&mut svc, id).await;
             assert_eq!(answer.unwrap(), id);
         }
         assert_eq!(clones.load(Ordering::SeqCst), built);
-        let err = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(request(7, &requests))
-            .await
-            .unwrap_err();
+        let err = call(&mut svc, 7).await.unwrap_err();
         assert_eq!(err.attempts(), 4, "the default backoff: three retries");
         assert_eq!(clones.load(Ordering::SeqCst), built + 1);
     }
@@ -458,22 +448,11 @@ mod service_clones {
             tag: 1,
             log: log.clone(),
         });
-        let requests = Arc::new(AtomicUsize::new(0));
-        svc.ready()
-            .await
-            .unwrap()
-            .call(request(7, &requests))
-            .await
-            .unwrap_err();
+        call(&mut svc, 7).await.unwrap_err();
         assert_eq!(*log.lock().unwrap(), [1, 1, 1, 1]);
         log.lock().unwrap().clear();
         svc.get_mut().tag = 2;
-        svc.ready()
-            .await
-            .unwrap()
-            .call(request(7, &requests))
-            .await
-            .unwrap_err();
+        call(&mut svc, 7).await.unwrap_err();
         assert_eq!(
             *log.lock().unwrap(),
             [2, 2, 2, 2],

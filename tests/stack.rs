@@ -472,19 +472,24 @@ impl std::io::Write for Captured {
     }
 }
 
-#[tokio::test]
-async fn trace_layer_spans_show_the_policys_attempts() {
-    use tower_http::trace::TraceLayer;
-    let routes: Routes = [("/503", (503, vec![]))].into();
-    let s = server(routes).await;
-    // Both TraceLayers log to one buffer; their span names say which is which.
+/// Debug-level `tracing` output of this thread, into a buffer, until the guard drops.
+fn capture_debug() -> (Captured, tracing::subscriber::DefaultGuard) {
     let logged = Captured::default();
     let writer = logged.clone();
     let sub = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::DEBUG)
         .with_writer(move || writer.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(sub);
+    (logged, tracing::subscriber::set_default(sub))
+}
+
+#[tokio::test]
+async fn trace_layer_spans_show_the_policys_attempts() {
+    use tower_http::trace::TraceLayer;
+    let routes: Routes = [("/503", (503, vec![]))].into();
+    let s = server(routes).await;
+    // Both TraceLayers log to one buffer; their span names say which is which.
+    let (logged, _guard) = capture_debug();
     let svc = ServiceBuilder::new()
         .layer(
             TraceLayer::new_for_http()
@@ -534,13 +539,7 @@ async fn trace_layer_spans_show_the_policys_attempts() {
 #[tokio::test]
 async fn the_call_span_is_a_child_of_the_span_current_at_call() {
     use tower::Layer;
-    let logged = Captured::default();
-    let writer = logged.clone();
-    let sub = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(sub);
+    let (logged, _guard) = capture_debug();
     let mut svc = policy()
         .layer(
             rampart::classify::IoErrors,

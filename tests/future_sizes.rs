@@ -119,3 +119,29 @@ async fn futures_and_outputs_stay_small() {
         assert!(o <= *out, "{name}: output {o} B > {out} B");
     }
 }
+
+/// What frameworks ask of a service and its future (axum: `Clone + Send + Sync + 'static`,
+/// a `Send` future), checked at compile time for the full policy stack over a `Send + Sync`
+/// service, and the retry layer alone over a `Send`-only one (a `BoxCloneService`).
+#[test]
+fn the_policy_stack_is_send_sync_and_its_future_send() {
+    fn service<S: tower::Service<u32> + Clone + Send + Sync + 'static>(_: &S)
+    where
+        S::Future: Send,
+    {
+    }
+    fn send_service<S: tower::Service<u32> + Clone + Send + 'static>(_: &S)
+    where
+        S::Future: Send,
+    {
+    }
+    let upstream = tower::service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) });
+    let policy = Policy::builder("send").build().unwrap();
+    service(
+        &policy
+            .layer(IoErrors, MemoryStore::default(), JsonExtractor::default())
+            .layer(upstream),
+    );
+    let boxed = tower::util::BoxCloneService::new(upstream);
+    send_service(&RetryLayer::new(IoErrors).layer(boxed));
+}

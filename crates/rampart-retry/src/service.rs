@@ -15,9 +15,15 @@ use crate::replay::{CloneReplay, Replay};
 
 /// A service the retry layer can call again: any `Clone` service.
 ///
-/// Each call's response future holds its own handle on the service below the retry layer,
-/// polls it for readiness before every retry and calls it, so that service must be
-/// `Clone` (as under tower's own `Retry`). A service that is not — a `tower::util::BoxService`,
+/// A call that retries holds its own handle on the service below the retry layer, polls it
+/// for readiness before every retry and calls it, so that service must be `Clone` (as under
+/// tower's own `Retry`). The handle is cloned when the call's first retry is due, from the
+/// copy the layer made when it wrapped the service (after [`Retry::get_mut`], from the
+/// calling instance): clones are expected to share what matters (a connection pool, a
+/// breaker, a `Buffer`'s worker), as they do for every tower client; a service whose
+/// instances keep state of their own that retries must see (a per-instance cursor) is not
+/// handled the way tower's `Retry` handles it, which clones the calling instance on every
+/// call. A service that is not — a `tower::util::BoxService`,
 /// say — can be boxed as a `BoxCloneService` / `BoxCloneSyncService` instead, or put in a
 /// `tower::buffer::Buffer`, whose handles are `Clone` and share one worker that owns the
 /// service. (Holding one service behind a lock instead would break tower's readiness

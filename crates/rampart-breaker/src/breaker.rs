@@ -67,7 +67,7 @@ impl Breaker {
         Duration::from_millis(until_ms).saturating_sub(self.epoch.elapsed())
     }
 
-    /// The count-window stripe a new service instance records into (0 without one).
+    /// The count-window stripe a keyed breaker's one link records into (0 without one).
     pub(crate) fn assign_stripe(&self) -> usize {
         self.window
             .as_ref()
@@ -75,8 +75,8 @@ impl Breaker {
             .map_or(0, CountWindow::assign)
     }
 
-    /// How many stripes the count window has (1 without one): a layer's links record into
-    /// them in turn ([`Links`](crate::service::Links)).
+    /// How many stripes the count window has (1 without one): link `i` of a layer's
+    /// [`Links`](crate::service::Links) records into stripe `i mod stripes`.
     pub(crate) fn stripes(&self) -> usize {
         self.window
             .as_ref()

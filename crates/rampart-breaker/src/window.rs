@@ -109,7 +109,7 @@ pub(crate) fn stripes_for_machine() -> usize {
 #[derive(Debug)]
 pub(crate) struct CountWindow {
     stripes: Box<[Stripe]>,
-    /// The stripe the next service instance records into.
+    /// The stripe the next keyed breaker's link records into.
     next: AtomicUsize,
 }
 
@@ -141,7 +141,7 @@ impl CountWindow {
         }
     }
 
-    /// The stripe a new service instance records into.
+    /// The stripe a keyed breaker's one link records into (taken in turn).
     pub(crate) fn assign(&self) -> usize {
         self.next.fetch_add(1, Ordering::Relaxed) % self.stripes.len()
     }

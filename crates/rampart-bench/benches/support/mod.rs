@@ -186,10 +186,11 @@ pub(crate) fn threaded_in(
                     std::thread::scope(|scope| {
                         let handles: Vec<_> = (0..threads)
                             .map(|_| {
-                                let mut call = make();
+                                let make = &make;
                                 let barrier = &barrier;
                                 let rt = rt.cloned();
                                 scope.spawn(move || {
+                                    let mut call = make();
                                     let _entered = rt.as_ref().map(|rt| rt.enter());
                                     barrier.wait();
                                     let start = Instant::now();

@@ -18,14 +18,9 @@ use rampart_dlq::{
 use rampart_retry::{RetryBudget, RetryLayer};
 use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
 
-fn backoff(retries: u32) -> Backoff {
-    Backoff::builder()
-        .max_retries(retries)
-        .base_delay(Duration::from_millis(10))
-        .jitter(Jitter::None)
-        .build()
-        .unwrap()
-}
+#[path = "../../rampart-retry/tests/support/backoff.rs"]
+mod backoff;
+use backoff::backoff;
 
 async fn records(store: &MemoryStore) -> Vec<DeadLetterRecord> {
     store.list(ListQuery::newest(100)).await.unwrap().records

@@ -7,9 +7,8 @@
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use rampart_core::{classify::IoErrors, Backoff, Jitter};
+use rampart_core::classify::IoErrors;
 use rampart_dlq::{
     DeadLetterConfig, DeadLetterLayer, DeadLetterRecord, DeadLetterStore, ListQuery, MemoryStore,
     RequestPart,
@@ -39,14 +38,9 @@ fn layer(
     DeadLetterLayer::new(config, store.clone())
 }
 
-fn backoff(retries: u32) -> Backoff {
-    Backoff::builder()
-        .max_retries(retries)
-        .base_delay(Duration::from_millis(10))
-        .jitter(Jitter::None)
-        .build()
-        .unwrap()
-}
+#[path = "../../rampart-retry/tests/support/backoff.rs"]
+mod backoff;
+use backoff::backoff;
 
 /// Fails odd ids with a connection reset (transient), answers even ones.
 fn upstream() -> impl tower::Service<

@@ -9,11 +9,10 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Waker};
-use std::time::Duration;
 
 use rampart_core::classify::IoErrors;
 use rampart_core::replay::KeepsRequest;
-use rampart_core::{Backoff, Jitter, NotReplayable};
+use rampart_core::{Backoff, NotReplayable};
 use rampart_retry::{Replay, RetryLayer};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
@@ -21,14 +20,9 @@ use tower::{service_fn, Layer, Service, ServiceExt};
 mod counted;
 use counted::Counted;
 
-fn backoff(retries: u32) -> Backoff {
-    Backoff::builder()
-        .max_retries(retries)
-        .base_delay(Duration::from_millis(10))
-        .jitter(Jitter::None)
-        .build()
-        .unwrap()
-}
+#[path = "support/backoff.rs"]
+mod backoff;
+use backoff::backoff;
 
 /// Id 0 never answers; odd ids fail with a connection reset; even ids answer.
 fn upstream() -> impl Service<

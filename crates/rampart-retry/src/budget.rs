@@ -770,25 +770,35 @@ mod loom_tests {
         n
     }
 
-    /// Two services deposit a token each (two half-token deposits, one fold) into their own
+    /// Runs `f` in every interleaving up to three preemptions.
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(f);
+    }
+
+    /// Two threads, each depositing twice into a stripe of its own.
+    fn deposit_twice_on_two_threads(b: &RetryBudget) -> Vec<thread::JoinHandle<()>> {
+        (0..2)
+            .map(|stripe| {
+                let b = b.clone();
+                thread::spawn(move || {
+                    b.deposit_in(stripe);
+                    b.deposit_in(stripe);
+                })
+            })
+            .collect()
+    }
+
+    /// Two threads deposit a token each (two half-token deposits, one fold) into their own
     /// stripes while a retry is decided: the token is taken at most once, and whatever the
     /// retry did not take is still there afterwards.
     #[test]
     fn deposits_racing_a_retry_are_taken_exactly_once() {
-        let mut model = loom::model::Builder::new();
-        model.preemption_bound = Some(3);
-        model.check(|| {
+        model(|| {
             // A cap of 10 folds a stripe at one token, and two tokens never reach it.
             let b = budget(10);
-            let depositors: Vec<_> = (0..2)
-                .map(|stripe| {
-                    let b = b.clone();
-                    thread::spawn(move || {
-                        b.deposit_in(stripe);
-                        b.deposit_in(stripe);
-                    })
-                })
-                .collect();
+            let depositors = deposit_twice_on_two_threads(&b);
             let retry = {
                 let b = b.clone();
                 thread::spawn(move || u64::from(b.try_withdraw()))
@@ -802,24 +812,13 @@ mod loom_tests {
         });
     }
 
-    /// Two services filling a one-token budget at once: the burst afterwards is the cap,
+    /// Two threads filling a one-token budget at once: the burst afterwards is the cap,
     /// never more.
     #[test]
     fn concurrent_folds_never_overfill_the_cap() {
-        let mut model = loom::model::Builder::new();
-        model.preemption_bound = Some(3);
-        model.check(|| {
+        model(|| {
             let b = budget(1);
-            let depositors: Vec<_> = (0..2)
-                .map(|stripe| {
-                    let b = b.clone();
-                    thread::spawn(move || {
-                        b.deposit_in(stripe);
-                        b.deposit_in(stripe);
-                    })
-                })
-                .collect();
-            for d in depositors {
+            for d in deposit_twice_on_two_threads(&b) {
                 d.join().unwrap_or(());
             }
             assert_eq!(burst(&b), 1);

@@ -7,7 +7,7 @@ use tower_layer::Layer;
 
 use crate::budget::RetryBudget;
 use crate::replay::CloneReplay;
-use crate::service::{CloneService, Config, LinkSet, Retry, Shared};
+use crate::service::{CloneService, Config, LinkSet, Links, Retry, Shared};
 
 /// Retries failed calls of the wrapped service: only what the classifier calls transient or
 /// throttled, with exponential backoff and jitter, a shared retry budget, server hints
@@ -221,8 +221,14 @@ impl<C: Clone, R: Clone, O: Clone> RetryLayer<C, R, O> {
     /// the layers below its retry once more). `proto` must make services equivalent to
     /// `inner` (sharing its state, as clones would).
     #[doc(hidden)]
-    pub fn layer_with<S>(&self, inner: S, mut proto: impl FnMut() -> S) -> Retry<S, C, R, O> {
-        let links = Arc::new(LinkSet {
+    pub fn layer_with<S>(&self, inner: S, proto: impl FnMut() -> S) -> Retry<S, C, R, O> {
+        let links = self.links(proto);
+        self.wrap(inner, links)
+    }
+
+    /// The links of one service: the settings, the budget and a service from `proto` each.
+    fn links<S>(&self, mut proto: impl FnMut() -> S) -> Links<S> {
+        Arc::new(LinkSet {
             links: std::array::from_fn(|_| {
                 Arc::new(Shared {
                     config: self.config.clone(),
@@ -231,7 +237,10 @@ impl<C: Clone, R: Clone, O: Clone> RetryLayer<C, R, O> {
                     streams: self.streams.clone(),
                 })
             }),
-        });
+        })
+    }
+
+    fn wrap<S>(&self, inner: S, links: Links<S>) -> Retry<S, C, R, O> {
         Retry::from_parts(
             inner,
             self.classifier.clone(),
@@ -252,7 +261,8 @@ where
     type Service = Retry<S, C, R, O>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let seed = inner.clone();
-        self.layer_with(inner, || seed.clone())
+        // The links' copies are clones of `inner` itself, made before it moves in.
+        let links = self.links(|| inner.clone());
+        self.wrap(inner, links)
     }
 }

@@ -58,6 +58,33 @@ fn upstream(
     })
 }
 
+/// The policy `builder` builds, recording into a new memory store, over `upstream(fail,
+/// failing)`; with the store and the upstream's call count.
+#[allow(clippy::type_complexity)]
+fn stack(
+    builder: rampart::PolicyBuilder,
+    fail: io::ErrorKind,
+    failing: &'static [u32],
+) -> (
+    impl tower::Service<
+            Counted,
+            Response = u32,
+            Error = rampart::Error<io::Error>,
+            Future = impl Send,
+        > + Clone,
+    MemoryStore,
+    Arc<AtomicUsize>,
+) {
+    let store = MemoryStore::default();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = builder
+        .build()
+        .unwrap()
+        .layer(IoErrors, store.clone(), extract)
+        .layer(upstream(fail, failing, calls.clone()));
+    (svc, store, calls)
+}
+
 fn request(id: u32, clones: &Arc<AtomicUsize>) -> Counted {
     Counted {
         id,
@@ -67,13 +94,7 @@ fn request(id: u32, clones: &Arc<AtomicUsize>) -> Counted {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_successful_policy_call_clones_its_request_once() {
-    let store = MemoryStore::default();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = policy()
-        .build()
-        .unwrap()
-        .layer(IoErrors, store.clone(), extract)
-        .layer(upstream(io::ErrorKind::ConnectionReset, &[], calls.clone()));
+    let (svc, store, calls) = stack(policy(), io::ErrorKind::ConnectionReset, &[]);
     let clones = Arc::new(AtomicUsize::new(0));
     for id in 0..10 {
         assert_eq!(svc.clone().oneshot(request(id, &clones)).await.unwrap(), id);
@@ -85,17 +106,7 @@ async fn a_successful_policy_call_clones_its_request_once() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_call_failing_after_three_attempts_is_cloned_once_per_attempt_and_recorded() {
-    let store = MemoryStore::default();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let layer = policy()
-        .build()
-        .unwrap()
-        .layer(IoErrors, store.clone(), extract);
-    let svc = layer.layer(upstream(
-        io::ErrorKind::ConnectionReset,
-        &[7],
-        calls.clone(),
-    ));
+    let (svc, store, calls) = stack(policy(), io::ErrorKind::ConnectionReset, &[7]);
     let clones = Arc::new(AtomicUsize::new(0));
     let err = svc.oneshot(request(7, &clones)).await.unwrap_err();
     assert_eq!(err.attempts(), 3);
@@ -111,17 +122,7 @@ async fn a_call_failing_after_three_attempts_is_cloned_once_per_attempt_and_reco
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_permanent_failure_is_cloned_once_and_recorded() {
-    let store = MemoryStore::default();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = policy()
-        .build()
-        .unwrap()
-        .layer(IoErrors, store.clone(), extract)
-        .layer(upstream(
-            io::ErrorKind::PermissionDenied,
-            &[3],
-            calls.clone(),
-        ));
+    let (svc, store, _) = stack(policy(), io::ErrorKind::PermissionDenied, &[3]);
     let clones = Arc::new(AtomicUsize::new(0));
     let err = svc.oneshot(request(3, &clones)).await.unwrap_err();
     assert_eq!(err.attempts(), 1);
@@ -133,18 +134,7 @@ async fn a_permanent_failure_is_cloned_once_and_recorded() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn without_retries_the_retry_layer_still_keeps_the_one_copy_for_the_record() {
-    let store = MemoryStore::default();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = policy()
-        .retry(false)
-        .build()
-        .unwrap()
-        .layer(IoErrors, store.clone(), extract)
-        .layer(upstream(
-            io::ErrorKind::ConnectionReset,
-            &[5],
-            calls.clone(),
-        ));
+    let (svc, store, _) = stack(policy().retry(false), io::ErrorKind::ConnectionReset, &[5]);
     let clones = Arc::new(AtomicUsize::new(0));
     assert_eq!(svc.clone().oneshot(request(1, &clones)).await.unwrap(), 1);
     assert_eq!(clones.load(Ordering::SeqCst), 1);
@@ -158,17 +148,11 @@ async fn without_retries_the_retry_layer_still_keeps_the_one_copy_for_the_record
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn without_dead_letters_a_call_is_copied_only_for_its_retries() {
-    let calls = Arc::new(AtomicUsize::new(0));
     let clones = Arc::new(AtomicUsize::new(0));
     for (retry, per_call) in [(true, 1), (false, 0)] {
         clones.store(0, Ordering::SeqCst);
-        let svc = policy()
-            .retry(retry)
-            .dead_letter(None)
-            .build()
-            .unwrap()
-            .layer(IoErrors, MemoryStore::default(), extract)
-            .layer(upstream(io::ErrorKind::ConnectionReset, &[], calls.clone()));
+        let builder = policy().retry(retry).dead_letter(None);
+        let (svc, _, _) = stack(builder, io::ErrorKind::ConnectionReset, &[]);
         for id in 0..4 {
             assert_eq!(svc.clone().oneshot(request(id, &clones)).await.unwrap(), id);
         }

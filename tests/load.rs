@@ -356,3 +356,83 @@ async fn latency_spike_keeps_deadlines_and_recovers() {
         dead_letters_true(&r);
     }
 }
+
+/// The full stack cloned per request (as axum's router calls a route) on a two-worker runtime,
+/// so that calls on both threads go through their own thread's links, window stripe and
+/// budget stripe: every call is answered, every failed call of the healthy phase is exactly
+/// one dead letter, and the count window — the sum of the threads' stripes — still trips on
+/// an outage. (Real threads, no timers: no retries, so nothing waits.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_per_request_on_two_workers_loses_no_count() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use rampart::breaker::{State, Window};
+    use rampart::classify::IoErrors;
+    use rampart::dlq::{DeadLetterStore, ListQuery, MemoryStore, RequestPart};
+    use rampart::CircuitBreakerConfig;
+    use tower::{Layer, ServiceExt};
+
+    let down = Arc::new(AtomicBool::new(false));
+    let is_down = down.clone();
+    let store = MemoryStore::default();
+    let breaker = CircuitBreakerConfig::builder()
+        .consecutive_failures(None)
+        .window(Some(Window::Count(100)))
+        .build()
+        .unwrap();
+    let layer = Policy::builder("threads")
+        .retry(false)
+        .breaker(Some(breaker))
+        .build()
+        .unwrap()
+        .layer(IoErrors, store.clone(), |n: &u32| RequestPart {
+            summary: n.to_string(),
+            ..Default::default()
+        });
+    let handle = layer.breaker();
+    let svc = layer.layer(tower::service_fn(move |n: u32| {
+        let down = is_down.load(Ordering::SeqCst);
+        async move {
+            if down {
+                Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
+            } else if n.is_multiple_of(10) {
+                Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+            } else {
+                Ok(n)
+            }
+        }
+    }));
+    let call_all = |range: std::ops::Range<u32>| {
+        let tasks: Vec<_> = range
+            .map(|n| tokio::spawn(svc.clone().oneshot(n)))
+            .collect();
+        async move {
+            let mut answers = Vec::new();
+            for t in tasks {
+                answers.push(t.await.unwrap());
+            }
+            answers
+        }
+    };
+
+    // Healthy, one call in ten refused for good: 10 % failures never trip a 50 % window.
+    let answers = call_all(0..2_000).await;
+    let failed = answers.iter().filter(|a| a.is_err()).count();
+    assert_eq!((answers.len() - failed, failed), (1_800, 200));
+    assert!(answers
+        .iter()
+        .all(|a| a.as_ref().err().is_none_or(|e| e.circuit_open().is_none())));
+    assert_eq!(handle.state(), State::Closed);
+    let recorded = store.list(ListQuery::newest(1_000)).await.unwrap().records;
+    assert_eq!(recorded.len(), 200, "one dead letter per failed call");
+
+    // Down: every call fails, and the window, whichever thread recorded what, opens.
+    down.store(true, Ordering::SeqCst);
+    let answers = call_all(0..400).await;
+    assert!(answers.iter().all(Result::is_err));
+    assert!(answers
+        .iter()
+        .any(|a| a.as_ref().err().is_some_and(|e| e.circuit_open().is_some())));
+    assert_eq!(handle.state(), State::Open);
+}
